@@ -1,0 +1,8 @@
+"""Segmentation methods. Each module here defines `SPEC` (a `MethodSpec`) and joins the registry.
+
+Methods never import each other; shared primitives live in `diffuseg.ops`.
+"""
+
+from ._registry import METHODS, MethodSpec, get_method, list_methods
+
+__all__ = ["METHODS", "MethodSpec", "get_method", "list_methods"]

@@ -1,0 +1,252 @@
+"""Result type shared by every method: `Segmentation`, plus its file writers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["Segmentation", "palette", "atomic_write", "OutputExistsError"]
+
+logger = logging.getLogger(__name__)
+
+
+class OutputExistsError(FileExistsError):
+    """An output file exists and overwriting was not allowed."""
+
+
+def palette(num_colors: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: a distinct, stable colour per label id.
+
+    Returns:
+        uint8 array of shape (num_colors, 3).
+    """
+    cmap = np.zeros((num_colors, 3), dtype=np.uint8)
+    for i in range(num_colors):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        cmap[i] = (r, g, b)
+    return cmap
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write `data` to `path` through a temp file in the same folder and a rename.
+
+    A reader never sees a half-written file, and an existing file is kept unless `overwrite`.
+
+    Raises:
+        OutputExistsError: if `path` exists and `overwrite` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _config_dict(config: Any) -> Any:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return config
+
+
+@dataclass
+class Segmentation:
+    """A label image and what produced it.
+
+    Attributes:
+        labels: int64 tensor of shape (H, W) with values in [0, K); K = `num_segments`.
+        method: registry name of the method that produced it.
+        config: the method's config (a frozen dataclass) or a plain dict.
+        names: optional name per label id (open-vocabulary methods, or after labelling).
+        scores: optional float tensor of shape (K,) with a confidence per label id.
+        extras: method-specific tensors (debug maps, probabilities) for inspection.
+        meta: JSON-serialisable facts about the input (original size, crop box, timestep...).
+    """
+
+    labels: torch.Tensor
+    method: str = ""
+    config: Any = None
+    names: list[str] | None = None
+    scores: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.labels, torch.Tensor) or self.labels.ndim != 2:
+            raise ValueError(
+                f"`labels` must be a 2-D tensor (H, W), got "
+                f"{type(self.labels).__name__} of shape {getattr(self.labels, 'shape', None)}."
+            )
+        if self.labels.dtype != torch.int64:
+            self.labels = self.labels.long()
+        if self.labels.numel() and int(self.labels.min()) < 0:
+            raise ValueError("`labels` must be non-negative label ids.")
+        if self.names is not None and len(self.names) < self.num_segments:
+            raise ValueError(
+                f"`names` has {len(self.names)} entries but labels go up to {self.num_segments - 1}."
+            )
+
+    @property
+    def num_segments(self) -> int:
+        """K: one more than the largest label id (0 for an empty label map)."""
+        return int(self.labels.max()) + 1 if self.labels.numel() else 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the label image."""
+        return int(self.labels.shape[0]), int(self.labels.shape[1])
+
+    def label_ids(self) -> list[int]:
+        """The label ids that actually occur, ascending."""
+        return [int(v) for v in torch.unique(self.labels).tolist()]
+
+    # ------------------------------------------------------------------ conversions
+    def to_label_image(self) -> Image.Image:
+        """A palette ("P" mode) PNG-ready image whose pixel values are the label ids.
+
+        Raises:
+            ValueError: if there are more than 256 labels (use `to_numpy` instead).
+        """
+        if self.num_segments > 256:
+            raise ValueError(f"{self.num_segments} labels do not fit an 8-bit palette PNG.")
+        img = Image.fromarray(self.labels.cpu().numpy().astype(np.uint8), mode="P")
+        img.putpalette(palette(256).reshape(-1).tolist())
+        return img
+
+    def to_overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5) -> Image.Image:
+        """Blend label colours over `image` (resized to the label size if needed).
+
+        Args:
+            image: RGB image, PIL or uint8 array (H, W, 3).
+            alpha: weight of the label colours in [0, 1].
+        """
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"`alpha` must be in [0, 1], got {alpha}.")
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        image = image.convert("RGB")
+        h, w = self.size
+        if image.size != (w, h):
+            image = image.resize((w, h), Image.BILINEAR)
+        colours = palette(max(self.num_segments, 1) + 1)[1:]  # skip black so label 0 is visible
+        lab = self.labels.cpu().numpy()
+        col = colours[lab % len(colours)].astype(np.float32)
+        out = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * col
+        return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+    def to_coco_rle(self) -> list[dict[str, Any]]:
+        """One COCO RLE annotation per occurring label (pycocotools encoding).
+
+        Returns:
+            A list of dicts with `id`, `name` (or None), `area`, `bbox` [x, y, w, h] and
+            `segmentation` {"size": [H, W], "counts": str}.
+        """
+        from pycocotools import mask as mask_utils
+
+        lab = self.labels.cpu().numpy()
+        out = []
+        for k in self.label_ids():
+            m = np.asfortranarray((lab == k).astype(np.uint8))
+            rle = mask_utils.encode(m)
+            rle["counts"] = rle["counts"].decode("ascii")
+            out.append(
+                {
+                    "id": k,
+                    "name": self.names[k] if self.names is not None else None,
+                    "score": float(self.scores[k]) if self.scores is not None else None,
+                    "area": int(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "segmentation": rle,
+                }
+            )
+        return out
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary: method, config, size, segments as COCO RLE, meta."""
+        return {
+            "method": self.method,
+            "config": _config_dict(self.config),
+            "height": self.size[0],
+            "width": self.size[1],
+            "num_segments": len(self.label_ids()),
+            "names": self.names,
+            "segments": self.to_coco_rle(),
+            "meta": self.meta,
+        }
+
+    def save(
+        self,
+        out_dir: str | os.PathLike,
+        name: str,
+        image: Image.Image | np.ndarray | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Write `NAME.labels.png`, `NAME.overlay.png` (if `image`) and `NAME.json` atomically.
+
+        Existing files are never replaced unless `overwrite`; the check happens for all files
+        before any is written, so a refused save leaves nothing half-done.
+
+        Returns:
+            The paths written.
+        """
+        out_dir = Path(out_dir)
+        targets = [out_dir / f"{name}.labels.png", out_dir / f"{name}.json"]
+        if image is not None:
+            targets.insert(1, out_dir / f"{name}.overlay.png")
+        if not overwrite:
+            existing = [str(p) for p in targets if p.exists()]
+            if existing:
+                raise OutputExistsError(
+                    f"output exists: {', '.join(existing)}; pass --overwrite to replace."
+                )
+        blobs = [_png_bytes(self.to_label_image())]
+        if image is not None:
+            blobs.append(_png_bytes(self.to_overlay(image)))
+        blobs.append(json.dumps(self.to_json_dict(), indent=1).encode())
+        return [atomic_write(p, b, overwrite=overwrite) for p, b in zip(targets, blobs)]
+
+
+def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
+    """Map the occurring label ids to 0..K-1 in ascending order (same shape, int64)."""
+    _, inverse = torch.unique(labels, return_inverse=True)
+    return inverse.reshape(labels.shape).long()
+
+
+def stack_names(names: Sequence[str] | None) -> list[str] | None:
+    """Copy `names` into a list (or keep None)."""
+    return None if names is None else list(names)
