@@ -134,6 +134,30 @@ class Segmentation:
         """The label ids that actually occur, ascending."""
         return [int(v) for v in torch.unique(self.labels).tolist()]
 
+    def to_input_frame(self, fill: int = 255) -> torch.Tensor:
+        """Labels mapped back onto the image as it was given (before crop and resize).
+
+        Uses `meta["input_size"]` [H, W] and `meta["crop_box"]` [left, top, right, bottom]
+        (set by `Segmenter`); labels are resized with nearest neighbour into the crop box and
+        pixels outside it get `fill`.
+
+        Returns:
+            int64 tensor (H, W).
+
+        Raises:
+            ValueError: if the meta data needed is missing.
+        """
+        if "input_size" not in self.meta or "crop_box" not in self.meta:
+            raise ValueError("this segmentation has no `input_size`/`crop_box` meta data.")
+        h, w = self.meta["input_size"]
+        left, top, right, bottom = self.meta["crop_box"]
+        inner = torch.nn.functional.interpolate(
+            self.labels[None, None].float(), size=(bottom - top, right - left), mode="nearest"
+        )[0, 0].long()
+        out = torch.full((h, w), fill, dtype=torch.int64, device=self.labels.device)
+        out[top:bottom, left:right] = inner
+        return out
+
     # ------------------------------------------------------------------ conversions
     def to_label_image(self) -> Image.Image:
         """A palette ("P" mode) PNG-ready image whose pixel values are the label ids.

@@ -116,7 +116,8 @@ class Features:
     Attention maps are float32. With `average_heads`, self-attention maps are (B, N, N) and
     cross-attention maps (B, N, T); without, (B, heads, N, N) / (B, heads, N, T). N = h*w
     tokens of that layer, T = text tokens. Keys of `self_attention` / `cross_attention` are
-    diffusers layer paths (per-layer mode) or ``"res_{h}x{w}"`` (per-resolution means).
+    diffusers layer paths (per-layer mode) or ``"attn1@{h}x{w}"`` / ``"attn2@{h}x{w}"``
+    (per-resolution means).
 
     Attributes:
         self_attention: recorded self-attention maps (see above).

@@ -1,0 +1,346 @@
+"""`DiffusionBackbone`: one UNet pass over a batch of images that records what methods need."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..imageio import ImageInput, preprocess
+from .features import FeatureRequest, Features
+from .loading import (
+    DEFAULT_MODEL,
+    NotADiffusionModelError,
+    load_folder,
+    load_single_file,
+    resolve_model,
+)
+from .recorder import EarlyExit, record
+
+__all__ = ["DiffusionBackbone", "PromptEmbeddings"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptEmbeddings:
+    """Encoded prompts.
+
+    Attributes:
+        embeds: (B, T, D) text-encoder hidden states fed to cross-attention.
+        pooled: (B, D2) pooled embedding (SDXL-family `added_cond_kwargs`) or None.
+        token_ids: (B, T) int64.
+        tokens: per prompt, the T token strings.
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None
+    token_ids: torch.Tensor
+    tokens: list[list[str]]
+
+
+class DiffusionBackbone:
+    """The components of a text-to-image latent diffusion model and one-pass feature extraction.
+
+    Construct from components (tests, custom pipelines) or with `from_pretrained`. CPU and
+    float32 by default; move with `.to(device, dtype)`.
+
+    Args:
+        unet: `UNet2DConditionModel`.
+        vae: `AutoencoderKL`.
+        text_encoder: `CLIPTextModel` (None for models with only a second encoder).
+        tokenizer: `CLIPTokenizer` for `text_encoder`.
+        scheduler: any diffusers scheduler with `add_noise` (its `num_train_timesteps` bounds t).
+        text_encoder_2, tokenizer_2: the second encoder of SDXL-family models.
+        name: where the model came from (hub id or path), for reports.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module | None,
+        tokenizer: Any,
+        scheduler: Any,
+        text_encoder_2: nn.Module | None = None,
+        tokenizer_2: Any = None,
+        name: str = "",
+    ) -> None:
+        if not hasattr(unet, "attn_processors") or not hasattr(unet, "config"):
+            raise NotADiffusionModelError(
+                f"`unet` must be a diffusers UNet2DConditionModel, got {type(unet).__name__}."
+            )
+        if not hasattr(vae, "encode"):
+            raise NotADiffusionModelError(f"`vae` must be a diffusers AutoencoderKL, got {type(vae).__name__}.")
+        if text_encoder is None and text_encoder_2 is None:
+            raise ValueError("a text encoder is required (`text_encoder` or `text_encoder_2`).")
+        self.unet, self.vae, self.scheduler = unet.eval(), vae.eval(), scheduler
+        self.text_encoder = text_encoder.eval() if text_encoder is not None else None
+        self.text_encoder_2 = text_encoder_2.eval() if text_encoder_2 is not None else None
+        self.tokenizer, self.tokenizer_2, self.name = tokenizer, tokenizer_2, name
+        for m in self._modules():
+            m.requires_grad_(False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_components(cls, **components: Any) -> DiffusionBackbone:
+        """Same as the constructor; mirrors diffusers' `Pipeline(**components)`."""
+        return cls(**components)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any) -> DiffusionBackbone:
+        """Wrap the components of an existing diffusers pipeline (no copies)."""
+        names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
+        return cls(**{n: getattr(pipe, n, None) for n in names}, name=type(pipe).__name__)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = DEFAULT_MODEL,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        local_files_only: bool | None = None,
+        config: str | None = None,
+    ) -> DiffusionBackbone:
+        """Load a model: hub id (local cache first), local diffusers folder, single file, or "toy".
+
+        Args:
+            model: hub id (default SD 1.5), folder, `.safetensors` / `.ckpt` file, or ``"toy"``.
+            torch_dtype: load weights in this dtype (default float32).
+            local_files_only: never touch the network.
+            config: for single files: diffusers config folder or hub id describing the file.
+
+        Raises:
+            ModelNotFoundError: the model is nowhere to be found (the message says what to pass).
+            NotADiffusionModelError: the path is not a text-to-image diffusion model.
+        """
+        path = resolve_model(str(model), local_files_only=local_files_only)
+        if path.is_file():
+            if path.suffix not in (".safetensors", ".ckpt"):
+                raise NotADiffusionModelError(
+                    f"{path} is not a model: give a diffusers folder or a .safetensors/.ckpt file."
+                )
+            parts = load_single_file(path, config=config, torch_dtype=torch_dtype, local_files_only=local_files_only)
+        else:
+            parts = load_folder(path, torch_dtype=torch_dtype)
+        parts.setdefault("text_encoder", None)
+        parts.setdefault("tokenizer", None)
+        return cls(**parts, name=str(model))
+
+    # ------------------------------------------------------------------ device / dtype
+    def _modules(self) -> list[nn.Module]:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionBackbone:
+        """Move every component (like `DiffusionPipeline.to`); returns self."""
+        for m in self._modules():
+            m.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # ------------------------------------------------------------------ sizes from configs
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell: 2 ** (len(vae.block_out_channels) - 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def unet_scale_factor(self) -> int:
+        """Total downsampling of the UNet: 2 ** (number of down blocks with a downsampler)."""
+        n = sum(1 for b in self.unet.down_blocks if getattr(b, "downsamplers", None))
+        return 2**n
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (VAE factor x UNet factor)."""
+        return self.vae_scale_factor * self.unet_scale_factor
+
+    @property
+    def is_sdxl(self) -> bool:
+        """True for SDXL-family UNets (pooled text + time ids as `added_cond_kwargs`)."""
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    # ------------------------------------------------------------------ encoders
+    @torch.no_grad()
+    def encode_images(
+        self,
+        pixels: torch.Tensor,
+        sample: Literal["mean", "sample"] = "mean",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """VAE-encode images.
+
+        Args:
+            pixels: (B, 3, H, W) float in [0, 1]; H, W multiples of `vae_scale_factor`.
+            sample: "mean" (posterior mean, DiffSeg/DiffCut) or "sample" (a posterior draw).
+
+        Returns:
+            (B, C_latent, H/f, W/f) latents times the VAE's `scaling_factor`, in `self.dtype`.
+        """
+        if sample not in ("mean", "sample"):
+            raise ValueError(f"`latent_mode` must be 'mean' or 'sample', got {sample!r}.")
+        vae_dtype = next(self.vae.parameters()).dtype
+        x = pixels.to(self.device, vae_dtype) * 2 - 1
+        dist = self.vae.encode(x).latent_dist
+        z = dist.mean if sample == "mean" else dist.sample(generator=generator)
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeddings:
+        """Tokenize and encode prompts (SD: last hidden state; SDXL: both encoders' penultimate
+        hidden states concatenated, plus the second encoder's pooled projection)."""
+        prompts = list(prompts)
+        tok = self.tokenizer if self.tokenizer is not None else self.tokenizer_2
+        enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt")
+        ids = enc.input_ids
+        full = tok(prompts, padding=False, truncation=False).input_ids
+        for p, f in zip(prompts, full):
+            if len(f) > ids.shape[1]:
+                logger.warning("prompt truncated to %d tokens: %r", ids.shape[1], p)
+        tokens = [tok.convert_ids_to_tokens(row.tolist()) for row in ids]
+        pooled = None
+        if self.text_encoder_2 is None:
+            embeds = self.text_encoder(ids.to(self.device))[0]
+        else:
+            hidden = []
+            if self.text_encoder is not None:
+                out1 = self.text_encoder(ids.to(self.device), output_hidden_states=True)
+                hidden.append(out1.hidden_states[-2])
+            ids2 = self.tokenizer_2(prompts, padding="max_length", max_length=self.tokenizer_2.model_max_length,
+                                    truncation=True, return_tensors="pt").input_ids
+            out2 = self.text_encoder_2(ids2.to(self.device), output_hidden_states=True)
+            hidden.append(out2.hidden_states[-2])
+            embeds = torch.cat(hidden, dim=-1)
+            pooled = out2[0]
+        return PromptEmbeddings(embeds.to(self.dtype), None if pooled is None else pooled.to(self.dtype), ids, tokens)
+
+    def _added_cond(self, prompt: PromptEmbeddings, size: tuple[int, int]) -> dict[str, torch.Tensor] | None:
+        if not self.is_sdxl:
+            return None
+        if prompt.pooled is None:
+            raise ValueError("this SDXL-shaped UNet needs a pooled text embedding (`text_encoder_2`).")
+        h, w = size
+        # (original size, crop top-left, target size), as the SDXL pipeline builds add_time_ids
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=self.device)
+        return {"text_embeds": prompt.pooled, "time_ids": time_ids.expand(prompt.pooled.shape[0], -1)}
+
+    def check_timestep(self, timestep: int) -> int:
+        """Validate `timestep` against the scheduler's range [0, num_train_timesteps)."""
+        if not isinstance(timestep, int) or not 0 <= timestep < self.num_train_timesteps:
+            raise ValueError(
+                f"`timestep` must be an int in [0, {self.num_train_timesteps}), got {timestep!r}."
+            )
+        return timestep
+
+    # ------------------------------------------------------------------ the pass
+    @torch.no_grad()
+    def unet_forward(
+        self, latents: torch.Tensor, timestep: int, prompt: PromptEmbeddings, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """One plain UNet call; returns the prediction (B, C, h, w)."""
+        t = torch.full((latents.shape[0],), timestep, device=self.device, dtype=torch.long)
+        return self.unet(latents, t, encoder_hidden_states=prompt.embeds,
+                         added_cond_kwargs=self._added_cond(prompt, image_size)).sample
+
+    @torch.no_grad()
+    def extract(
+        self,
+        images: ImageInput | Sequence[ImageInput] | torch.Tensor,
+        request: FeatureRequest,
+        prompts: str | Sequence[str] = "",
+        timestep: int = 300,
+        *,
+        image_size: int | None = 512,
+        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+        add_noise: bool = False,
+        shared_noise: bool = False,
+        latent_mode: Literal["mean", "sample"] = "mean",
+        generator: torch.Generator | None = None,
+    ) -> Features:
+        """Run one UNet pass over a batch and record what `request` asks for.
+
+        Args:
+            images: one image or a list (paths, PIL, arrays, (3,H,W) tensors in [0,1]), or a
+                (B, 3, H, W) float tensor in [0, 1] already at model size.
+            request: what to record (`FeatureRequest`).
+            prompts: one prompt for all images or one per image ("" = unconditional).
+            timestep: UNet timestep, in [0, scheduler.num_train_timesteps).
+            image_size, resize_mode: preprocessing (see `diffuseg.imageio.preprocess`).
+            add_noise: noise the latent to `timestep` with the scheduler (`add_noise`).
+            shared_noise: one noise draw for the whole batch (DiffCut's reference behaviour)
+                instead of one per image.
+            latent_mode: VAE posterior "mean" or "sample".
+            generator: randomness for noise and posterior samples.
+
+        Returns:
+            `Features` for the batch, attention maps in float32.
+        """
+        self.check_timestep(timestep)
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            pixels = images.float().clamp(0, 1)
+            metas = [{"input_size": list(pixels.shape[-2:]), "crop_box": [0, 0, pixels.shape[-1], pixels.shape[-2]],
+                      "model_size": list(pixels.shape[-2:])} for _ in range(pixels.shape[0])]
+            if pixels.shape[-1] % self.size_multiple or pixels.shape[-2] % self.size_multiple:
+                raise ValueError(f"image tensor sides must be multiples of {self.size_multiple}, got "
+                                 f"{tuple(pixels.shape[-2:])}.")
+        else:
+            batch = [images] if not isinstance(images, (list, tuple)) else list(images)
+            latent_side = (image_size or self.size_multiple) // self.vae_scale_factor
+            tensors, metas = preprocess(batch, image_size, resize_mode, self.size_multiple, min_side=latent_side)
+            sizes = {tuple(t.shape[-2:]) for t in tensors}
+            if len(sizes) > 1:
+                raise ValueError(f"images of one batch must share a model size, got {sorted(sizes)}; "
+                                 "use resize_mode='crop' or 'squash', or batches of one.")
+            pixels = torch.stack(tensors)
+        b = pixels.shape[0]
+        prompt_list = [prompts] * b if isinstance(prompts, str) else list(prompts)
+        if len(prompt_list) != b:
+            raise ValueError(f"got {len(prompt_list)} prompts for {b} images.")
+        latents = self.encode_images(pixels, latent_mode, generator)
+        if add_noise:
+            shape = (1, *latents.shape[1:]) if shared_noise else latents.shape
+            noise = torch.randn(shape, generator=generator, device=generator.device if generator else self.device,
+                                dtype=torch.float32).to(self.device, latents.dtype).expand_as(latents)
+            latents = self.scheduler.add_noise(latents, noise, torch.tensor([timestep] * b, device=self.device))
+        prompt = self.encode_prompts(prompt_list)
+        latent_size = (int(latents.shape[-2]), int(latents.shape[-1]))
+        with record(self.unet, request, latent_size) as store:
+            if not request.is_empty:
+                try:
+                    self.unet_forward(latents, timestep, prompt, tuple(pixels.shape[-2:]))
+                except EarlyExit:
+                    pass
+        return Features(
+            self_attention=store.maps["self"],
+            cross_attention=store.maps["cross"],
+            hidden_states=store.hidden,
+            layer_sizes=store.sizes,
+            layer_counts={**store.counts["self"], **store.counts["cross"]},
+            images=pixels.cpu(),
+            prompts=prompt_list,
+            token_ids=prompt.token_ids,
+            tokens=prompt.tokens,
+            latent_size=latent_size,
+            timestep=timestep,
+            normalization=request.normalization,
+            meta=metas,
+        )
+
