@@ -1,0 +1,156 @@
+"""PAMR: pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), and DiffCut's use of it.
+
+Re-implemented from the description and code of visinf/1-stage-wseg `models/mods/pamr.py`, as
+vendored by PaulCouairon/DiffCut@aa16df4 `tools/pamr.py` (l.127-146), without convolutions
+or hard-coded CUDA: neighbours are read from replicate-padded shifted views, so the op runs
+on any device and in the dtype of its inputs. See ../shared/reference/diffseg_diffcut.md §4.4.
+
+For every pixel i and each of the 8 neighbours j at every dilation d, the image affinity is
+``-|x_i - x_j| / (1e-8 + 0.1 * std_i)`` (std over the 3x3 window of every dilation, centre
+included once per dilation, per channel), averaged over channels and softmax-normalised over
+the 8 * len(dilations) neighbours. The mask is then replaced `num_iter` times by the
+affinity-weighted sum of its neighbours' values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .filters import median_filter
+
+__all__ = ["pamr", "refine_labels"]
+
+# Neighbour offsets (dy, dx) in the order of the reference's 3x3 shift kernels.
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+_WINDOW = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _shifted(x: torch.Tensor, offsets: Sequence[tuple[int, int]], dilation: int) -> torch.Tensor:
+    """Values at `offsets` * `dilation` around every pixel, edges replicated.
+
+    Args:
+        x: tensor (B, C, H, W).
+
+    Returns:
+        tensor (B, C, P, H, W), P = len(offsets).
+    """
+    _, _, h, w = x.shape
+    d = dilation
+    padded = F.pad(x, [d, d, d, d], mode="replicate")  # (B, C, H+2d, W+2d)
+    views = [padded[:, :, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
+             for dy, dx in offsets]
+    return torch.stack(views, dim=2)
+
+
+def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
+    dil = tuple(int(d) for d in dilations)
+    if not dil or any(d < 1 for d in dil):
+        raise ValueError(f"`dilations` must be a non-empty sequence of ints >= 1, got {dilations}.")
+    return dil
+
+
+def pamr(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    num_iter: int = 10,
+    dilations: Sequence[int] = (1, 2, 4, 8),
+) -> torch.Tensor:
+    """Refine soft masks by propagating them along local image affinities.
+
+    Args:
+        image: float tensor (B, 3, H, W) (any channel count), e.g. RGB in [0, 1].
+        masks: float tensor (B, K, h, w), e.g. one-hot labels; resized bilinearly
+            (align_corners=True, as the reference) to (H, W) if needed.
+        num_iter: propagation steps, >= 0 (DiffCut eval: 10; demo notebook: 30).
+        dilations: neighbourhood dilations (DiffCut eval: 1, 2, 4, 8).
+
+    Returns:
+        tensor (B, K, H, W) in the dtype of `masks` (floating) on the image's device.
+
+    Raises:
+        ValueError: on bad shapes, `num_iter` < 0 or bad `dilations`.
+    """
+    if image.ndim != 4 or masks.ndim != 4 or image.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"`image` (B, C, H, W) and `masks` (B, K, h, w) must be 4-D with equal B, got "
+            f"{tuple(image.shape)} and {tuple(masks.shape)}."
+        )
+    if num_iter < 0:
+        raise ValueError(f"`num_iter` must be >= 0, got {num_iter}.")
+    dil = _check_dilations(dilations)
+    dtype = masks.dtype if masks.is_floating_point() else image.dtype
+    if not torch.empty((), dtype=dtype).is_floating_point():
+        dtype = torch.float32
+    masks = masks.to(device=image.device, dtype=dtype)
+    x = image.to(dtype)
+    if masks.shape[-2:] != x.shape[-2:]:
+        masks = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+    # Image affinity, (B, 1, P, H, W) with P = 8 * len(dilations).
+    diffs = torch.cat([_shifted(x, _NEIGHBOURS, d) for d in dil], dim=2)  # (B, C, P, H, W)
+    diffs = (x.unsqueeze(2) - diffs).abs()
+    window = torch.cat([_shifted(x, _WINDOW, d) for d in dil], dim=2)  # (B, C, 9*len, H, W)
+    std = window.std(dim=2, keepdim=True)  # (B, C, 1, H, W), unbiased like torch's default
+    del window
+    aff = (-diffs / (1e-8 + 0.1 * std)).mean(dim=1, keepdim=True)  # (B, 1, P, H, W)
+    aff = F.softmax(aff, dim=2)
+    del diffs
+
+    # Propagation: one replicate pad by the largest dilation per step, then each neighbour is a
+    # view of it; accumulating view by view keeps memory at two mask-sized buffers.
+    weights = [aff[:, :, p] for p in range(aff.shape[2])]  # P tensors (B, 1, H, W)
+    offsets = [(dy * d, dx * d) for d in dil for dy, dx in _NEIGHBOURS]
+    r = max(dil)
+    h, w = masks.shape[-2:]
+    for _ in range(num_iter):
+        padded = F.pad(masks, [r, r, r, r], mode="replicate")  # (B, K, H+2r, W+2r)
+        out = torch.zeros_like(masks)
+        for (oy, ox), weight in zip(offsets, weights):
+            out.addcmul_(padded[:, :, r + oy : r + oy + h, r + ox : r + ox + w], weight)
+        masks = out
+    return masks
+
+
+def refine_labels(
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    num_iter: int = 10,
+    dilations: Sequence[int] = (1, 2, 4, 8),
+    median_size: int = 3,
+) -> torch.Tensor:
+    """DiffCut's refinement: one-hot labels -> PAMR -> argmax -> median filter.
+
+    Reference: `eval_diffcut.py::pamr` (l.90-95): masks are the one-hot of the occurring
+    labels, refined with `PAMR(10, [1, 2, 4, 8])`, argmaxed and passed through
+    `scipy.ndimage.median_filter(labels, 3)`.
+
+    Args:
+        image: float tensor (3, H, W), RGB in [0, 1].
+        labels: int tensor (H, W) (or any (h, w), resized bilinearly as soft masks).
+        num_iter: PAMR iterations.
+        dilations: PAMR dilations.
+        median_size: odd median window side; 1 (or 0) disables the filter.
+
+    Returns:
+        int64 tensor (H, W) with values in [0, K'), relabelled to consecutive ids
+        in order of the input label ids.
+    """
+    if image.ndim != 3 or labels.ndim != 2:
+        raise ValueError(
+            f"`image` must be (3, H, W) and `labels` (h, w), got {tuple(image.shape)} and "
+            f"{tuple(labels.shape)}."
+        )
+    _, ids = torch.unique(labels.reshape(-1), return_inverse=True)
+    ids = ids.reshape(labels.shape).to(image.device)
+    num = int(ids.max()) + 1
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    one_hot = F.one_hot(ids, num_classes=num).permute(2, 0, 1)[None].to(dtype)  # (1, K, h, w)
+    refined = pamr(image[None].to(dtype), one_hot, num_iter=num_iter, dilations=dilations)
+    out = refined[0].argmax(dim=0)  # (H, W)
+    if median_size > 1:
+        out = median_filter(out, median_size)
+    _, dense = torch.unique(out, return_inverse=True)
+    return dense.reshape(out.shape).long()

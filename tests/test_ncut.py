@@ -1,0 +1,167 @@
+"""Known-answer tests for diffuseg.ops.ncut (recursive normalized cut, concept assignment)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffuseg.ops import ncut
+from diffuseg.ops.ncut import (
+    assign_concepts,
+    bipartition,
+    recursive_ncut_affinity,
+    recursive_normalized_cut,
+)
+
+
+def _block_affinity(sizes: list[int], off: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    n = sum(sizes)
+    affinity = torch.full((n, n), off)
+    truth = torch.cat([torch.full((k,), i) for i, k in enumerate(sizes)])
+    same = truth[:, None] == truth[None, :]
+    affinity[same] = 1.0
+    return affinity, truth
+
+
+def _clustered_features(k: int, c: int = 32, h: int = 16, w: int = 20, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, c, generator=g) * 3
+    truth = torch.randint(0, k, (h, w), generator=g)
+    truth.view(-1)[:k] = torch.arange(k)  # every cluster occurs
+    feats = centres[truth].permute(2, 0, 1) + 0.3 * torch.randn(c, h, w, generator=g)
+    return feats, truth
+
+
+def _same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a and b are equal up to a renaming of labels (a bijection)."""
+    pairs = set(zip(a.reshape(-1).tolist(), b.reshape(-1).tolist()))
+    return len(pairs) == len(set(a.reshape(-1).tolist())) == len(set(b.reshape(-1).tolist()))
+
+
+@pytest.mark.parametrize("off", [0.0, 1e-3])
+def test_block_diagonal_affinity_gives_exactly_the_blocks(off):
+    affinity, truth = _block_affinity([5, 7, 3, 9], off)
+    labels = recursive_ncut_affinity(affinity, tau=0.5)
+    assert labels.dtype == torch.int64
+    assert _same_partition(labels, truth)
+    assert sorted(labels.unique().tolist()) == [0, 1, 2, 3]
+
+
+def test_complete_graph_is_not_cut():
+    # Any split of a complete graph has ncut 1 >= tau: one segment.
+    labels = recursive_ncut_affinity(torch.ones(10, 10), tau=0.5)
+    assert labels.tolist() == [0] * 10
+
+
+def test_two_blocks_single_cut_value():
+    affinity, truth = _block_affinity([6, 4], 0.0)
+    side, value = bipartition(affinity)
+    assert value == pytest.approx(0.0, abs=1e-5)
+    assert _same_partition(side.long(), truth)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_well_separated_clusters_give_k_segments(k):
+    feats, truth = _clustered_features(k)
+    labels = recursive_normalized_cut(feats, tau=0.5, alpha=10.0)
+    assert labels.shape == truth.shape and labels.dtype == torch.int64
+    assert _same_partition(labels, truth)
+
+
+def test_repeated_runs_are_identical():
+    feats, _ = _clustered_features(4, seed=3)
+    runs = [recursive_normalized_cut(feats) for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_labels_ordered_like_reference_assembly():
+    # Root cut accepted first: its positive side carries the largest reference code.
+    affinity, _ = _block_affinity([4, 4], 0.0)
+    labels = recursive_ncut_affinity(affinity)
+    side, _ = bipartition(affinity)
+    assert torch.equal(labels.bool(), side)
+
+
+def test_drop_zero_rows_reproduces_reference_quirk():
+    # Min-max normalisation makes the global-minimum pair exactly 0; the reference drops those
+    # tokens below the root, so they can land in a leaf that is not their cluster.
+    feats, truth = _clustered_features(5, c=64, h=32, w=32, seed=0)
+    clean = recursive_normalized_cut(feats)
+    compat = recursive_normalized_cut(feats, drop_zero_rows=True)
+    assert _same_partition(clean, truth)
+    assert compat.shape == clean.shape and compat.dtype == torch.int64
+
+
+def test_non_square_grid_and_tau_controls_granularity():
+    feats, truth = _clustered_features(3, h=7, w=13)
+    assert _same_partition(recursive_normalized_cut(feats), truth)
+    # A tiny tau forbids the cuts: one segment.
+    assert recursive_normalized_cut(feats, tau=1e-9).unique().tolist() == [0]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (8, 0, 3), (0, 4, 4)])
+def test_fewer_than_two_tokens_or_no_channels_is_one_segment(shape):
+    labels = recursive_normalized_cut(torch.randn(shape))
+    assert labels.shape == shape[1:] and labels.dtype == torch.int64
+    assert (labels == 0).all()
+
+
+@pytest.mark.parametrize("feats", [torch.ones(4, 5, 6), torch.zeros(4, 5, 6),
+                                   torch.ones(4, 1, 1).expand(4, 3, 3) * 7])
+def test_constant_features_give_one_segment_without_nan(feats):
+    labels = recursive_normalized_cut(feats)
+    assert (labels == 0).all()
+
+
+@pytest.mark.parametrize("kwargs, name", [({"tau": 0.0}, "tau"), ({"tau": -1.0}, "tau"),
+                                          ({"alpha": 0.0}, "alpha"), ({"alpha": -2}, "alpha")])
+def test_bad_tau_alpha_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        recursive_normalized_cut(torch.randn(4, 3, 3), **kwargs)
+
+
+def test_bad_shapes_and_values_raise():
+    with pytest.raises(ValueError, match="features"):
+        recursive_normalized_cut(torch.randn(4, 9))
+    bad = torch.randn(4, 3, 3)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        recursive_normalized_cut(bad)
+
+
+def test_eigensolver_failure_ends_branch(monkeypatch):
+    def broken(*args, **kwargs):
+        raise torch.linalg.LinAlgError("simulated failure")
+
+    monkeypatch.setattr(ncut.torch.linalg, "eigh", broken)
+    feats, _ = _clustered_features(3)
+    labels = recursive_normalized_cut(feats)
+    assert (labels == 0).all()
+
+
+def test_isolated_token_is_split_off_without_nan():
+    affinity, _ = _block_affinity([4, 4], 0.0)
+    affinity[0, :] = 0
+    affinity[:, 0] = 0
+    labels = recursive_ncut_affinity(affinity)
+    assert labels.unique().numel() == 3
+    assert (labels[1:4] == labels[1]).all() and labels[0] != labels[1]
+
+
+def test_assign_concepts_upsamples_and_keeps_clusters():
+    feats, truth = _clustered_features(3, h=8, w=8)
+    labels = recursive_normalized_cut(feats)
+    high = assign_concepts(feats, labels, (32, 32))
+    assert high.shape == (32, 32) and high.dtype == torch.int64
+    # Upsampling by 4: the centre pixel of each 4x4 cell keeps its token's cluster.
+    centres = high[1::4, 1::4]
+    assert _same_partition(centres, labels)
+    # Same size: exact nearest-embedding assignment of the tokens.
+    assert _same_partition(assign_concepts(feats, labels, (8, 8)), truth)
+
+
+def test_assign_concepts_bad_input():
+    with pytest.raises(ValueError, match="labels"):
+        assign_concepts(torch.randn(4, 5, 5), torch.zeros(4, 4, dtype=torch.long), (8, 8))
+    with pytest.raises(ValueError, match="size"):
+        assign_concepts(torch.randn(4, 5, 5), torch.zeros(5, 5, dtype=torch.long), (0, 8))
