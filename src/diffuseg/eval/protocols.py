@@ -1,0 +1,179 @@
+"""Evaluation protocols: where the image is cropped, what size the method sees, where we score.
+
+Published numbers differ partly because each paper crops and scores differently
+(reference notes: diffseg_diffcut.md §3 and §5). A `Protocol` names those choices and every
+report states the preset it used.
+
+Presets:
+
+``diffseg``
+    Square centre crop to the short side (offsets ``(size - side) // 2``, as DiffSeg's
+    ``process_image``), image resized to 512 (bilinear, no antialias, as ``tf.image.resize``),
+    label to 512 (nearest, half-pixel centres as TF2); scored at 512 x 512.
+``diffcut``
+    Centre crop of side ``min(H, W) - 1`` (torchvision ``center_crop`` offsets,
+    ``round((size - side) / 2)``), image resized to 1024 (bilinear, no antialias), label to
+    1024 (nearest-exact), then the label is nearest-downsampled to 128 x 128
+    (``F.interpolate`` default) and the prediction likewise; scored at 128 x 128.
+``full``
+    No crop, the label at its full resolution (the default for new numbers). The method is
+    asked for ``resize_mode="keep_aspect"`` when its config has that field, and its labels
+    are mapped back onto the whole image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["Protocol", "PROTOCOLS", "get_protocol", "prepare", "resize_nearest"]
+
+logger = logging.getLogger(__name__)
+
+_CROPS = ("none", "square", "square-minus-one")
+_NEAREST = ("floor", "exact")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How images and labels are cropped and resized for one evaluation.
+
+    Attributes:
+        name: preset name written into reports.
+        crop: ``"none"``, ``"square"`` (short side, DiffSeg offsets) or ``"square-minus-one"``
+            (side min(H, W) - 1, torchvision offsets, DiffCut).
+        input_size: side of the square image given to the method, or None to keep the size.
+        label_nearest: label resize rule to `input_size`: ``"floor"`` (index i * in / out) or
+            ``"exact"`` (index (i + 0.5) * in / out; PIL NEAREST, torch nearest-exact).
+        score_size: side of the square grid scored, or None to score at the label's size after
+            crop and resize. Label and prediction are downsampled with ``"floor"`` nearest.
+        resize_mode: value for a method config's ``resize_mode`` field, if it has one.
+    """
+
+    name: str
+    crop: Literal["none", "square", "square-minus-one"] = "none"
+    input_size: int | None = None
+    label_nearest: Literal["floor", "exact"] = "floor"
+    score_size: int | None = None
+    resize_mode: str = "keep_aspect"
+
+    def __post_init__(self) -> None:
+        if self.crop not in _CROPS:
+            raise ValueError(f"`crop` must be one of {_CROPS}, got {self.crop!r}.")
+        if self.label_nearest not in _NEAREST:
+            raise ValueError(f"`label_nearest` must be one of {_NEAREST}, got {self.label_nearest!r}.")
+        for name in ("input_size", "score_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"`{name}` must be a positive int or None, got {v!r}.")
+
+    def method_overrides(self, config_fields: set[str]) -> dict[str, object]:
+        """Config overrides this protocol asks of a method with fields `config_fields`."""
+        out: dict[str, object] = {}
+        if "resize_mode" in config_fields:
+            out["resize_mode"] = self.resize_mode
+        if self.input_size is not None and "image_size" in config_fields:
+            out["image_size"] = self.input_size
+        return out
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # tf.image.resize(method="nearest") samples at half-pixel centres -> "exact"
+    "diffseg": Protocol("diffseg", crop="square", input_size=512, label_nearest="exact",
+                        resize_mode="crop"),
+    "diffcut": Protocol("diffcut", crop="square-minus-one", input_size=1024,
+                        label_nearest="exact", score_size=128, resize_mode="crop"),
+    "full": Protocol("full", crop="none", resize_mode="keep_aspect"),
+}
+
+
+def get_protocol(name: str | Protocol) -> Protocol:
+    """The preset called `name` (a `Protocol` passes through).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the presets).
+    """
+    if isinstance(name, Protocol):
+        return name
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown `protocol` {name!r}; choose one of {sorted(PROTOCOLS)}.")
+    return PROTOCOLS[name]
+
+
+def _crop_box(h: int, w: int, crop: str) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the protocol's crop."""
+    if crop == "none":
+        return 0, 0, h, w
+    if crop == "square":  # DiffSeg process_image: start = (size - side) // 2
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+    else:  # DiffCut: torchvision center_crop(min - 1): start = round((size - side) / 2)
+        side = max(min(h, w) - 1, 1)
+        top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+    return top, left, top + side, left + side
+
+
+def _nearest_index(n_in: int, n_out: int, rule: str) -> np.ndarray:
+    if rule == "floor":  # torch F.interpolate(mode="nearest")
+        idx = np.floor(np.arange(n_out) * (n_in / n_out))
+    else:  # nearest-exact / PIL NEAREST: sample at pixel centres
+        idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out))
+    return np.minimum(idx.astype(np.int64), n_in - 1)
+
+
+def resize_nearest(labels: np.ndarray, size: tuple[int, int], rule: str = "floor") -> np.ndarray:
+    """Nearest-neighbour resize of a label map (H, W) to `size` (h, w), keeping the dtype."""
+    h, w = labels.shape
+    if (h, w) == tuple(size):
+        return labels
+    rows = _nearest_index(h, size[0], rule)
+    cols = _nearest_index(w, size[1], rule)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def _resize_image(image: Image.Image, side: int) -> Image.Image:
+    """Bilinear resize without antialias (half-pixel centres, as TF2 and torchvision tensors)."""
+    arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+    out = torch.nn.functional.interpolate(
+        arr[None], size=(side, side), mode="bilinear", align_corners=False, antialias=False
+    )[0]  # (3, side, side) float32 in [0, 255]
+    out = out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(out)
+
+
+def prepare(
+    image: Image.Image, label: np.ndarray, protocol: Protocol
+) -> tuple[Image.Image, np.ndarray]:
+    """Crop and resize an image / label pair as `protocol` says.
+
+    Args:
+        image: RGB PIL image (W, H).
+        label: integer array (H, W) of class ids and ignore values.
+
+    Returns:
+        The image for the method and the label at the protocol's input size (before any
+        `score_size` downsampling, which `to_score_grid` applies to both sides).
+    """
+    h, w = label.shape
+    top, left, bottom, right = _crop_box(h, w, protocol.crop)
+    if protocol.crop != "none":
+        image = image.crop((left, top, right, bottom))
+        label = label[top:bottom, left:right]
+    if protocol.input_size is not None:
+        s = protocol.input_size
+        if image.size != (s, s):
+            image = _resize_image(image, s)
+        label = resize_nearest(label, (s, s), protocol.label_nearest)
+    return image, label
+
+
+def to_score_grid(array: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Downsample a label or prediction map to the protocol's scoring grid (floor nearest)."""
+    if protocol.score_size is None:
+        return array
+    return resize_nearest(array, (protocol.score_size, protocol.score_size), "floor")

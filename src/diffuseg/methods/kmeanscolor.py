@@ -1,0 +1,140 @@
+"""k-means on pixel colours (optionally with position) as a segmentation baseline.
+
+Lloyd's algorithm with k-means++ seeding, in numpy, seeded by the config's `seed` through its
+own `np.random.Generator` (no global seeding). It reads only the image, so no UNet runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..backbone.features import FeatureRequest, Features
+from ..types import Segmentation, relabel_sequential
+from ._registry import MethodSpec
+
+__all__ = ["KMeansColorConfig", "kmeans", "segment", "SPEC"]
+
+logger = logging.getLogger(__name__)
+
+_MODES = ("crop", "squash", "keep_aspect")
+_SPACES = ("rgb", "lab")
+
+
+@dataclass(frozen=True)
+class KMeansColorConfig:
+    """Hyperparameters of the colour k-means baseline.
+
+    Attributes:
+        num_clusters: k, the number of segments (at most; empty clusters vanish).
+        num_iterations: Lloyd iterations (stops early when assignments settle).
+        color_space: "lab" (CIELAB, perceptual; scaled to [0, 1]) or "rgb" ([0, 1]).
+        spatial_weight: weight of the (y, x) position, each scaled to [0, 1]; 0 = colour only.
+        seed: seed of the generator used for k-means++ seeding.
+        image_size: side the image is resized to; None keeps the given size.
+        resize_mode: preprocessing mode ("crop", "squash" or "keep_aspect").
+    """
+
+    num_clusters: int = 6
+    num_iterations: int = 20
+    color_space: str = "lab"
+    spatial_weight: float = 0.0
+    seed: int = 0
+    image_size: int | None = None
+    resize_mode: str = "crop"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_clusters, int) or self.num_clusters < 1:
+            raise ValueError(f"`num_clusters` must be a positive int, got {self.num_clusters!r}.")
+        if not isinstance(self.num_iterations, int) or self.num_iterations < 1:
+            raise ValueError(f"`num_iterations` must be a positive int, got {self.num_iterations!r}.")
+        if self.color_space not in _SPACES:
+            raise ValueError(f"`color_space` must be one of {_SPACES}, got {self.color_space!r}.")
+        if self.spatial_weight < 0:
+            raise ValueError(f"`spatial_weight` must be >= 0, got {self.spatial_weight!r}.")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
+            raise ValueError(f"`image_size` must be a positive int or None, got {self.image_size!r}.")
+        if self.resize_mode not in _MODES:
+            raise ValueError(f"`resize_mode` must be one of {_MODES}, got {self.resize_mode!r}.")
+
+
+def kmeans(
+    points: np.ndarray, k: int, num_iterations: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Cluster `points` (N, D) float into at most `k` groups.
+
+    Returns:
+        int64 (N,) cluster index per point, in [0, k).
+    """
+    n = points.shape[0]
+    k = min(k, n)
+    # k-means++ seeding: each next centre drawn with probability ~ squared distance
+    centres = [points[rng.integers(n)]]
+    d2 = ((points - centres[0]) ** 2).sum(axis=1)  # (N,)
+    for _ in range(1, k):
+        total = d2.sum()
+        if total <= 0:
+            break
+        centres.append(points[rng.choice(n, p=d2 / total)])
+        d2 = np.minimum(d2, ((points - centres[-1]) ** 2).sum(axis=1))
+    c = np.stack(centres)  # (k, D)
+    assign = np.full(n, -1, dtype=np.int64)
+    for _ in range(num_iterations):
+        # squared distances via |p|^2 - 2 p.c + |c|^2, (N, k)
+        dist = (points**2).sum(1, keepdims=True) - 2.0 * points @ c.T + (c**2).sum(1)[None]
+        new = dist.argmin(axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        counts = np.bincount(assign, minlength=len(c)).astype(np.float64)  # (k,)
+        # per-dimension weighted bincounts: cluster sums without a Python loop over pixels
+        sums = np.stack(
+            [np.bincount(assign, weights=points[:, j], minlength=len(c)) for j in range(points.shape[1])],
+            axis=1,
+        )  # (k, D)
+        keep = counts > 0
+        c[keep] = sums[keep] / counts[keep, None]
+    return assign
+
+
+def segment(features: Features, config: KMeansColorConfig) -> Segmentation:
+    """Cluster the pixels of image 0 of `features` by colour (and position).
+
+    Args:
+        features: needs only `images`, (1, 3, H, W) float32 in [0, 1].
+        config: a `KMeansColorConfig`.
+
+    Returns:
+        A `Segmentation` with int64 labels (H, W) in [0, K), K <= `num_clusters`.
+    """
+    if features.images is None:
+        raise ValueError("the k-means colour baseline needs `features.images`.")
+    image = features.images[0].detach().float().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
+    h, w, _ = image.shape
+    if config.color_space == "lab":
+        from skimage.color import rgb2lab  # optional dependency (extra "eval")
+
+        # L in [0, 100], a/b in about [-128, 127] -> roughly [0, 1]
+        image = rgb2lab(image.astype(np.float64)) / np.array([100.0, 255.0, 255.0]) + [0, 0.5, 0.5]
+    pts = image.reshape(-1, 3).astype(np.float64)  # (H*W, 3)
+    if config.spatial_weight > 0:
+        yy, xx = np.mgrid[0:h, 0:w]
+        pos = np.stack([yy / max(h - 1, 1), xx / max(w - 1, 1)], axis=-1).reshape(-1, 2)
+        pts = np.concatenate([pts, config.spatial_weight * pos], axis=1)  # (H*W, 5)
+    rng = np.random.default_rng(config.seed)
+    assign = kmeans(pts, config.num_clusters, config.num_iterations, rng)
+    labels = relabel_sequential(torch.from_numpy(assign.reshape(h, w)))
+    return Segmentation(labels=labels, meta=dict(features.meta[0]) if features.meta else {})
+
+
+SPEC = MethodSpec(
+    name="kmeans-color",
+    config_cls=KMeansColorConfig,
+    segment=segment,
+    requires=FeatureRequest(),
+    description="Baseline: k-means on pixel colour (CIELAB) and optional position; no diffusion model.",
+    extraction_fields=("image_size", "resize_mode"),
+)
