@@ -1,0 +1,92 @@
+"""Attention-map aggregation across resolutions (DiffSeg, Tian et al. CVPR 2024, §3.1)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["aggregate_self_attention", "resolution_weights"]
+
+Size = int | tuple[int, int]
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def resolution_weights(sizes: list[tuple[int, int]]) -> list[float]:
+    """Weights proportional to the side length of each token grid, summing to 1.
+
+    google/diffseg `segmentor.py::get_weight_rato` (l.32-38): sqrt(tokens) / sum; for SD-1.x
+    grids 64, 32, 16, 8 this gives [0.533, 0.267, 0.133, 0.067].
+    """
+    sides = [math.sqrt(h * w) for h, w in sizes]
+    total = sum(sides)
+    return [s / total for s in sides]
+
+
+def aggregate_self_attention(
+    maps: Mapping[Size, torch.Tensor], weights: Mapping[Size, float] | None = None
+) -> torch.Tensor:
+    """Aggregate head-averaged self-attention maps of several resolutions into one 4-D tensor.
+
+    As google/diffseg `segmentor.py::aggregate_weights` (l.40-64): for each resolution the key
+    axes are upsampled bilinearly (half-pixel centres, as Keras `UpSampling2D`) to the highest
+    resolution and each key map is renormalised to sum to 1; the query axes are tiled
+    (nearest neighbour); resolutions are summed with weights proportional to side length.
+
+    Args:
+        maps: resolution -> (s*s, s*s) attention probabilities of one image (rows sum to 1),
+            keyed by side `s` or by (h, w) for non-square grids. A leading batch axis of 1 is
+            accepted.
+        weights: optional resolution -> weight (default: proportional to side length).
+
+    Returns:
+        float32 tensor (R*R, R, R) for the largest grid R (or (H*W, H, W) for (H, W) grids):
+        entry [i] is the aggregated attention map of query token i, summing to 1.
+
+    Raises:
+        ValueError: if `maps` is empty or a map's shape does not match its key.
+    """
+    if not maps:
+        raise ValueError("`maps` is empty: record self-attention first.")
+    items = []
+    for key, value in maps.items():
+        h, w = _hw(key)
+        m = value[0] if value.ndim == 3 and value.shape[0] == 1 else value
+        if m.shape != (h * w, h * w):
+            raise ValueError(
+                f"map for resolution {key} must have shape ({h * w}, {h * w}), got {tuple(value.shape)}."
+            )
+        items.append(((h, w), m))
+    items.sort(key=lambda kv: kv[0][0] * kv[0][1], reverse=True)
+    big_h, big_w = items[0][0]
+    sizes = [s for s, _ in items]
+    ws = resolution_weights(sizes) if weights is None else [float(weights[_key(maps, s)]) for s in sizes]
+    out = torch.zeros(big_h * big_w, big_h * big_w, dtype=torch.float32, device=items[0][1].device)
+    for ((h, w), m), weight in zip(items, ws):
+        keys = m.float().reshape(h * w, 1, h, w)  # one key map per query token
+        if (h, w) != (big_h, big_w):
+            keys = F.interpolate(keys, size=(big_h, big_w), mode="bilinear", align_corners=False)
+        keys = keys.reshape(h * w, big_h * big_w)
+        keys = keys / keys.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        if (h, w) != (big_h, big_w):
+            # tile the query axes: (h, w, RR) -> (R, R, RR) by nearest neighbour
+            keys = keys.T.reshape(1, big_h * big_w, h, w)
+            keys = F.interpolate(keys, size=(big_h, big_w), mode="nearest")
+            keys = keys.reshape(big_h * big_w, big_h * big_w).T
+        out.add_(keys, alpha=weight)
+    return out.reshape(big_h * big_w, big_h, big_w)
+
+
+def _key(maps: Mapping[Size, torch.Tensor], size: tuple[int, int]) -> Size:
+    for k in maps:
+        if _hw(k) == size:
+            return k
+    raise KeyError(size)

@@ -1,0 +1,151 @@
+"""Grouping attention maps: symmetric-KL merging (DiffSeg) and k-means refinement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["anchor_grid", "symmetric_kl", "merge_attention", "kmeans_refine"]
+
+_EPS = 1e-30  # clamp before log: float32 keeps 1e-30 (fp16 does not, see merge_attention)
+
+
+def anchor_grid(size: int, num_per_side: int) -> torch.Tensor:
+    """Evenly spaced anchor coordinates along one axis of a grid of `size` cells.
+
+    As google/diffseg `generate_sampling_grid` (l.22-30): step (size-1)//(n-1), centred; for
+    size 64 and 16 anchors: 1, 5, ..., 61.
+
+    Returns:
+        int64 tensor (num_per_side,) of indices in [0, size).
+
+    Raises:
+        ValueError: if `num_per_side` < 1 or > `size`.
+    """
+    if num_per_side < 1 or num_per_side > size:
+        raise ValueError(f"`anchors` must be in [1, {size}] for a {size}-cell grid, got {num_per_side}.")
+    if num_per_side == 1:
+        return torch.tensor([(size - 1) // 2])
+    step = (size - 1) // (num_per_side - 1)
+    start = (size - 1 - step * (num_per_side - 1)) // 2
+    return start + step * torch.arange(num_per_side)
+
+
+def symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Pairwise symmetric KL distance, ½[KL(p‖q) + KL(q‖p)], between two sets of distributions.
+
+    Computed as ½(h_p + h_q - p·log q - q·log p) with h = Σ p log p: two matrix products
+    instead of materialising (P, Q, D) differences.
+
+    Args:
+        p: (P, D) distributions (rows sum to 1), any float dtype; computed in float32 or higher.
+        q: (Q, D) distributions.
+
+    Returns:
+        (P, Q) distances >= 0 (tiny negatives from rounding are clamped to 0).
+    """
+    dtype = torch.promote_types(p.dtype, torch.float32)
+    p, q = p.to(dtype), q.to(dtype)
+    lp, lq = p.clamp_min(_EPS).log(), q.clamp_min(_EPS).log()
+    hp = (p * lp).sum(1)  # (P,)
+    hq = (q * lq).sum(1)  # (Q,)
+    cross = p @ lq.T + (lp @ q.T)  # (P, Q): p·log q + q·log p
+    return (0.5 * (hp[:, None] + hq[None, :] - cross)).clamp_min_(0)
+
+
+def _group_means(members: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    m = members.to(maps.dtype)
+    return (m @ maps) / m.sum(1, keepdim=True)
+
+
+def merge_attention(
+    aggregated: torch.Tensor, anchors: int = 16, thresholds: Sequence[float] = (1.1, 1.1, 1.1)
+) -> torch.Tensor:
+    """Iteratively merge attention maps whose symmetric KL distance is below a threshold.
+
+    google/diffseg `segmentor.py::mask_merge` / `generate_masks` (l.88-145):
+    - iteration 0: every anchor (a `anchors` x `anchors` grid over the R x R queries) becomes
+      the mean of ALL maps within `thresholds[0]` of it (one matrix product; groups overlap);
+    - iterations i >= 1: a greedy pass in proposal order: each proposal not yet matched forms
+      the group {j : D(i, j) < thresholds[i]} and is replaced by its mean; the group is marked
+      matched, but matched proposals may still join later groups (the reference's behaviour).
+
+    Deviation (a fix): the reference computes iteration 0 in float16, where the log of
+    underflowed values gives inf/NaN and NaN distances silently fail the threshold test; here
+    all distances are float32 (or float64 if given) with a 1e-30 clamp before the log.
+
+    Args:
+        aggregated: (R*R, R, R) aggregated maps (`aggregate_self_attention`), float.
+        anchors: anchors per side, in [1, R].
+        thresholds: one KL threshold (> 0) per iteration; len(thresholds) iterations.
+
+    Returns:
+        (K, R, R) merged proposal maps, float32, K <= anchors**2.
+
+    Raises:
+        ValueError: on an empty or non-positive threshold list, or `anchors` out of range.
+    """
+    thresholds = tuple(float(t) for t in thresholds)
+    if not thresholds or any(not t > 0 for t in thresholds):
+        raise ValueError(f"`thresholds` must be a non-empty sequence of values > 0, got {thresholds}.")
+    if aggregated.ndim != 3 or aggregated.shape[0] != aggregated.shape[1] * aggregated.shape[2]:
+        raise ValueError(f"`aggregated` must have shape (R*R, R, R), got {tuple(aggregated.shape)}.")
+    n, h, w = aggregated.shape
+    dtype = torch.promote_types(aggregated.dtype, torch.float32)
+    flat = aggregated.reshape(n, h * w).to(dtype)  # (N, D)
+    rows, cols = anchor_grid(h, anchors), anchor_grid(w, anchors)
+    idx = (rows[:, None] * w + cols[None, :]).reshape(-1).to(flat.device)  # ij indexing
+    # iteration 0: anchors against all maps, groups overlap
+    members = symmetric_kl(flat[idx], flat) < thresholds[0]  # (A, N); each anchor matches itself
+    proposals = _group_means(members, flat)
+    for tau in thresholds[1:]:
+        dist = symmetric_kl(proposals, proposals) < tau  # (K, K)
+        matched = torch.zeros(len(proposals), dtype=torch.bool, device=flat.device)
+        groups = []
+        for i in range(len(proposals)):
+            if matched[i]:
+                continue
+            group = dist[i]
+            matched |= group
+            groups.append(group)
+        proposals = _group_means(torch.stack(groups), proposals)
+    return proposals.reshape(-1, h, w).float()
+
+
+def kmeans_refine(
+    proposals: torch.Tensor, aggregated: torch.Tensor, max_iter: int = 300, tol: float = 1e-4
+) -> torch.Tensor:
+    """Refine proposals with k-means over all maps, initialised at the proposals.
+
+    As the reference's sklearn ``KMeans(n_clusters=K, init=proposals, n_init=1)``: Lloyd
+    iterations on the N flattened maps; each proposal becomes its cluster's mean. An empty
+    cluster keeps its previous centre (sklearn relocates it instead).
+
+    Args:
+        proposals: (K, R, R) initial centres.
+        aggregated: (N, R, R) maps to cluster.
+        max_iter: Lloyd iterations at most (sklearn default 300).
+        tol: stop when the centres' squared shift is below `tol` x mean feature variance
+            (sklearn's relative tolerance).
+
+    Returns:
+        (K, R, R) float32 refined centres.
+    """
+    k, h, w = proposals.shape
+    x = aggregated.reshape(-1, h * w).float()
+    centres = proposals.reshape(k, h * w).float().clone()
+    threshold = tol * x.var(0).mean()
+    x_sq = (x * x).sum(1, keepdim=True)
+    for _ in range(max_iter):
+        d = x_sq - 2 * x @ centres.T + (centres * centres).sum(1)[None]  # (N, K) squared distances
+        assign = d.argmin(1)
+        onehot = torch.zeros(len(x), k, dtype=x.dtype, device=x.device)
+        onehot[torch.arange(len(x)), assign] = 1
+        counts = onehot.sum(0)
+        new = torch.where(counts[:, None] > 0, (onehot.T @ x) / counts.clamp_min(1)[:, None], centres)
+        shift = ((new - centres) ** 2).sum()
+        centres = new
+        if shift <= threshold:
+            break
+    return centres.reshape(k, h, w)

@@ -1,0 +1,48 @@
+"""Small label-map utilities shared by methods."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["maps_to_labels", "relabel_sequential", "resize_labels"]
+
+
+def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
+    """Map the occurring label ids to 0..K-1, keeping their order (same shape, int64)."""
+    _, inverse = torch.unique(labels, return_inverse=True)
+    return inverse.reshape(labels.shape).long()
+
+
+def maps_to_labels(maps: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> torch.Tensor:
+    """Upsample K score maps bilinearly to `size` and take the per-pixel argmax.
+
+    DiffSeg's "non-maximum suppression" (google/diffseg `segmentor.py` l.139-143): bilinear
+    upsampling (half-pixel centres) of the proposal maps, then argmax over proposals. Labels
+    are renumbered 0..K'-1 over the proposals that win at least one pixel.
+
+    Args:
+        maps: (K, h, w) float scores.
+        size: output (H, W).
+        chunk: proposals upsampled at a time (bounds peak memory to chunk x H x W floats).
+
+    Returns:
+        int64 (H, W) labels in [0, K').
+    """
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"`maps` must have shape (K, h, w) with K >= 1, got {tuple(maps.shape)}.")
+    best = torch.full(size, -torch.inf, dtype=torch.float32, device=maps.device)
+    labels = torch.zeros(size, dtype=torch.int64, device=maps.device)
+    for start in range(0, maps.shape[0], chunk):
+        part = F.interpolate(maps[None, start:start + chunk].float(), size=size, mode="bilinear",
+                             align_corners=False)[0]  # (k, H, W)
+        value, index = part.max(0)
+        better = value > best  # strict: ties keep the lower index, as argmax does
+        best = torch.where(better, value, best)
+        labels = torch.where(better, index + start, labels)
+    return relabel_sequential(labels)
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an (H, W) int label map to `size`."""
+    return F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
