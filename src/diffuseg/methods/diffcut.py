@@ -1,0 +1,242 @@
+"""DiffCut: zero-shot segmentation by recursive normalized cut of diffusion features.
+
+Couairon et al., "DiffCut: Catalyzing Zero-Shot Semantic Segmentation with Diffusion Features
+and Recursive Normalized Cut", NeurIPS 2024. Ported from PaulCouairon/DiffCut@aa16df4
+(`tools/ldm.py`, `diffcut/recursive_normalized_cut.py`, `eval_diffcut.py`); reference notes:
+../shared/reference/diffseg_diffcut.md §4-5.
+
+Pipeline for one image:
+
+1. Features: the output of `attn1` (self-attention after `to_out`, before the residual add)
+   of the last transformer block of the last attention of the last down block that has
+   attentions (`down_blocks[-1]` on SDXL/SSD-1B, `down_blocks[-2]` on SD-1.x), found from the
+   UNet's structure and recorded by a forward hook; the UNet stops right after it (early exit),
+   where the reference runs the whole UNet.
+2. Recursive normalized cut of the token grid (`diffuseg.ops.ncut`).
+3. High-resolution concept assignment at the output resolution (default: the model input's).
+4. Optional refinement: PAMR, then a 3x3 median filter (`diffuseg.ops.pamr`).
+
+Deviations from the reference, on purpose:
+
+* Noise is drawn per image from the caller's generator; the reference draws one noise map
+  from seed 42 for the whole batch (`ldm.py` l.134-145): ``shared_noise=True`` reproduces that.
+* Active tokens of the cut are tracked explicitly (see `diffuseg.ops.ncut`); the reference's
+  exact-zero row dropping is ``drop_zero_rows=True``.
+* The reference runs the UNet in fp16 autocast; dtype here is whatever the backbone holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone.features import FeatureRequest, Features
+from ..ops.ncut import assign_concepts, recursive_normalized_cut
+from ..ops.pamr import refine_labels
+from ..types import Segmentation
+from ._registry import MethodSpec
+
+__all__ = ["DiffCutConfig", "feature_module_path", "requires", "segment", "SPEC"]
+
+logger = logging.getLogger(__name__)
+
+_RESIZE_MODES = ("crop", "squash", "keep_aspect")
+_PATH = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn1$")
+
+
+@dataclass(frozen=True)
+class DiffCutConfig:
+    """Hyperparameters of DiffCut (defaults: PaulCouairon/DiffCut@aa16df4, unsupervised eval).
+
+    Attributes:
+        tau: recursion stops when the best ncut is >= tau (paper tau; `eval_diffcut.py`
+            l.182, README `--tau 0.5`).
+        alpha: affinity exponent (paper alpha; `eval_diffcut.py` l.183).
+        timestep: UNet timestep the clean latent is noised to (`eval_diffcut.py` l.179
+            `--step 50`; `ldm.py` l.147).
+        image_size: model input side (`eval_diffcut.py` l.180 `--img_size 1024`); None keeps
+            the image's own size.
+        resize_mode: "crop" = square centre crop then resize (the reference); "squash";
+            "keep_aspect".
+        add_noise: noise the VAE posterior mean to `timestep` (`ldm.py` l.147).
+        shared_noise: one noise draw for the whole batch (`ldm.py` l.145 expands one draw);
+            False draws per image from the caller's generator.
+        prompt: text condition ("" in `ldm.py` l.136; no classifier-free guidance).
+        assignment_size: longer side of the label map from concept assignment; None = the
+            model input's (H, W) (demo notebook); the reference eval uses 128
+            (`eval_diffcut.py` l.120).
+        refine: PAMR + median filter after assignment (`eval_diffcut.py --refinement`, used
+            for the README numbers).
+        pamr_iterations: PAMR steps (`eval_diffcut.py` l.92: 10; demo notebook: 30).
+        pamr_dilations: PAMR dilations (`eval_diffcut.py` l.92: 1, 2, 4, 8).
+        median_size: median filter window (`eval_diffcut.py` l.94: 3); 1 disables it.
+        num_thresholds: Fiedler thresholds per cut (`recursive_normalized_cut.py` l.35: 100).
+        drop_zero_rows: reproduce the reference's exact-zero row dropping in the cut.
+    """
+
+    tau: float = 0.5
+    alpha: float = 10.0
+    timestep: int = 50
+    image_size: int | None = 1024
+    resize_mode: str = "crop"
+    add_noise: bool = True
+    shared_noise: bool = False
+    prompt: str = ""
+    assignment_size: int | None = None
+    refine: bool = True
+    pamr_iterations: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    median_size: int = 3
+    num_thresholds: int = 100
+    drop_zero_rows: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"`tau` must be > 0, got {self.tau}.")
+        if not self.alpha > 0:
+            raise ValueError(f"`alpha` must be > 0, got {self.alpha}.")
+        if not isinstance(self.timestep, int) or self.timestep < 0:
+            raise ValueError(f"`timestep` must be an int >= 0, got {self.timestep!r}.")
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"`image_size` must be positive or None, got {self.image_size}.")
+        if self.resize_mode not in _RESIZE_MODES:
+            raise ValueError(f"`resize_mode` must be one of {_RESIZE_MODES}, got {self.resize_mode!r}.")
+        if self.assignment_size is not None and self.assignment_size <= 0:
+            raise ValueError(f"`assignment_size` must be positive or None, got {self.assignment_size}.")
+        if self.pamr_iterations < 0:
+            raise ValueError(f"`pamr_iterations` must be >= 0, got {self.pamr_iterations}.")
+        dil = tuple(self.pamr_dilations)
+        if not dil or any(int(d) != d or d < 1 for d in dil):
+            raise ValueError(f"`pamr_dilations` must be ints >= 1, got {self.pamr_dilations!r}.")
+        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in dil))
+        if self.median_size < 1 or self.median_size % 2 == 0:
+            raise ValueError(f"`median_size` must be an odd int >= 1, got {self.median_size}.")
+        if self.num_thresholds < 1:
+            raise ValueError(f"`num_thresholds` must be >= 1, got {self.num_thresholds}.")
+
+
+def feature_module_path(unet: nn.Module) -> str:
+    """Diffusers path of DiffCut's feature module in `unet`, found from its structure.
+
+    The `attn1` of the last transformer block of the last attention of the last down block
+    that has attentions (`tools/ldm.py` l.56-66 hard-codes `down_blocks[-1]` for SDXL-family
+    models and `down_blocks[-2]` for SD 1.4; both are this rule).
+
+    Raises:
+        ValueError: if no down block has attention layers.
+    """
+    blocks = getattr(unet, "down_blocks", None)
+    if blocks is None:
+        raise ValueError(f"`unet` has no `down_blocks`; expected a UNet2DConditionModel, got {type(unet).__name__}.")
+    for i in range(len(blocks) - 1, -1, -1):
+        attentions = getattr(blocks[i], "attentions", None)
+        if not attentions:
+            continue
+        j = len(attentions) - 1
+        transformer_blocks = getattr(attentions[j], "transformer_blocks", None)
+        if not transformer_blocks:
+            continue
+        k = len(transformer_blocks) - 1
+        return f"down_blocks.{i}.attentions.{j}.transformer_blocks.{k}.attn1"
+    raise ValueError("no down block of this UNet has attention layers; DiffCut needs one.")
+
+
+def requires(unet: nn.Module) -> FeatureRequest:
+    """The `FeatureRequest` of DiffCut on `unet`: one hidden state, early exit."""
+    return FeatureRequest(hidden_states=(feature_module_path(unet),), early_exit=True)
+
+
+def _feature_key(features: Features) -> str:
+    """The recorded path that is DiffCut's module: the latest down-block `attn1` output."""
+    found = [(tuple(int(g) for g in m.groups()), k) for k in features.hidden_states
+             if (m := _PATH.match(k))]
+    if not found:
+        raise ValueError(
+            "these features hold no down-block `attn1` output; extract them with DiffCut's "
+            f"request (`diffcut.requires(unet)`); recorded: {sorted(features.hidden_states)}."
+        )
+    return max(found)[1]
+
+
+def _token_grid(num_tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a layer with `num_tokens` tokens: the latent grid halved (ceil) until it fits."""
+    h, w = latent_size
+    while h * w > num_tokens and (h > 1 or w > 1):
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != num_tokens:
+        raise ValueError(f"cannot place {num_tokens} tokens on a grid derived from latent size {latent_size}.")
+    return h, w
+
+
+def token_features(features: Features, index: int = 0) -> torch.Tensor:
+    """DiffCut's feature map of image `index`: float32 (C, h, w) on the recorded device."""
+    value = features.hidden_states[_feature_key(features)][index].float()
+    if value.ndim == 3:  # (C, h, w) already
+        return value
+    n, c = value.shape  # (N, C)
+    h, w = _token_grid(n, features.latent_size)
+    return value.T.reshape(c, h, w)  # (C, h, w)
+
+
+def _output_size(image_hw: tuple[int, int], longer: int | None) -> tuple[int, int]:
+    if longer is None:
+        return image_hw
+    h, w = image_hw
+    scale = longer / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def segment(features: Features, config: DiffCutConfig = DiffCutConfig()) -> Segmentation:
+    """Segment image 0 of `features` with DiffCut.
+
+    Args:
+        features: output of `DiffusionBackbone.extract` with `requires(unet)` recorded;
+            `images` (B, 3, H, W) float32 in [0, 1] are used for the output size and PAMR.
+        config: hyperparameters (`DiffCutConfig`).
+
+    Returns:
+        `Segmentation` with `labels` int64 (H', W') in [0, K), (H', W') = the model input's
+        (H, W) or `config.assignment_size`; `extras["token_labels"]` holds the (h, w) cut.
+
+    Raises:
+        ValueError: if the DiffCut feature is missing, or the image is smaller than the grid.
+    """
+    feats = token_features(features, 0)  # (C, h, w)
+    _, h, w = feats.shape
+    image = features.images[0].float() if features.images is not None else None  # (3, H, W)
+    image_hw = tuple(image.shape[-2:]) if image is not None else (h, w)
+    if image_hw[0] < h or image_hw[1] < w:
+        raise ValueError(f"the image ({image_hw[0]}x{image_hw[1]}) is smaller than the feature grid ({h}x{w}).")
+    tokens = recursive_normalized_cut(
+        feats, config.tau, config.alpha,
+        num_thresholds=config.num_thresholds, drop_zero_rows=config.drop_zero_rows,
+    )  # (h, w)
+    size = _output_size(image_hw, config.assignment_size)
+    labels = assign_concepts(feats, tokens, size)  # (H', W')
+    if config.refine and image is not None:
+        guide = image.to(feats.device)
+        if tuple(guide.shape[-2:]) != size:
+            # The reference downsamples the [0, 1] image bilinearly to the label size (l.146).
+            guide = F.interpolate(guide[None], size=size, mode="bilinear", align_corners=False)[0]
+        labels = refine_labels(guide, labels, config.pamr_iterations, config.pamr_dilations, config.median_size)
+    elif config.refine:
+        logger.warning("DiffCut: features carry no image; refinement skipped.")
+    logger.debug("DiffCut: %d token segments, %d after assignment/refinement.",
+                 int(tokens.max()) + 1, int(labels.max()) + 1)
+    return Segmentation(labels=labels.cpu(), extras={"token_labels": tokens.cpu()})
+
+
+SPEC = MethodSpec(
+    name="diffcut",
+    config_cls=DiffCutConfig,
+    segment=segment,
+    requires=requires,
+    open_vocabulary=False,
+    description="DiffCut (NeurIPS 2024): recursive normalized cut of one self-attention block's output.",
+    extraction_fields=("timestep", "image_size", "resize_mode", "add_noise", "shared_noise", "prompt"),
+)
