@@ -139,7 +139,10 @@ class DiffusionBackbone:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionBackbone:
         """Move every component (like `DiffusionPipeline.to`); returns self."""
         for m in self._modules():
-            m.to(device=device, dtype=dtype)
+            same_device = device is None or torch.device(device) == next(m.parameters()).device
+            if same_device and dtype is None:
+                continue
+            m.to(device=device, dtype=dtype) if dtype is not None else m.to(device)
         return self
 
     @property
