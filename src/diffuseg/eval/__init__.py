@@ -1,0 +1,38 @@
+"""Evaluation: benchmark datasets, metrics and matching protocols, the runner and reports.
+
+Example:
+    >>> from diffuseg.eval import load_dataset, evaluate
+    >>> ds = load_dataset("voc21", "~/data/VOCdevkit")
+    >>> report = evaluate(ds, "slic", protocol="full", out_dir="results", limit=10)
+    >>> report["metrics"]["miou"]
+"""
+
+from .base import IGNORE_INDEX, Sample, SegmentationDataset
+from .datasets import DATASETS, dataset_names, load_dataset
+from .folder import ArrayDataset, FolderDataset, SampleReadError, class_info
+from .metrics import (
+    MATCHINGS,
+    ImageCounts,
+    MetricAccumulator,
+    Scores,
+    confusion_matrix,
+    contingency,
+    hungarian_per_image,
+    score,
+)
+from .protocols import PROTOCOLS, Protocol, get_protocol
+from .report import compare_reports, load_report, to_markdown
+from .runner import evaluate
+from .store import ResultStore, ResumeMismatchError
+
+__all__ = [
+    "IGNORE_INDEX", "Sample", "SegmentationDataset",
+    "DATASETS", "dataset_names", "load_dataset",
+    "ArrayDataset", "FolderDataset", "SampleReadError", "class_info",
+    "MATCHINGS", "ImageCounts", "MetricAccumulator", "Scores", "confusion_matrix", "contingency",
+    "hungarian_per_image", "score",
+    "PROTOCOLS", "Protocol", "get_protocol",
+    "compare_reports", "load_report", "to_markdown",
+    "evaluate",
+    "ResultStore", "ResumeMismatchError",
+]

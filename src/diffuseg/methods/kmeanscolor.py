@@ -33,7 +33,9 @@ class KMeansColorConfig:
         num_iterations: Lloyd iterations (stops early when assignments settle).
         color_space: "lab" (CIELAB, perceptual; scaled to [0, 1]) or "rgb" ([0, 1]).
         spatial_weight: weight of the (y, x) position, each scaled to [0, 1]; 0 = colour only.
-        seed: seed of the generator used for k-means++ seeding.
+        seed: seed of the generator used for subsampling and k-means++ seeding.
+        max_fit_pixels: centres are fitted on at most this many randomly drawn pixels, then
+            every pixel is assigned to its nearest centre (bounds the cost on large images).
         image_size: side the image is resized to; None keeps the given size.
         resize_mode: preprocessing mode ("crop", "squash" or "keep_aspect").
     """
@@ -43,6 +45,7 @@ class KMeansColorConfig:
     color_space: str = "lab"
     spatial_weight: float = 0.0
     seed: int = 0
+    max_fit_pixels: int = 65536
     image_size: int | None = None
     resize_mode: str = "crop"
 
@@ -53,6 +56,8 @@ class KMeansColorConfig:
             raise ValueError(f"`num_iterations` must be a positive int, got {self.num_iterations!r}.")
         if self.color_space not in _SPACES:
             raise ValueError(f"`color_space` must be one of {_SPACES}, got {self.color_space!r}.")
+        if not isinstance(self.max_fit_pixels, int) or self.max_fit_pixels < 1:
+            raise ValueError(f"`max_fit_pixels` must be a positive int, got {self.max_fit_pixels!r}.")
         if self.spatial_weight < 0:
             raise ValueError(f"`spatial_weight` must be >= 0, got {self.spatial_weight!r}.")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
@@ -61,13 +66,19 @@ class KMeansColorConfig:
             raise ValueError(f"`resize_mode` must be one of {_MODES}, got {self.resize_mode!r}.")
 
 
+def _nearest(points: np.ndarray, c: np.ndarray) -> np.ndarray:
+    # squared distances via |p|^2 - 2 p.c + |c|^2, (N, k)
+    dist = (points**2).sum(1, keepdims=True) - 2.0 * points @ c.T + (c**2).sum(1)[None]
+    return dist.argmin(axis=1)
+
+
 def kmeans(
     points: np.ndarray, k: int, num_iterations: int, rng: np.random.Generator
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Cluster `points` (N, D) float into at most `k` groups.
 
     Returns:
-        int64 (N,) cluster index per point, in [0, k).
+        The centres (k', D) float64 (k' <= k) and the int64 (N,) cluster index per point.
     """
     n = points.shape[0]
     k = min(k, n)
@@ -83,9 +94,7 @@ def kmeans(
     c = np.stack(centres)  # (k, D)
     assign = np.full(n, -1, dtype=np.int64)
     for _ in range(num_iterations):
-        # squared distances via |p|^2 - 2 p.c + |c|^2, (N, k)
-        dist = (points**2).sum(1, keepdims=True) - 2.0 * points @ c.T + (c**2).sum(1)[None]
-        new = dist.argmin(axis=1)
+        new = _nearest(points, c)
         if np.array_equal(new, assign):
             break
         assign = new
@@ -97,7 +106,7 @@ def kmeans(
         )  # (k, D)
         keep = counts > 0
         c[keep] = sums[keep] / counts[keep, None]
-    return assign
+    return c, _nearest(points, c)
 
 
 def segment(features: Features, config: KMeansColorConfig) -> Segmentation:
@@ -125,7 +134,11 @@ def segment(features: Features, config: KMeansColorConfig) -> Segmentation:
         pos = np.stack([yy / max(h - 1, 1), xx / max(w - 1, 1)], axis=-1).reshape(-1, 2)
         pts = np.concatenate([pts, config.spatial_weight * pos], axis=1)  # (H*W, 5)
     rng = np.random.default_rng(config.seed)
-    assign = kmeans(pts, config.num_clusters, config.num_iterations, rng)
+    fit = pts
+    if len(pts) > config.max_fit_pixels:
+        fit = pts[np.sort(rng.choice(len(pts), config.max_fit_pixels, replace=False))]
+    centres, _ = kmeans(fit, config.num_clusters, config.num_iterations, rng)
+    assign = _nearest(pts, centres)  # (H*W,)
     labels = relabel_sequential(torch.from_numpy(assign.reshape(h, w)))
     return Segmentation(labels=labels, meta=dict(features.meta[0]) if features.meta else {})
 

@@ -1,0 +1,192 @@
+"""Reports: a JSON document and a Markdown table per run, and side-by-side comparisons.
+
+A report is computed only from the stored per-image records, so it is reproducible: the same
+records give the same metrics, whether the run was interrupted or not. Values that depend on
+when and how fast it ran (timestamps, seconds per image) live under ``run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..types import atomic_write
+from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
+
+__all__ = ["build_report", "write_report", "to_markdown", "compare_reports", "load_report"]
+
+logger = logging.getLogger(__name__)
+
+_PACKAGES = ("diffuseg", "torch", "diffusers", "transformers", "numpy", "scipy", "scikit-image", "pillow")
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _applicable(primary: str, open_vocabulary: bool, background_class: int | None) -> list[str]:
+    """The matchings worth listing next to `primary` for this method and dataset."""
+    out = [m for m in MATCHINGS if m != "none" or open_vocabulary]
+    if background_class is None:
+        out = [m for m in out if m != "diffcut-background"]
+    return [primary] + [m for m in out if m != primary]
+
+
+def build_report(
+    records: Sequence[dict[str, Any]],
+    *,
+    class_names: Sequence[str],
+    dataset: Any,
+    method: Any,
+    config: Any,
+    protocol: Any,
+    matching: str,
+    background_class: int | None,
+    model_id: str | None,
+    num_requested: int,
+    results_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Assemble the report of one run from its per-image records (dataset order)."""
+    c = len(class_names)
+    ok = [r for r in records if r["status"] == "ok"]
+    skipped = [{"id": r["id"], "error": r.get("error", "")} for r in records if r["status"] != "ok"]
+    counts = [ImageCounts.from_record(r["counts"], c) for r in ok]
+    scores: dict[str, Any] = {}
+    for m in _applicable(matching, bool(method.open_vocabulary), background_class):
+        acc = MetricAccumulator(c, m, background_class)
+        for ic in counts:
+            acc.add(ic)
+        scores[m] = acc.result()
+    primary = scores[matching].to_dict(class_names)
+    seconds = [float(r["seconds"]) for r in ok]
+    return {
+        "dataset": {
+            "name": dataset.name,
+            "split": getattr(dataset, "split", None),
+            "root": getattr(dataset, "root", None),
+            "num_classes": c,
+            "class_names": list(class_names),
+            "background_class": background_class,
+            "num_samples": len(dataset),
+            "num_requested": num_requested,
+            "num_evaluated": len(ok),
+            "num_skipped": len(skipped),
+            "skipped": skipped,
+        },
+        "method": {
+            "name": method.name,
+            "open_vocabulary": bool(method.open_vocabulary),
+            "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+        },
+        "model": model_id,
+        "protocol": dataclasses.asdict(protocol),
+        "matching": matching,
+        "metrics": primary,
+        "other_matchings": {
+            m: {"miou": s.to_dict()["miou"], "pixel_accuracy": s.to_dict()["pixel_accuracy"]}
+            for m, s in scores.items() if m != matching
+        },
+        "versions": _versions(),
+        "results_file": str(results_file) if results_file is not None else None,
+        "run": {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds_per_image": (sum(seconds) / len(seconds)) if seconds else None,
+            "seconds_total": sum(seconds),
+        },
+    }
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """A Markdown summary: one results row, then per-class IoU."""
+    d, m, met = report["dataset"], report["method"], report["metrics"]
+    spi = report["run"]["seconds_per_image"]
+    lines = [
+        f"# {m['name']} on {d['name']} ({d['split']})",
+        "",
+        f"protocol **{report['protocol']['name']}**, matching **{report['matching']}**, "
+        f"model {report['model'] or '-'}; {d['num_evaluated']} images scored, "
+        f"{d['num_skipped']} skipped.",
+        "",
+        "| method | dataset | protocol | matching | mIoU | pixel acc. | s / image |",
+        "|---|---|---|---|---:|---:|---:|",
+        f"| {m['name']} | {d['name']} | {report['protocol']['name']} | {report['matching']} | "
+        f"{_pct(met['miou'])} | {_pct(met['pixel_accuracy'])} | "
+        f"{'-' if spi is None else f'{spi:.3f}'} |",
+        "",
+    ]
+    if report["other_matchings"]:
+        lines += ["| other matching | mIoU | pixel acc. |", "|---|---:|---:|"]
+        lines += [f"| {k} | {_pct(v['miou'])} | {_pct(v['pixel_accuracy'])} |"
+                  for k, v in report["other_matchings"].items()]
+        lines.append("")
+    lines += ["| class | IoU |", "|---|---:|"]
+    lines += [f"| {n} | {_pct(v)} |" for n, v in zip(d["class_names"], met["iou"])]
+    if d["skipped"]:
+        lines += ["", "Skipped (unreadable):", ""] + [f"- {s['id']}: {s['error']}" for s in d["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], json_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
+    """Write the report as JSON and Markdown (atomically; replaces earlier reports of the run)."""
+    atomic_write(json_path, (json.dumps(report, indent=1) + "\n").encode(), overwrite=True)
+    atomic_write(md_path, to_markdown(report).encode(), overwrite=True)
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a report JSON written by `write_report`.
+
+    Raises:
+        ValueError: if the file is not a diffuseg report.
+    """
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON: {e}") from e
+    if not isinstance(report, dict) or "metrics" not in report or "protocol" not in report:
+        raise ValueError(f"{path} is not a diffuseg eval report (no `metrics`/`protocol`).")
+    return report
+
+
+def compare_reports(reports: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table with one row per report (and per-class IoU columns when they share a dataset)."""
+    if not reports:
+        raise ValueError("`reports` is empty; give at least one report.")
+    lines = [
+        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. | s / image |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        spi = r["run"]["seconds_per_image"]
+        lines.append(
+            f"| {r['method']['name']} | {r['dataset']['name']} | {r['protocol']['name']} | "
+            f"{r['matching']} | {r['model'] or '-'} | {r['dataset']['num_evaluated']} | "
+            f"{_pct(r['metrics']['miou'])} | {_pct(r['metrics']['pixel_accuracy'])} | "
+            f"{'-' if spi is None else f'{spi:.3f}'} |"
+        )
+    datasets = {r["dataset"]["name"] for r in reports}
+    if len(datasets) == 1:
+        names = reports[0]["dataset"]["class_names"]
+        heads = [f"{r['method']['name']} / {r['protocol']['name']}" for r in reports]
+        lines += ["", "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(reports)]
+        for k, n in enumerate(names):
+            lines.append(f"| {n} | " + " | ".join(_pct(r["metrics"]["iou"][k]) for r in reports) + " |")
+    return "\n".join(lines) + "\n"
