@@ -1,0 +1,179 @@
+"""DiffSeg's pure steps: known answers, and agreement with a line-by-line NumPy port of the
+published implementation (google/diffseg segmentor.py) on identical inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffuseg.ops.attention import aggregate_self_attention, resolution_weights
+from diffuseg.ops.clustering import anchor_grid, kmeans_refine, merge_attention, symmetric_kl
+from diffuseg.ops.masks import maps_to_labels
+
+
+# ---------------------------------------------------------------- reference port (NumPy, float64)
+def ref_aggregate(maps: dict[int, np.ndarray], R: int) -> np.ndarray:
+    """segmentor.py::aggregate_weights: key axes bilinear-upsampled + renormalised, query axes
+    tiled, weights sqrt(tokens)/sum."""
+    ratio = {s: s / sum(maps) for s in maps}
+    aggre = np.zeros((R, R, R, R))
+    for s, w in maps.items():
+        w = torch.from_numpy(w.reshape(s * s, 1, s, s))
+        w = F.interpolate(w, size=(R, R), mode="bilinear", align_corners=False).numpy()  # Keras half-pixel
+        w = w.reshape(s, s, R, R)
+        w = w / w.sum((2, 3), keepdims=True)
+        w = np.repeat(np.repeat(w, R // s, axis=0), R // s, axis=1)
+        aggre += w * ratio[s]
+    return aggre
+
+
+def ref_kl(x, Y):
+    q = np.log(x) - np.log(Y)
+    return np.sum(x * q, axis=(-1, -2)) / 2 - np.sum(Y * q, axis=(-1, -2)) / 2
+
+
+def ref_generate_masks(attn: np.ndarray, thresholds, num_points) -> np.ndarray:
+    R = attn.shape[0]
+    seg_len = (R - 1) // (num_points - 1)
+    start = (R - 1 - seg_len * (num_points - 1)) // 2
+    pts = start + seg_len * np.arange(num_points)
+    grid = [(i, j) for i in pts for j in pts]
+    anchors = np.stack([attn[i, j] for i, j in grid])  # (A, R, R)
+    flat = attn.reshape(R * R, R, R)
+    kl = np.stack([ref_kl(a[None], flat) for a in anchors])  # (A, N), float64 (the fix)
+    kl_bin = (kl < thresholds[0]).astype(np.float64)
+    new = (kl_bin @ flat.reshape(R * R, -1)) / kl_bin.sum(1, keepdims=True)
+    attns = new.reshape(-1, R, R)
+    for tau in thresholds[1:]:
+        matched, merged = set(), []
+        for i, p in enumerate(attns):
+            if i in matched:
+                continue
+            group = np.where(ref_kl(p[None], attns) < tau)[0]
+            matched |= set(group.tolist())
+            merged.append(attns[group].mean(0))
+        attns = np.stack(merged)
+    return attns
+
+
+def _random_maps(rng, sizes, sharp=6.0):
+    out = {}
+    for s in sizes:
+        logits = rng.normal(size=(s * s, s * s)) * sharp / s
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        out[s] = p / p.sum(1, keepdims=True)
+    return out
+
+
+# ---------------------------------------------------------------- aggregation
+def test_resolution_weights_proportional_to_side():
+    w = resolution_weights([(64, 64), (32, 32), (16, 16), (8, 8)])
+    np.testing.assert_allclose(w, [8 / 15, 4 / 15, 2 / 15, 1 / 15])
+
+
+def test_aggregate_matches_reference_port():
+    rng = np.random.default_rng(0)
+    maps = _random_maps(rng, [16, 8, 4, 2])
+    ours = aggregate_self_attention({s: torch.from_numpy(m).float() for s, m in maps.items()})
+    ref = ref_aggregate(maps, 16).reshape(256, 16, 16)
+    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(ours.sum((1, 2)).numpy(), 1.0, atol=1e-5)
+
+
+def test_aggregate_uniform_maps_stay_uniform():
+    maps = {s: torch.full((s * s, s * s), 1.0 / (s * s)) for s in (8, 4)}
+    out = aggregate_self_attention(maps)
+    torch.testing.assert_close(out, torch.full((64, 8, 8), 1 / 64))
+
+
+def test_aggregate_rejects_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        aggregate_self_attention({})
+    with pytest.raises(ValueError, match="shape"):
+        aggregate_self_attention({8: torch.rand(64, 32)})
+
+
+# ---------------------------------------------------------------- KL and merging
+def test_symmetric_kl_known_values():
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    d = symmetric_kl(p, p)
+    assert torch.allclose(torch.diag(d), torch.zeros(2), atol=1e-7)
+    expected = 0.5 * ((0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1)) + (0.9 * np.log(0.9 / 0.5) + 0.1 * np.log(0.1 / 0.5)))
+    assert d[0, 1].item() == pytest.approx(expected, rel=1e-5)
+    assert torch.allclose(d, d.T)
+
+
+def test_anchor_grid_matches_reference():
+    assert anchor_grid(64, 16).tolist() == list(range(1, 62, 4))
+    assert anchor_grid(16, 1).tolist() == [7]
+    with pytest.raises(ValueError, match="anchors"):
+        anchor_grid(16, 0)
+    with pytest.raises(ValueError, match="anchors"):
+        anchor_grid(8, 9)
+
+
+def test_merge_matches_reference_port():
+    rng = np.random.default_rng(1)
+    maps = _random_maps(rng, [16, 8, 4, 2], sharp=30.0)
+    agg = ref_aggregate(maps, 16)
+    for thresholds in [(1.1, 1.1, 1.1), (0.5, 0.9), (2.0, 1.5, 1.0)]:
+        ref = ref_generate_masks(agg, thresholds, 8)
+        ours = merge_attention(torch.from_numpy(agg.reshape(256, 16, 16)), anchors=8, thresholds=thresholds)
+        assert ours.shape == ref.shape
+        np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+
+
+def _quadrant_attention(R=16):
+    """Each query attends uniformly within its own quadrant: the answer is 4 segments."""
+    q = (torch.arange(R) >= R // 2).long()
+    quad = (q[:, None] * 2 + q[None, :]).reshape(-1)  # (R*R,)
+    same = (quad[:, None] == quad[None, :]).float() + 1e-3
+    maps = same / same.sum(1, keepdim=True)
+    return maps.reshape(R * R, R, R), quad.reshape(R, R)
+
+
+def test_four_quadrants_give_four_segments():
+    agg, quad = _quadrant_attention()
+    proposals = merge_attention(agg, anchors=4, thresholds=(1.1, 1.1, 1.1))
+    assert proposals.shape[0] == 4
+    labels = maps_to_labels(proposals, (32, 32))
+    up = quad.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    # one label per quadrant, and the labelling is a bijection with the quadrants
+    pairs = set(zip(labels.flatten().tolist(), up.flatten().tolist()))
+    assert len(pairs) == 4 and len(torch.unique(labels)) == 4
+
+
+def test_merge_thresholds_validated():
+    agg, _ = _quadrant_attention(8)
+    for bad in [(), (0.0,), (1.1, -1.0)]:
+        with pytest.raises(ValueError, match="thresholds"):
+            merge_attention(agg, thresholds=bad)
+    with pytest.raises(ValueError, match="anchors"):
+        merge_attention(agg, anchors=0)
+
+
+def test_merge_float16_input_gives_finite_result():
+    agg, _ = _quadrant_attention(8)
+    agg = agg.clone()
+    agg[0] = 0
+    agg[0, 0, 0] = 1.0  # zeros everywhere else: float16 logs would be -inf
+    out = merge_attention(agg.half(), anchors=4)
+    assert torch.isfinite(out).all()
+
+
+def test_kmeans_refine_keeps_separated_clusters():
+    agg, quad = _quadrant_attention(8)
+    proposals = merge_attention(agg, anchors=4)
+    refined = kmeans_refine(proposals, agg)
+    assert refined.shape == proposals.shape
+    torch.testing.assert_close(refined, proposals, atol=1e-5, rtol=1e-4)
+
+
+def test_maps_to_labels_argmax_and_relabel():
+    maps = torch.zeros(3, 2, 2)
+    maps[2, 0, :] = 1  # top row -> proposal 2
+    maps[0, 1, :] = 1  # bottom row -> proposal 0; proposal 1 never wins
+    labels = maps_to_labels(maps, (2, 2))
+    assert labels.tolist() == [[1, 1], [0, 0]]

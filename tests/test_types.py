@@ -1,0 +1,58 @@
+"""Segmentation results and their files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from diffuseg.types import OutputExistsError, Segmentation, atomic_write
+
+
+def _seg():
+    labels = torch.zeros(6, 8, dtype=torch.int64)
+    labels[:, 4:] = 1
+    labels[4:, :2] = 2
+    return Segmentation(labels=labels, method="x", meta={"input_size": [12, 8], "crop_box": [0, 3, 8, 9]})
+
+
+def test_files_round_trip(tmp_path):
+    seg = _seg()
+    paths = seg.save(tmp_path, "img", Image.new("RGB", (8, 6)))
+    assert [p.name for p in paths] == ["img.labels.png", "img.overlay.png", "img.json"]
+    png = Image.open(tmp_path / "img.labels.png")
+    assert png.mode == "P" and np.array_equal(np.asarray(png), seg.labels.numpy())
+    data = json.loads((tmp_path / "img.json").read_text())
+    assert data["num_segments"] == 3
+    for ann in data["segments"]:
+        rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
+        assert np.array_equal(mask_utils.decode(rle), (seg.labels.numpy() == ann["id"]).astype(np.uint8))
+        assert ann["area"] == int((seg.labels == ann["id"]).sum())
+
+
+def test_no_overwrite_and_nothing_half_written(tmp_path):
+    seg = _seg()
+    seg.save(tmp_path, "img")
+    before = (tmp_path / "img.json").read_bytes()
+    with pytest.raises(OutputExistsError):
+        seg.save(tmp_path, "img")
+    assert (tmp_path / "img.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    seg.save(tmp_path, "img", overwrite=True)
+    with pytest.raises(OutputExistsError):
+        atomic_write(tmp_path / "img.json", b"x")
+
+
+def test_input_frame_and_validation():
+    seg = _seg()
+    frame = seg.to_input_frame(fill=255)
+    assert frame.shape == (12, 8) and (frame[:3] == 255).all() and (frame[9:] == 255).all()
+    assert torch.equal(frame[3:9], seg.labels)
+    with pytest.raises(ValueError, match="2-D"):
+        Segmentation(labels=torch.zeros(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        Segmentation(labels=-torch.ones(2, 2, dtype=torch.long))
