@@ -79,18 +79,33 @@ class Segmenter:
         self.request: FeatureRequest = self.spec.request_for(backbone.unet if backbone is not None else None)
         if backbone is None and not self.request.is_empty:
             raise ValueError(f"method {self.spec.name!r} needs a diffusion backbone; got `backbone=None`.")
+        self._check_config()
         self.unet_passes = 0
         self._cache: tuple[tuple[Any, ...], Features] | None = None
         self._last_inputs: list[ImageInput] | None = None
 
     # ------------------------------------------------------------------ configuration
+    def _check_config(self) -> None:
+        if self.backbone is not None and not self.request.is_empty:
+            self.backbone.check_timestep(extraction_options(self.config)["timestep"])
+            size = extraction_options(self.config)["image_size"]
+            if size is not None and size % self.backbone.size_multiple:
+                raise ValueError(f"`image_size` must be a multiple of {self.backbone.size_multiple} for this "
+                                 f"model, got {size}.")
+
     def configure(self, **overrides: Any) -> Segmenter:
         """Change config fields in place (validated); returns self."""
         known = {f.name for f in dataclasses.fields(self.config)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for method {self.spec.name!r}; allowed: {sorted(known)}.")
-        self.config = dataclasses.replace(self.config, **overrides)
+        config = dataclasses.replace(self.config, **overrides)
+        old, self.config = self.config, config
+        try:
+            self._check_config()
+        except ValueError:
+            self.config = old
+            raise
         return self
 
     # ------------------------------------------------------------------ extraction
