@@ -26,8 +26,14 @@ def _tiny(out) -> TrainConfig:
         warmup_steps=1,
         log_every=1,
         checkpoint_minutes=100.0,
-        model=ToyModelConfig(image_size=16, vae_channels=(8, 16), unet_channels=(8, 16), attention_heads=2,
-                             text_hidden=8, text_layers=1),
+        model=ToyModelConfig(
+            image_size=16,
+            vae_channels=(8, 16),
+            unet_channels=(8, 16),
+            attention_heads=2,
+            text_hidden=8,
+            text_layers=1,
+        ),
         scene=SceneConfig(size=32),
     )
 
@@ -48,7 +54,14 @@ def trained_run(tmp_path_factory):
 
 
 def test_training_writes_every_stage(trained_run):
-    for name in ("pool.npz", "vae/config.json", "latents.pt", "checkpoint.pt", "config.json", "stages.json"):
+    for name in (
+        "pool.npz",
+        "vae/config.json",
+        "latents.pt",
+        "checkpoint.pt",
+        "config.json",
+        "stages.json",
+    ):
         assert (trained_run / name).exists(), name
     ckpt = torch.load(trained_run / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3 and len(ckpt["losses"]) == 3
@@ -75,8 +88,14 @@ def test_export_loads_as_a_stable_diffusion_pipeline(trained_run, tmp_path):
     assert record["unet_steps"] >= 3 and record["config"]["seed"] == 0
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     assert pipe.unet.dtype == torch.float32 and pipe.vae_scale_factor == 2
-    image = pipe("a red circle on grass", height=16, width=16, num_inference_steps=2, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images
+    image = pipe(
+        "a red circle on grass",
+        height=16,
+        width=16,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 16, 16, 3)
 
 
@@ -98,7 +117,11 @@ def test_min_snr_weight_caps_low_noise_steps():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"steps": -1}, "steps"), ({"ema_decay": 1.0}, "ema_decay"), ({"batch_size": 0}, "batch_size")],
+    [
+        ({"steps": -1}, "steps"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
 )
 def test_train_config_validates(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
