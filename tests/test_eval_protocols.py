@@ -1,0 +1,58 @@
+"""Protocol presets: crop boxes, nearest resizing rules, scoring grids, method overrides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffuseg.eval.protocols import PROTOCOLS, Protocol, get_protocol, prepare, resize_nearest, to_score_grid
+
+
+def _pair(h: int, w: int) -> tuple[Image.Image, np.ndarray]:
+    label = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    return Image.fromarray(np.zeros((h, w, 3), np.uint8)), label
+
+
+def test_diffseg_crops_the_short_side_centre_then_512():
+    image, label = _pair(6, 11)
+    img, lab = prepare(image, label, PROTOCOLS["diffseg"])
+    assert img.size == (512, 512) and lab.shape == (512, 512)
+    # crop columns (11 - 6) // 2 = 2 .. 8
+    assert np.array_equal(np.unique(lab), np.unique(label[:, 2:8]))
+
+
+def test_diffcut_crops_min_side_minus_one_then_scores_at_128():
+    image, label = _pair(6, 10)
+    img, lab = prepare(image, label, PROTOCOLS["diffcut"])
+    assert img.size == (1024, 1024) and lab.shape == (1024, 1024)
+    # side 5, torchvision offsets: top round(0.5) = 0, left round(2.5) = 2
+    assert np.array_equal(np.unique(lab), np.unique(label[0:5, 2:7]))
+    grid = to_score_grid(lab, PROTOCOLS["diffcut"])
+    assert grid.shape == (128, 128) and np.array_equal(grid, lab[::8, ::8])  # F.interpolate nearest
+
+
+def test_full_protocol_keeps_everything():
+    image, label = _pair(7, 9)
+    img, lab = prepare(image, label, PROTOCOLS["full"])
+    assert img.size == (9, 7) and np.array_equal(lab, label)
+    assert PROTOCOLS["full"].method_overrides({"resize_mode", "image_size"}) == {"resize_mode": "keep_aspect"}
+    assert PROTOCOLS["diffseg"].method_overrides({"resize_mode", "image_size"}) == {
+        "resize_mode": "crop", "image_size": 512}
+    assert PROTOCOLS["diffcut"].method_overrides({"timestep"}) == {}
+
+
+def test_nearest_rules():
+    row = np.array([[10, 11, 12, 13]])
+    assert resize_nearest(row, (1, 2), "floor").tolist() == [[10, 12]]
+    assert resize_nearest(row, (1, 2), "exact").tolist() == [[11, 13]]
+    assert resize_nearest(row, (1, 8), "floor").tolist() == [[10, 10, 11, 11, 12, 12, 13, 13]]
+
+
+def test_bad_protocols():
+    with pytest.raises(ValueError, match="protocol"):
+        get_protocol("stego")
+    with pytest.raises(ValueError, match="crop"):
+        Protocol("x", crop="circle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="input_size"):
+        Protocol("x", input_size=0)
