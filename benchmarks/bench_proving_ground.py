@@ -108,6 +108,95 @@ def evaluate_method(
     }
 
 
+# --------------------------------------------------------------------------- direct probes
+
+
+def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 30) -> torch.Tensor:
+    """Plain k-means (k-means++ seeding) on rows of x (N, D); returns (N,) int64 labels."""
+    centres = [x[torch.randint(0, len(x), (1,), generator=gen)].squeeze(0)]
+    for _ in range(1, k):
+        d = torch.cdist(x, torch.stack(centres)).min(dim=1).values ** 2
+        centres.append(
+            x[torch.multinomial(d / d.sum().clamp_min(1e-12), 1, generator=gen)].squeeze(0)
+        )
+    c = torch.stack(centres)
+    for _ in range(iters):
+        labels = torch.cdist(x, c).argmin(dim=1)
+        new = torch.stack(
+            [x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(k)]
+        )
+        if torch.allclose(new, c):
+            break
+        c = new
+    return torch.cdist(x, c).argmin(dim=1)
+
+
+@torch.no_grad()
+def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: int = 100) -> dict:
+    """Model-level checks that need no method: how much the attention knows.
+
+    * ``self-attn k-means (true K)``: the aggregated self-attention rows (DiffSeg's
+      aggregation, one (h*w)-dim row per latent token) clustered by k-means with the true number
+      of classes; Hungarian per image. Isolates "is self-attention meaningful" from DiffSeg's
+      KL-merge thresholds.
+    * ``cross-attn argmax (caption words)``: prompt = the caption; every pixel takes the class
+      whose caption word gets the most cross-attention (maps averaged over layers, upsampled);
+      scored by name (no matching). Isolates "does the class token look at its object".
+    """
+    from diffuseg.backbone.features import FeatureRequest
+    from diffuseg.ops.attention import aggregate_self_attention
+
+    request = FeatureRequest(self_attention=True, cross_attention=True)
+    c = len(dataset.class_names)
+    acc_self = MetricAccumulator(c, "hungarian-per-image")
+    acc_cross = MetricAccumulator(c, "none")
+    gen = torch.Generator().manual_seed(0)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        label = sample.label
+        feats = backbone.extract(
+            [sample.image],
+            request,
+            prompts=sample.meta["caption"],
+            timestep=timestep,
+            image_size=native,
+            resize_mode="squash",
+        )
+        big = aggregate_self_attention(feats.by_resolution("self"))  # (R*R, R, R)
+        r = big.shape[-1]
+        k = len(np.unique(label))
+        rows = big.reshape(r * r, r * r)
+        lab = _kmeans(rows, k, gen).reshape(1, 1, r, r).float()
+        pred = torch.nn.functional.interpolate(lab, size=label.shape, mode="nearest")[0, 0].long()
+        acc_self.add(contingency(pred.numpy(), label, c, 255))
+
+        tokens = feats.tokens[0]
+        present = [n for n in dataset.class_names if n in sample.meta["caption"].split()]
+        cross = feats.by_resolution("cross")
+        total = None
+        for (h, w), m in cross.items():  # m: (1, h*w, T)
+            maps = m[0].T.reshape(-1, 1, h, w)  # (T, 1, h, w)
+            up = torch.nn.functional.interpolate(
+                maps, size=label.shape, mode="bilinear", align_corners=False
+            )[:, 0]
+            total = up if total is None else total + up
+        scores, ids = [], []
+        for name in present:
+            pos = [j for j, t in enumerate(tokens) if t.replace("</w>", "") == name]
+            if pos:
+                scores.append(total[pos].mean(0))
+                ids.append(dataset.class_names.index(name))
+        if scores:
+            pred = np.asarray(ids)[torch.stack(scores).argmax(0).numpy()]
+            acc_cross.add(contingency(pred, label, c, 255))
+    s, x = acc_self.result(), acc_cross.result()
+    return {
+        "self-attn k-means (true K)": (s.miou, s.pixel_accuracy),
+        "cross-attn argmax (caption words)": (x.miou, x.pixel_accuracy),
+        "timestep": timestep,
+    }
+
+
 def to_markdown(rows: list[dict], info: dict) -> str:
     lines = [
         "# Proving-ground results",
@@ -155,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="Markdown file to write (JSON beside it)")
+    parser.add_argument("--probe", action="store_true", help="also run the direct attention probes")
+    parser.add_argument("--probe-timestep", type=int, default=100)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -175,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             row = {"method": name, "error": f"{type(err).__name__}: {err}"}
         logger.info("%s", json.dumps(row))
         rows.append(row)
+    probes = None
+    if args.probe:
+        probes = probe_attention(backbone, dataset, native, args.probe_timestep)
+        logger.info("probes: %s", probes)
     training = resolve_model(args.model) / "TRAINING.json"
     info = {
         "model": args.model,
@@ -188,12 +283,19 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
     }
     text = to_markdown(rows, info)
+    if probes:
+        text += "\n## Direct attention probes (not methods)\n\n"
+        text += "| probe | mIoU | pixel acc. |\n|---|---:|---:|\n"
+        for key, value in probes.items():
+            if key != "timestep":
+                text += f"| {key} | {value[0]:.3f} | {value[1]:.3f} |\n"
+        text += f"\nTimestep {probes['timestep']}, clean latent (VAE mean), prompt = caption.\n"
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         Path(args.out).with_suffix(".json").write_text(
-            json.dumps({"info": info, "rows": rows}, indent=2)
+            json.dumps({"info": info, "rows": rows, "probes": probes}, indent=2)
         )
     return 0
 
