@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -133,7 +134,7 @@ ds = load_dataset("voc21", sys.argv[1])
 def kill(index, record):
     if index == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-evaluate(ds, "kmeans-color", out_dir=sys.argv[2], on_record=kill, protocol="diffseg",
+evaluate(ds, "kmeans-color", out_dir=sys.argv[2], on_record=kill, protocol="full",
          config_overrides={"num_clusters": 4, "max_fit_pixels": 2000})
 """
 
@@ -146,12 +147,12 @@ def test_killed_process_resumes_to_the_same_report(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(out)], env=env,
                           capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    results = out / "voc21_kmeans-color_diffseg.jsonl"
+    results = out / "voc21_kmeans-color_full.jsonl"
     assert len(results.read_text().splitlines()) == 1 + 4  # header + 4 images survived
     with open(results, "ab") as f:
         f.write(b'{"type":"image","index":4,"id":"img0')  # a torn line, as if killed mid-write
     ds = load_dataset("voc21", root)
-    kw = {"protocol": "diffseg", "config_overrides": {"num_clusters": 4, "max_fit_pixels": 2000}}
+    kw = {"protocol": "full", "config_overrides": {"num_clusters": 4, "max_fit_pixels": 2000}}
     resumed = evaluate(ds, "kmeans-color", out_dir=out, resume=True, **kw)
     fresh = evaluate(ds, "kmeans-color", out_dir=tmp_path / "fresh", **kw)
     assert _stable(resumed) == _stable(fresh)
@@ -213,3 +214,52 @@ def test_cli_usage_errors_and_compare(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| slic | voc21 | full |" in table and "| single-segment | voc21 | diffseg |" in table
     assert main(["eval", "--compare", str(tmp_path / "o" / "voc21_slic_full.jsonl")]) == 2
+
+
+def test_batches_of_mixed_sizes_match_single_images(tmp_path):
+    rng = np.random.default_rng(5)
+    samples = []
+    for k, (h, w) in enumerate([(20, 30), (24, 16), (20, 30)]):
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        samples.append(Sample(f"s{k}", img, rng.integers(0, 3, (h, w))))
+    ds = ArrayDataset("mixed", ["a", "b", "c"], samples)
+    one = evaluate(ds, "kmeans-color", out_dir=tmp_path / "one", config_overrides={"num_clusters": 3})
+    many = evaluate(ds, "kmeans-color", out_dir=tmp_path / "many", batch_size=3,
+                    config_overrides={"num_clusters": 3})
+    assert _stable(one) == _stable(many)
+
+
+def test_open_vocabulary_names_map_to_classes_without_matching(tmp_path, monkeypatch):
+    import torch
+
+    from diffuseg.methods import METHODS, MethodSpec, list_methods
+    from diffuseg.types import Segmentation
+
+    list_methods()  # fill the registry first
+
+    @dataclasses.dataclass(frozen=True)
+    class VocabConfig:
+        class_names: tuple[str, ...] = ()
+        image_size: int | None = None
+        resize_mode: str = "crop"
+
+    seen = {}
+
+    def segment(features, config):
+        seen["names"] = config.class_names
+        h, w = features.image_size
+        labels = torch.zeros((h, w), dtype=torch.int64)
+        labels[:, w // 2:] = 1  # right half: "dog"; left half: a name not in the dataset
+        return Segmentation(labels=labels, names=["unicorn", "dog"])
+
+    spec = MethodSpec("fake-vocab", VocabConfig, segment, open_vocabulary=True)
+    monkeypatch.setitem(METHODS, "fake-vocab", spec)
+    label = np.zeros((4, 8), np.int64)
+    label[:, 4:] = 2
+    ds = ArrayDataset("toy", ["background", "cat", "Dog"], [Sample("t", Image.new("RGB", (8, 4)), label)])
+    report = evaluate(ds, "fake-vocab", out_dir=tmp_path)
+    assert seen["names"] == ("background", "cat", "Dog")
+    assert report["matching"] == "none" and "none" not in report["other_matchings"]
+    assert report["metrics"]["iou"][2] == 1.0  # "dog" matches class "Dog" by name
+    assert report["metrics"]["iou"][0] == 0.0  # "unicorn" pixels are false negatives
+    assert report["metrics"]["pixel_accuracy"] == pytest.approx(0.5)

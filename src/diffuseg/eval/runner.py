@@ -31,6 +31,10 @@ __all__ = ["evaluate", "default_matching", "run_name"]
 logger = logging.getLogger(__name__)
 
 
+#: config fields through which open-vocabulary methods take their class names
+_VOCABULARY_FIELDS = ("class_names", "vocabulary", "classes")
+
+
 def default_matching(open_vocabulary: bool) -> str:
     """``none`` for open-vocabulary methods (labels are class names), else per-image Hungarian."""
     return "none" if open_vocabulary else "hungarian-per-image"
@@ -131,6 +135,10 @@ def evaluate(
 
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     overrides = {**proto.method_overrides(fields), **(config_overrides or {})}
+    if spec.open_vocabulary:  # the dataset's class names are the vocabulary, unless the user set one
+        for key in _VOCABULARY_FIELDS:
+            if key in fields and key not in (config_overrides or {}):
+                overrides[key] = tuple(class_names)
     for key in proto.method_overrides(fields):
         if key in (config_overrides or {}) and config_overrides[key] != overrides[key]:
             logger.warning("protocol %r sets %s; the user's value %r is used instead",
@@ -161,47 +169,40 @@ def evaluate(
 
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, desc=name, unit="img")
     pred_dir = Path(save_predictions) if save_predictions is not None else None
+    def finish(i: int, rec: dict[str, Any]) -> None:
+        store.add(rec)
+        if rec["status"] == "ok":
+            acc.add(ImageCounts.from_record(rec["counts"], num_classes))
+        bar.update(1)
+        if progress and rec["status"] == "ok":
+            s = acc.result()
+            bar.set_postfix(mIoU=f"{100 * s.miou:.1f}" if s.miou == s.miou else "-")
+        if on_record is not None:
+            on_record(i, rec)
+
     try:
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            loaded: list[tuple[int, Any, Any, np.ndarray]] = []
-            for i in chunk:
+            loaded = []
+            for i in todo[start:start + batch_size]:
                 try:
-                    sample = dataset[i]
+                    loaded.append((i, *_load(dataset, i, proto)))
                 except SampleReadError as e:
                     logger.warning("skipping sample %d: %s", i, e)
-                    rec = {"index": i, "id": _sample_id(dataset, i), "status": "skipped", "error": str(e)}
-                    store.add(rec)
-                    bar.update(1)
-                    if on_record is not None:
-                        on_record(i, rec)
-                    continue
-                label = np.asarray(sample.label)
-                if label.shape != (sample.image.height, sample.image.width):
-                    where = sample.meta.get("label_path", f"sample {sample.id!r}")
-                    raise ValueError(
-                        f"{where}: label is {label.shape[0]}x{label.shape[1]} but the image is "
-                        f"{sample.image.height}x{sample.image.width} (H x W)."
-                    )
-                image, label = prepare(sample.image, label, proto)
-                loaded.append((i, sample, image, label))
-            if not loaded:
-                continue
-            t0 = time.perf_counter()
-            segs = segmenter.segment_batch([x[2] for x in loaded], generator=generator)
-            seconds = (time.perf_counter() - t0) / len(loaded)
-            for (i, sample, image, label), seg in zip(loaded, segs):
-                rec = _score_one(i, sample, image, label, seg, proto, class_names, matching, seconds)
-                store.add(rec)
-                acc.add(ImageCounts.from_record(rec["counts"], num_classes))
-                if pred_dir is not None:
-                    seg.save(pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume)
-                bar.update(1)
-                if progress:
-                    s = acc.result()
-                    bar.set_postfix(mIoU=f"{100 * s.miou:.1f}" if s.miou == s.miou else "-")
-                if on_record is not None:
-                    on_record(i, rec)
+                    finish(i, {"index": i, "id": _sample_id(dataset, i), "status": "skipped",
+                               "error": str(e)})
+            # one backbone pass per model size (keep_aspect images of a chunk may differ)
+            groups: dict[tuple[int, int], list[Any]] = {}
+            for item in loaded:
+                groups.setdefault(item[2].size, []).append(item)
+            for group in groups.values():
+                t0 = time.perf_counter()
+                segs = segmenter.segment_batch([x[2] for x in group], generator=generator)
+                seconds = (time.perf_counter() - t0) / len(group)
+                for (i, sample, image, label), seg in zip(group, segs):
+                    rec = _score_one(i, sample, label, seg, proto, class_names, matching, seconds)
+                    if pred_dir is not None:  # before the record, so a resumed run rewrites it
+                        seg.save(pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume)
+                    finish(i, rec)
     finally:
         bar.close()
 
@@ -219,8 +220,22 @@ def _sample_id(dataset: Any, index: int) -> str:
     return str(ids[index]) if ids is not None else str(index)
 
 
+def _load(dataset: Any, index: int, proto: Protocol) -> tuple[Any, Any, np.ndarray]:
+    """Sample `index`, its image and label after the protocol's crop and resize."""
+    sample = dataset[index]
+    label = np.asarray(sample.label)
+    if label.shape != (sample.image.height, sample.image.width):
+        where = sample.meta.get("label_path", f"sample {sample.id!r}")
+        raise ValueError(
+            f"{where}: label is {label.shape[0]}x{label.shape[1]} but the image is "
+            f"{sample.image.height}x{sample.image.width} (H x W)."
+        )
+    image, label = prepare(sample.image, label, proto)
+    return sample, image, label
+
+
 def _score_one(
-    index: int, sample: Any, image: Any, label: np.ndarray, seg: Any, proto: Protocol,
+    index: int, sample: Any, label: np.ndarray, seg: Any, proto: Protocol,
     class_names: list[str], matching: str, seconds: float,
 ) -> dict[str, Any]:
     """One image's record: the prediction mapped onto the label's frame, reduced to counts."""
