@@ -30,7 +30,9 @@ def _pairs(n: int, size: int, classes: int, segments: int, seed: int = 0):
         cells = size // 32
         gt = rng.integers(0, classes, (cells, cells)).repeat(32, 0).repeat(32, 1).astype(np.uint8)
         gt[rng.random((size, size)) < 0.05] = 255
-        pred = rng.integers(0, segments, (cells, cells)).repeat(32, 0).repeat(32, 1).astype(np.int64)
+        pred = (
+            rng.integers(0, segments, (cells, cells)).repeat(32, 0).repeat(32, 1).astype(np.int64)
+        )
         yield pred, gt
 
 
@@ -47,7 +49,9 @@ def _loop_hist(pred: np.ndarray, gt: np.ndarray, classes: int) -> np.ndarray:
 def _masked_bincount(pred: np.ndarray, gt: np.ndarray, classes: int) -> np.ndarray:
     k = max(classes, int(pred.max()) + 1)
     mask = gt < classes
-    return np.bincount(k * gt[mask].astype(np.int64) + pred[mask], minlength=classes * k).reshape(classes, k)
+    return np.bincount(k * gt[mask].astype(np.int64) + pred[mask], minlength=classes * k).reshape(
+        classes, k
+    )
 
 
 def main() -> None:
@@ -56,8 +60,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--classes", type=int, default=27)
     parser.add_argument("--segments", type=int, default=30)
-    parser.add_argument("--baseline-images", type=int, default=10,
-                        help="pairs timed with the slow per-class loop (default 10)")
+    parser.add_argument(
+        "--baseline-images",
+        type=int,
+        default=10,
+        help="pairs timed with the slow per-class loop (default 10)",
+    )
     args = parser.parse_args()
 
     pairs = list(_pairs(args.images, args.size, args.classes, args.segments))
@@ -82,14 +90,22 @@ def main() -> None:
     h = contingency(pred, gt, args.classes).hist
     assert np.array_equal(h, _loop_hist(pred, gt, args.classes)[:, : h.shape[1]])
 
-    print(f"pairs: {len(pairs)} x {args.size}x{args.size}, {args.classes} classes, "
-          f"{args.segments} predicted ids, 5% ignore")
-    print(f"diffuseg contingency + per-image Hungarian: {1000 * ours:8.3f} ms / image "
-          f"(target < 5 ms: {'PASS' if ours < 0.005 else 'FAIL'})")
-    print(f"baseline per-class loop histogram:         {1000 * loop:8.3f} ms / image "
-          f"({len(sub)} pairs)  ratio {loop / ours:6.1f}x")
-    print(f"baseline masked-index bincount (histogram only): {1000 * masked:8.3f} ms / image  "
-          f"ratio {masked / ours:6.2f}x")
+    print(
+        f"pairs: {len(pairs)} x {args.size}x{args.size}, {args.classes} classes, "
+        f"{args.segments} predicted ids, 5% ignore"
+    )
+    print(
+        f"diffuseg contingency + per-image Hungarian: {1000 * ours:8.3f} ms / image "
+        f"(target < 5 ms: {'PASS' if ours < 0.005 else 'FAIL'})"
+    )
+    print(
+        f"baseline per-class loop histogram:         {1000 * loop:8.3f} ms / image "
+        f"({len(sub)} pairs)  ratio {loop / ours:6.1f}x"
+    )
+    print(
+        f"baseline masked-index bincount (histogram only): {1000 * masked:8.3f} ms / image  "
+        f"ratio {masked / ours:6.2f}x"
+    )
     print(f"mIoU of the random pairs (sanity): {100 * result.miou:.2f}")
 
 

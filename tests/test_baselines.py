@@ -27,8 +27,15 @@ def _quadrants(side: int = 64) -> torch.Tensor:
 
 def _quadrant_ids(labels: torch.Tensor) -> list[int]:
     h = labels.shape[0] // 2
-    return [int(labels[a, b]) for a, b in ((h // 2, h // 2), (h // 2, 3 * h // 2),
-                                           (3 * h // 2, h // 2), (3 * h // 2, 3 * h // 2))]
+    return [
+        int(labels[a, b])
+        for a, b in (
+            (h // 2, h // 2),
+            (h // 2, 3 * h // 2),
+            (3 * h // 2, h // 2),
+            (3 * h // 2, 3 * h // 2),
+        )
+    ]
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -49,14 +56,15 @@ def test_baseline_conformance(name):
     assert a.method == name
 
 
-@pytest.mark.parametrize(("name", "overrides"), [("slic", {"n_segments": 4}),
-                                                 ("kmeans-color", {"num_clusters": 4})])
+@pytest.mark.parametrize(
+    ("name", "overrides"), [("slic", {"n_segments": 4}), ("kmeans-color", {"num_clusters": 4})]
+)
 def test_four_quadrants_give_four_segments(name, overrides):
     spec = get_method(name)
     seg = spec.run(Features(images=_quadrants(), meta=[{}]), spec.make_config(**overrides))
     assert seg.num_segments == 4
     assert sorted(_quadrant_ids(seg.labels)) == [0, 1, 2, 3]
-    for q, lab in zip(range(4), _quadrant_ids(seg.labels)):
+    for q, lab in zip(range(4), _quadrant_ids(seg.labels), strict=True):
         rows = slice(0, 32) if q < 2 else slice(32, 64)
         cols = slice(0, 32) if q % 2 == 0 else slice(32, 64)
         assert bool((seg.labels[rows, cols] == lab).all())
@@ -90,11 +98,18 @@ def test_baselines_run_through_segmenter_without_a_backbone():
     assert tuple(keep.to_input_frame().shape) == (60, 40)
 
 
-@pytest.mark.parametrize(("name", "bad"), [
-    ("slic", {"n_segments": 0}), ("slic", {"compactness": -1.0}), ("slic", {"resize_mode": "zoom"}),
-    ("kmeans-color", {"num_clusters": 0}), ("kmeans-color", {"color_space": "hsv"}),
-    ("kmeans-color", {"spatial_weight": -0.5}), ("single-segment", {"image_size": 0}),
-])
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("slic", {"n_segments": 0}),
+        ("slic", {"compactness": -1.0}),
+        ("slic", {"resize_mode": "zoom"}),
+        ("kmeans-color", {"num_clusters": 0}),
+        ("kmeans-color", {"color_space": "hsv"}),
+        ("kmeans-color", {"spatial_weight": -0.5}),
+        ("single-segment", {"image_size": 0}),
+    ],
+)
 def test_bad_config_raises_value_error_naming_the_field(name, bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=field):

@@ -34,9 +34,18 @@ def _voc(root: Path, label: np.ndarray, ids=("a",)) -> Path:
 
 
 def test_all_ten_datasets_are_registered_with_class_names():
-    expected = {"cocostuff27": 27, "cocostuff171": 171, "cocoobject81": 81, "cityscapes27": 27,
-                "cityscapes19": 19, "voc21": 21, "context60": 60, "context59": 59, "ade150": 150,
-                "potsdam": 3}
+    expected = {
+        "cocostuff27": 27,
+        "cocostuff171": 171,
+        "cocoobject81": 81,
+        "cityscapes27": 27,
+        "cityscapes19": 19,
+        "voc21": 21,
+        "context60": 60,
+        "context59": 59,
+        "ade150": 150,
+        "potsdam": 3,
+    }
     assert set(dataset_names()) == set(expected)
     assert len(class_info("ade150")["names"]) == 150
     assert len(class_info("cocostuff182")["names"]) == 182
@@ -71,7 +80,9 @@ def test_cocostuff_mappings(tmp_path):
     assert lab171[2] == 80 and ds171.class_names[80] == "banner" and lab171[7] == 170
     obj = load_dataset("cocoobject81", root, "val2017")
     lab81 = obj[0].label[0].tolist()
-    assert lab81[:3] == [1, 2, 0] and obj.class_names[lab81[5]] == "bird" and obj.background_class == 0
+    assert (
+        lab81[:3] == [1, 2, 0] and obj.class_names[lab81[5]] == "bird" and obj.background_class == 0
+    )
     # the default split is the curated 2,175-image list
     assert len(load_dataset("cocostuff27", root)) == 2175
 
@@ -95,7 +106,12 @@ def test_context_ade_potsdam(tmp_path):
     (voc / "ImageSets" / "SegmentationContext").mkdir(parents=True)
     (voc / "ImageSets" / "SegmentationContext" / "val.txt").write_text("x\n")
     assert load_dataset("context60", tmp_path / "VOCdevkit")[0].label[0].tolist() == [0, 1, 59, 255]
-    assert load_dataset("context59", tmp_path / "VOCdevkit")[0].label[0].tolist() == [255, 0, 58, 255]
+    assert load_dataset("context59", tmp_path / "VOCdevkit")[0].label[0].tolist() == [
+        255,
+        0,
+        58,
+        255,
+    ]
 
     ade = tmp_path / "ADEChallengeData2016"
     _img(ade / "images" / "validation" / "ADE_val_00000001.jpg", 2, 3)

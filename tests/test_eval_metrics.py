@@ -1,4 +1,4 @@
-"""Metrics: hand-computed confusion matrices and matchings, invariances, ignore pixels, bad input."""
+"""Metrics: hand-computed confusion matrices and matchings, invariances, ignore, bad input."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _brute_force(pred: np.ndarray, gt: np.ndarray, c: int) -> tuple[np.ndarray, 
     """Per-image rules by exhaustive search (None if the best assignment is not unique)."""
     k = max(c, int(pred.max()) + 1)
     hist = np.zeros((c, k), dtype=np.int64)
-    for g, p in zip(gt.ravel(), pred.ravel()):
+    for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
         if g < c:
             hist[g, p] += 1
     best, best_perm, ties = -1, None, 0
@@ -103,8 +103,10 @@ def test_miou_invariant_to_permutation_of_predicted_ids(matching):
     for g in gts:
         g[:3] = 255
     perm = rng.permutation(9)[:5]  # a bijection of 0..4 into 0..8 (ids need not be contiguous)
-    base = score([contingency(p, g, 5) for p, g in zip(preds, gts)], 5, matching)
-    moved = score([contingency(perm[p], g, 5) for p, g in zip(preds, gts)], 5, matching)
+    base = score([contingency(p, g, 5) for p, g in zip(preds, gts, strict=True)], 5, matching)
+    moved = score(
+        [contingency(perm[p], g, 5) for p, g in zip(preds, gts, strict=True)], 5, matching
+    )
     assert moved.miou == pytest.approx(base.miou)
     assert moved.pixel_accuracy == pytest.approx(base.pixel_accuracy)
     assert base.miou > 0.5
@@ -113,7 +115,7 @@ def test_miou_invariant_to_permutation_of_predicted_ids(matching):
 def test_dataset_level_matching_is_one_global_assignment():
     preds = [_row(0, 0, 1, 1), _row(1, 1, 0, 0)]
     gts = [_row(0, 0, 1, 1), _row(0, 0, 1, 1)]
-    counts = [contingency(p, g, 2) for p, g in zip(preds, gts)]
+    counts = [contingency(p, g, 2) for p, g in zip(preds, gts, strict=True)]
     assert score(counts, 2, "hungarian-per-image").miou == pytest.approx(1.0)
     s = score(counts, 2, "hungarian-dataset")
     assert s.tp.tolist() == [2, 2] and s.fp.tolist() == [2, 2] and s.fn.tolist() == [2, 2]

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffuseg.eval.protocols import PROTOCOLS, Protocol, get_protocol, prepare, resize_nearest, to_score_grid
+from diffuseg.eval.protocols import (
+    PROTOCOLS,
+    Protocol,
+    get_protocol,
+    prepare,
+    resize_nearest,
+    to_score_grid,
+)
 
 
 def _pair(h: int, w: int) -> tuple[Image.Image, np.ndarray]:
@@ -36,9 +43,13 @@ def test_full_protocol_keeps_everything():
     image, label = _pair(7, 9)
     img, lab = prepare(image, label, PROTOCOLS["full"])
     assert img.size == (9, 7) and np.array_equal(lab, label)
-    assert PROTOCOLS["full"].method_overrides({"resize_mode", "image_size"}) == {"resize_mode": "keep_aspect"}
+    assert PROTOCOLS["full"].method_overrides({"resize_mode", "image_size"}) == {
+        "resize_mode": "keep_aspect"
+    }
     assert PROTOCOLS["diffseg"].method_overrides({"resize_mode", "image_size"}) == {
-        "resize_mode": "crop", "image_size": 512}
+        "resize_mode": "crop",
+        "image_size": 512,
+    }
     assert PROTOCOLS["diffcut"].method_overrides({"timestep"}) == {}
 
 

@@ -30,9 +30,11 @@ def _write_voc(root: Path, images: list[np.ndarray], labels: list[np.ndarray]) -
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     ids = [f"img{i:03d}" for i in range(len(images))]
-    for i, img, lab in zip(ids, images, labels):
+    for i, img, lab in zip(ids, images, labels, strict=True):
         Image.fromarray(img).save(base / "JPEGImages" / f"{i}.jpg", quality=95)
-        Image.fromarray(lab.astype(np.uint8), mode="L").save(base / "SegmentationClass" / f"{i}.png")
+        Image.fromarray(lab.astype(np.uint8), mode="L").save(
+            base / "SegmentationClass" / f"{i}.png"
+        )
     (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
     return root / "VOCdevkit"
 
@@ -47,8 +49,8 @@ def _synthetic_voc(root: Path, n: int = 8) -> Path:
         for _ in range(3):
             c = int(rng.integers(1, 21))
             y, x = int(rng.integers(0, 32)), int(rng.integers(0, 48))
-            lab[y:y + 16, x:x + 16] = c
-            img[y:y + 16, x:x + 16] = rng.integers(60, 255, 3)
+            lab[y : y + 16, x : x + 16] = c
+            img[y : y + 16, x : x + 16] = rng.integers(60, 255, 3)
         lab[0, :] = 255  # a boundary row
         images.append(img)
         labels.append(lab)
@@ -87,8 +89,12 @@ def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
 @pytest.mark.parametrize("protocol", ["diffseg", "diffcut"])
 def test_paper_protocols_score_at_their_resolution(tmp_path, protocol):
     root = _synthetic_voc(tmp_path, n=1)
-    report = evaluate(load_dataset("voc21", root), "single-segment", protocol=protocol, out_dir=tmp_path)
-    rec = json.loads((tmp_path / f"voc21_single-segment_{protocol}.jsonl").read_text().splitlines()[1])
+    report = evaluate(
+        load_dataset("voc21", root), "single-segment", protocol=protocol, out_dir=tmp_path
+    )
+    rec = json.loads(
+        (tmp_path / f"voc21_single-segment_{protocol}.jsonl").read_text().splitlines()[1]
+    )
     assert rec["size"] == ([512, 512] if protocol == "diffseg" else [1024, 1024])
     expected = 512 * 512 if protocol == "diffseg" else 128 * 128
     assert report["metrics"]["num_pixels"] <= expected
@@ -120,7 +126,9 @@ def test_interrupted_run_resumes_to_the_same_report(tmp_path):
 
     with pytest.raises(FileExistsError):
         evaluate(ds, "slic", out_dir=tmp_path / "b", **kw)
-    resumed = evaluate(ds, "slic", out_dir=tmp_path / "b", resume=True, segmenter_factory=counting, **kw)
+    resumed = evaluate(
+        ds, "slic", out_dir=tmp_path / "b", resume=True, segmenter_factory=counting, **kw
+    )
     assert len(computed) == len(ds) - 3  # nothing recomputed
     assert _stable(resumed) == _stable(full)
     with pytest.raises(ResumeMismatchError, match="config"):
@@ -144,8 +152,12 @@ def test_killed_process_resumes_to_the_same_report(tmp_path):
     root = _synthetic_voc(tmp_path, n=6)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(out)], env=env,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(root), str(out)],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     results = out / "voc21_kmeans-color_full.jsonl"
     assert len(results.read_text().splitlines()) == 1 + 4  # header + 4 images survived
@@ -168,8 +180,20 @@ def test_unreadable_images_are_skipped_logged_and_counted(tmp_path, caplog):
     assert report["dataset"]["skipped"][0]["id"] == "img001"
     assert "img001.jpg" in caplog.text
     assert "img001" in (tmp_path / "r" / "voc21_single-segment_full.md").read_text()
-    code = main(["eval", "--dataset", "voc21", "--root", str(root), "--method", "single-segment",
-                 "--out", str(tmp_path / "cli"), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            "voc21",
+            "--root",
+            str(root),
+            "--method",
+            "single-segment",
+            "--out",
+            str(tmp_path / "cli"),
+            "--no-progress",
+        ]
+    )
     assert code == 1  # finished, but not everything was scored
 
 
@@ -180,13 +204,17 @@ def test_bad_runner_input(tmp_path):
         evaluate(ArrayDataset("none", ["a"], []), "single-segment", out_dir=tmp_path)
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="limit"):
-            evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, limit=bad)
+            evaluate(
+                ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, limit=bad
+            )
     wrong = Sample("s1", img, np.zeros((5, 8), np.int64))
     with pytest.raises(ValueError, match="s1"):
         evaluate(ArrayDataset("d", ["a"], [good, wrong]), "single-segment", out_dir=tmp_path / "x")
     out_of_range = Sample("s2", img, np.full((6, 8), 3, np.int64))
     with pytest.raises(ValueError, match=r"s2.*\[3\]"):
-        evaluate(ArrayDataset("d", ["a", "b"], [out_of_range]), "single-segment", out_dir=tmp_path / "y")
+        evaluate(
+            ArrayDataset("d", ["a", "b"], [out_of_range]), "single-segment", out_dir=tmp_path / "y"
+        )
     with pytest.raises(ValueError, match="matching"):
         evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, matching="x")
     with pytest.raises(ValueError, match="protocol"):
@@ -195,15 +223,35 @@ def test_bad_runner_input(tmp_path):
 
 def test_cli_usage_errors_and_compare(tmp_path, capsys):
     root = _synthetic_voc(tmp_path, n=2)
-    base = ["eval", "--dataset", "voc21", "--root", str(root), "--out", str(tmp_path / "o"),
-            "--no-progress"]
+    base = [
+        "eval",
+        "--dataset",
+        "voc21",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     assert main([*base, "--method", "slic", "--limit", "0"]) == 2
     assert "--limit" in capsys.readouterr().err
     assert main([*base[:4], str(tmp_path / "missing"), *base[5:], "--method", "slic"]) == 2
     assert "VOC2012" in capsys.readouterr().err
     assert main([*base, "--method", "slic", "--n-segments", "5", "--limit", "1"]) == 0
-    assert main([*base, "--method", "single-segment", "--protocol", "diffseg",
-                 "--save-predictions", str(tmp_path / "pred")]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--method",
+                "single-segment",
+                "--protocol",
+                "diffseg",
+                "--save-predictions",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "pred" / "img000.labels.png").exists()
     assert main([*base, "--method", "slic"]) == 2  # results exist: needs --resume or --overwrite
     assert main([*base, "--method", "slic", "--resume"]) == 2  # different config (n_segments)
@@ -223,9 +271,16 @@ def test_batches_of_mixed_sizes_match_single_images(tmp_path):
         img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
         samples.append(Sample(f"s{k}", img, rng.integers(0, 3, (h, w))))
     ds = ArrayDataset("mixed", ["a", "b", "c"], samples)
-    one = evaluate(ds, "kmeans-color", out_dir=tmp_path / "one", config_overrides={"num_clusters": 3})
-    many = evaluate(ds, "kmeans-color", out_dir=tmp_path / "many", batch_size=3,
-                    config_overrides={"num_clusters": 3})
+    one = evaluate(
+        ds, "kmeans-color", out_dir=tmp_path / "one", config_overrides={"num_clusters": 3}
+    )
+    many = evaluate(
+        ds,
+        "kmeans-color",
+        out_dir=tmp_path / "many",
+        batch_size=3,
+        config_overrides={"num_clusters": 3},
+    )
     assert _stable(one) == _stable(many)
 
 
@@ -249,14 +304,16 @@ def test_open_vocabulary_names_map_to_classes_without_matching(tmp_path, monkeyp
         seen["names"] = config.class_names
         h, w = features.image_size
         labels = torch.zeros((h, w), dtype=torch.int64)
-        labels[:, w // 2:] = 1  # right half: "dog"; left half: a name not in the dataset
+        labels[:, w // 2 :] = 1  # right half: "dog"; left half: a name not in the dataset
         return Segmentation(labels=labels, names=["unicorn", "dog"])
 
     spec = MethodSpec("fake-vocab", VocabConfig, segment, open_vocabulary=True)
     monkeypatch.setitem(METHODS, "fake-vocab", spec)
     label = np.zeros((4, 8), np.int64)
     label[:, 4:] = 2
-    ds = ArrayDataset("toy", ["background", "cat", "Dog"], [Sample("t", Image.new("RGB", (8, 4)), label)])
+    ds = ArrayDataset(
+        "toy", ["background", "cat", "Dog"], [Sample("t", Image.new("RGB", (8, 4)), label)]
+    )
     report = evaluate(ds, "fake-vocab", out_dir=tmp_path)
     assert seen["names"] == ("background", "cat", "Dog")
     assert report["matching"] == "none" and "none" not in report["other_matchings"]

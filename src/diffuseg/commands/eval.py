@@ -28,31 +28,50 @@ def register(subparsers: Any) -> None:
     from .segment import add_method_options, add_model_options
 
     p = subparsers.add_parser(
-        "eval", help="score a method on a benchmark dataset (mIoU, pixel accuracy, per-class IoU)",
+        "eval",
+        help="score a method on a benchmark dataset (mIoU, pixel accuracy, per-class IoU)",
         description="Score a method on a benchmark stored locally; writes per-image results "
-                    "(JSONL, resumable), a JSON report and a Markdown table into --out.",
+        "(JSONL, resumable), a JSON report and a Markdown table into --out.",
     )
     p.add_argument("--dataset", choices=dataset_names(), help="benchmark name")
     p.add_argument("--root", help="folder the official archive unpacks to (e.g. VOCdevkit)")
     p.add_argument("--split", default=None, help="dataset split (default: the one papers report)")
     p.add_argument("--method", default="diffseg", help="segmentation method (default diffseg)")
-    p.add_argument("--protocol", default="full", choices=sorted(PROTOCOLS),
-                   help="crop / resolution preset (default full: full ground-truth resolution)")
-    p.add_argument("--matching", default=None, choices=MATCHINGS,
-                   help="label matching (default: none for open-vocabulary methods, "
-                        "else hungarian-per-image)")
-    p.add_argument("--background-class", type=int, default=None,
-                   help="background class id for --matching diffcut-background "
-                        "(default: the dataset's)")
+    p.add_argument(
+        "--protocol",
+        default="full",
+        choices=sorted(PROTOCOLS),
+        help="crop / resolution preset (default full: full ground-truth resolution)",
+    )
+    p.add_argument(
+        "--matching",
+        default=None,
+        choices=MATCHINGS,
+        help="label matching (default: none for open-vocabulary methods, else hungarian-per-image)",
+    )
+    p.add_argument(
+        "--background-class",
+        type=int,
+        default=None,
+        help="background class id for --matching diffcut-background (default: the dataset's)",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--out", default="results", help="output folder (default ./results)")
     p.add_argument("--name", default=None, help="file stem (default <dataset>_<method>_<protocol>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run of that name")
-    p.add_argument("--save-predictions", default=None, metavar="DIR",
-                   help="also write each prediction (label PNG, overlay, JSON) into DIR")
-    p.add_argument("--compare", nargs="+", metavar="REPORT",
-                   help="print these report JSON files side by side and exit")
+    p.add_argument(
+        "--save-predictions",
+        default=None,
+        metavar="DIR",
+        help="also write each prediction (label PNG, overlay, JSON) into DIR",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="REPORT",
+        help="print these report JSON files side by side and exit",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
@@ -112,21 +131,37 @@ def run(args: argparse.Namespace) -> int:
     generator = make_generator(args.seed, args.device) if needs_model else None
     try:
         report = evaluate(
-            dataset, spec.name, backbone=backbone, config_overrides=overrides,
-            protocol=args.protocol, matching=args.matching, background_class=args.background_class,
-            out_dir=args.out, name=args.name, resume=args.resume, overwrite=args.overwrite,
-            limit=args.limit, batch_size=args.batch_size, save_predictions=args.save_predictions,
-            model_id=model_id, progress=not args.no_progress, generator=generator,
+            dataset,
+            spec.name,
+            backbone=backbone,
+            config_overrides=overrides,
+            protocol=args.protocol,
+            matching=args.matching,
+            background_class=args.background_class,
+            out_dir=args.out,
+            name=args.name,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            save_predictions=args.save_predictions,
+            model_id=model_id,
+            progress=not args.no_progress,
+            generator=generator,
         )
     except (FileExistsError, ResumeMismatchError, ValueError) as e:
         return _fail(str(e))
     m, d = report["metrics"], report["dataset"]
-    print(f"{spec.name} on {d['name']} ({report['protocol']['name']}, {report['matching']}): "
-          f"mIoU {100 * (m['miou'] or 0):.2f}  pixel acc. {100 * (m['pixel_accuracy'] or 0):.2f}  "
-          f"({d['num_evaluated']} images)")
-    print(f"report: {str(report['results_file'])[:-len('.jsonl')]}.json / .md")
+    print(
+        f"{spec.name} on {d['name']} ({report['protocol']['name']}, {report['matching']}): "
+        f"mIoU {100 * (m['miou'] or 0):.2f}  pixel acc. {100 * (m['pixel_accuracy'] or 0):.2f}  "
+        f"({d['num_evaluated']} images)"
+    )
+    print(f"report: {str(report['results_file'])[: -len('.jsonl')]}.json / .md")
     if d["num_skipped"]:
-        print(f"diffuseg eval: {d['num_skipped']} unreadable image(s) skipped; listed in the report.",
-              file=sys.stderr)
+        print(
+            f"diffuseg eval: {d['num_skipped']} unreadable image(s) skipped; listed in the report.",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 _COCO_LAYOUT = """  ROOT/images/val2017/000000000139.jpg            (val2017.zip)
   ROOT/annotations/val2017/000000000139.png       (stuffthingmaps_trainval2017.zip)"""
-_CITY_LAYOUT = """  ROOT/leftImg8bit/val/<city>/<name>_leftImg8bit.png      (leftImg8bit_trainvaltest.zip)
-  ROOT/gtFine/val/<city>/<name>_gtFine_labelIds.png        (gtFine_trainvaltest.zip)"""
+_CITY_LAYOUT = """  ROOT/leftImg8bit/val/<city>/<name>_leftImg8bit.png (leftImg8bit_trainvaltest.zip)
+  ROOT/gtFine/val/<city>/<name>_gtFine_labelIds.png    (gtFine_trainvaltest.zip)"""
 _VOC_LAYOUT = """  ROOT = VOCdevkit
   ROOT/VOC2012/JPEGImages/<id>.jpg
   ROOT/VOC2012/SegmentationClass/<id>.png
@@ -66,8 +66,14 @@ _POTSDAM_LAYOUT = """  ROOT = potsdam (the IIC/STEGO release)
 
 
 # --------------------------------------------------------------------------- COCO
-def _coco(root: Path, split: str, name: str, mapping: dict[int, int], names: list[str],
-          background: int | None = None) -> FolderDataset:
+def _coco(
+    root: Path,
+    split: str,
+    name: str,
+    mapping: dict[int, int],
+    names: list[str],
+    background: int | None = None,
+) -> FolderDataset:
     _check_split(name, split, ("curated", "val2017"))
     img_dir, ann_dir = root / "images" / "val2017", root / "annotations" / "val2017"
     _require(root, name, _COCO_LAYOUT, img_dir, ann_dir)
@@ -75,14 +81,23 @@ def _coco(root: Path, split: str, name: str, mapping: dict[int, int], names: lis
         ref = "diffuseg/data/cocostuff27/curated_val2017_ids.txt"
         from importlib import resources
 
-        text = resources.files("diffuseg").joinpath("data", "cocostuff27", "curated_val2017_ids.txt")
+        text = resources.files("diffuseg").joinpath(
+            "data", "cocostuff27", "curated_val2017_ids.txt"
+        )
         ids = [s.strip() for s in text.read_text().splitlines() if s.strip()]
         logger.debug("using the curated list %s (%d ids)", ref, len(ids))
     else:
         ids = sorted(p.stem for p in img_dir.glob("*.jpg"))
     entries = [(i, img_dir / f"{i}.jpg", ann_dir / f"{i}.png") for i in ids]
-    return FolderDataset(name, names, _nonempty(name, entries, img_dir), _lut(mapping), root, split,
-                         background_class=background)
+    return FolderDataset(
+        name,
+        names,
+        _nonempty(name, entries, img_dir),
+        _lut(mapping),
+        root,
+        split,
+        background_class=background,
+    )
 
 
 def _cocostuff27(root: Path, split: str) -> FolderDataset:
@@ -120,8 +135,15 @@ def _cityscapes(root: Path, split: str, name: str) -> FolderDataset:
     # labelIds 0..33 exist (license plate, id -1, is stored as 255 by some tools): others ignore
     mapping = {raw: IGNORE_INDEX for raw in range(34)} | {255: IGNORE_INDEX}
     mapping |= {raw: new for new, raw in enumerate(info["label_ids"])}
-    return FolderDataset(name, info["names"], _nonempty(name, entries, img_dir), _lut(mapping),
-                         root, split, palette=np.asarray(info["palette"], dtype=np.uint8))
+    return FolderDataset(
+        name,
+        info["names"],
+        _nonempty(name, entries, img_dir),
+        _lut(mapping),
+        root,
+        split,
+        palette=np.asarray(info["palette"], dtype=np.uint8),
+    )
 
 
 # --------------------------------------------------------------------------- PASCAL
@@ -130,28 +152,48 @@ def _voc21(root: Path, split: str) -> FolderDataset:
     base = root / "VOC2012"
     list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
     _require(root, "voc21", _VOC_LAYOUT, base / "JPEGImages", base / "SegmentationClass", list_file)
-    entries = [(i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png")
-               for i in _list_file(list_file)]
+    entries = [
+        (i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png")
+        for i in _list_file(list_file)
+    ]
     mapping = {i: i for i in range(21)} | {255: IGNORE_INDEX}  # 255 = object boundaries
-    return FolderDataset("voc21", class_info("voc21")["names"], _nonempty("voc21", entries, list_file),
-                         _lut(mapping), root, split, background_class=0)
+    return FolderDataset(
+        "voc21",
+        class_info("voc21")["names"],
+        _nonempty("voc21", entries, list_file),
+        _lut(mapping),
+        root,
+        split,
+        background_class=0,
+    )
 
 
 def _context(root: Path, split: str, name: str) -> FolderDataset:
     _check_split(name, split, ("train", "val"))
     base = root / "VOC2010"
     list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-    _require(root, name, _CTX_LAYOUT, base / "JPEGImages", base / "SegmentationClassContext", list_file)
-    entries = [(i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClassContext" / f"{i}.png")
-               for i in _list_file(list_file)]
+    _require(
+        root, name, _CTX_LAYOUT, base / "JPEGImages", base / "SegmentationClassContext", list_file
+    )
+    entries = [
+        (i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClassContext" / f"{i}.png")
+        for i in _list_file(list_file)
+    ]
     names59 = class_info("context59")["names"]
     if name == "context60":
         mapping, names, bg = {i: i for i in range(60)}, ["background", *names59], 0
     else:  # reduce_zero_label: background is not scored
         mapping, names, bg = {0: IGNORE_INDEX} | {i: i - 1 for i in range(1, 60)}, names59, None
     mapping |= {255: IGNORE_INDEX}
-    return FolderDataset(name, names, _nonempty(name, entries, list_file), _lut(mapping), root,
-                         split, background_class=bg)
+    return FolderDataset(
+        name,
+        names,
+        _nonempty(name, entries, list_file),
+        _lut(mapping),
+        root,
+        split,
+        background_class=bg,
+    )
 
 
 # --------------------------------------------------------------------------- ADE20K
@@ -161,8 +203,14 @@ def _ade150(root: Path, split: str) -> FolderDataset:
     _require(root, "ade150", _ADE_LAYOUT, img_dir, ann_dir)
     entries = [(p.stem, p, ann_dir / f"{p.stem}.png") for p in sorted(img_dir.glob("*.jpg"))]
     mapping = {0: IGNORE_INDEX} | {i: i - 1 for i in range(1, 151)}  # 0 = "other", not scored
-    return FolderDataset("ade150", class_info("ade150")["names"], _nonempty("ade150", entries, img_dir),
-                         _lut(mapping), root, split)
+    return FolderDataset(
+        "ade150",
+        class_info("ade150")["names"],
+        _nonempty("ade150", entries, img_dir),
+        _lut(mapping),
+        root,
+        split,
+    )
 
 
 # --------------------------------------------------------------------------- Potsdam
@@ -192,11 +240,20 @@ def _potsdam(root: Path, split: str) -> FolderDataset:
     _check_split("potsdam", split, ("test", "train"))
     list_file = root / f"labelled_{split}.txt"
     _require(root, "potsdam", _POTSDAM_LAYOUT, root / "imgs", root / "gt", list_file)
-    entries = [(i, root / "imgs" / f"{i}.mat", root / "gt" / f"{i}.mat") for i in _list_file(list_file)]
+    entries = [
+        (i, root / "imgs" / f"{i}.mat", root / "gt" / f"{i}.mat") for i in _list_file(list_file)
+    ]
     mapping = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2, 255: IGNORE_INDEX}
-    return FolderDataset("potsdam", class_info("potsdam")["names"],
-                         _nonempty("potsdam", entries, list_file), _lut(mapping), root, split,
-                         read_label=_read_mat("gt"), read_image=_read_potsdam_image)
+    return FolderDataset(
+        "potsdam",
+        class_info("potsdam")["names"],
+        _nonempty("potsdam", entries, list_file),
+        _lut(mapping),
+        root,
+        split,
+        read_label=_read_mat("gt"),
+        read_image=_read_potsdam_image,
+    )
 
 
 # name -> (builder(root, split), default split)

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import IGNORE_INDEX, Sample
+from .base import Sample
 
 __all__ = ["ArrayDataset", "FolderDataset", "SampleReadError", "class_info"]
 
@@ -33,7 +33,7 @@ class SampleReadError(OSError):
     """An image or label file exists in the index but cannot be read."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _data_json(*parts: str) -> dict[str, Any]:
     ref = resources.files("diffuseg").joinpath("data", *parts)
     return json.loads(ref.read_text())
@@ -142,14 +142,18 @@ class FolderDataset:
                 f"{raw.shape[0]}x{raw.shape[1]} (H x W)."
             )
         label = self._map(raw, label_path)
-        return Sample(sid, image, label, {"image_path": str(image_path), "label_path": str(label_path)})
+        return Sample(
+            sid, image, label, {"image_path": str(image_path), "label_path": str(label_path)}
+        )
 
     def _map(self, raw: np.ndarray, path: Path) -> np.ndarray:
         raw = raw.astype(np.int64, copy=False)
         lo, hi = int(raw.min()), int(raw.max())
         if lo < 0 or hi >= len(self.lut):
             bad = np.unique(raw[(raw < 0) | (raw >= len(self.lut))])[:10].tolist()
-            raise ValueError(f"label file {path} has values {bad} that {self.name} does not define.")
+            raise ValueError(
+                f"label file {path} has values {bad} that {self.name} does not define."
+            )
         label = self.lut[raw].astype(np.int64)  # (H, W)
         if int(label.min()) < 0:
             bad = np.unique(raw[label < 0])[:10].tolist()
@@ -213,4 +217,3 @@ def _nonempty(name: str, entries: list[Any], where: Path) -> list[Any]:
     if not entries:
         raise ValueError(f"{name}: no samples found under {where}; the dataset is empty.")
     return entries
-

@@ -110,9 +110,9 @@ class ImageCounts:
     def from_record(cls, record: dict[str, Any], num_classes: int) -> ImageCounts:
         """Inverse of `to_record`."""
         hist = np.zeros((num_classes, int(record["k"])), dtype=np.int64)
-        hist[np.asarray(record["rows"], dtype=np.int64), np.asarray(record["cols"], dtype=np.int64)] = (
-            np.asarray(record["n"], dtype=np.int64)
-        )
+        hist[
+            np.asarray(record["rows"], dtype=np.int64), np.asarray(record["cols"], dtype=np.int64)
+        ] = np.asarray(record["n"], dtype=np.int64)
         unpredicted = np.zeros(num_classes, dtype=np.int64)
         for c, n in record["unpredicted"]:
             unpredicted[c] = n
@@ -138,7 +138,8 @@ def contingency(
         raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
     if 0 <= ignore_index < num_classes:
         raise ValueError(
-            f"`ignore_index` must lie outside the class range [0, {num_classes}), got {ignore_index}."
+            f"`ignore_index` must lie outside the class range [0, {num_classes}), "
+            f"got {ignore_index}."
         )
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
@@ -148,7 +149,9 @@ def contingency(
             raise ValueError(f"`{name}` must be an integer array, got dtype {arr.dtype}.")
     if gt.size == 0:
         return ImageCounts(
-            np.zeros((num_classes, 0), np.int64), np.zeros(num_classes, np.int64), np.zeros(0, np.int64)
+            np.zeros((num_classes, 0), np.int64),
+            np.zeros(num_classes, np.int64),
+            np.zeros(0, np.int64),
         )
     pmin, pmax = int(pred.min()), int(pred.max())
     if pmin < -1:
@@ -295,7 +298,7 @@ class Scores:
             "fn": self.fn.tolist(),
         }
         if class_names is not None:
-            out["iou_by_class"] = dict(zip(class_names, iou))
+            out["iou_by_class"] = dict(zip(class_names, iou, strict=True))
         return out
 
 

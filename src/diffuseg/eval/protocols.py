@@ -66,7 +66,9 @@ class Protocol:
         if self.crop not in _CROPS:
             raise ValueError(f"`crop` must be one of {_CROPS}, got {self.crop!r}.")
         if self.label_nearest not in _NEAREST:
-            raise ValueError(f"`label_nearest` must be one of {_NEAREST}, got {self.label_nearest!r}.")
+            raise ValueError(
+                f"`label_nearest` must be one of {_NEAREST}, got {self.label_nearest!r}."
+            )
         for name in ("input_size", "score_size"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -84,10 +86,17 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     # tf.image.resize(method="nearest") samples at half-pixel centres -> "exact"
-    "diffseg": Protocol("diffseg", crop="square", input_size=512, label_nearest="exact",
-                        resize_mode="crop"),
-    "diffcut": Protocol("diffcut", crop="square-minus-one", input_size=1024,
-                        label_nearest="exact", score_size=128, resize_mode="crop"),
+    "diffseg": Protocol(
+        "diffseg", crop="square", input_size=512, label_nearest="exact", resize_mode="crop"
+    ),
+    "diffcut": Protocol(
+        "diffcut",
+        crop="square-minus-one",
+        input_size=1024,
+        label_nearest="exact",
+        score_size=128,
+        resize_mode="crop",
+    ),
     "full": Protocol("full", crop="none", resize_mode="keep_aspect"),
 }
 

@@ -25,7 +25,16 @@ __all__ = ["build_report", "write_report", "to_markdown", "compare_reports", "lo
 
 logger = logging.getLogger(__name__)
 
-_PACKAGES = ("diffuseg", "torch", "diffusers", "transformers", "numpy", "scipy", "scikit-image", "pillow")
+_PACKAGES = (
+    "diffuseg",
+    "torch",
+    "diffusers",
+    "transformers",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "pillow",
+)
 
 
 def _versions() -> dict[str, str | None]:
@@ -98,7 +107,8 @@ def build_report(
         "metrics": primary,
         "other_matchings": {
             m: {"miou": s.to_dict()["miou"], "pixel_accuracy": s.to_dict()["pixel_accuracy"]}
-            for m, s in scores.items() if m != matching
+            for m, s in scores.items()
+            if m != matching
         },
         "versions": _versions(),
         "results_file": str(results_file) if results_file is not None else None,
@@ -134,17 +144,23 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if report["other_matchings"]:
         lines += ["| other matching | mIoU | pixel acc. |", "|---|---:|---:|"]
-        lines += [f"| {k} | {_pct(v['miou'])} | {_pct(v['pixel_accuracy'])} |"
-                  for k, v in report["other_matchings"].items()]
+        lines += [
+            f"| {k} | {_pct(v['miou'])} | {_pct(v['pixel_accuracy'])} |"
+            for k, v in report["other_matchings"].items()
+        ]
         lines.append("")
     lines += ["| class | IoU |", "|---|---:|"]
-    lines += [f"| {n} | {_pct(v)} |" for n, v in zip(d["class_names"], met["iou"])]
+    lines += [f"| {n} | {_pct(v)} |" for n, v in zip(d["class_names"], met["iou"], strict=True)]
     if d["skipped"]:
-        lines += ["", "Skipped (unreadable):", ""] + [f"- {s['id']}: {s['error']}" for s in d["skipped"]]
+        lines += ["", "Skipped (unreadable):", ""] + [
+            f"- {s['id']}: {s['error']}" for s in d["skipped"]
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], json_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
+def write_report(
+    report: dict[str, Any], json_path: str | os.PathLike, md_path: str | os.PathLike
+) -> None:
     """Write the report as JSON and Markdown (atomically; replaces earlier reports of the run)."""
     atomic_write(json_path, (json.dumps(report, indent=1) + "\n").encode(), overwrite=True)
     atomic_write(md_path, to_markdown(report).encode(), overwrite=True)
@@ -167,11 +183,12 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def compare_reports(reports: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table with one row per report (and per-class IoU columns when they share a dataset)."""
+    """A Markdown table, one row per report (plus per-class IoU when they share a dataset)."""
     if not reports:
         raise ValueError("`reports` is empty; give at least one report.")
     lines = [
-        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. | s / image |",
+        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. "
+        "| s / image |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in reports:
@@ -188,5 +205,7 @@ def compare_reports(reports: Sequence[dict[str, Any]]) -> str:
         heads = [f"{r['method']['name']} / {r['protocol']['name']}" for r in reports]
         lines += ["", "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(reports)]
         for k, n in enumerate(names):
-            lines.append(f"| {n} | " + " | ".join(_pct(r["metrics"]["iou"][k]) for r in reports) + " |")
+            lines.append(
+                f"| {n} | " + " | ".join(_pct(r["metrics"]["iou"][k]) for r in reports) + " |"
+            )
     return "\n".join(lines) + "\n"

@@ -135,14 +135,20 @@ def evaluate(
 
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     overrides = {**proto.method_overrides(fields), **(config_overrides or {})}
-    if spec.open_vocabulary:  # the dataset's class names are the vocabulary, unless the user set one
+    if (
+        spec.open_vocabulary
+    ):  # the dataset's class names are the vocabulary, unless the user set one
         for key in _VOCABULARY_FIELDS:
             if key in fields and key not in (config_overrides or {}):
                 overrides[key] = tuple(class_names)
     for key in proto.method_overrides(fields):
         if key in (config_overrides or {}) and config_overrides[key] != overrides[key]:
-            logger.warning("protocol %r sets %s; the user's value %r is used instead",
-                           proto.name, key, config_overrides[key])
+            logger.warning(
+                "protocol %r sets %s; the user's value %r is used instead",
+                proto.name,
+                key,
+                config_overrides[key],
+            )
     config = spec.make_config(**overrides)
     if segmenter_factory is None:
         from ..segmenter import Segmenter as segmenter_factory  # noqa: N813
@@ -152,9 +158,12 @@ def evaluate(
     name = name or run_name(dataset.name, spec.name, proto.name)
     out_dir = Path(out_dir)
     fingerprint = {
-        "dataset": dataset.name, "split": getattr(dataset, "split", None),
-        "num_classes": num_classes, "method": spec.name,
-        "config": dataclasses.asdict(config), "protocol": dataclasses.asdict(proto),
+        "dataset": dataset.name,
+        "split": getattr(dataset, "split", None),
+        "num_classes": num_classes,
+        "method": spec.name,
+        "config": dataclasses.asdict(config),
+        "protocol": dataclasses.asdict(proto),
         "model": model_id,
     }
     store = ResultStore(out_dir / f"{name}.jsonl", fingerprint, resume=resume, overwrite=overwrite)
@@ -169,6 +178,7 @@ def evaluate(
 
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, desc=name, unit="img")
     pred_dir = Path(save_predictions) if save_predictions is not None else None
+
     def finish(i: int, rec: dict[str, Any]) -> None:
         store.add(rec)
         if rec["status"] == "ok":
@@ -183,13 +193,20 @@ def evaluate(
     try:
         for start in range(0, len(todo), batch_size):
             loaded = []
-            for i in todo[start:start + batch_size]:
+            for i in todo[start : start + batch_size]:
                 try:
                     loaded.append((i, *_load(dataset, i, proto)))
                 except SampleReadError as e:
                     logger.warning("skipping sample %d: %s", i, e)
-                    finish(i, {"index": i, "id": _sample_id(dataset, i), "status": "skipped",
-                               "error": str(e)})
+                    finish(
+                        i,
+                        {
+                            "index": i,
+                            "id": _sample_id(dataset, i),
+                            "status": "skipped",
+                            "error": str(e),
+                        },
+                    )
             # one backbone pass per model size (keep_aspect images of a chunk may differ)
             groups: dict[tuple[int, int], list[Any]] = {}
             for item in loaded:
@@ -198,18 +215,28 @@ def evaluate(
                 t0 = time.perf_counter()
                 segs = segmenter.segment_batch([x[2] for x in group], generator=generator)
                 seconds = (time.perf_counter() - t0) / len(group)
-                for (i, sample, image, label), seg in zip(group, segs):
+                for (i, sample, image, label), seg in zip(group, segs, strict=True):
                     rec = _score_one(i, sample, label, seg, proto, class_names, matching, seconds)
                     if pred_dir is not None:  # before the record, so a resumed run rewrites it
-                        seg.save(pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume)
+                        seg.save(
+                            pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume
+                        )
                     finish(i, rec)
     finally:
         bar.close()
 
     report = build_report(
-        store.ordered(n), class_names=class_names, dataset=dataset, method=spec,
-        config=config, protocol=proto, matching=matching, background_class=background_class,
-        model_id=model_id, num_requested=n, results_file=store.path,
+        store.ordered(n),
+        class_names=class_names,
+        dataset=dataset,
+        method=spec,
+        config=config,
+        protocol=proto,
+        matching=matching,
+        background_class=background_class,
+        model_id=model_id,
+        num_requested=n,
+        results_file=store.path,
     )
     write_report(report, out_dir / f"{name}.json", out_dir / f"{name}.md")
     return report
@@ -235,8 +262,14 @@ def _load(dataset: Any, index: int, proto: Protocol) -> tuple[Any, Any, np.ndarr
 
 
 def _score_one(
-    index: int, sample: Any, label: np.ndarray, seg: Any, proto: Protocol,
-    class_names: list[str], matching: str, seconds: float,
+    index: int,
+    sample: Any,
+    label: np.ndarray,
+    seg: Any,
+    proto: Protocol,
+    class_names: list[str],
+    matching: str,
+    seconds: float,
 ) -> dict[str, Any]:
     """One image's record: the prediction mapped onto the label's frame, reduced to counts."""
     pred = seg.to_input_frame(fill=-1).cpu().numpy()  # (H, W) int64, -1 outside the crop box

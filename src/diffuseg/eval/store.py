@@ -44,7 +44,11 @@ class ResultStore:
     """
 
     def __init__(
-        self, path: str | os.PathLike, fingerprint: dict[str, Any], *, resume: bool = False,
+        self,
+        path: str | os.PathLike,
+        fingerprint: dict[str, Any],
+        *,
+        resume: bool = False,
         overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
@@ -54,7 +58,8 @@ class ResultStore:
         if self.path.exists() and not overwrite:
             if not resume:
                 raise FileExistsError(
-                    f"results file {self.path} exists; pass resume=True (CLI: --resume) to continue "
+                    f"results file {self.path} exists; pass resume=True (CLI: --resume) to "
+                    f"continue "
                     f"it or overwrite=True (--overwrite) to start again."
                 )
             self._load()
@@ -84,18 +89,24 @@ class ResultStore:
                 self.records[int(obj["index"])] = obj
             good_end = pos = nl + 1
         if header is None or header.get("type") != "header":
-            raise ResumeMismatchError(f"{self.path} is not a diffuseg results file (no header line).")
+            raise ResumeMismatchError(
+                f"{self.path} is not a diffuseg results file (no header line)."
+            )
         if _canonical(header.get("fingerprint")) != self.fingerprint:
             diff = sorted(
-                k for k in set(header.get("fingerprint", {})) | set(self.fingerprint)
+                k
+                for k in set(header.get("fingerprint", {})) | set(self.fingerprint)
                 if header.get("fingerprint", {}).get(k) != self.fingerprint.get(k)
             )
             raise ResumeMismatchError(
-                f"cannot resume {self.path}: it was written by a different run (differs in {diff}); "
+                f"cannot resume {self.path}: it was written by a different run "
+                f"(differs in {diff}); "
                 f"use another --out or --overwrite."
             )
         if good_end < len(data):
-            logger.warning("%s: dropping a torn last line (%d bytes)", self.path, len(data) - good_end)
+            logger.warning(
+                "%s: dropping a torn last line (%d bytes)", self.path, len(data) - good_end
+            )
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
                 f.flush()

@@ -53,15 +53,23 @@ class KMeansColorConfig:
         if not isinstance(self.num_clusters, int) or self.num_clusters < 1:
             raise ValueError(f"`num_clusters` must be a positive int, got {self.num_clusters!r}.")
         if not isinstance(self.num_iterations, int) or self.num_iterations < 1:
-            raise ValueError(f"`num_iterations` must be a positive int, got {self.num_iterations!r}.")
+            raise ValueError(
+                f"`num_iterations` must be a positive int, got {self.num_iterations!r}."
+            )
         if self.color_space not in _SPACES:
             raise ValueError(f"`color_space` must be one of {_SPACES}, got {self.color_space!r}.")
         if not isinstance(self.max_fit_pixels, int) or self.max_fit_pixels < 1:
-            raise ValueError(f"`max_fit_pixels` must be a positive int, got {self.max_fit_pixels!r}.")
+            raise ValueError(
+                f"`max_fit_pixels` must be a positive int, got {self.max_fit_pixels!r}."
+            )
         if self.spatial_weight < 0:
             raise ValueError(f"`spatial_weight` must be >= 0, got {self.spatial_weight!r}.")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
-            raise ValueError(f"`image_size` must be a positive int or None, got {self.image_size!r}.")
+        if self.image_size is not None and (
+            not isinstance(self.image_size, int) or self.image_size < 1
+        ):
+            raise ValueError(
+                f"`image_size` must be a positive int or None, got {self.image_size!r}."
+            )
         if self.resize_mode not in _MODES:
             raise ValueError(f"`resize_mode` must be one of {_MODES}, got {self.resize_mode!r}.")
 
@@ -101,7 +109,10 @@ def kmeans(
         counts = np.bincount(assign, minlength=len(c)).astype(np.float64)  # (k,)
         # per-dimension weighted bincounts: cluster sums without a Python loop over pixels
         sums = np.stack(
-            [np.bincount(assign, weights=points[:, j], minlength=len(c)) for j in range(points.shape[1])],
+            [
+                np.bincount(assign, weights=points[:, j], minlength=len(c))
+                for j in range(points.shape[1])
+            ],
             axis=1,
         )  # (k, D)
         keep = counts > 0
@@ -148,6 +159,6 @@ SPEC = MethodSpec(
     config_cls=KMeansColorConfig,
     segment=segment,
     requires=FeatureRequest(),
-    description="Baseline: k-means on pixel colour (CIELAB) and optional position; no diffusion model.",
+    description="Baseline: k-means on pixel colour (CIELAB) and position; no diffusion model.",
     extraction_fields=("image_size", "resize_mode"),
 )

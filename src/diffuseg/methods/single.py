@@ -35,8 +35,12 @@ class SingleSegmentConfig:
     resize_mode: str = "crop"
 
     def __post_init__(self) -> None:
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
-            raise ValueError(f"`image_size` must be a positive int or None, got {self.image_size!r}.")
+        if self.image_size is not None and (
+            not isinstance(self.image_size, int) or self.image_size < 1
+        ):
+            raise ValueError(
+                f"`image_size` must be a positive int or None, got {self.image_size!r}."
+            )
         if self.resize_mode not in _MODES:
             raise ValueError(f"`resize_mode` must be one of {_MODES}, got {self.resize_mode!r}.")
 
