@@ -320,3 +320,21 @@ def test_open_vocabulary_names_map_to_classes_without_matching(tmp_path, monkeyp
     assert report["metrics"]["iou"][2] == 1.0  # "dog" matches class "Dog" by name
     assert report["metrics"]["iou"][0] == 0.0  # "unicorn" pixels are false negatives
     assert report["metrics"]["pixel_accuracy"] == pytest.approx(0.5)
+
+
+def test_diffusion_method_on_a_tiny_backbone(tmp_path, tiny_backbone):
+    ds = load_dataset("voc21", _synthetic_voc(tmp_path, n=1))
+    report = evaluate(
+        ds,
+        "diffseg",
+        backbone=tiny_backbone,
+        model_id="tiny-sd1",
+        protocol="full",
+        config_overrides={"image_size": 32},
+        out_dir=tmp_path / "r",
+    )
+    assert report["model"] == "tiny-sd1" and report["dataset"]["num_evaluated"] == 1
+    assert report["method"]["config"]["resize_mode"] == "keep_aspect"
+    assert 0.0 <= report["metrics"]["miou"] <= 1.0
+    rec = json.loads((tmp_path / "r" / "voc21_diffseg_full.jsonl").read_text().splitlines()[1])
+    assert rec["size"] == [48, 64]  # scored at full label resolution
