@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 _COCO_LAYOUT = """  ROOT/images/val2017/000000000139.jpg            (val2017.zip)
   ROOT/annotations/val2017/000000000139.png       (stuffthingmaps_trainval2017.zip)"""
-_CITY_LAYOUT = """  ROOT/leftImg8bit/val/<city>/<name>_leftImg8bit.png (leftImg8bit_trainvaltest.zip)
-  ROOT/gtFine/val/<city>/<name>_gtFine_labelIds.png    (gtFine_trainvaltest.zip)"""
+_CITY_LAYOUT = """  ROOT/leftImg8bit/val/CITY/NAME_leftImg8bit.png   (leftImg8bit_trainvaltest.zip)
+  ROOT/gtFine/val/CITY/NAME_gtFine_labelIds.png      (gtFine_trainvaltest.zip)"""
 _VOC_LAYOUT = """  ROOT = VOCdevkit
   ROOT/VOC2012/JPEGImages/<id>.jpg
   ROOT/VOC2012/SegmentationClass/<id>.png
