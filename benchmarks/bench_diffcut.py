@@ -111,7 +111,7 @@ def clustered_features(side: int, channels: int = 1280, k: int = 6, seed: int = 
     field = F.interpolate(torch.rand(1, k, 4, 4, generator=g), size=(side, side), mode="bilinear")
     region = field[0].argmax(0)  # (side, side)
     centres = torch.randn(k, channels, generator=g)
-    feats = centres[region].permute(2, 0, 1) + 0.8 * torch.randn(channels, side, side, generator=g)
+    feats = centres[region].permute(2, 0, 1) + 0.5 * torch.randn(channels, side, side, generator=g)
     return feats
 
 

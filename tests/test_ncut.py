@@ -129,11 +129,22 @@ def test_bad_shapes_and_values_raise():
         recursive_normalized_cut(bad)
 
 
-def test_eigensolver_failure_ends_branch(monkeypatch):
+@pytest.mark.parametrize("which", ["torch", "both"])
+def test_eigensolver_failure_ends_branch(monkeypatch, which):
+    import numpy as np
+    import scipy.linalg
+
     def broken(*args, **kwargs):
         raise torch.linalg.LinAlgError("simulated failure")
 
+    def broken_scipy(*args, **kwargs):
+        raise np.linalg.LinAlgError("simulated failure")
+
     monkeypatch.setattr(ncut.torch.linalg, "eigh", broken)
+    if which == "both":
+        monkeypatch.setattr(scipy.linalg, "eigh", broken_scipy)
+    else:  # scipy unusable -> torch fallback, which also fails
+        monkeypatch.setattr(scipy.linalg, "eigh", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     feats, _ = _clustered_features(3)
     labels = recursive_normalized_cut(feats)
     assert (labels == 0).all()

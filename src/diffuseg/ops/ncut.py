@@ -15,6 +15,7 @@ Ported from PaulCouairon/DiffCut@aa16df4 `diffcut/recursive_normalized_cut.py` (
   behaviour is available as ``drop_zero_rows=True``.
 * An eigensolver failure (or a non-finite Fiedler vector) ends that branch; the reference
   returns None and then crashes on it (l.25-33, l.104).
+* On the CPU the dense solver computes only the two smallest eigenpairs (`_second_eigenvector`).
 * Tokens with zero degree (no affinity to anything, themselves included) are split off as
   their own segment instead of producing inf/NaN through D^-1/2.
 * Non-square grids are allowed; nothing is hard-coded to CUDA.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,18 +64,42 @@ def affinity_matrix(features: torch.Tensor, alpha: float = 10.0) -> torch.Tensor
     return ((cos - lo) / (hi - lo)) ** alpha
 
 
+def _second_eigenvector(sym: torch.Tensor) -> torch.Tensor:
+    """Eigenvector of the second smallest eigenvalue of the symmetric matrix `sym` (n, n).
+
+    Dense and direct, like the reference's `torch.linalg.eigh` (l.29). On the CPU only the two
+    smallest eigenpairs are computed (LAPACK syevr through scipy), which skips the
+    back-transformation of the other n - 2 vectors (about 2x faster at n = 1024-4096); other
+    devices, or a scipy failure, use `torch.linalg.eigh`.
+
+    Raises:
+        RuntimeError: (torch.linalg.LinAlgError) or numpy.linalg.LinAlgError on failure.
+    """
+    if sym.device.type == "cpu" and sym.dtype in (torch.float32, torch.float64):
+        try:
+            from scipy.linalg import eigh as scipy_eigh
+
+            _, vectors = scipy_eigh(sym.numpy(), subset_by_index=[0, 1], driver="evr",
+                                    check_finite=False)
+            return torch.from_numpy(vectors[:, 1].copy()).to(sym.dtype)
+        except (np.linalg.LinAlgError, ValueError) as err:
+            logger.debug("normalized cut: scipy eigh failed (%s); trying torch.", err)
+    _, vectors = torch.linalg.eigh(sym)
+    return vectors[:, 1]
+
+
 def _fiedler_vector(affinity: torch.Tensor, degree: torch.Tensor) -> torch.Tensor | None:
     """Generalised Fiedler vector y of (D - A) y = lambda D y, sign fixed; None on failure."""
     d_inv_sqrt = degree.rsqrt()  # (n,)
     laplacian = torch.diag(degree) - affinity  # (n, n)
     sym = d_inv_sqrt[:, None] * laplacian * d_inv_sqrt[None, :]  # D^-1/2 (D - A) D^-1/2
     try:
-        _, vectors = torch.linalg.eigh(sym)
-    except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
+        vector = _second_eigenvector(sym)
+    except (RuntimeError, np.linalg.LinAlgError) as err:  # torch LinAlgError is a RuntimeError
         logger.warning("normalized cut: eigensolver failed on %d tokens (%s); branch ends.",
                        affinity.shape[0], err)
         return None
-    y = d_inv_sqrt * vectors[:, 1]  # (n,) back to the generalised problem
+    y = d_inv_sqrt * vector  # (n,) back to the generalised problem
     if not bool(torch.isfinite(y).all()):
         logger.warning("normalized cut: non-finite Fiedler vector on %d tokens; branch ends.",
                        affinity.shape[0])
