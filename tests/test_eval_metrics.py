@@ -190,3 +190,5 @@ def test_bad_input_raises_value_errors():
         MetricAccumulator(3, "greedy")
     with pytest.raises(ValueError, match="empty"):
         hungarian_per_image([], [], 3)
+    with pytest.raises(ValueError, match="consecutive"):
+        contingency(_row(0, 1 << 16), _row(0, 1), 3)

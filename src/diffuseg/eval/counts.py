@@ -18,6 +18,9 @@ __all__ = ["ImageCounts", "contingency", "confusion_matrix"]
 
 logger = logging.getLogger(__name__)
 
+#: predicted ids must be below this (the dense (C, K) histogram stays small)
+MAX_PRED_ID = 1 << 16
+
 
 @dataclass
 class ImageCounts:
@@ -107,6 +110,11 @@ def contingency(
     pmin, pmax = int(pred.min()), int(pred.max())
     if pmin < -1:
         raise ValueError(f"`pred` ids must be >= 0 (or -1 for not predicted), got {pmin}.")
+    if pmax >= MAX_PRED_ID:
+        raise ValueError(
+            f"`pred` ids go up to {pmax}; at most {MAX_PRED_ID - 1} is supported. Relabel the "
+            f"segments to consecutive ids (e.g. `diffuseg.types.relabel_sequential`)."
+        )
     g = gt
     gmin, gmax = int(g.min()), int(g.max())  # cheap on the label's own (often uint8) dtype
     c = num_classes

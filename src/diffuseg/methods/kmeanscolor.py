@@ -135,7 +135,12 @@ def segment(features: Features, config: KMeansColorConfig) -> Segmentation:
     image = features.images[0].detach().float().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
     h, w, _ = image.shape
     if config.color_space == "lab":
-        from skimage.color import rgb2lab  # optional dependency (extra "eval")
+        try:
+            from skimage.color import rgb2lab
+        except ImportError as e:  # optional dependency (extra "eval")
+            raise ImportError(
+                "this baseline requires scikit-image; install it with `pip install diffuseg[eval]`."
+            ) from e
 
         # L in [0, 100], a/b in about [-128, 127] -> roughly [0, 1]
         image = rgb2lab(image.astype(np.float64)) / np.array([100.0, 255.0, 255.0]) + [0, 0.5, 0.5]

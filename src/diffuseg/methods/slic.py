@@ -69,7 +69,12 @@ def segment(features: Features, config: SlicConfig) -> Segmentation:
     Returns:
         A `Segmentation` with int64 labels (H, W) in [0, K), K about `n_segments`.
     """
-    from skimage.segmentation import slic  # optional dependency (extra "eval")
+    try:
+        from skimage.segmentation import slic
+    except ImportError as e:  # optional dependency (extra "eval")
+        raise ImportError(
+            "this baseline requires scikit-image; install it with `pip install diffuseg[eval]`."
+        ) from e
 
     if features.images is None:
         raise ValueError("the SLIC baseline needs `features.images`.")
