@@ -133,22 +133,7 @@ def evaluate(
     num_classes = len(class_names)
     MetricAccumulator(num_classes, matching, background_class)  # validates the combination
 
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    overrides = {**proto.method_overrides(fields), **(config_overrides or {})}
-    if (
-        spec.open_vocabulary
-    ):  # the dataset's class names are the vocabulary, unless the user set one
-        for key in _VOCABULARY_FIELDS:
-            if key in fields and key not in (config_overrides or {}):
-                overrides[key] = tuple(class_names)
-    for key in proto.method_overrides(fields):
-        if key in (config_overrides or {}) and config_overrides[key] != overrides[key]:
-            logger.warning(
-                "protocol %r sets %s; the user's value %r is used instead",
-                proto.name,
-                key,
-                config_overrides[key],
-            )
+    overrides = _method_overrides(spec, proto, config_overrides or {}, class_names)
     config = spec.make_config(**overrides)
     if segmenter_factory is None:
         from ..segmenter import Segmenter as segmenter_factory  # noqa: N813
@@ -240,6 +225,26 @@ def evaluate(
     )
     write_report(report, out_dir / f"{name}.json", out_dir / f"{name}.md")
     return report
+
+
+def _method_overrides(
+    spec: Any, proto: Protocol, user: dict[str, Any], class_names: list[str]
+) -> dict[str, Any]:
+    """Config overrides: the protocol's (size, resize mode), the vocabulary, then the user's."""
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    wanted = proto.method_overrides(fields)
+    if spec.open_vocabulary:  # the dataset's class names are the vocabulary
+        wanted |= {k: tuple(class_names) for k in _VOCABULARY_FIELDS if k in fields}
+    for key, value in wanted.items():
+        if key in user and user[key] != value:
+            logger.warning(
+                "%s: the protocol/dataset sets %s=%r; the user's %r is used instead",
+                proto.name,
+                key,
+                value,
+                user[key],
+            )
+    return {**wanted, **user}
 
 
 def _sample_id(dataset: Any, index: int) -> str:
