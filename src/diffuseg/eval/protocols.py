@@ -9,7 +9,8 @@ Presets:
 ``diffseg``
     Square centre crop to the short side (offsets ``(size - side) // 2``, as DiffSeg's
     ``process_image``), image resized to 512 (bilinear, no antialias, as ``tf.image.resize``),
-    label to 512 (nearest, half-pixel centres as TF2); scored at 512 x 512.
+    label to 512 (nearest, half-pixel centres as TF2); scored at 512 x 512. (The resized image
+    is rounded to uint8 here; DiffSeg feeds TF's float output, a difference below 0.5/255.)
 ``diffcut``
     Centre crop of side ``min(H, W) - 1`` (torchvision ``center_crop`` offsets,
     ``round((size - side) / 2)``), image resized to 1024 (bilinear, no antialias), label to
