@@ -338,3 +338,27 @@ def test_diffusion_method_on_a_tiny_backbone(tmp_path, tiny_backbone):
     assert 0.0 <= report["metrics"]["miou"] <= 1.0
     rec = json.loads((tmp_path / "r" / "voc21_diffseg_full.jsonl").read_text().splitlines()[1])
     assert rec["size"] == [48, 64]  # scored at full label resolution
+
+
+def test_synthetic_scenes_need_no_root(tmp_path):
+    ds = load_dataset("synthetic", None)
+    assert len(ds) == 200 and ds[0].label.shape == (ds[0].image.height, ds[0].image.width)
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--method",
+            "single-segment",
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "synthetic-val_single-segment_full.json").read_text())
+    assert report["dataset"]["num_evaluated"] == 2
+    with pytest.raises(ValueError, match="root"):
+        load_dataset("voc21", None)

@@ -33,7 +33,11 @@ def register(subparsers: Any) -> None:
         description="Score a method on a benchmark stored locally; writes per-image results "
         "(JSONL, resumable), a JSON report and a Markdown table into --out.",
     )
-    p.add_argument("--dataset", choices=dataset_names(), help="benchmark name")
+    p.add_argument(
+        "--dataset",
+        choices=[*dataset_names(), "synthetic"],
+        help="benchmark name (synthetic: the package's generated scenes, no --root)",
+    )
     p.add_argument("--root", help="folder the official archive unpacks to (e.g. VOCdevkit)")
     p.add_argument("--split", default=None, help="dataset split (default: the one papers report)")
     p.add_argument("--method", default="diffseg", help="segmentation method (default diffseg)")
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from .segment import load_backbone, make_generator, method_overrides, parse_dtype
 
     try:
-        if not args.dataset or not args.root:
+        if not args.dataset or (not args.root and args.dataset != "synthetic"):
             raise ValueError("`--dataset` and `--root` are required (or use --compare).")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"`--limit` must be a positive integer, got {args.limit}.")

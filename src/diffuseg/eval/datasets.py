@@ -16,6 +16,9 @@ expected, an unknown split `ValueError`, an empty split `ValueError`.
 | context59 | 59 | 0 -> ignore, 1..59 -> 0..58 | val |
 | ade150 | 150 | 0 -> ignore, 1..150 -> 0..149 | validation (2,000) |
 | potsdam | 3 | {0,4}->0, {1,5}->1, {2,3}->2 (IIC/STEGO) | test |
+
+``synthetic`` (not a benchmark) gives the package's generated scenes with exact labels and
+needs no root: the proving ground of ``diffuseg.synthetic``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import IGNORE_INDEX
+from .base import IGNORE_INDEX, SegmentationDataset
 from .folder import (
     FolderDataset,
     _check_split,
@@ -271,16 +274,26 @@ DATASETS: dict[str, tuple[Callable[[Path, str], FolderDataset], str]] = {
 }
 
 
+def _synthetic(split: str) -> SegmentationDataset:
+    """The package's synthetic scenes (generated, no files), 200 scenes per split."""
+    from ..synthetic import SyntheticScenes
+
+    return SyntheticScenes(split=split)
+
+
 def dataset_names() -> list[str]:
     """The dataset names `load_dataset` knows."""
     return list(DATASETS)
 
 
-def load_dataset(name: str, root: str | os.PathLike, split: str | None = None) -> FolderDataset:
+def load_dataset(
+    name: str, root: str | os.PathLike | None, split: str | None = None
+) -> SegmentationDataset:
     """Open benchmark dataset `name` stored under `root`.
 
     Args:
-        name: one of `dataset_names()`.
+        name: one of `dataset_names()`, or ``"synthetic"`` for the package's generated scenes
+            (200 per split, exact labels, no files; `root` is ignored).
         root: the folder the official archive unpacks to (see each layout in the errors).
         split: the split; None = the split the papers evaluate on.
 
@@ -289,7 +302,13 @@ def load_dataset(name: str, root: str | os.PathLike, split: str | None = None) -
         FileNotFoundError: `root` or a folder of the layout is missing (the message shows the
             layout expected).
     """
+    if name == "synthetic":  # the proving ground: generated, needs no root
+        return _synthetic(split or "val")
     if name not in DATASETS:
-        raise ValueError(f"unknown `dataset` {name!r}; choose one of {dataset_names()}.")
+        raise ValueError(
+            f"unknown `dataset` {name!r}; choose one of {[*dataset_names(), 'synthetic']}."
+        )
+    if root is None:
+        raise ValueError(f"`root` is required for dataset {name!r}.")
     builder, default = DATASETS[name]
     return builder(Path(root).expanduser(), split or default)
