@@ -192,3 +192,19 @@ def test_bad_input_raises_value_errors():
         hungarian_per_image([], [], 3)
     with pytest.raises(ValueError, match="consecutive"):
         contingency(_row(0, 1 << 16), _row(0, 1), 3)
+
+
+def test_no_matching_counts_unknown_ids_as_false_negatives():
+    gt = _row(0, 0, 1, 1)
+    pred = _row(0, 5, 1, 1)  # id 5 is no class
+    s = score([contingency(pred, gt, 2)], 2, "none")
+    assert s.tp.tolist() == [1, 2] and s.fp.tolist() == [0, 0] and s.fn.tolist() == [1, 0]
+
+
+def test_dataset_matching_with_more_clusters_than_classes():
+    gts = [_row(0, 0, 1, 1), _row(0, 0, 1, 1)]
+    preds = [_row(0, 0, 1, 2), _row(0, 0, 1, 1)]
+    s = score(
+        [contingency(p, g, 2) for p, g in zip(preds, gts, strict=True)], 2, "hungarian-dataset"
+    )
+    assert s.tp.tolist() == [4, 3] and s.fp.tolist() == [0, 0] and s.fn.tolist() == [0, 1]
