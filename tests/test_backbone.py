@@ -163,3 +163,21 @@ def test_segmenter_batches(tiny_backbone, quadrant_image):
         handle.remove()
     assert len(out) == 5 and len(calls) == 2
     assert all(torch.equal(out[0].labels, o.labels) for o in out)
+
+
+def test_sd2_shaped_v_prediction_folder(tiny_components, tmp_path):
+    """SD 2.x shape: linear projections, per-block head dims, v-prediction scheduler."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from conftest import sd1_unet_config
+
+    cfg = dict(sd1_unet_config(), use_linear_projection=True, attention_head_dim=(2, 2, 4, 4))
+    torch.manual_seed(0)
+    parts = dict(tiny_components, unet=UNet2DConditionModel(**cfg),
+                 scheduler=DDPMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear"))
+    StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path, safe_serialization=True)
+    bb = DiffusionBackbone.from_pretrained(str(tmp_path))
+    assert bb.scheduler.config.prediction_type == "v_prediction"
+    f = bb.extract(torch.rand(1, 3, 48, 48), FeatureRequest(self_attention=True), timestep=999)
+    assert sorted(f.by_resolution()) == [(3, 3), (6, 6), (12, 12), (24, 24)]

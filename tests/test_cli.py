@@ -99,3 +99,12 @@ def test_env_and_python_dash_m(capsys):
     proc = subprocess.run([sys.executable, "-m", "diffuseg", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "diffuseg" in proc.stdout
     assert main([]) == 2
+
+
+def test_image_smaller_than_latent_grid_is_reported(tiny_model_dir, tmp_path, capsys):
+    tiny = tmp_path / "tiny.png"
+    Image.new("L", (6, 6), 100).save(tiny)  # grayscale, 6 px < 16-token latent side at --size 32
+    rc = main(["segment", str(tiny), "--model", str(tiny_model_dir), "--size", "32", "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    assert rc == 1 and "smaller than the model's latent grid" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "tiny.json").exists()
