@@ -164,3 +164,19 @@ def test_request_union():
         FeatureRequest(self_attention=True) | FeatureRequest(cross_attention=True, normalization="none")
     with pytest.raises(ValueError, match="normalization"):
         FeatureRequest(normalization="sigmoid")
+
+
+def test_cfg_batch_keeps_only_the_conditional_half(tiny_components):
+    unet = tiny_components["unet"]
+    latents, text = _inputs(unet, batch=1)
+    uncond = torch.zeros_like(text)
+    req = FeatureRequest(self_attention=True, cross_attention=True)
+    with torch.no_grad():
+        with record(unet, req, (16, 16), batch_slice=slice(1, 2)) as cfg:
+            unet(torch.cat([latents, latents]), 10, encoder_hidden_states=torch.cat([uncond, text]))
+        with record(unet, req, (16, 16)) as cond:
+            unet(latents, 10, encoder_hidden_states=text)
+    for kind in ("self", "cross"):
+        for key, value in cond.maps[kind].items():
+            assert cfg.maps[kind][key].shape[0] == 1
+            torch.testing.assert_close(cfg.maps[kind][key], value, atol=1e-5, rtol=1e-4)
