@@ -1,0 +1,206 @@
+"""``diffuseg inspect IMAGE --point y,x [--method diffcut|diffseg] --out PATH``.
+
+Draws what a method "sees" from one pixel, next to the image (DiffCut's semantic-coherence
+view, `semantic_coherence.ipynb` in PaulCouairon/DiffCut):
+
+* ``diffcut``: cosine similarity between the query token's feature and every other token's
+  (the `attn1` output DiffCut cuts), in [-1, 1];
+* ``diffseg``: the query pixel's aggregated self-attention map (all resolutions, weights
+  proportional to side length, `diffuseg.ops.attention.aggregate_self_attention`).
+
+The functions `feature_similarity`, `attention_map`, `query_map` and `render` are reusable
+(the demo draws the same pictures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+__all__ = ["register", "run", "feature_similarity", "attention_map", "query_map", "render", "parse_point"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("diffcut", "diffseg")
+
+# Colour stops of a perceptually ordered dark-blue -> teal -> yellow map (viridis-like).
+_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
+
+
+def parse_point(text: str) -> tuple[int, int]:
+    """Parse ``"y,x"`` into two non-negative ints.
+
+    Raises:
+        ValueError: on anything else.
+    """
+    parts = text.replace(" ", "").split(",")
+    try:
+        y, x = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"`--point` must be 'y,x' with two integers, got {text!r}.") from None
+    if y < 0 or x < 0:
+        raise ValueError(f"`--point` must be non-negative, got {text!r}.")
+    return y, x
+
+
+def feature_similarity(features: torch.Tensor, token: tuple[int, int]) -> torch.Tensor:
+    """Cosine similarity of token (i, j) with every token.
+
+    Args:
+        features: float tensor (C, h, w).
+        token: (row, column) on the (h, w) grid.
+
+    Returns:
+        float32 tensor (h, w) in [-1, 1].
+    """
+    feats = F.normalize(features.float(), dim=0)  # (C, h, w)
+    i, j = token
+    return torch.einsum("chw,c->hw", feats, feats[:, i, j])
+
+
+def attention_map(maps: dict[tuple[int, int], torch.Tensor], point: tuple[float, float]) -> torch.Tensor:
+    """Aggregated self-attention map of the query at relative position `point`.
+
+    Args:
+        maps: resolution (h, w) -> (1, N, N) or (N, N) head-averaged self-attention.
+        point: (y, x) in [0, 1) relative to the model input.
+
+    Returns:
+        float32 tensor (R, R') over the largest grid, summing to 1.
+    """
+    from ..ops.attention import aggregate_self_attention
+
+    agg = aggregate_self_attention(maps)  # (R*R', R, R')
+    r, r2 = agg.shape[-2:]
+    i, j = min(int(point[0] * r), r - 1), min(int(point[1] * r2), r2 - 1)
+    return agg[i * r2 + j]
+
+
+def query_map(features: Any, method: str, point: tuple[float, float]) -> torch.Tensor:
+    """The map to draw for image 0 of `features` and the relative query point (y, x) in [0, 1).
+
+    Raises:
+        ValueError: on an unknown method or features missing what it needs.
+    """
+    if method == "diffcut":
+        from ..methods.diffcut import token_features
+
+        feats = token_features(features, 0)  # (C, h, w)
+        h, w = feats.shape[-2:]
+        token = (min(int(point[0] * h), h - 1), min(int(point[1] * w), w - 1))
+        return feature_similarity(feats, token)
+    if method == "diffseg":
+        maps = {size: m[0] for size, m in features.by_resolution("self").items()}
+        if not maps:
+            raise ValueError("these features hold no self-attention maps.")
+        return attention_map(maps, point)
+    raise ValueError(f"`--method` must be one of {METHODS}, got {method!r}.")
+
+
+def _colorize(values: np.ndarray) -> np.ndarray:
+    """(H, W) floats in [0, 1] -> (H, W, 3) uint8."""
+    pos = np.clip(values, 0, 1) * (len(_STOPS) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_STOPS) - 2)
+    frac = (pos - lo)[..., None]
+    return (_STOPS[lo] * (1 - frac) + _STOPS[lo + 1] * frac).round().astype(np.uint8)
+
+
+def render(image: Image.Image, values: torch.Tensor, point: tuple[float, float],
+           value_range: tuple[float, float] | None = None) -> Image.Image:
+    """The image with the query marked, and the map (bilinearly resized) next to it.
+
+    Args:
+        image: RGB model view (the crop the model saw).
+        values: (h, w) map.
+        point: (y, x) in [0, 1) relative to `image`.
+        value_range: (low, high) mapped to the ends of the colour map; default the map's range.
+    """
+    w, h = image.size
+    up = F.interpolate(values[None, None].float().cpu(), size=(h, w), mode="bilinear",
+                       align_corners=False)[0, 0].numpy()
+    lo, hi = value_range if value_range is not None else (float(values.min()), float(values.max()))
+    heat = Image.fromarray(_colorize((up - lo) / max(hi - lo, 1e-12)))
+    canvas = Image.new("RGB", (2 * w, h))
+    canvas.paste(image.convert("RGB"), (0, 0))
+    canvas.paste(Image.blend(image.convert("RGB"), heat, 0.75), (w, 0))
+    draw = ImageDraw.Draw(canvas)
+    y, x = point[0] * h, point[1] * w
+    r = max(3, min(w, h) // 60)
+    for dx in (0, w):
+        draw.ellipse([x + dx - r, y - r, x + dx + r, y + r], outline=(255, 0, 0), width=max(1, r // 2))
+    return canvas
+
+
+def register(subparsers: Any) -> None:
+    from .segment import add_method_options, add_model_options
+
+    p = subparsers.add_parser(
+        "inspect", help="picture of what a method sees from one pixel",
+        description="Write IMAGE's model view next to the DiffCut feature-similarity map or the DiffSeg "
+                    "aggregated self-attention map of the pixel at --point.")
+    p.add_argument("image", metavar="IMAGE", help="image file")
+    p.add_argument("--point", required=True, help="query pixel 'y,x' in IMAGE's own pixel coordinates")
+    p.add_argument("--method", default="diffcut", choices=METHODS, help="whose view (default diffcut)")
+    p.add_argument("--out", required=True, help="output PNG path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_model_options(p)
+    p.set_defaults(func=run, _owners=add_method_options(p))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbone import ModelNotFoundError, NotADiffusionModelError
+    from ..imageio import ImageLoadError, load_image
+    from ..methods import get_method
+    from ..segmenter import Segmenter
+    from ..types import OutputExistsError, atomic_write
+    from .segment import load_backbone, make_generator, method_overrides
+
+    def fail(message: str) -> int:
+        print(f"diffuseg inspect: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        y, x = parse_point(args.point)
+        spec = get_method(args.method)
+        overrides = method_overrides(args, spec.name, args._owners)
+        image = load_image(args.image)
+    except (ValueError, ImageLoadError) as e:
+        return fail(str(e))
+    height, width = image.size[1], image.size[0]
+    if y >= height or x >= width:
+        return fail(f"`--point` {y},{x} lies outside the {height}x{width} image.")
+    try:
+        backbone = load_backbone(args)
+        segmenter = Segmenter(backbone, spec, **overrides)
+        features = segmenter.extract([image], generator=make_generator(args.seed, args.device))
+    except (ModelNotFoundError, NotADiffusionModelError, ValueError) as e:
+        return fail(str(e))
+    left, top, right, bottom = features.meta[0]["crop_box"]
+    if not (left <= x < right and top <= y < bottom):
+        return fail(f"`--point` {y},{x} lies outside the region the model sees "
+                    f"(crop box left,top,right,bottom = {left},{top},{right},{bottom}).")
+    rel = ((y - top) / (bottom - top), (x - left) / (right - left))
+    try:
+        values = query_map(features, spec.name, rel)
+    except ValueError as e:
+        return fail(str(e))
+    model_h, model_w = features.images.shape[-2:]
+    view = image.crop((left, top, right, bottom)).resize((model_w, model_h), Image.BILINEAR)
+    picture = render(view, values, rel, (-1.0, 1.0) if spec.name == "diffcut" else None)
+    import io
+
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    try:
+        path = atomic_write(args.out, buf.getvalue(), overwrite=args.overwrite)
+    except OutputExistsError as e:
+        return fail(str(e))
+    print(f"wrote {path} ({spec.name} view of pixel {y},{x})", file=sys.stderr)
+    return 0
