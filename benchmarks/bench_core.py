@@ -87,9 +87,9 @@ def main() -> None:
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from diffuseg.backbone import FeatureRequest, record
-    from diffuseg.methods.diffseg import REQUIRES, DiffSegConfig, segment
+    from diffuseg.backbone import record
     from diffuseg.backbone.features import Features
+    from diffuseg.methods.diffseg import REQUIRES, DiffSegConfig, segment
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET).eval()

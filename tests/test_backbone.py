@@ -167,9 +167,8 @@ def test_segmenter_batches(tiny_backbone, quadrant_image):
 
 def test_sd2_shaped_v_prediction_folder(tiny_components, tmp_path):
     """SD 2.x shape: linear projections, per-block head dims, v-prediction scheduler."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
     from conftest import sd1_unet_config
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     cfg = dict(sd1_unet_config(), use_linear_projection=True, attention_head_dim=(2, 2, 4, 4))
     torch.manual_seed(0)

@@ -48,7 +48,7 @@ def test_recording_is_inert_and_rows_sum_to_one(tiny_components):
             recorded = unet(latents, 10, encoder_hidden_states=text).sample
     torch.testing.assert_close(recorded, plain, atol=1e-5, rtol=1e-4)
     for kind in ("self", "cross"):
-        for key, value in store.maps[kind].items():
+        for _key, value in store.maps[kind].items():
             assert value.dtype == torch.float32
             torch.testing.assert_close(value.sum(-1), torch.ones_like(value.sum(-1)), atol=1e-5, rtol=0)
     counts = store.counts["self"]
@@ -84,7 +84,8 @@ def test_processors_and_hooks_restored_after_exception(tiny_components):
     before = dict(unet.attn_processors)
     module = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
     hooks_before = len(module._forward_hooks)
-    request = FeatureRequest(self_attention=True, hidden_states=("down_blocks.0.attentions.0.transformer_blocks.0.attn1",))
+    path = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    request = FeatureRequest(self_attention=True, hidden_states=(path,))
     with pytest.raises(RuntimeError, match="boom"):
         with record(unet, request, (16, 16)):
             raise RuntimeError("boom")

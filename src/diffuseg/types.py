@@ -262,7 +262,7 @@ class Segmentation:
         if image is not None:
             blobs.append(_png_bytes(self.to_overlay(image)))
         blobs.append(json.dumps(self.to_json_dict(), indent=1).encode())
-        return [atomic_write(p, b, overwrite=overwrite) for p, b in zip(targets, blobs)]
+        return [atomic_write(p, b, overwrite=overwrite) for p, b in zip(targets, blobs, strict=False)]
 
 
 def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:

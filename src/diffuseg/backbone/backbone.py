@@ -215,7 +215,7 @@ class DiffusionBackbone:
                   return_tensors="pt")
         ids = enc.input_ids
         full = tok(prompts, padding=False, truncation=False).input_ids
-        for p, f in zip(prompts, full):
+        for p, f in zip(prompts, full, strict=False):
             if len(f) > ids.shape[1]:
                 logger.warning("prompt truncated to %d tokens: %r", ids.shape[1], p)
         tokens = [tok.convert_ids_to_tokens(row.tolist()) for row in ids]

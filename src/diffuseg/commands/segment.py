@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     names = _names(args.images)
     failed: dict[str, str] = {}
     todo = []
-    for path, name in zip(args.images, names):
+    for path, name in zip(args.images, names, strict=False):
         existing = [p for p in (out_dir / f"{name}.labels.png", out_dir / f"{name}.overlay.png",
                                 out_dir / f"{name}.json") if p.exists()]
         if existing and not args.overwrite:
@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
                     failed[path] = str(e)
                 bar.update(len(group))
                 continue
-            for (path, name, image), seg in zip(group, results):
+            for (path, name, image), seg in zip(group, results, strict=False):
                 seg.meta["source"] = str(path)
                 model_view = image.crop(tuple(seg.meta["crop_box"]))
                 try:

@@ -70,7 +70,7 @@ def aggregate_self_attention(
     sizes = [s for s, _ in items]
     ws = resolution_weights(sizes) if weights is None else [float(weights[_key(maps, s)]) for s in sizes]
     out = torch.zeros(big_h * big_w, big_h * big_w, dtype=torch.float32, device=items[0][1].device)
-    for ((h, w), m), weight in zip(items, ws):
+    for ((h, w), m), weight in zip(items, ws, strict=False):
         keys = m.float().reshape(h * w, 1, h, w)  # one key map per query token
         if (h, w) != (big_h, big_w):
             keys = F.interpolate(keys, size=(big_h, big_w), mode="bilinear", align_corners=False)
