@@ -45,3 +45,14 @@ def test_method_conformance(name, tiny_backbone, tiny_sdxl_backbone, quadrant_im
     if a.scores is not None:
         assert torch.isfinite(a.scores).all()
     assert torch.equal(a.labels, b.labels)  # deterministic with a fixed generator
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_config_field_is_a_cli_option(name):
+    from diffuseg.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["segment"]
+    dests = {a.dest for a in sub._actions}
+    fields = {f.name for f in dataclasses.fields(get_method(name).config_cls)}
+    assert fields <= dests, sorted(fields - dests)
