@@ -28,23 +28,6 @@ _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1,
 _WINDOW = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def _shifted(x: torch.Tensor, offsets: Sequence[tuple[int, int]], dilation: int) -> torch.Tensor:
-    """Values at `offsets` * `dilation` around every pixel, edges replicated.
-
-    Args:
-        x: tensor (B, C, H, W).
-
-    Returns:
-        tensor (B, C, P, H, W), P = len(offsets).
-    """
-    _, _, h, w = x.shape
-    d = dilation
-    padded = F.pad(x, [d, d, d, d], mode="replicate")  # (B, C, H+2d, W+2d)
-    views = [padded[:, :, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
-             for dy, dx in offsets]
-    return torch.stack(views, dim=2)
-
-
 def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     dil = tuple(int(d) for d in dilations)
     if not dil or any(d < 1 for d in dil):
@@ -89,27 +72,32 @@ def pamr(
     if masks.shape[-2:] != x.shape[-2:]:
         masks = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
-    # Image affinity, (B, 1, P, H, W) with P = 8 * len(dilations).
-    diffs = torch.cat([_shifted(x, _NEIGHBOURS, d) for d in dil], dim=2)  # (B, C, P, H, W)
-    diffs = (x.unsqueeze(2) - diffs).abs()
-    window = torch.cat([_shifted(x, _WINDOW, d) for d in dil], dim=2)  # (B, C, 9*len, H, W)
-    std = window.std(dim=2, keepdim=True)  # (B, C, 1, H, W), unbiased like torch's default
-    del window
-    aff = (-diffs / (1e-8 + 0.1 * std)).mean(dim=1, keepdim=True)  # (B, 1, P, H, W)
+    # Image affinity, (B, 1, P, H, W) with P = 8 * len(dilations), built view by view so the
+    # peak memory is the P affinity planes, not C * P difference planes.
+    r = max(dil)
+    h, w = x.shape[-2:]
+    padded = F.pad(x, [r, r, r, r], mode="replicate")  # (B, C, H+2r, W+2r)
+
+    def view(oy: int, ox: int) -> torch.Tensor:
+        return padded[:, :, r + oy : r + oy + h, r + ox : r + ox + w]  # (B, C, H, W)
+
+    window = [(dy * d, dx * d) for d in dil for dy, dx in _WINDOW]  # centre once per dilation
+    mean = sum(view(oy, ox) for oy, ox in window) / len(window)
+    var = sum((view(oy, ox) - mean) ** 2 for oy, ox in window) / (len(window) - 1)
+    scale = 1e-8 + 0.1 * var.sqrt()  # (B, C, H, W); unbiased std like torch.std
+    offsets = [(dy * d, dx * d) for d in dil for dy, dx in _NEIGHBOURS]
+    aff = torch.stack([(-(x - view(oy, ox)).abs() / scale).mean(dim=1, keepdim=True)
+                       for oy, ox in offsets], dim=2)  # (B, 1, P, H, W)
     aff = F.softmax(aff, dim=2)
-    del diffs
 
     # Propagation: one replicate pad by the largest dilation per step, then each neighbour is a
     # view of it; accumulating view by view keeps memory at two mask-sized buffers.
     weights = [aff[:, :, p] for p in range(aff.shape[2])]  # P tensors (B, 1, H, W)
-    offsets = [(dy * d, dx * d) for d in dil for dy, dx in _NEIGHBOURS]
-    r = max(dil)
-    h, w = masks.shape[-2:]
     for _ in range(num_iter):
-        padded = F.pad(masks, [r, r, r, r], mode="replicate")  # (B, K, H+2r, W+2r)
+        padded_masks = F.pad(masks, [r, r, r, r], mode="replicate")  # (B, K, H+2r, W+2r)
         out = torch.zeros_like(masks)
         for (oy, ox), weight in zip(offsets, weights):
-            out.addcmul_(padded[:, :, r + oy : r + oy + h, r + ox : r + ox + w], weight)
+            out.addcmul_(padded_masks[:, :, r + oy : r + oy + h, r + ox : r + ox + w], weight)
         masks = out
     return masks
 
