@@ -1,4 +1,4 @@
-"""Test helper: diffusers SD-1.x components -> one original-format (LDM / CompVis / A1111) state dict.
+"""Test helper: diffusers SD-1.x / SDXL components -> one original-format (LDM / CompVis / A1111) state dict.
 
 This is the inverse of diffusers' `convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint` and
 `convert_ldm_clip_checkpoint` (``diffusers/loaders/single_file_utils.py``), written from the key
@@ -15,9 +15,11 @@ can be checked weight for weight without any real checkpoint or network:
   ``decoder.up.(n-1-i).block.j`` / ``.upsample.conv`` (the decoder is stored in reverse order),
   ``nin_shortcut`` for resnet shortcuts, ``norm_out`` for ``conv_norm_out``.
 * CLIP text encoder -> ``cond_stage_model.transformer.text_model.*`` (HF CLIPTextModel layout).
+* SDXL (`sdxl_to_ldm`): ``label_emb.0.{0,2}`` for the ``text_time`` embedding, the first text
+  encoder under ``conditioner.embedders.0.transformer.*``, the second in the OpenCLIP layout under
+  ``conditioner.embedders.1.model.*``.
 
-Only the SD-1.x layout diffuseg's tiny fixtures use is covered (no class / addition embeddings,
-``use_linear_projection=False``, non-EMA weights).
+Only the layouts diffuseg's tiny models use are covered (no class embeddings, non-EMA weights).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["unet_to_ldm", "vae_to_ldm", "clip_to_ldm", "sd1_to_ldm"]
+__all__ = ["unet_to_ldm", "vae_to_ldm", "clip_to_ldm", "open_clip_to_ldm", "sd1_to_ldm", "sdxl_to_ldm"]
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -38,6 +40,8 @@ _UNET_TOP = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL `text_time` conditioning
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 #: diffusers ResnetBlock2D -> LDM ResBlock (UNet).
 _UNET_RESNET = {
@@ -69,8 +73,10 @@ def unet_to_ldm(unet: Any) -> dict[str, torch.Tensor]:
         ValueError: for a key this exporter does not know (a layout it was not written for).
     """
     cfg = unet.config
-    if cfg.get("class_embed_type") or cfg.get("addition_embed_type") or cfg.get("num_class_embeds"):
-        raise ValueError("class/addition embeddings are not supported by this test exporter")
+    if cfg.get("class_embed_type") or cfg.get("num_class_embeds") or cfg.get("addition_embed_type") not in (
+        None, "text_time"
+    ):
+        raise ValueError("class embeddings / non-SDXL addition embeddings are not supported by this exporter")
     per_level = cfg["layers_per_block"]
     n_levels = len(cfg["block_out_channels"])
     out: dict[str, torch.Tensor] = {}
@@ -176,6 +182,49 @@ def clip_to_ldm(text_encoder: Any) -> dict[str, torch.Tensor]:
         name = key if key.startswith("text_model.") else f"text_model.{key}"
         out[CLIP_PREFIX + name] = value.detach().clone()
     return out
+
+
+def open_clip_to_ldm(text_encoder: Any, prefix: str = "conditioner.embedders.1.model.") -> dict[str, torch.Tensor]:
+    """A transformers `CLIPTextModelWithProjection` in the OpenCLIP layout (SDXL's second encoder).
+
+    Inverse of diffusers' `convert_open_clip_checkpoint`: q/k/v projections are stacked into
+    ``attn.in_proj_{weight,bias}``, ``text_projection`` is stored transposed, layer names follow
+    OpenCLIP (``resblocks.N.{ln_1, ln_2, attn, mlp.c_fc, mlp.c_proj}``, ``ln_final``,
+    ``positional_embedding``, ``token_embedding``).
+    """
+    sd = {k.removeprefix("text_model."): v.detach().clone() for k, v in text_encoder.state_dict().items()}
+    out: dict[str, torch.Tensor] = {
+        "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": sd.pop("final_layer_norm.weight"),
+        "ln_final.bias": sd.pop("final_layer_norm.bias"),
+        "text_projection": sd.pop("text_projection.weight").T.contiguous(),
+    }
+    sd.pop("embeddings.position_ids", None)
+    renames = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+               "self_attn.out_proj": "attn.out_proj"}
+    n_layers = text_encoder.config.num_hidden_layers
+    for i in range(n_layers):
+        src = f"encoder.layers.{i}."
+        dst = f"transformer.resblocks.{i}."
+        for param in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{param}"] = torch.cat(
+                [sd.pop(f"{src}self_attn.{p}_proj.{param}") for p in ("q", "k", "v")]
+            )
+        for old, new in renames.items():
+            for param in ("weight", "bias"):
+                out[f"{dst}{new}.{param}"] = sd.pop(f"{src}{old}.{param}")
+    if sd:
+        raise ValueError(f"open_clip_to_ldm: no LDM name for {sorted(sd)}")
+    return {prefix + k: v for k, v in out.items()}
+
+
+def sdxl_to_ldm(unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> dict[str, torch.Tensor]:
+    """SDXL components as one original-format checkpoint: `conditioner.embedders.0.transformer.*`
+    (CLIP, HF layout) and `conditioner.embedders.1.model.*` (OpenCLIP layout)."""
+    clip = {k.replace(CLIP_PREFIX, "conditioner.embedders.0.transformer.", 1): v
+            for k, v in clip_to_ldm(text_encoder).items()}
+    return {**unet_to_ldm(unet), **vae_to_ldm(vae), **clip, **open_clip_to_ldm(text_encoder_2)}
 
 
 def sd1_to_ldm(unet: Any, vae: Any, text_encoder: Any) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _ldm_export import clip_to_ldm, sd1_to_ldm, unet_to_ldm, vae_to_ldm
+from _ldm_export import clip_to_ldm, sd1_to_ldm, sdxl_to_ldm, unet_to_ldm, vae_to_ldm
 from PIL import Image
 
 from diffuseg.backbone import DiffusionBackbone, FeatureRequest, ModelNotFoundError, NotADiffusionModelError
@@ -161,6 +161,53 @@ def test_without_config_the_inferred_hub_id_is_taken_from_the_cache(checkpoint_f
     _fake_hub_cache(tmp_path, "stable-diffusion-v1-5/stable-diffusion-v1-5", config_dir)
     bb = DiffusionBackbone.from_pretrained(str(checkpoint_files["ckpt"]))
     _assert_same_weights(bb, tiny_components)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tiny_tokenizer, tmp_path_factory) -> tuple[dict, Path, Path]:
+    """SDXL-shaped components whose two text encoders differ in width (8 vs 12, like 768 vs 1280:
+    diffusers tells them apart by that), their config-only folder and their single file."""
+    from conftest import tiny_scheduler, tiny_vae
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    base = dict(vocab_size=len(tiny_tokenizer), intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
+                max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
+        norm_num_groups=4, attention_head_dim=(2, 2, 4), use_linear_projection=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), addition_embed_type="text_time", addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=6 * 4 + 12, cross_attention_dim=8 + 12)
+    comps = dict(unet=unet, vae=tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=8, **base)),
+                 text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, projection_dim=12, **base)),
+                 tokenizer=tiny_tokenizer, tokenizer_2=tiny_tokenizer, scheduler=tiny_scheduler())
+    d = tmp_path_factory.mktemp("tiny-sdxl")
+    StableDiffusionXLPipeline(**comps).save_pretrained(d / "configs")
+    for weights in (d / "configs").rglob("*.safetensors"):
+        weights.unlink()
+    file = _save(sdxl_to_ldm(comps["unet"], comps["vae"], comps["text_encoder"], comps["text_encoder_2"]),
+                 d / "tiny-sdxl.safetensors")
+    return comps, d / "configs", file
+
+
+def test_sdxl_single_file_round_trip_offline(tiny_sdxl):
+    comps, config, file = tiny_sdxl
+    bb = DiffusionBackbone.from_pretrained(str(file), config=str(config))
+    assert bb.is_sdxl
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours, ref = getattr(bb, name).state_dict(), comps[name].state_dict()
+        assert set(ours) == set(ref) and all(torch.equal(ours[k], ref[k]) for k in ref), name
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    req = FeatureRequest(self_attention=True, cross_attention=True)
+    got = bb.extract(x, req, prompts="a cat")
+    ref = DiffusionBackbone(**comps, name="ref").extract(x, req, prompts="a cat")
+    assert got.self_attention and set(got.cross_attention) == set(ref.cross_attention)
+    for kind in ("self_attention", "cross_attention"):
+        for k, v in getattr(ref, kind).items():
+            torch.testing.assert_close(getattr(got, kind)[k], v, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------- errors
