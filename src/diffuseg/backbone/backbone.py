@@ -121,7 +121,7 @@ class DiffusionBackbone:
         """
         path = resolve_model(str(model), local_files_only=local_files_only)
         if path.is_file():
-            if path.suffix not in (".safetensors", ".ckpt"):
+            if path.suffix.lower() not in (".safetensors", ".ckpt"):
                 raise NotADiffusionModelError(
                     f"{path} is not a model: give a diffusers folder or a .safetensors/.ckpt file."
                 )

@@ -230,7 +230,7 @@ def load_single_file(
 
     # 1. Read the keys (cheaply: safetensors lazily, zip-format .ckpt memory-mapped).
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
@@ -247,7 +247,7 @@ def load_single_file(
             keys, inferred = read_keys(state)
             del state
     except Exception as e:  # noqa: BLE001
-        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch"
+        kind = "safetensors" if path.suffix.lower() == ".safetensors" else "PyTorch"
         first_line = (str(e).strip().splitlines() or [""])[0]
         extra = (" It pickles more than tensors, which is not loaded for safety (diffusers loads .ckpt "
                  "with weights_only=True too); if you trust it, re-save it as .safetensors."
