@@ -13,23 +13,41 @@ Each section prints its figures and the ratio against a baseline measured in the
 3. PAMR at 512x512 (10 iterations, dilations 1,2,4,8) vs the convolution formulation of the
    reference (`tools/pamr.py`: one dilated 3x3 conv per dilation and step).
 
-Run:  python benchmarks/bench_diffcut.py [--image-size 1024] [--skip-unet | --only-unet] [--device cpu]
+Run:  python benchmarks/bench_diffcut.py [--threads 1] [--image-size 1024] [--skip-unet | --only-unet]
+                                        [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
 
-from diffuseg.backbone.recorder import EarlyExit, record
-from diffuseg.methods.diffcut import requires
-from diffuseg.ops import ncut
-from diffuseg.ops.pamr import pamr
+def _threads_from_argv() -> None:
+    """Apply --threads to every BLAS/OpenMP pool before numpy, scipy and torch load them.
+
+    On a small shared machine the default pools (one thread per core in torch's MKL/OpenMP
+    and again in scipy's OpenBLAS) oversubscribe the cores and spin; timings of dense linear
+    algebra then vary by 10-100x from run to run. --threads 1 gives stable figures.
+    """
+    if "--threads" in sys.argv[:-1]:
+        n = sys.argv[sys.argv.index("--threads") + 1]
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = n
+
+
+_threads_from_argv()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from diffuseg.backbone.recorder import EarlyExit, record  # noqa: E402
+from diffuseg.methods.diffcut import requires  # noqa: E402
+from diffuseg.ops import ncut  # noqa: E402
+from diffuseg.ops.pamr import pamr  # noqa: E402
 
 # SSD-1B's UNet (segmind/SSD-1B unet/config.json, as diffusers >= 0.22 loads it): the SDXL
 # layout with 1/2/4 transformer layers in the down blocks, a mid block without attention and
@@ -248,7 +266,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-unet", action="store_true")
     parser.add_argument("--only-unet", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of torch and of the BLAS pools (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {load}, device {args.device}")
