@@ -180,3 +180,17 @@ def test_sd2_shaped_v_prediction_folder(tiny_components, tmp_path):
     assert bb.scheduler.config.prediction_type == "v_prediction"
     f = bb.extract(torch.rand(1, 3, 48, 48), FeatureRequest(self_attention=True), timestep=999)
     assert sorted(f.by_resolution()) == [(3, 3), (6, 6), (12, 12), (24, 24)]
+
+
+def test_float16_keeps_a_force_upcast_vae_in_float32(tiny_components):
+    import copy
+
+    from diffusers import AutoencoderKL
+
+    parts = copy.deepcopy(tiny_components)
+    vae = parts["vae"]
+    parts["vae"] = AutoencoderKL.from_config({**vae.config, "force_upcast": True})
+    bb = DiffusionBackbone(**parts).to("cpu", torch.float16)
+    assert bb.dtype == torch.float16 and next(bb.vae.parameters()).dtype == torch.float32
+    latents = bb.encode_images(torch.rand(1, 3, 32, 32))
+    assert latents.dtype == torch.float16 and torch.isfinite(latents).all()

@@ -139,10 +139,15 @@ class DiffusionBackbone:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DiffusionBackbone:
         """Move every component (like `DiffusionPipeline.to`); returns self."""
         for m in self._modules():
+            target = dtype
+            if m is self.vae and dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+                # SDXL-family VAEs overflow in float16 (their config sets `force_upcast`), as in
+                # diffusers' pipelines: keep the VAE in float32.
+                target = torch.float32
             same_device = device is None or torch.device(device) == next(m.parameters()).device
-            if same_device and dtype is None:
+            if same_device and target is None:
                 continue
-            m.to(device=device, dtype=dtype) if dtype is not None else m.to(device)
+            m.to(device=device, dtype=target) if target is not None else m.to(device)
         return self
 
     @property
