@@ -133,3 +133,21 @@ def test_cli_refuses_to_overwrite_a_run_without_resume(trained_run, capsys):
 
     assert main(["train", "proving-ground", "--out", str(trained_run)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_decoder_finetune_changes_only_the_decoder(trained_run, tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    from diffuseg.synthetic.decoder import finetune_decoder
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = AutoencoderKL.from_pretrained(run / "vae").state_dict()
+    finetune_decoder(run, steps=2, batch_size=2)
+    after = AutoencoderKL.from_pretrained(run / "vae").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(ValueError, match="`steps`"):
+        finetune_decoder(run, steps=0)

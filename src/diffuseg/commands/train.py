@@ -6,6 +6,7 @@ Examples::
     diffuseg train proving-ground --out runs/pg --resume --steps 20000  # continue / extend
     diffuseg train proving-ground --out runs/pg --export-only           # checkpoint -> data/toy
     diffuseg train proving-ground --init-from src/diffuseg/data/toy --out runs/pg2 --steps 5000
+    diffuseg train proving-ground --out runs/pg --decoder-steps 500     # VAE decoder only
 """
 
 from __future__ import annotations
@@ -44,13 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pg.add_argument(
-        "--out", default="runs/proving_ground", help="run directory (default: %(default)s)"
-    )
+    pg.add_argument("--out", default="runs/proving_ground", help="run directory (default: %(default)s)")
     pg.add_argument("--resume", action="store_true", help="continue the run in --out")
-    pg.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)"
-    )
+    pg.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     pg.add_argument("--init-from", default=None, help="exported model folder to start from")
     pg.add_argument(
         "--export",
@@ -63,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="only export the last checkpoint of --out (to --export, default data/toy)",
     )
+    pg.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=None,
+        help="only fine-tune the VAE decoder of --out for this many steps (encoder frozen)",
+    )
     for name, kind in _FIELDS.items():
         pg.add_argument(
             "--" + name.replace("_", "-"),
@@ -73,14 +76,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pg.set_defaults(func=run)
 
 
-def _setup_logging(out: Path) -> None:
+def _setup_logging(out: Path, filename: str = "train.log") -> None:
     out.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     root = logging.getLogger("diffuseg")
     root.setLevel(logging.INFO)
     for old in [h for h in root.handlers if getattr(h, "_diffuseg_train", False)]:
         root.removeHandler(old)
-    for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stderr)):
+    for handler in (logging.FileHandler(out / filename), logging.StreamHandler(sys.stderr)):
         handler.setFormatter(fmt)
         handler._diffuseg_train = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -106,10 +109,20 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         print(f"error: `--threads` must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
+    if args.decoder_steps is not None:
+        from diffuseg.synthetic.decoder import finetune_decoder
+
+        torch.set_num_threads(args.threads)
+        _setup_logging(out, "decoder.log")
+        try:
+            finetune_decoder(out, args.decoder_steps, seed=args.seed or 0)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if (out / CHECKPOINT_NAME).exists() and not args.resume:
         print(
-            f"error: {out} already holds a run; "
-            "pass --resume to continue it or choose another --out",
+            f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
             file=sys.stderr,
         )
         return 2

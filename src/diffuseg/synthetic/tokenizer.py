@@ -60,8 +60,12 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
+@lru_cache(maxsize=1)
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's token -> id table and BPE merges, rebuilt as openai/CLIP's SimpleTokenizer does."""
+    """CLIP's token -> id table and BPE merges, rebuilt as openai/CLIP's SimpleTokenizer does.
+
+    Cached: callers must not mutate the returned objects.
+    """
     lines = gzip.open(bpe_path()).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
     vocab = list(_bytes_to_unicode().values())
