@@ -174,6 +174,20 @@ def test_assign_concepts_upsamples_and_keeps_clusters():
     assert _same_partition(assign_concepts(feats, labels, (8, 8)), truth)
 
 
+def test_assign_concepts_equals_upsampling_the_features():
+    # The reference upsamples the C feature planes, then scores; we score, then upsample.
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(16, 6, 7, generator=g)
+    labels = torch.randint(0, 4, (6, 7), generator=g)
+    size = (23, 29)
+    norm = torch.nn.functional.normalize(feats, dim=0)
+    emb = torch.stack([norm[:, labels == k].mean(1) for k in range(4)], 1)  # (C, K)
+    up = torch.nn.functional.interpolate(norm[None], size=size, mode="bilinear", align_corners=False)[0]
+    expected = torch.einsum("chw,ck->khw", up, emb).argmax(0)
+    _, expected = torch.unique(expected, return_inverse=True)
+    assert torch.equal(assign_concepts(feats, labels, size), expected.reshape(size))
+
+
 def test_assign_concepts_bad_input():
     with pytest.raises(ValueError, match="labels"):
         assign_concepts(torch.randn(4, 5, 5), torch.zeros(4, 4, dtype=torch.long), (8, 8))

@@ -269,7 +269,8 @@ def assign_concepts(
     Each segment's embedding is the mean of the L2-normalised features over it (not
     renormalised); the normalised features are bilinearly upsampled to `size`
     (align_corners=False) and every pixel takes the segment of largest dot product
-    (reference `generate_masks`, l.156-170).
+    (reference `generate_masks`, l.156-170). Computed as the upsampled token scores, which
+    is the same by linearity and needs K instead of C planes at the output size.
 
     Args:
         features: float tensor (C, h, w).
@@ -298,9 +299,12 @@ def assign_concepts(
     one_hot = F.one_hot(ids, num_classes=int(ids.max()) + 1).to(feats.dtype)  # (N, K)
     area = one_hot.sum(dim=0)  # (K,)
     embeddings = (feats.reshape(c, h * w) @ one_hot) / area[None, :]  # (C, K)
-    up = F.interpolate(feats[None], size=(out_h, out_w), mode="bilinear",
-                       align_corners=False)[0]  # (C, H, W)
-    scores = torch.einsum("chw,ck->khw", up, embeddings)  # (K, H, W)
+    # Bilinear upsampling is linear, so <up(f)(p), e_k> = up(<f, e_k>)(p): score the tokens,
+    # then upsample K score maps instead of C feature maps (C = 1280 at 1024 px would be
+    # 5 GB of float32).
+    token_scores = torch.einsum("chw,ck->khw", feats, embeddings)  # (K, h, w)
+    scores = F.interpolate(token_scores[None], size=(out_h, out_w), mode="bilinear",
+                           align_corners=False)[0]  # (K, H, W)
     assigned = scores.argmax(dim=0)  # (H, W)
     _, dense = torch.unique(assigned, return_inverse=True)
     return dense.reshape(out_h, out_w).long()
