@@ -53,16 +53,23 @@ from diffuseg.ops.pamr import pamr  # noqa: E402
 # layout with 1/2/4 transformer layers in the down blocks, a mid block without attention and
 # per-layer depths in the up blocks. Verify against the hub config before quoting absolutes.
 SSD1B_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     mid_block_type="UNetMidBlock2D",
     transformer_layers_per_block=(1, 2, 4),
     reverse_transformer_layers_per_block=((4, 4, 10), (2, 1, 1), (1, 1, 1)),
-    attention_head_dim=(5, 10, 20), use_linear_projection=True, cross_attention_dim=2048,
-    addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
 )
 
 
@@ -120,7 +127,6 @@ def bench_unet(image_size: int, device: str, repeats: int) -> None:
     print(f"[unet] input {image_size}px (latent {side}x{side}), feature {request.hidden_states[0]}")
     print(f"[unet] full forward   {t_full:8.3f} s")
     print(f"[unet] early exit     {t_early:8.3f} s   ratio {t_early / t_full:.2f}x (target <= 0.6x)")
-    del unet
 
 
 # ---------------------------------------------------------------------------------- NCut
@@ -202,20 +208,24 @@ def bench_ncut(repeats: int) -> None:
         a = ncut.affinity_matrix(feats.reshape(feats.shape[0], -1))
         y = ncut._fiedler_vector(a, a.sum(1))
         assert abs(_loop_search(y, a) - _batched_search(y, a)) < 1e-3
-        t_b = timeit(lambda: _batched_search(y, a), 5)
-        t_l = timeit(lambda: _loop_search(y, a), 3)
-        print(f"[ncut] threshold search only, {side * side} tokens x 100 thresholds: batched "
-              f"{t_b * 1e3:7.1f} ms   loop {t_l * 1e3:7.1f} ms   ratio {t_b / t_l:.2f}x")
+        t_b = timeit(lambda y=y, a=a: _batched_search(y, a), 5)
+        t_l = timeit(lambda y=y, a=a: _loop_search(y, a), 3)
+        print(
+            f"[ncut] threshold search only, {side * side} tokens x 100 thresholds: batched "
+            f"{t_b * 1e3:7.1f} ms   loop {t_l * 1e3:7.1f} ms   ratio {t_b / t_l:.2f}x"
+        )
     for side in (32, 64):
         feats = clustered_features(side)
         labels = ncut.recursive_normalized_cut(feats)
         reps = repeats if side == 32 else 1
-        t_ours = timeit(lambda: ncut.recursive_normalized_cut(feats), reps, warmup=0)
-        t_loop = timeit(lambda: loop_recursive_ncut(feats), reps, warmup=0)
+        t_ours = timeit(lambda f=feats: ncut.recursive_normalized_cut(f), reps, warmup=0)
+        t_loop = timeit(lambda f=feats: loop_recursive_ncut(f), reps, warmup=0)
         print(f"[ncut] {side}x{side} tokens, 1280 ch: {int(labels.max()) + 1} segments")
-        print(f"[ncut] {side}x{side} recursive cut: ours {t_ours:7.3f} s   loop baseline (full torch eigh, "
-              f"dense D, per-threshold loop) {t_loop:7.3f} s"
-              f"   ratio {t_ours / t_loop:.2f}x" + ("   (target < 0.5 s)" if side == 32 else ""))
+        print(
+            f"[ncut] {side}x{side} recursive cut: ours {t_ours:7.3f} s   loop baseline (full torch eigh, "
+            f"dense D, per-threshold loop) {t_loop:7.3f} s"
+            f"   ratio {t_ours / t_loop:.2f}x" + ("   (target < 0.5 s)" if side == 32 else "")
+        )
 
 
 # ---------------------------------------------------------------------------------- PAMR
@@ -245,8 +255,7 @@ def conv_pamr(image: torch.Tensor, masks: torch.Tensor, num_iter: int, dilations
 def bench_pamr(repeats: int, num_labels: int = 8) -> None:
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 512, 512, generator=g)
-    region = F.interpolate(torch.rand(1, num_labels, 8, 8, generator=g), size=(512, 512),
-                           mode="bilinear")[0].argmax(0)
+    region = F.interpolate(torch.rand(1, num_labels, 8, 8, generator=g), size=(512, 512), mode="bilinear")[0].argmax(0)
     masks = F.one_hot(region, num_labels).permute(2, 0, 1)[None].float()
     dil = (1, 2, 4, 8)
     ours = pamr(image, masks, 10, dil)
@@ -255,8 +264,7 @@ def bench_pamr(repeats: int, num_labels: int = 8) -> None:
     t_ours = timeit(lambda: pamr(image, masks, 10, dil), repeats, warmup=0)
     t_conv = timeit(lambda: conv_pamr(image, masks, 10, dil), 1, warmup=0)
     print(f"[pamr] 512x512, {num_labels} labels, 10 iters, dilations {dil}")
-    print(f"[pamr] ours (shifted views) {t_ours:7.3f} s   conv baseline {t_conv:7.3f} s   "
-          f"ratio {t_ours / t_conv:.2f}x")
+    print(f"[pamr] ours (shifted views) {t_ours:7.3f} s   conv baseline {t_conv:7.3f} s   ratio {t_ours / t_conv:.2f}x")
 
 
 def main() -> None:
@@ -266,14 +274,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-unet", action="store_true")
     parser.add_argument("--only-unet", action="store_true")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads of torch and of the BLAS pools (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads of torch and of the BLAS pools (default: torch's choice)"
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {load}, device {args.device}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {load}, device {args.device}"
+    )
     if not args.only_unet:
         bench_ncut(args.repeats)
         bench_pamr(args.repeats)

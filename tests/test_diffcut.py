@@ -14,11 +14,17 @@ from diffuseg.methods.diffcut import DiffCutConfig, feature_module_path
 SIZE = 32  # tiny models: VAE factor 2 x UNet factor <= 8
 
 
-def _extract(backbone, image, config=DiffCutConfig(), seed=0, request=None):
+def _extract(backbone, image, config=None, seed=0, request=None):
+    config = config or DiffCutConfig()
     return backbone.extract(
-        image, request or diffcut.requires(backbone.unet), prompts=config.prompt,
-        timestep=config.timestep, image_size=SIZE, resize_mode=config.resize_mode,
-        add_noise=config.add_noise, shared_noise=config.shared_noise,
+        image,
+        request or diffcut.requires(backbone.unet),
+        prompts=config.prompt,
+        timestep=config.timestep,
+        image_size=SIZE,
+        resize_mode=config.resize_mode,
+        add_noise=config.add_noise,
+        shared_noise=config.shared_noise,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -53,8 +59,9 @@ def test_early_exit_records_the_same_feature_and_skips_up_blocks(tiny_sdxl_backb
     try:
         early = _extract(tiny_sdxl_backbone, quadrant_image)
         assert calls == []  # no up block ran
-        full = _extract(tiny_sdxl_backbone, quadrant_image,
-                        request=FeatureRequest(hidden_states=(path,), early_exit=False))
+        full = _extract(
+            tiny_sdxl_backbone, quadrant_image, request=FeatureRequest(hidden_states=(path,), early_exit=False)
+        )
         assert calls == [1]
     finally:
         handle.remove()
@@ -110,8 +117,14 @@ def test_config_defaults_follow_reference_and_validate():
     assert cfg.pamr_dilations == (1, 2, 4, 8) and cfg.median_size == 3
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.tau = 1.0  # type: ignore[misc]
-    for bad in ({"tau": 0}, {"alpha": -1}, {"resize_mode": "stretch"}, {"pamr_dilations": ()},
-                {"median_size": 2}, {"assignment_size": 0}):
+    for bad in (
+        {"tau": 0},
+        {"alpha": -1},
+        {"resize_mode": "stretch"},
+        {"pamr_dilations": ()},
+        {"median_size": 2},
+        {"assignment_size": 0},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             DiffCutConfig(**bad)
     spec = get_method("diffcut")
@@ -134,8 +147,7 @@ def test_image_smaller_than_feature_grid_raises(tiny_sdxl_backbone, quadrant_ima
 def test_constant_image_gives_one_segment_without_nan(tiny_sdxl_backbone):
     from PIL import Image
 
-    feats = _extract(tiny_sdxl_backbone, Image.new("RGB", (SIZE, SIZE), (90, 90, 90)),
-                     DiffCutConfig(add_noise=False))
+    feats = _extract(tiny_sdxl_backbone, Image.new("RGB", (SIZE, SIZE), (90, 90, 90)), DiffCutConfig(add_noise=False))
     path = feature_module_path(tiny_sdxl_backbone.unet)
     assert torch.isfinite(feats.hidden_states[path]).all()
     seg = diffcut.segment(feats, DiffCutConfig(add_noise=False))

@@ -25,9 +25,25 @@ def test_segment_diffcut_end_to_end(tiny_sdxl_dir, quadrant_image, tmp_path):
     image = tmp_path / "quad.png"
     quadrant_image.save(image)
     out = tmp_path / "out"
-    argv = ["segment", str(image), "--method", "diffcut", "--model", str(tiny_sdxl_dir),
-            "--size", "64", "--tau", "0.9", "--alpha", "2", "--seed", "0", "--out", str(out),
-            "--no-progress"]
+    argv = [
+        "segment",
+        str(image),
+        "--method",
+        "diffcut",
+        "--model",
+        str(tiny_sdxl_dir),
+        "--size",
+        "64",
+        "--tau",
+        "0.9",
+        "--alpha",
+        "2",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     labels = np.asarray(Image.open(out / "quad.labels.png"))
     assert labels.shape == (64, 64)
@@ -44,8 +60,20 @@ def test_segment_diffcut_end_to_end(tiny_sdxl_dir, quadrant_image, tmp_path):
 def test_segment_diffcut_bad_tau_is_usage_error(tiny_sdxl_dir, quadrant_image, tmp_path, capsys):
     image = tmp_path / "quad.png"
     quadrant_image.save(image)
-    code = main(["segment", str(image), "--method", "diffcut", "--model", str(tiny_sdxl_dir),
-                 "--tau", "0", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "segment",
+            str(image),
+            "--method",
+            "diffcut",
+            "--model",
+            str(tiny_sdxl_dir),
+            "--tau",
+            "0",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "tau" in capsys.readouterr().err
 
@@ -76,12 +104,19 @@ def test_diffcut_under_the_diffcut_eval_protocol(tiny_sdxl_backbone, tmp_path):
     from diffuseg.eval import evaluate, load_dataset
     from diffuseg.eval.protocols import Protocol
 
-    protocol = Protocol("diffcut-tiny", crop="square-minus-one", input_size=64, label_nearest="exact",
-                        score_size=16, resize_mode="crop")
+    protocol = Protocol(
+        "diffcut-tiny", crop="square-minus-one", input_size=64, label_nearest="exact", score_size=16, resize_mode="crop"
+    )
     report = evaluate(
-        load_dataset("voc21", _tiny_voc(tmp_path)), "diffcut", backbone=tiny_sdxl_backbone,
-        model_id="tiny-sdxl", protocol=protocol, matching="diffcut-background", background_class=0,
-        config_overrides={"assignment_size": 16, "tau": 0.9, "alpha": 2.0}, out_dir=tmp_path / "r",
+        load_dataset("voc21", _tiny_voc(tmp_path)),
+        "diffcut",
+        backbone=tiny_sdxl_backbone,
+        model_id="tiny-sdxl",
+        protocol=protocol,
+        matching="diffcut-background",
+        background_class=0,
+        config_overrides={"assignment_size": 16, "tau": 0.9, "alpha": 2.0},
+        out_dir=tmp_path / "r",
     )
     assert report["dataset"]["num_evaluated"] == 2
     assert report["method"]["config"]["image_size"] == 64

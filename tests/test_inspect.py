@@ -36,8 +36,22 @@ def test_inspect_cli_writes_picture(method, tiny_model_dir, quadrant_image, tmp_
     image = tmp_path / "quad.png"
     quadrant_image.save(image)  # 64x64
     out = tmp_path / f"{method}.png"
-    argv = ["inspect", str(image), "--point", "10,50", "--method", method, "--model", str(tiny_model_dir),
-            "--size", "32", "--seed", "0", "--out", str(out)]
+    argv = [
+        "inspect",
+        str(image),
+        "--point",
+        "10,50",
+        "--method",
+        method,
+        "--model",
+        str(tiny_model_dir),
+        "--size",
+        "32",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     pic = Image.open(out)
     assert pic.size == (64, 32)  # model view (32x32) + map

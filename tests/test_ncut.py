@@ -34,7 +34,7 @@ def _clustered_features(k: int, c: int = 32, h: int = 16, w: int = 20, seed: int
 
 def _same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
     """a and b are equal up to a renaming of labels (a bijection)."""
-    pairs = set(zip(a.reshape(-1).tolist(), b.reshape(-1).tolist()))
+    pairs = set(zip(a.reshape(-1).tolist(), b.reshape(-1).tolist(), strict=True))
     return len(pairs) == len(set(a.reshape(-1).tolist())) == len(set(b.reshape(-1).tolist()))
 
 
@@ -109,15 +109,15 @@ def test_fewer_than_two_tokens_or_no_channels_is_one_segment(shape):
     assert (labels == 0).all()
 
 
-@pytest.mark.parametrize("feats", [torch.ones(4, 5, 6), torch.zeros(4, 5, 6),
-                                   torch.ones(4, 1, 1).expand(4, 3, 3) * 7])
+@pytest.mark.parametrize("feats", [torch.ones(4, 5, 6), torch.zeros(4, 5, 6), torch.ones(4, 1, 1).expand(4, 3, 3) * 7])
 def test_constant_features_give_one_segment_without_nan(feats):
     labels = recursive_normalized_cut(feats)
     assert (labels == 0).all()
 
 
-@pytest.mark.parametrize("kwargs, name", [({"tau": 0.0}, "tau"), ({"tau": -1.0}, "tau"),
-                                          ({"alpha": 0.0}, "alpha"), ({"alpha": -2}, "alpha")])
+@pytest.mark.parametrize(
+    "kwargs, name", [({"tau": 0.0}, "tau"), ({"tau": -1.0}, "tau"), ({"alpha": 0.0}, "alpha"), ({"alpha": -2}, "alpha")]
+)
 def test_bad_tau_alpha_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         recursive_normalized_cut(torch.randn(4, 3, 3), **kwargs)

@@ -112,8 +112,9 @@ def _colorize(values: np.ndarray) -> np.ndarray:
     return (_STOPS[lo] * (1 - frac) + _STOPS[lo + 1] * frac).round().astype(np.uint8)
 
 
-def render(image: Image.Image, values: torch.Tensor, point: tuple[float, float],
-           value_range: tuple[float, float] | None = None) -> Image.Image:
+def render(
+    image: Image.Image, values: torch.Tensor, point: tuple[float, float], value_range: tuple[float, float] | None = None
+) -> Image.Image:
     """The image with the query marked, and the map (bilinearly resized) next to it.
 
     Args:
@@ -123,8 +124,9 @@ def render(image: Image.Image, values: torch.Tensor, point: tuple[float, float],
         value_range: (low, high) mapped to the ends of the colour map; default the map's range.
     """
     w, h = image.size
-    up = F.interpolate(values[None, None].float().cpu(), size=(h, w), mode="bilinear",
-                       align_corners=False)[0, 0].numpy()
+    up = F.interpolate(values[None, None].float().cpu(), size=(h, w), mode="bilinear", align_corners=False)[
+        0, 0
+    ].numpy()
     lo, hi = value_range if value_range is not None else (float(values.min()), float(values.max()))
     heat = Image.fromarray(_colorize((up - lo) / max(hi - lo, 1e-12)))
     canvas = Image.new("RGB", (2 * w, h))
@@ -142,9 +144,11 @@ def register(subparsers: Any) -> None:
     from .segment import add_method_options, add_model_options
 
     p = subparsers.add_parser(
-        "inspect", help="picture of what a method sees from one pixel",
+        "inspect",
+        help="picture of what a method sees from one pixel",
         description="Write IMAGE's model view next to the DiffCut feature-similarity map or the DiffSeg "
-                    "aggregated self-attention map of the pixel at --point.")
+        "aggregated self-attention map of the pixel at --point.",
+    )
     p.add_argument("image", metavar="IMAGE", help="image file")
     p.add_argument("--point", required=True, help="query pixel 'y,x' in IMAGE's own pixel coordinates")
     p.add_argument("--method", default="diffcut", choices=METHODS, help="whose view (default diffcut)")
@@ -184,8 +188,10 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e))
     left, top, right, bottom = features.meta[0]["crop_box"]
     if not (left <= x < right and top <= y < bottom):
-        return fail(f"`--point` {y},{x} lies outside the region the model sees "
-                    f"(crop box left,top,right,bottom = {left},{top},{right},{bottom}).")
+        return fail(
+            f"`--point` {y},{x} lies outside the region the model sees "
+            f"(crop box left,top,right,bottom = {left},{top},{right},{bottom})."
+        )
     rel = ((y - top) / (bottom - top), (x - left) / (right - left))
     try:
         values = query_map(features, spec.name, rel)

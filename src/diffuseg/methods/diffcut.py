@@ -41,7 +41,7 @@ from ..ops.pamr import refine_labels
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["DiffCutConfig", "feature_module_path", "requires", "segment", "SPEC"]
+__all__ = ["DiffCutConfig", "feature_module_path", "requires", "segment", "token_features", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,7 @@ def requires(unet: nn.Module) -> FeatureRequest:
 
 def _feature_key(features: Features) -> str:
     """The recorded path that is DiffCut's module: the latest down-block `attn1` output."""
-    found = [(tuple(int(g) for g in m.groups()), k) for k in features.hidden_states
-             if (m := _PATH.match(k))]
+    found = [(tuple(int(g) for g in m.groups()), k) for k in features.hidden_states if (m := _PATH.match(k))]
     if not found:
         raise ValueError(
             "these features hold no down-block `attn1` output; extract them with DiffCut's "
@@ -213,8 +212,11 @@ def segment(features: Features, config: DiffCutConfig = DiffCutConfig()) -> Segm
     if image_hw[0] < h or image_hw[1] < w:
         raise ValueError(f"the image ({image_hw[0]}x{image_hw[1]}) is smaller than the feature grid ({h}x{w}).")
     tokens = recursive_normalized_cut(
-        feats, config.tau, config.alpha,
-        num_thresholds=config.num_thresholds, drop_zero_rows=config.drop_zero_rows,
+        feats,
+        config.tau,
+        config.alpha,
+        num_thresholds=config.num_thresholds,
+        drop_zero_rows=config.drop_zero_rows,
     )  # (h, w)
     size = _output_size(image_hw, config.assignment_size)
     labels = assign_concepts(feats, tokens, size)  # (H', W')
@@ -226,8 +228,9 @@ def segment(features: Features, config: DiffCutConfig = DiffCutConfig()) -> Segm
         labels = refine_labels(guide, labels, config.pamr_iterations, config.pamr_dilations, config.median_size)
     elif config.refine:
         logger.warning("DiffCut: features carry no image; refinement skipped.")
-    logger.debug("DiffCut: %d token segments, %d after assignment/refinement.",
-                 int(tokens.max()) + 1, int(labels.max()) + 1)
+    logger.debug(
+        "DiffCut: %d token segments, %d after assignment/refinement.", int(tokens.max()) + 1, int(labels.max()) + 1
+    )
     return Segmentation(labels=labels.cpu(), extras={"token_labels": tokens.cpu()})
 
 

@@ -79,8 +79,7 @@ def _second_eigenvector(sym: torch.Tensor) -> torch.Tensor:
         try:
             from scipy.linalg import eigh as scipy_eigh
 
-            _, vectors = scipy_eigh(sym.numpy(), subset_by_index=[0, 1], driver="evr",
-                                    check_finite=False)
+            _, vectors = scipy_eigh(sym.numpy(), subset_by_index=[0, 1], driver="evr", check_finite=False)
             return torch.from_numpy(vectors[:, 1].copy()).to(sym.dtype)
         except (np.linalg.LinAlgError, ValueError) as err:
             logger.debug("normalized cut: scipy eigh failed (%s); trying torch.", err)
@@ -96,13 +95,11 @@ def _fiedler_vector(affinity: torch.Tensor, degree: torch.Tensor) -> torch.Tenso
     try:
         vector = _second_eigenvector(sym)
     except (RuntimeError, np.linalg.LinAlgError) as err:  # torch LinAlgError is a RuntimeError
-        logger.warning("normalized cut: eigensolver failed on %d tokens (%s); branch ends.",
-                       affinity.shape[0], err)
+        logger.warning("normalized cut: eigensolver failed on %d tokens (%s); branch ends.", affinity.shape[0], err)
         return None
     y = d_inv_sqrt * vector  # (n,) back to the generalised problem
     if not bool(torch.isfinite(y).all()):
-        logger.warning("normalized cut: non-finite Fiedler vector on %d tokens; branch ends.",
-                       affinity.shape[0])
+        logger.warning("normalized cut: non-finite Fiedler vector on %d tokens; branch ends.", affinity.shape[0])
         return None
     # Deterministic sign: the entry of largest magnitude is positive (reference l.64-68).
     return y * torch.sign(y[torch.argmax(y.abs())])
@@ -132,12 +129,13 @@ def bipartition(
     isolated = degree <= 0
     if bool(isolated.any()):
         # No edge leaves an isolated token: cutting it off costs nothing.
-        return (None if bool(isolated.all()) else (~isolated, 0.0))
+        return None if bool(isolated.all()) else (~isolated, 0.0)
     y = _fiedler_vector(affinity, degree)
     if y is None:
         return None
-    thresholds = torch.linspace(float(y.min()) * margin, float(y.max()) * margin,
-                                num_thresholds, device=y.device, dtype=y.dtype)  # (T,)
+    thresholds = torch.linspace(
+        float(y.min()) * margin, float(y.max()) * margin, num_thresholds, device=y.device, dtype=y.dtype
+    )  # (T,)
     positive = y[:, None] > thresholds[None, :]  # (n, T)
     x = positive.to(y.dtype) * 2 - 1  # (n, T) in {-1, +1}
     k = (degree[:, None] * positive).sum(dim=0) / degree.sum()  # (T,)
@@ -244,9 +242,7 @@ def recursive_normalized_cut(
     if not alpha > 0:
         raise ValueError(f"`alpha` must be > 0, got {alpha}.")
     if not isinstance(features, torch.Tensor) or features.ndim != 3:
-        raise ValueError(
-            f"`features` must be a tensor of shape (C, h, w), got {getattr(features, 'shape', features)}."
-        )
+        raise ValueError(f"`features` must be a tensor of shape (C, h, w), got {getattr(features, 'shape', features)}.")
     c, h, w = features.shape
     if h * w < 2 or c == 0:
         return torch.zeros((h, w), dtype=torch.long, device=features.device)
@@ -255,15 +251,11 @@ def recursive_normalized_cut(
     affinity = affinity_matrix(features.reshape(c, h * w), alpha)  # (N, N)
     if affinity is None:
         return torch.zeros((h, w), dtype=torch.long, device=features.device)
-    labels = recursive_ncut_affinity(
-        affinity, tau, num_thresholds=num_thresholds, drop_zero_rows=drop_zero_rows
-    )
+    labels = recursive_ncut_affinity(affinity, tau, num_thresholds=num_thresholds, drop_zero_rows=drop_zero_rows)
     return labels.reshape(h, w)
 
 
-def assign_concepts(
-    features: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
+def assign_concepts(features: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """High-resolution concept assignment ("masked spatial marginal mean").
 
     Each segment's embedding is the mean of the L2-normalised features over it (not
@@ -303,8 +295,9 @@ def assign_concepts(
     # then upsample K score maps instead of C feature maps (C = 1280 at 1024 px would be
     # 5 GB of float32).
     token_scores = torch.einsum("chw,ck->khw", feats, embeddings)  # (K, h, w)
-    scores = F.interpolate(token_scores[None], size=(out_h, out_w), mode="bilinear",
-                           align_corners=False)[0]  # (K, H, W)
+    scores = F.interpolate(token_scores[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[
+        0
+    ]  # (K, H, W)
     assigned = scores.argmax(dim=0)  # (H, W)
     _, dense = torch.unique(assigned, return_inverse=True)
     return dense.reshape(out_h, out_w).long()

@@ -86,8 +86,9 @@ def pamr(
     var = sum((view(oy, ox) - mean) ** 2 for oy, ox in window) / (len(window) - 1)
     scale = 1e-8 + 0.1 * var.sqrt()  # (B, C, H, W); unbiased std like torch.std
     offsets = [(dy * d, dx * d) for d in dil for dy, dx in _NEIGHBOURS]
-    aff = torch.stack([(-(x - view(oy, ox)).abs() / scale).mean(dim=1, keepdim=True)
-                       for oy, ox in offsets], dim=2)  # (B, 1, P, H, W)
+    aff = torch.stack(
+        [(-(x - view(oy, ox)).abs() / scale).mean(dim=1, keepdim=True) for oy, ox in offsets], dim=2
+    )  # (B, 1, P, H, W)
     aff = F.softmax(aff, dim=2)
 
     # Propagation: one replicate pad by the largest dilation per step, then each neighbour is a
@@ -96,7 +97,7 @@ def pamr(
     for _ in range(num_iter):
         padded_masks = F.pad(masks, [r, r, r, r], mode="replicate")  # (B, K, H+2r, W+2r)
         out = torch.zeros_like(masks)
-        for (oy, ox), weight in zip(offsets, weights):
+        for (oy, ox), weight in zip(offsets, weights, strict=True):
             out.addcmul_(padded_masks[:, :, r + oy : r + oy + h, r + ox : r + ox + w], weight)
         masks = out
     return masks
@@ -128,8 +129,7 @@ def refine_labels(
     """
     if image.ndim != 3 or labels.ndim != 2:
         raise ValueError(
-            f"`image` must be (3, H, W) and `labels` (h, w), got {tuple(image.shape)} and "
-            f"{tuple(labels.shape)}."
+            f"`image` must be (3, H, W) and `labels` (h, w), got {tuple(image.shape)} and {tuple(labels.shape)}."
         )
     _, ids = torch.unique(labels.reshape(-1), return_inverse=True)
     ids = ids.reshape(labels.shape).to(image.device)
