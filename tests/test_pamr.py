@@ -100,3 +100,35 @@ def test_bad_arguments_raise():
         pamr(torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4), -1)
     with pytest.raises(ValueError, match="image"):
         pamr(torch.rand(3, 4, 4), torch.rand(1, 2, 4, 4), 1)
+
+
+def test_quadrants_through_cut_assignment_and_refinement():
+    """Four colour quadrants: 4 token segments, then exact quadrants at full resolution except
+    at most the 4-way junction, where a median of label *ids* may pick a foreign id (the
+    reference filters label ids with scipy's median filter too)."""
+    from diffuseg.ops.ncut import assign_concepts, recursive_normalized_cut
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((64, 64, 3))
+    img[:32, :32] = (220, 30, 30)
+    img[:32, 32:] = (30, 200, 40)
+    img[32:, :32] = (30, 40, 210)
+    img[32:, 32:] = (230, 220, 40)
+    img += rng.normal(0, 4, img.shape)
+    image = torch.from_numpy(img.clip(0, 255) / 255).float().permute(2, 0, 1)  # (3, 64, 64)
+    truth = torch.zeros(64, 64, dtype=torch.long)
+    truth[:32, 32:], truth[32:, :32], truth[32:, 32:] = 1, 2, 3
+    feats = F.avg_pool2d(image[None], 8)[0]  # (3, 8, 8) colour per 8x8 patch
+    feats = feats - feats.mean(dim=(1, 2), keepdim=True)
+    tokens = recursive_normalized_cut(feats)
+    centres = truth[4::8, 4::8]  # the quadrant of every 8x8 patch
+    pairs = set(zip(tokens.flatten().tolist(), centres.flatten().tolist(), strict=True))
+    assert len(pairs) == 4 and tokens.unique().numel() == 4  # exactly the quadrants
+    labels = refine_labels(image, assign_concepts(feats, tokens, (64, 64)))
+    # Map every predicted id to the quadrant it mostly covers; count the rest.
+    wrong = 0
+    for k in labels.unique().tolist():
+        covered = truth[labels == k]
+        wrong += int((covered != covered.mode().values).sum())
+    assert wrong <= 2
+    assert labels.unique().numel() == 4

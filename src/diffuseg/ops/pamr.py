@@ -114,7 +114,9 @@ def refine_labels(
 
     Reference: `eval_diffcut.py::pamr` (l.90-95): masks are the one-hot of the occurring
     labels, refined with `PAMR(10, [1, 2, 4, 8])`, argmaxed and passed through
-    `scipy.ndimage.median_filter(labels, 3)`.
+    `scipy.ndimage.median_filter(labels, 3)`. Like the reference, the median is taken over
+    label *ids*: where three or more segments meet, it can return an id that is not the
+    majority of the window (a pixel or two at junctions); kept for fidelity.
 
     Args:
         image: float tensor (3, H, W), RGB in [0, 1].
