@@ -67,3 +67,11 @@ def test_bad_protocols():
         Protocol("x", crop="circle")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="input_size"):
         Protocol("x", input_size=0)
+
+
+def test_diffcut_protocol_asks_for_assignment_at_the_scoring_size():
+    from diffuseg.eval.protocols import get_protocol
+
+    over = get_protocol("diffcut").method_overrides({"resize_mode", "image_size", "assignment_size"})
+    assert over == {"resize_mode": "crop", "image_size": 1024, "assignment_size": 128}
+    assert "assignment_size" not in get_protocol("diffseg").method_overrides({"assignment_size"})

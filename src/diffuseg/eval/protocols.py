@@ -82,6 +82,9 @@ class Protocol:
             out["resize_mode"] = self.resize_mode
         if self.input_size is not None and "image_size" in config_fields:
             out["image_size"] = self.input_size
+        if self.score_size is not None and "assignment_size" in config_fields:
+            # DiffCut assigns concepts and runs PAMR at the scoring size (eval_diffcut.py l.120)
+            out["assignment_size"] = self.score_size
         return out
 
 
