@@ -16,13 +16,3 @@ SD_VAE: dict[str, Any] = dict(
     block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
 )
-
-SSD1B_UNET: dict[str, Any] = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 4),
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
