@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -30,10 +30,12 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def current_rss_kb() -> int:
+def current_rss_kb(field: str = "VmRSS") -> int:
+    """Current (VmRSS) or peak (VmHWM) resident memory of this process in kB. VmHWM starts
+    afresh at exec, unlike getrusage's ru_maxrss, which Linux carries over from the parent."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -54,13 +56,13 @@ def structured_maps(lat: int, regions: int = 8, seed: int = 0) -> dict[int, torc
     return maps
 
 
-def postprocess_child(size: int) -> None:
+def postprocess_child(size: int, maps_file: str) -> None:
     """Run in a fresh process: time and peak RSS of aggregation + merge + labels."""
     from diffuseg.ops.attention import aggregate_self_attention
     from diffuseg.ops.clustering import merge_attention
     from diffuseg.ops.masks import maps_to_labels
 
-    maps = structured_maps(size // 8)
+    maps = torch.load(maps_file)  # made by the parent, so making them does not count here
     base_rss = current_rss_kb()
     t0 = time.perf_counter()
     agg = aggregate_self_attention(maps)
@@ -69,7 +71,7 @@ def postprocess_child(size: int) -> None:
     t2 = time.perf_counter()
     labels = maps_to_labels(proposals, (size, size))
     t3 = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = current_rss_kb("VmHWM")
     print(f"{t1 - t0:.4f} {t2 - t1:.4f} {t3 - t2:.4f} {(peak - base_rss) / 1024:.1f} {len(torch.unique(labels))}")
 
 
@@ -78,11 +80,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        postprocess_child(args.size)
+        postprocess_child(args.size, args.child)
         return
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -114,8 +116,12 @@ def main() -> None:
               f"-> ratio {rec / plain:.2f}x (target <= 1.3x)")
 
         # (b) post-processing in a fresh process for a clean peak-memory reading
-        out = subprocess.run([sys.executable, __file__, "--child", "--size", str(args.size), "--threads",
-                              str(args.threads)], capture_output=True, text=True, check=True).stdout.split()
+        with tempfile.TemporaryDirectory() as tmp:
+            maps_file = os.path.join(tmp, "maps.pt")
+            torch.save(structured_maps(args.size // 8), maps_file)
+            out = subprocess.run([sys.executable, __file__, "--child", maps_file, "--size", str(args.size),
+                                  "--threads", str(args.threads)], capture_output=True, text=True,
+                                 check=True).stdout.split()
         agg_s, merge_s, label_s, peak_mb, k = float(out[0]), float(out[1]), float(out[2]), float(out[3]), out[4]
         post = agg_s + merge_s + label_s
         print(f"(b) DiffSeg post-processing: aggregate {agg_s:.3f} s + merge {merge_s:.3f} s + labels "

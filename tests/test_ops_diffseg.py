@@ -179,3 +179,16 @@ def test_maps_to_labels_argmax_and_relabel():
     maps[0, 1, :] = 1  # bottom row -> proposal 0; proposal 1 never wins
     labels = maps_to_labels(maps, (2, 2))
     assert labels.tolist() == [[1, 1], [0, 0]]
+
+
+def test_aggregate_non_integer_factor_tiles_like_nearest_interpolation():
+    g = torch.Generator().manual_seed(0)
+    maps = {(12, 12): torch.rand(144, 144, generator=g).softmax(-1), (5, 5): torch.rand(25, 25, generator=g).softmax(-1)}
+    out = aggregate_self_attention(maps)
+    small = maps[(5, 5)].reshape(25, 1, 5, 5)
+    keys = F.interpolate(small, size=(12, 12), mode="bilinear", align_corners=False).reshape(25, 144)
+    keys = keys / keys.sum(1, keepdim=True)
+    tiled = F.interpolate(keys.T.reshape(1, 144, 5, 5), size=(12, 12), mode="nearest").reshape(144, 144).T
+    w = resolution_weights([(12, 12), (5, 5)])
+    expected = w[0] * maps[(12, 12)] / maps[(12, 12)].sum(1, keepdim=True) + w[1] * tiled
+    torch.testing.assert_close(out.reshape(144, 144), expected, atol=1e-6, rtol=1e-5)

@@ -69,19 +69,26 @@ def aggregate_self_attention(
     big_h, big_w = items[0][0]
     sizes = [s for s, _ in items]
     ws = resolution_weights(sizes) if weights is None else [float(weights[_key(maps, s)]) for s in sizes]
-    out = torch.zeros(big_h * big_w, big_h * big_w, dtype=torch.float32, device=items[0][1].device)
-    for ((h, w), m), weight in zip(items, ws, strict=False):
+    hw = big_h * big_w
+    out = torch.zeros(hw, hw, dtype=torch.float32, device=items[0][1].device)  # (queries, key pixels)
+    for ((h, w), m), weight in zip(items, ws, strict=True):
         keys = m.float().reshape(h * w, 1, h, w)  # one key map per query token
         if (h, w) != (big_h, big_w):
             keys = F.interpolate(keys, size=(big_h, big_w), mode="bilinear", align_corners=False)
-        keys = keys.reshape(h * w, big_h * big_w)
-        keys = keys / keys.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        if (h, w) != (big_h, big_w):
-            # tile the query axes: (h, w, RR) -> (R, R, RR) by nearest neighbour
-            keys = keys.T.reshape(1, big_h * big_w, h, w)
-            keys = F.interpolate(keys, size=(big_h, big_w), mode="nearest")
-            keys = keys.reshape(big_h * big_w, big_h * big_w).T
-        out.add_(keys, alpha=weight)
+        keys = keys.reshape(h * w, hw)
+        # renormalise each key map to sum 1, folded with the resolution weight into one scale
+        scale = weight / keys.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # (h*w, 1)
+        if (h, w) == (big_h, big_w):
+            out.addcmul_(keys, scale)
+        elif big_h % h == 0 and big_w % w == 0:
+            # tile the query axes (nearest neighbour) by broadcasting into a view: no copy
+            fy, fx = big_h // h, big_w // w
+            out.view(h, fy, w, fx, hw).addcmul_(keys.view(h, 1, w, 1, hw), scale.view(h, 1, w, 1, 1))
+        else:  # non-integer factor: nearest (floor) query index, as F.interpolate(mode="nearest")
+            iy = torch.arange(big_h, device=out.device) * h // big_h
+            ix = torch.arange(big_w, device=out.device) * w // big_w
+            idx = (iy[:, None] * w + ix[None, :]).reshape(-1)
+            out.addcmul_(keys[idx], scale[idx])
     return out.reshape(big_h * big_w, big_h, big_w)
 
 
