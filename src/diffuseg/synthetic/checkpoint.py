@@ -36,13 +36,9 @@ class TrainState:
         self.path = Path(config.out) / CHECKPOINT_NAME
         self.unet = unet
         self.text_encoder = text_encoder
-        self.ema_unet = (
-            ema_unet if ema_unet is not None else copy.deepcopy(unet).requires_grad_(False)
-        )
+        self.ema_unet = ema_unet if ema_unet is not None else copy.deepcopy(unet).requires_grad_(False)
         self.ema_text_encoder = (
-            ema_text_encoder
-            if ema_text_encoder is not None
-            else copy.deepcopy(text_encoder).requires_grad_(False)
+            ema_text_encoder if ema_text_encoder is not None else copy.deepcopy(text_encoder).requires_grad_(False)
         )
         self.optimizer = torch.optim.AdamW(
             list(unet.parameters()) + list(text_encoder.parameters()),
@@ -70,9 +66,7 @@ class TrainState:
         path = Path(config.out) / CHECKPOINT_NAME
         if path.exists():
             data = torch.load(path, weights_only=False)
-            state = cls(
-                config, build_unet(config.model, gen), build_text_encoder(config.model, gen)
-            )
+            state = cls(config, build_unet(config.model, gen), build_text_encoder(config.model, gen))
             state.unet.load_state_dict(data["unet"])
             state.text_encoder.load_state_dict(data["text_encoder"])
             state.ema_unet.load_state_dict(data["ema_unet"])
@@ -84,9 +78,7 @@ class TrainState:
             state.losses = [tuple(x) for x in data["losses"]]
             state.ema_updates = data.get("ema_updates", state.step)
             state.init_from = data.get("init_from")
-            logger.info(
-                "resumed from %s at step %d (%.0fs trained)", path, state.step, state.seconds
-            )
+            logger.info("resumed from %s at step %d (%.0fs trained)", path, state.step, state.seconds)
             return state
         if init_from is not None:
             from diffusers import UNet2DConditionModel
@@ -94,9 +86,14 @@ class TrainState:
 
             unet = UNet2DConditionModel.from_pretrained(init_from, subfolder="unet")
             text_encoder = CLIPTextModel.from_pretrained(init_from, subfolder="text_encoder")
+            body = getattr(text_encoder, "text_model", text_encoder)  # transformers 4.x / 5.x
+            layers = body.encoder.layers
+            if config.model.text_layers < len(layers):
+                # Keep the first layers (embeddings, final norm unchanged): a shallower encoder.
+                body.encoder.layers = layers[: config.model.text_layers]
+                text_encoder.config.num_hidden_layers = config.model.text_layers
             state = cls(config, unet.float(), text_encoder.float())
             state.init_from = str(init_from)
-            state.ema_updates = 10_000  # start the EMA at its full decay
             logger.info("initialised UNet and text encoder from %s", init_from)
             return state
         return cls(config, build_unet(config.model, gen), build_text_encoder(config.model, gen))

@@ -80,9 +80,7 @@ def train_proving_ground(
         shutil.copytree(Path(init_from) / "vae", out / "vae")
     vae = train_vae(config, images)
     latents = encode_pool(config, vae, images)
-    logger.info(
-        "latents ready: %s, scaling factor %.4f", tuple(latents[0].shape), vae.config.scaling_factor
-    )
+    logger.info("latents ready: %s, scaling factor %.4f", tuple(latents[0].shape), vae.config.scaling_factor)
     tokenizer = build_clip_tokenizer(config.model.max_length)
     train_unet(config, latents, vae.config.scaling_factor, captions, tokenizer, init_from=init_from)
     return out
@@ -104,9 +102,7 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path = TOY_MODEL_DIR) ->
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt = run_dir / CHECKPOINT_NAME
     if not ckpt.exists():
-        raise FileNotFoundError(
-            f"no checkpoint at {ckpt}; train first with `diffuseg train proving-ground`."
-        )
+        raise FileNotFoundError(f"no checkpoint at {ckpt}; train first with `diffuseg train proving-ground`.")
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     config = config_from_dict({**asdict(config), "out": str(run_dir)})
     state = TrainState.load_or_create(config)
@@ -130,11 +126,7 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path = TOY_MODEL_DIR) ->
     # content) is dropped to stay under the 30 MB package-data budget.
     write_clip_vocab(tmp / "tokenizer")
     (tmp / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
-    stages = (
-        json.loads((run_dir / "stages.json").read_text())
-        if (run_dir / "stages.json").exists()
-        else {}
-    )
+    stages = json.loads((run_dir / "stages.json").read_text()) if (run_dir / "stages.json").exists() else {}
     record = {
         "what": "diffuseg proving-ground toy model: EMA weights of the UNet and text encoder",
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -74,15 +74,11 @@ def sample_images(
     return out
 
 
-def grid(
-    rows: list[list[Image.Image]], labels: list[str] | None = None, scale: int = 2
-) -> Image.Image:
+def grid(rows: list[list[Image.Image]], labels: list[str] | None = None, scale: int = 2) -> Image.Image:
     """Paste images into a grid (one row per list), upscaled by `scale`, captions on the left."""
     cell = rows[0][0].size[0] * scale
     text_w = 330 if labels else 0
-    canvas = Image.new(
-        "RGB", (text_w + cell * max(len(r) for r in rows), cell * len(rows)), "white"
-    )
+    canvas = Image.new("RGB", (text_w + cell * max(len(r) for r in rows), cell * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
     for i, row in enumerate(rows):
         for j, im in enumerate(row):
@@ -118,9 +114,7 @@ def scene_grid(num: int = 8, split: str = "test", size: int = 128) -> tuple[Imag
 def main(argv: list[str] | None = None) -> int:
     """Write a caption-by-sample grid PNG (and print the captions)."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--model", default=str(Path(__file__).resolve().parents[1] / "data" / "toy")
-    )
+    parser.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "data" / "toy"))
     parser.add_argument("--out", default="docs/img/toy_samples.png")
     parser.add_argument("--num", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50)
@@ -128,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = sample_images(
-        args.model, DEFAULT_CAPTIONS, args.num, args.steps, args.guidance, args.seed
-    )
+    rows = sample_images(args.model, DEFAULT_CAPTIONS, args.num, args.steps, args.guidance, args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     grid(rows, list(DEFAULT_CAPTIONS)).save(args.out)
     print(args.out)

@@ -85,9 +85,7 @@ class SceneConfig:
         _check_range("max_overlap", self.max_overlap, 0.0, 0.9)
         bad = [t for t in self.textures if t not in TEXTURES]
         if bad or not self.textures:
-            raise ValueError(
-                f"`textures` must be a non-empty subset of {TEXTURES}, got {self.textures!r}."
-            )
+            raise ValueError(f"`textures` must be a non-empty subset of {TEXTURES}, got {self.textures!r}.")
 
 
 @dataclass(frozen=True)
@@ -181,9 +179,7 @@ def shape_mask(
         return (x**2 + y**2 - 1) ** 3 - x**2 * y**3 <= 0, None
     if name == "house":
         body = (np.abs(xx - cx) <= 0.7 * r) & (yy >= cy - 0.15 * r) & (yy <= cy + 0.9 * r)
-        roof_pts = np.array(
-            [[cx - 0.95 * r, cy - 0.15 * r], [cx + 0.95 * r, cy - 0.15 * r], [cx, cy - r]]
-        )
+        roof_pts = np.array([[cx - 0.95 * r, cy - 0.15 * r], [cx + 0.95 * r, cy - 0.15 * r], [cx, cy - r]])
         roof = _polygon_mask(xx, yy, roof_pts) & ~body
         return body | roof, roof
     if name == "tree":
@@ -221,9 +217,7 @@ def make_caption(objects: list[SceneObject], backgrounds: tuple[str, ...]) -> st
 # --------------------------------------------------------------------------- scene
 
 
-def _place_objects(
-    config: SceneConfig, rng: np.random.Generator, top: float
-) -> list[tuple[float, float, float]]:
+def _place_objects(config: SceneConfig, rng: np.random.Generator, top: float) -> list[tuple[float, float, float]]:
     size = config.size
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     placed: list[tuple[float, float, float]] = []
@@ -232,19 +226,14 @@ def _place_objects(
             r = rng.uniform(config.min_radius, config.max_radius) * size
             cx = rng.uniform(r, size - r)
             cy = rng.uniform(max(r, top * size), size - r)
-            ok = all(
-                np.hypot(cx - x, cy - y) >= (1 - config.max_overlap) * (r + rr)
-                for x, y, rr in placed
-            )
+            ok = all(np.hypot(cx - x, cy - y) >= (1 - config.max_overlap) * (r + rr) for x, y, rr in placed)
             if ok:
                 placed.append((cx, cy, r))
                 break
     return placed
 
 
-def render_scene(
-    config: SceneConfig | None = None, rng: np.random.Generator | int | None = None
-) -> Scene:
+def render_scene(config: SceneConfig | None = None, rng: np.random.Generator | int | None = None) -> Scene:
     """Draw one scene.
 
     Args:
@@ -265,11 +254,7 @@ def render_scene(
         ground = str(rng.choice([b for b in BACKGROUND_NAMES if b != "sky"]))
         backgrounds: tuple[str, ...] = ("sky", ground)
         horizon = rng.uniform(0.3, 0.5) * size
-        wobble = (
-            0.03
-            * size
-            * np.sin(2 * np.pi * (xx / size) * rng.uniform(0.5, 2) + rng.uniform(0, 6.3))
-        )
+        wobble = 0.03 * size * np.sin(2 * np.pi * (xx / size) * rng.uniform(0.5, 2) + rng.uniform(0, 6.3))
         sky_mask = yy < horizon + wobble
     else:
         backgrounds = (str(rng.choice(BACKGROUND_NAMES)),)
@@ -304,6 +289,4 @@ def render_scene(
     objects = [o for o in objects if CLASS_NAMES.index(o.name) in present]
     caption = make_caption(objects, backgrounds)
     image8 = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-    return Scene(
-        image=image8, label=label, caption=caption, objects=objects, backgrounds=backgrounds
-    )
+    return Scene(image=image8, label=label, caption=caption, objects=objects, backgrounds=backgrounds)

@@ -28,9 +28,7 @@ TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
 BACKGROUND_NAMES: tuple[str, ...] = ("grass", "sand", "water", "sky")
 
 
-def _jitter(
-    rgb: tuple[float, float, float] | np.ndarray, rng: np.random.Generator, amount: float
-) -> np.ndarray:
+def _jitter(rgb: tuple[float, float, float] | np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
     """Per-scene colour variation: brightness scale and per-channel shift."""
     base = np.asarray(rgb, dtype=np.float64)
     scale = rng.uniform(1 - amount, 1 + amount)
@@ -107,9 +105,7 @@ def paint_object(
     return np.clip(out * shade[..., None], 0, 1)
 
 
-def paint_background(
-    name: str, xx: np.ndarray, yy: np.ndarray, size: int, rng: np.random.Generator
-) -> np.ndarray:
+def paint_background(name: str, xx: np.ndarray, yy: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Paint one "stuff" background over the whole canvas.
 
     Args:
@@ -136,9 +132,7 @@ def paint_background(
     elif name == "water":
         base = _jitter((0.12, 0.40, 0.70), rng, 0.15)
         period = size * rng.uniform(0.08, 0.14)
-        waves = np.sin(
-            2 * np.pi * (yy + 0.04 * size * np.sin(2 * np.pi * xx / (3 * period))) / period
-        )
+        waves = np.sin(2 * np.pi * (yy + 0.04 * size * np.sin(2 * np.pi * xx / (3 * period))) / period)
         tone = 0.85 + 0.2 * _smooth_noise(size, 3, rng)
         out = base * tone[..., None] + 0.12 * np.clip(waves, 0, 1)[..., None] ** 3
     elif name == "sky":

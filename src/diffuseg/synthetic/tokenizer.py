@@ -39,9 +39,7 @@ def bpe_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        raise ImportError(
-            f"open_clip is installed but {path} is missing; reinstall open_clip_torch."
-        )
+        raise ImportError(f"open_clip is installed but {path} is missing; reinstall open_clip_torch.")
     return path
 
 

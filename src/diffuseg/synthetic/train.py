@@ -50,6 +50,11 @@ class TrainConfig:
         ema_decay: EMA decay (with the usual (1 + n) / (10 + n) warm-up).
         min_snr_gamma: min-SNR-gamma loss weighting (Hang et al. 2023, gamma = 5).
         caption_dropout: fraction of empty captions, for classifier-free guidance.
+        shuffle_phrases: list the object phrases in a random order at every step (captions of
+            the dataset list them left to right). Word order then says nothing about where an
+            object is, so the UNet has to find out with cross-attention from the word tokens:
+            with left-to-right captions and a pooled summary in the end-of-text / padding
+            tokens, the first 1,000 steps learned flat cross-attention (all tokens alike).
         checkpoint_minutes: wall time between checkpoints.
         model: architecture.
         scene: scene distribution (rendered at `scene.size`, resized to `model.image_size`).
@@ -70,6 +75,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
     caption_dropout: float = 0.1
+    shuffle_phrases: bool = True
     checkpoint_minutes: float = 5.0
     log_every: int = 25
     model: ToyModelConfig = field(default_factory=ToyModelConfig)
@@ -141,9 +147,7 @@ def train_vae(config: TrainConfig, images: np.ndarray):
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: (
-            min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(1, config.vae_steps)))
-        ),
+        lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(1, config.vae_steps))),
     )
     t0 = time.time()
     for step in range(config.vae_steps):
@@ -206,13 +210,33 @@ def _append_json(path: Path, values: dict) -> None:
 # --------------------------------------------------------------------------- stage 3: UNet
 
 
-def min_snr_weight(
-    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str
-) -> torch.Tensor:
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Per-sample loss weight of min-SNR-gamma (Hang et al. 2023, eq. 8-9); (B,) float32."""
     snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
     clipped = torch.clamp(snr, max=gamma)
     return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def shuffle_phrases(caption: str, generator: torch.Generator) -> str:
+    """Random order of the object phrases of a `make_caption` caption (same words otherwise).
+
+    "a red circle, a blue star and a tree on grass" -> e.g. "a tree, a red circle and a blue
+    star on grass". Captions with one object come back unchanged.
+    """
+    for sep in (" on ", " in the sky"):
+        if sep in caption:
+            cut = caption.index(sep)
+            things, where = caption[:cut], caption[cut:]
+            break
+    else:
+        return caption
+    head, _, last = things.rpartition(" and ")
+    phrases = (head.split(", ") if head else []) + [last]
+    if len(phrases) < 2:
+        return caption
+    order = torch.randperm(len(phrases), generator=generator).tolist()
+    phrases = [phrases[i] for i in order]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1] + where
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -241,7 +265,7 @@ def train_unet(
     unet, text_encoder = state.unet, state.text_encoder
     scheduler = build_scheduler(config.model)
     alphas_cumprod = scheduler.alphas_cumprod.float()
-    ids = tokenize(tokenizer, captions)  # (N, T)
+    ids = None if config.shuffle_phrases else tokenize(tokenizer, captions)  # (N, T)
     empty = tokenize(tokenizer, [""])[0]  # (T,)
     mean, std = latents
     gen = state.generator
@@ -253,29 +277,22 @@ def train_unet(
     text_encoder.train()
     while state.step < config.steps:
         t_step = time.time()
-        idx = torch.randint(0, len(ids), (config.batch_size,), generator=gen)
-        z0 = (
-            mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)
-        ) * scaling_factor
-        tok = ids[idx].clone()
+        idx = torch.randint(0, len(captions), (config.batch_size,), generator=gen)
+        z0 = (mean[idx].float() + std[idx].float() * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+        if ids is None:
+            tok = tokenize(tokenizer, [shuffle_phrases(captions[i], gen) for i in idx.tolist()])
+        else:
+            tok = ids[idx].clone()
         drop = torch.rand(config.batch_size, generator=gen) < config.caption_dropout
         tok[drop] = empty
         noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(
-            0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen
-        )
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen)
         zt = scheduler.add_noise(z0, noise, t)
-        target = (
-            scheduler.get_velocity(z0, noise, t)
-            if config.model.prediction_type == "v_prediction"
-            else noise
-        )
+        target = scheduler.get_velocity(z0, noise, t) if config.model.prediction_type == "v_prediction" else noise
         cond = text_encoder(tok).last_hidden_state  # (B, T, D)
         pred = unet(zt, t, cond).sample
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
-        weight = min_snr_weight(
-            alphas_cumprod, t, config.min_snr_gamma, config.model.prediction_type
-        )
+        weight = min_snr_weight(alphas_cumprod, t, config.min_snr_gamma, config.model.prediction_type)
         loss = (per_sample * weight).mean()
         lr = config.lr * min(1.0, (state.step + 1) / max(1, config.warmup_steps))
         for g in state.optimizer.param_groups:
