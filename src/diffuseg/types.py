@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,13 +263,3 @@ class Segmentation:
         blobs.append(json.dumps(self.to_json_dict(), indent=1).encode())
         return [atomic_write(p, b, overwrite=overwrite) for p, b in zip(targets, blobs, strict=False)]
 
-
-def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
-    """Map the occurring label ids to 0..K-1 in ascending order (same shape, int64)."""
-    _, inverse = torch.unique(labels, return_inverse=True)
-    return inverse.reshape(labels.shape).long()
-
-
-def stack_names(names: Sequence[str] | None) -> list[str] | None:
-    """Copy `names` into a list (or keep None)."""
-    return None if names is None else list(names)

@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             todo.append((path, name))
     backbone = None
-    needs_model = not (not callable(spec.requires) and spec.requires.is_empty)
+    needs_model = callable(spec.requires) or not spec.requires.is_empty
     if todo and needs_model:
         try:
             backbone = load_backbone(args)

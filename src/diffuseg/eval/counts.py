@@ -113,7 +113,7 @@ def contingency(
     if pmax >= MAX_PRED_ID:
         raise ValueError(
             f"`pred` ids go up to {pmax}; at most {MAX_PRED_ID - 1} is supported. Relabel the "
-            f"segments to consecutive ids (e.g. `diffuseg.types.relabel_sequential`)."
+            f"segments to consecutive ids (e.g. `diffuseg.ops.masks.relabel_sequential`)."
         )
     g = gt
     gmin, gmax = int(g.min()), int(g.max())  # cheap on the label's own (often uint8) dtype

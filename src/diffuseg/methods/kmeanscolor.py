@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..backbone.features import FeatureRequest, Features
-from ..types import Segmentation, relabel_sequential
+from ..ops.masks import relabel_sequential
+from ..types import Segmentation
 from ._registry import MethodSpec
 
 __all__ = ["KMeansColorConfig", "kmeans", "segment", "SPEC"]
