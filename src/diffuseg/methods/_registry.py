@@ -71,10 +71,12 @@ class MethodSpec:
         return self.config_cls(**overrides)
 
     def run(self, features: Features, config: Any) -> Segmentation:
-        """Segment image 0 of `features` with `config`; fills in method/config on the result."""
+        """Segment image 0 of `features` with `config`; fills in method, config and the image's
+        meta data (input size, crop box) on the result."""
         seg = self.segment(features, config)
         seg.method = self.name
         seg.config = config
+        seg.meta = {**(features.meta[0] if features.meta else {}), **seg.meta}
         return seg
 
 

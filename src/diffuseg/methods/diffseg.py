@@ -104,8 +104,7 @@ def segment(features: Features, config: DiffSegConfig = DiffSegConfig()) -> Segm
     if config.refine:
         proposals = kmeans_refine(proposals, aggregated)
     labels = maps_to_labels(proposals, features.image_size)
-    return Segmentation(labels=labels.cpu(), meta=dict(features.meta[0]) if features.meta else {},
-                        extras={"proposals": proposals.cpu()})
+    return Segmentation(labels=labels.cpu(), extras={"proposals": proposals.cpu()})
 
 
 SPEC = MethodSpec(

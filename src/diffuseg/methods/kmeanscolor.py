@@ -157,7 +157,7 @@ def segment(features: Features, config: KMeansColorConfig) -> Segmentation:
     centres, _ = kmeans(fit, config.num_clusters, config.num_iterations, rng)
     assign = _nearest(pts, centres)  # (H*W,)
     labels = relabel_sequential(torch.from_numpy(assign.reshape(h, w)))
-    return Segmentation(labels=labels, meta=dict(features.meta[0]) if features.meta else {})
+    return Segmentation(labels=labels)
 
 
 SPEC = MethodSpec(

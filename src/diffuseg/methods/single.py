@@ -57,7 +57,7 @@ def segment(features: Features, config: SingleSegmentConfig) -> Segmentation:
     """
     h, w = features.image_size
     labels = torch.zeros((h, w), dtype=torch.int64)
-    return Segmentation(labels=labels, meta=dict(features.meta[0]) if features.meta else {})
+    return Segmentation(labels=labels)
 
 
 SPEC = MethodSpec(

@@ -89,7 +89,7 @@ def segment(features: Features, config: SlicConfig) -> Segmentation:
         channel_axis=-1,
     )
     labels = relabel_sequential(torch.from_numpy(labels.astype(np.int64)))
-    return Segmentation(labels=labels, meta=dict(features.meta[0]) if features.meta else {})
+    return Segmentation(labels=labels)
 
 
 SPEC = MethodSpec(
