@@ -194,3 +194,10 @@ def test_float16_keeps_a_force_upcast_vae_in_float32(tiny_components):
     assert bb.dtype == torch.float16 and next(bb.vae.parameters()).dtype == torch.float32
     latents = bb.encode_images(torch.rand(1, 3, 32, 32))
     assert latents.dtype == torch.float16 and torch.isfinite(latents).all()
+
+
+def test_default_size_is_the_models_native_resolution(tiny_backbone, tiny_sdxl_backbone, quadrant_image):
+    assert tiny_backbone.native_size == 16 * 2  # unet.sample_size x VAE factor (SD 1.5: 64 x 8 = 512)
+    seg = Segmenter(tiny_backbone, "diffseg")(quadrant_image)
+    assert seg.labels.shape == (32, 32) and seg.meta["model_size"] == [32, 32]
+    assert Segmenter(None, "slic")(quadrant_image).labels.shape == (64, 64)  # image-only: own size

@@ -50,6 +50,10 @@ def _digest(pixels: torch.Tensor) -> str:
 class Segmenter:
     """Segment images with one method on one backbone.
 
+    A config's `image_size` of None means the model's native resolution
+    (`DiffusionBackbone.native_size`) for methods that run the model, and the image's own size
+    for image-only methods (baselines).
+
     Args:
         backbone: the diffusion model; may be None for methods that need only the image.
         method: registry name (see `diffuseg.methods.list_methods()`) or a `MethodSpec`.
@@ -111,12 +115,14 @@ class Segmenter:
     # ------------------------------------------------------------------ extraction
     def _prepare(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         opts = extraction_options(self.config)
-        if self.backbone is not None:
+        size = opts["image_size"]
+        if self.backbone is not None and not self.request.is_empty:
             multiple = self.backbone.size_multiple
-            min_side = (opts["image_size"] or multiple) // self.backbone.vae_scale_factor
-        else:
+            size = size or self.backbone.native_size  # None: the model's native resolution
+            min_side = size // self.backbone.vae_scale_factor
+        else:  # image-only methods: None keeps the image's own size
             multiple, min_side = 1, 1
-        tensors, metas = preprocess(list(images), opts["image_size"], opts["resize_mode"], multiple, min_side)
+        tensors, metas = preprocess(list(images), size, opts["resize_mode"], multiple, min_side)
         sizes = {tuple(t.shape[-2:]) for t in tensors}
         if len(sizes) > 1:
             raise ValueError(f"images of one batch must share a model size, got {sorted(sizes)}; "

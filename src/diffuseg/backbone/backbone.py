@@ -176,6 +176,14 @@ class DiffusionBackbone:
         return self.vae_scale_factor * self.unet_scale_factor
 
     @property
+    def native_size(self) -> int:
+        """The input side the UNet was trained at: `unet.sample_size` x VAE factor (512 for
+        SD 1.x and SD 2-base, 768 for SD 2.x-768, 1024 for SDXL / SSD-1B)."""
+        sample = self.unet.config.sample_size
+        side = max(sample) if isinstance(sample, (tuple, list)) else int(sample)
+        return side * self.vae_scale_factor
+
+    @property
     def is_sdxl(self) -> bool:
         """True for SDXL-family UNets (pooled text + time ids as `added_cond_kwargs`)."""
         return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
@@ -276,7 +284,7 @@ class DiffusionBackbone:
         prompts: str | Sequence[str] = "",
         timestep: int = 300,
         *,
-        image_size: int | None = 512,
+        image_size: int | None = None,
         resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
         add_noise: bool = False,
         shared_noise: bool = False,
@@ -291,7 +299,8 @@ class DiffusionBackbone:
             request: what to record (`FeatureRequest`).
             prompts: one prompt for all images or one per image ("" = unconditional).
             timestep: UNet timestep, in [0, scheduler.num_train_timesteps).
-            image_size, resize_mode: preprocessing (see `diffuseg.imageio.preprocess`).
+            image_size, resize_mode: preprocessing (see `diffuseg.imageio.preprocess`);
+                `image_size` None means the model's `native_size`.
             add_noise: noise the latent to `timestep` with the scheduler (`add_noise`).
             shared_noise: one noise draw for the whole batch (DiffCut's reference behaviour)
                 instead of one per image.
@@ -311,7 +320,8 @@ class DiffusionBackbone:
                                  f"{tuple(pixels.shape[-2:])}.")
         else:
             batch = [images] if not isinstance(images, (list, tuple)) else list(images)
-            latent_side = (image_size or self.size_multiple) // self.vae_scale_factor
+            image_size = image_size or self.native_size
+            latent_side = image_size // self.vae_scale_factor
             tensors, metas = preprocess(batch, image_size, resize_mode, self.size_multiple, min_side=latent_side)
             sizes = {tuple(t.shape[-2:]) for t in tensors}
             if len(sizes) > 1:

@@ -41,7 +41,8 @@ class DiffSegConfig:
         num_anchors_per_side: anchor grid side (NUM_POINTS = 16 -> 256 anchors).
         refine: k-means refinement of the proposals (off in the benchmarks, on in the demo).
         timestep: UNet timestep (both notebooks: 300).
-        image_size: square input side (utils.py l.23: 512).
+        image_size: square input side; None = the model's native resolution, which is the
+            reference's 512 on SD 1.x (utils.py l.23) and scales to SD 2-768 / SDXL.
         resize_mode: "crop" = square centre crop then resize (utils.py::process_image).
         add_noise: noise the latent to `timestep` (the reference feeds the clean latent).
         prompt: conditioning text ("" = unconditional context, as the reference).
@@ -52,7 +53,7 @@ class DiffSegConfig:
     num_anchors_per_side: int = 16
     refine: bool = False
     timestep: int = 300
-    image_size: int | None = 512
+    image_size: int | None = None
     resize_mode: str = "crop"
     add_noise: bool = False
     prompt: str = ""
