@@ -200,6 +200,13 @@ def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: i
     }
 
 
+#: High-contrast colours for predicted segment ids (ids carry no class, only identity).
+_PRED_COLOURS = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 190], [0, 128, 128], [170, 110, 40]],
+    dtype=np.uint8,
+)  # fmt: skip
+
 KL_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.1)
 
 
@@ -239,7 +246,7 @@ def segmentation_figure(backbone, native: int, methods: dict[str, dict], path: s
             if name == "kmeans-color":
                 seg.configure(num_clusters=len(np.unique(sample.label)))
             pred = seg(sample.image).to_input_frame(fill=0).numpy()
-            cells.append(palette[(pred + 17) % 256])
+            cells.append(_PRED_COLOURS[pred % len(_PRED_COLOURS)])
         rows.append(np.concatenate(cells, axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffuseg.synthetic.dataset import scene_rng
+
+if TYPE_CHECKING:
+    from diffuseg.synthetic.checkpoint import TrainState
 from diffuseg.synthetic.model import (
     ToyModelConfig,
     build_scheduler,
@@ -257,8 +261,17 @@ def train_unet(
     captions: list[str],
     tokenizer,
     init_from: str | None = None,
-) -> dict:
-    """Train UNet + text encoder jointly (resumable). Returns the final state dict bundle."""
+) -> TrainState:
+    """Train UNet + text encoder jointly (resumable); returns the final `TrainState`.
+
+    Args:
+        config: hyperparameters (`steps` is the total, resumed steps included).
+        latents: VAE posterior (mean, std), each float16 (N, C, h, w), unscaled.
+        scaling_factor: the VAE's `scaling_factor` (latents are multiplied by it).
+        captions: N captions, aligned with `latents`.
+        tokenizer: the CLIP tokenizer (prompts padded to `model_max_length`).
+        init_from: exported model folder to start from when the run has no checkpoint.
+    """
     from diffuseg.synthetic.checkpoint import TrainState
 
     state = TrainState.load_or_create(config, init_from)

@@ -1,0 +1,136 @@
+"""The shipped proving-ground model (`--model toy`): format, size, loading, and every method
+through `diffuseg segment` on a synthetic scene (seconds: the model is 64 px, ~4 M parameters)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from diffuseg.synthetic.export import TOY_MODEL_DIR  # noqa: E402
+
+MAX_BYTES = 30 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # A 64-pixel model is dominated by thread start-up; one thread is faster on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _require_toy() -> Path:
+    if not (TOY_MODEL_DIR / "unet" / "config.json").is_file():
+        pytest.fail(
+            f"the shipped toy model is missing from {TOY_MODEL_DIR}; it is committed package data "
+            "(rebuild: see docs/proving_ground.md)"
+        )
+    return TOY_MODEL_DIR
+
+
+def test_toy_folder_is_a_standard_pipeline_under_the_size_cap():
+    folder = _require_toy()
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (folder / sub).is_dir() and sub in index
+    assert not list(folder.rglob("*.bin")), "weights must be safetensors"
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert total <= MAX_BYTES, f"{total / 2**20:.1f} MB > 30 MB"
+    record = json.loads((folder / "TRAINING.json").read_text())
+    for key in ("unet_steps", "unet_train_seconds", "config", "losses", "versions"):
+        assert key in record
+
+
+def test_toy_loads_through_the_backbone_in_float32():
+    from diffuseg.backbone.backbone import DiffusionBackbone
+
+    _require_toy()
+    backbone = DiffusionBackbone.from_pretrained("toy")
+    assert backbone.unet.dtype == torch.float32
+    assert backbone.vae_scale_factor == 4
+    assert backbone.unet.config.sample_size * backbone.vae_scale_factor == 64
+    assert len(backbone.tokenizer) == 49408
+
+
+def test_toy_tokenizer_is_the_real_clip_vocabulary():
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(_require_toy(), subfolder="tokenizer")
+    assert tok("a red circle").input_ids == [49406, 320, 736, 7117, 49407]
+    assert tok.model_max_length == 77
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory) -> Path:
+    from diffuseg.synthetic.dataset import SyntheticScenes
+
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    SyntheticScenes("test", 1)[0].image.save(path)
+    return path
+
+
+def _methods() -> list[str]:
+    from diffuseg.methods import list_methods
+
+    return list_methods()
+
+
+@pytest.mark.parametrize("method", _methods())
+def test_every_method_runs_on_toy_through_the_cli(method, scene_png, tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    from diffuseg.cli import main
+    from diffuseg.methods import get_method
+    from diffuseg.synthetic.scenes import CLASS_NAMES
+
+    _require_toy()
+    spec = get_method(method)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    out = tmp_path / "out"
+    argv = ["segment", str(scene_png), "--model", "toy", "--method", method, "--out", str(out)]
+    argv += ["--seed", "0", "--no-progress"]
+    if "image_size" in fields:
+        argv += ["--size", "64"]  # the toy model's native resolution
+    for vocab in ("class_names", "classes", "vocabulary"):
+        if spec.open_vocabulary and vocab in fields:
+            argv += [f"--{vocab.replace('_', '-')}", *CLASS_NAMES]
+            break
+    assert main(argv) == 0
+    assert (out / "scene.labels.png").is_file() and (out / "scene.json").is_file()
+    labels = np.asarray(Image.open(out / "scene.labels.png"))
+    assert labels.shape == (128, 128) or labels.shape == (64, 64)
+
+
+def test_toy_generates_an_image_from_a_caption():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(_require_toy())
+    image = pipe(
+        "a red circle on grass",
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_missing_toy_model_names_how_to_rebuild_it(monkeypatch, tmp_path):
+    from diffuseg.backbone import loading
+    from diffuseg.backbone.backbone import DiffusionBackbone
+
+    monkeypatch.setattr(loading, "toy_model_path", lambda: tmp_path / "toy")
+    with pytest.raises(FileNotFoundError, match="diffuseg train proving-ground"):
+        DiffusionBackbone.from_pretrained("toy")
