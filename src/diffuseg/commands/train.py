@@ -77,13 +77,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _setup_logging(out: Path, filename: str = "train.log") -> None:
+    """Log progress (INFO) to ``out/filename``, and to stderr unless a root handler already does."""
     out.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     root = logging.getLogger("diffuseg")
     root.setLevel(logging.INFO)
     for old in [h for h in root.handlers if getattr(h, "_diffuseg_train", False)]:
         root.removeHandler(old)
-    for handler in (logging.FileHandler(out / filename), logging.StreamHandler(sys.stderr)):
+    handlers: list[logging.Handler] = [logging.FileHandler(out / filename)]
+    if not logging.getLogger().handlers:  # `diffuseg.cli.main` installs one (basicConfig)
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
         handler.setFormatter(fmt)
         handler._diffuseg_train = True  # type: ignore[attr-defined]
         root.addHandler(handler)
