@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb", "preprocess", "RESIZE_MODES", "ImageInput"]
+__all__ = ["ImageLoadError", "load_image", "to_rgb", "preprocess", "stack_batch", "RESIZE_MODES", "ImageInput"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +174,16 @@ def preprocess(
             {"input_size": [h, w], "crop_box": list(plan.crop_box), "model_size": list(plan.out_size)}
         )
     return tensors, metas
+
+
+def stack_batch(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack preprocessed (3, h, w) images into one (B, 3, h, w) batch.
+
+    Raises:
+        ValueError: if the images do not share one model size (possible with "keep_aspect").
+    """
+    sizes = {tuple(t.shape[-2:]) for t in tensors}
+    if len(sizes) > 1:
+        raise ValueError(f"images of one batch must share a model size, got {sorted(sizes)}; "
+                         "segment them one at a time or use resize_mode 'crop' or 'squash'.")
+    return torch.stack(tensors)

@@ -18,7 +18,7 @@ import torch
 
 from .backbone.backbone import DiffusionBackbone
 from .backbone.features import FeatureRequest, Features
-from .imageio import ImageInput, preprocess
+from .imageio import ImageInput, preprocess, stack_batch
 from .methods import MethodSpec, get_method
 from .types import Segmentation
 
@@ -115,19 +115,11 @@ class Segmenter:
     # ------------------------------------------------------------------ extraction
     def _prepare(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         opts = extraction_options(self.config)
-        size = opts["image_size"]
         if self.backbone is not None and not self.request.is_empty:
-            multiple = self.backbone.size_multiple
-            size = size or self.backbone.native_size  # None: the model's native resolution
-            min_side = size // self.backbone.vae_scale_factor
-        else:  # image-only methods: None keeps the image's own size
-            multiple, min_side = 1, 1
-        tensors, metas = preprocess(list(images), size, opts["resize_mode"], multiple, min_side)
-        sizes = {tuple(t.shape[-2:]) for t in tensors}
-        if len(sizes) > 1:
-            raise ValueError(f"images of one batch must share a model size, got {sorted(sizes)}; "
-                             "segment them one at a time or use resize_mode 'crop'/'squash'.")
-        return torch.stack(tensors), metas
+            return self.backbone.preprocess(images, opts["image_size"], opts["resize_mode"])
+        # image-only methods: None keeps the image's own size
+        tensors, metas = preprocess(list(images), opts["image_size"], opts["resize_mode"], multiple=1, min_side=1)
+        return stack_batch(tensors), metas
 
     def extract(self, images: Sequence[ImageInput], generator: torch.Generator | None = None,
                 refresh: bool = False) -> Features:

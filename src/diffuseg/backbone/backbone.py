@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..imageio import ImageInput, preprocess
+from ..imageio import ImageInput, preprocess, stack_batch
 from .features import FeatureRequest, Features
 from .loading import (
     DEFAULT_MODEL,
@@ -192,6 +192,31 @@ class DiffusionBackbone:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
+    def preprocess(
+        self,
+        images: Sequence[ImageInput],
+        image_size: int | None = None,
+        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Crop and resize images to this model's input (see `diffuseg.imageio.preprocess`).
+
+        Args:
+            images: paths, PIL images, arrays or (3, H, W) tensors in [0, 1].
+            image_size: model input side; None = `native_size`. Must be a multiple of
+                `size_multiple`.
+            resize_mode: "crop", "squash" or "keep_aspect".
+
+        Returns:
+            (B, 3, h, w) float32 pixels in [0, 1] and one meta dict per image.
+
+        Raises:
+            ValueError: on images smaller than the latent grid, or sizes that differ in a batch.
+        """
+        image_size = image_size or self.native_size
+        latent_side = image_size // self.vae_scale_factor  # smaller images carry < 1 px per token
+        tensors, metas = preprocess(list(images), image_size, resize_mode, self.size_multiple, min_side=latent_side)
+        return stack_batch(tensors), metas
+
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
     def encode_images(
@@ -320,14 +345,7 @@ class DiffusionBackbone:
                                  f"{tuple(pixels.shape[-2:])}.")
         else:
             batch = [images] if not isinstance(images, (list, tuple)) else list(images)
-            image_size = image_size or self.native_size
-            latent_side = image_size // self.vae_scale_factor
-            tensors, metas = preprocess(batch, image_size, resize_mode, self.size_multiple, min_side=latent_side)
-            sizes = {tuple(t.shape[-2:]) for t in tensors}
-            if len(sizes) > 1:
-                raise ValueError(f"images of one batch must share a model size, got {sorted(sizes)}; "
-                                 "use resize_mode='crop' or 'squash', or batches of one.")
-            pixels = torch.stack(tensors)
+            pixels, metas = self.preprocess(batch, image_size, resize_mode)
         b = pixels.shape[0]
         prompt_list = [prompts] * b if isinstance(prompts, str) else list(prompts)
         if len(prompt_list) != b:
