@@ -42,6 +42,18 @@ def sd1_unet_config() -> dict[str, Any]:
                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
 
 
+def sdxl_unet_config(width_1: int, width_2: int) -> dict[str, Any]:
+    """An SDXL-shaped UNet for text encoders of widths `width_1` and `width_2`: cross-attention
+    on their concatenated hidden states, `text_time` conditioning on the second one's pooled
+    projection (assumed `width_2` wide) plus 6 time ids."""
+    return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
+                norm_num_groups=4, attention_head_dim=(2, 2, 4), use_linear_projection=True,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 1, 2), addition_embed_type="text_time", addition_time_embed_dim=4,
+                projection_class_embeddings_input_dim=6 * 4 + width_2, cross_attention_dim=width_1 + width_2)
+
+
 def tiny_vae() -> Any:
     from diffusers import AutoencoderKL
 
@@ -88,13 +100,7 @@ def tiny_sdxl_components(tiny_tokenizer) -> dict[str, Any]:
                num_hidden_layers=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
                pad_token_id=1, projection_dim=8)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
-        norm_num_groups=4, attention_head_dim=(2, 2, 4), use_linear_projection=True,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2), addition_embed_type="text_time", addition_time_embed_dim=4,
-        projection_class_embeddings_input_dim=6 * 4 + 8, cross_attention_dim=16)
+    unet = UNet2DConditionModel(**sdxl_unet_config(8, 8))
     torch.manual_seed(0)
     te1 = CLIPTextModel(CLIPTextConfig(**cfg))
     torch.manual_seed(1)

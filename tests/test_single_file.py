@@ -167,20 +167,14 @@ def test_without_config_the_inferred_hub_id_is_taken_from_the_cache(checkpoint_f
 def tiny_sdxl(tiny_tokenizer, tmp_path_factory) -> tuple[dict, Path, Path]:
     """SDXL-shaped components whose two text encoders differ in width (8 vs 12, like 768 vs 1280:
     diffusers tells them apart by that), their config-only folder and their single file."""
-    from conftest import tiny_scheduler, tiny_vae
+    from conftest import sdxl_unet_config, tiny_scheduler, tiny_vae
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     base = dict(vocab_size=len(tiny_tokenizer), intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
                 max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
-        norm_num_groups=4, attention_head_dim=(2, 2, 4), use_linear_projection=True,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2), addition_embed_type="text_time", addition_time_embed_dim=4,
-        projection_class_embeddings_input_dim=6 * 4 + 12, cross_attention_dim=8 + 12)
+    unet = UNet2DConditionModel(**sdxl_unet_config(8, 12))  # distinct widths tell the encoders apart
     comps = dict(unet=unet, vae=tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=8, **base)),
                  text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, projection_dim=12, **base)),
                  tokenizer=tiny_tokenizer, tokenizer_2=tiny_tokenizer, scheduler=tiny_scheduler())
