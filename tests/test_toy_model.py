@@ -18,13 +18,7 @@ from diffuseg.synthetic.export import TOY_MODEL_DIR  # noqa: E402
 MAX_BYTES = 30 * 1024 * 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # A 64-pixel model is dominated by thread start-up; one thread is faster on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _require_toy() -> Path:
