@@ -133,6 +133,12 @@ def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 30) -> t
     return torch.cdist(x, c).argmin(dim=1)
 
 
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise the last axis of x (..., N) to [0, 1] (constant rows become 0)."""
+    lo, hi = x.min(-1, keepdim=True).values, x.max(-1, keepdim=True).values
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
 @torch.no_grad()
 def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: int = 100) -> dict:
     """Model-level checks that need no method: how much the attention knows.
@@ -143,7 +149,11 @@ def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: i
       KL-merge thresholds.
     * ``cross-attn argmax (caption words)``: prompt = the caption; every pixel takes the class
       whose caption word gets the most cross-attention (maps averaged over layers, upsampled,
-      min-max normalised per word); scored by name (no matching). Isolates "does the class token look at its object".
+      min-max normalised per word); scored by name (no matching). Isolates "does the class token
+      look at its object".
+    * ``cross-attn refined by self-attn``: as DiffSegmenter (arXiv 2309.02773): each word's
+      cross-attention, min-max normalised per resolution and summed at the finest self-attention
+      grid, is propagated once along the self-attention rows (``A_self @ c``), then argmax as above.
     """
     from diffuseg.backbone.features import FeatureRequest
     from diffuseg.ops.attention import aggregate_self_attention
@@ -152,6 +162,7 @@ def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: i
     c = len(dataset.class_names)
     acc_self = MetricAccumulator(c, "hungarian-per-image")
     acc_cross = MetricAccumulator(c, "none")
+    acc_refined = MetricAccumulator(c, "none")
     gen = torch.Generator().manual_seed(0)
     for i in range(len(dataset)):
         sample = dataset[i]
@@ -175,27 +186,38 @@ def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: i
         tokens = feats.tokens[0]
         present = [n for n in dataset.class_names if n in sample.meta["caption"].split()]
         cross = feats.by_resolution("cross")
-        total = None
+        selfs = feats.by_resolution("self")
+        fine = max(selfs, key=lambda hw: hw[0] * hw[1])  # finest self-attention grid (h, w)
+        a_fine = selfs[fine].reshape(fine[0] * fine[1], fine[0] * fine[1])  # rows sum to 1
+        total, coarse = None, None
         for (h, w), m in cross.items():  # m: (1, h*w, T)
             maps = m[0].T.reshape(-1, 1, h, w)  # (T, 1, h, w)
             up = torch.nn.functional.interpolate(maps, size=label.shape, mode="bilinear", align_corners=False)[:, 0]
             total = up if total is None else total + up
-        scores, ids = [], []
-        for name in present:
-            pos = [j for j, t in enumerate(tokens) if t.replace("</w>", "") == name]
-            if pos:
-                m = total[pos].mean(0)
-                # per-token min-max normalisation (as the open-vocabulary methods do): tokens
-                # differ in how much attention they catch overall, not only in where.
-                scores.append((m - m.min()) / (m.max() - m.min()).clamp_min(1e-12))
-                ids.append(dataset.class_names.index(name))
-        if scores:
-            pred = np.asarray(ids)[torch.stack(scores).argmax(0).numpy()]
-            acc_cross.add(contingency(pred, label, c, 255))
-    s, x = acc_self.result(), acc_cross.result()
+            at_fine = torch.nn.functional.interpolate(maps, size=fine, mode="bilinear", align_corners=False)[:, 0]
+            at_fine = _minmax(at_fine.flatten(1)).reshape(at_fine.shape)  # per token, per resolution
+            coarse = at_fine if coarse is None else coarse + at_fine
+        # DiffSegmenter-style refinement: propagate each token's map along self-attention rows.
+        refined = (a_fine @ coarse.flatten(1).T).T.reshape(-1, 1, *fine)  # (T, 1, h, w)
+        refined = torch.nn.functional.interpolate(refined, size=label.shape, mode="bilinear", align_corners=False)
+        for maps, acc in ((total, acc_cross), (refined[:, 0], acc_refined)):
+            scores, ids = [], []
+            for name in present:
+                pos = [j for j, t in enumerate(tokens) if t.replace("</w>", "") == name]
+                if pos:
+                    # per-token min-max normalisation (as the open-vocabulary methods do): tokens
+                    # differ in how much attention they catch overall, not only in where.
+                    m = maps[pos].mean(0)  # (H, W)
+                    scores.append(_minmax(m.flatten()).reshape(m.shape))
+                    ids.append(dataset.class_names.index(name))
+            if scores:
+                pred = np.asarray(ids)[torch.stack(scores).argmax(0).numpy()]
+                acc.add(contingency(pred, label, c, 255))
+    s, x, r = acc_self.result(), acc_cross.result(), acc_refined.result()
     return {
         "self-attn k-means (true K)": (s.miou, s.pixel_accuracy),
         "cross-attn argmax (caption words)": (x.miou, x.pixel_accuracy),
+        "cross-attn refined by self-attn, argmax (caption words)": (r.miou, r.pixel_accuracy),
         "timestep": timestep,
     }
 

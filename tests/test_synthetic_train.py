@@ -154,3 +154,29 @@ def test_decoder_finetune_changes_only_the_decoder(trained_run, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     with pytest.raises(ValueError, match="`steps`"):
         finetune_decoder(run, steps=0)
+
+
+def test_zero_text_layers_leave_no_caption_summary_in_the_padding():
+    """With 0 layers a token's feature is its own embedding + position: the padding tokens of
+    two different captions are identical (nothing for the UNet to read but the words)."""
+    from diffuseg.synthetic.model import build_text_encoder
+
+    ids = torch.full((2, 12), 49407)  # <|endoftext|> padding
+    ids[:, 0] = 49406
+    ids[0, 1:4] = torch.tensor([320, 736, 2075])  # "a red circle"
+    ids[1, 1:4] = torch.tensor([320, 1746, 3546])  # "a blue star"
+    for layers, same in ((0, True), (1, False)):
+        config = ToyModelConfig(text_hidden=8, text_layers=layers)
+        encoder = build_text_encoder(config, torch.Generator().manual_seed(0)).eval()
+        with torch.no_grad():
+            out = encoder(ids).last_hidden_state  # (2, 12, 8)
+        assert torch.allclose(out[0, 4:], out[1, 4:]) is same
+        assert not torch.allclose(out[0, 2:4], out[1, 2:4])
+
+
+def test_cli_rejects_negative_text_layers(tmp_path, capsys):
+    from diffuseg.cli import main
+
+    assert main(["train", "proving-ground", "--out", str(tmp_path / "run"), "--text-layers", "-1"]) == 2
+    assert "`text_layers`" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

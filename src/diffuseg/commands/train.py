@@ -33,6 +33,10 @@ _FIELDS = {
     "ema_decay": float,
     "checkpoint_minutes": float,
 }
+# CLI flag -> ToyModelConfig field (architecture of a new run; ignored on --resume).
+_MODEL_FIELDS = {
+    "text_layers": int,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=None,
             help=f"TrainConfig.{name} (default: the library default)",
         )
+    for name, kind in _MODEL_FIELDS.items():
+        pg.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=None,
+            help=f"ToyModelConfig.{name} of a new run (default: the library default)",
+        )
     pg.set_defaults(func=run)
 
 
@@ -99,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diffuseg.synthetic.checkpoint import CHECKPOINT_NAME
     from diffuseg.synthetic.export import TOY_MODEL_DIR, export_pipeline, train_proving_ground
+    from diffuseg.synthetic.model import ToyModelConfig
     from diffuseg.synthetic.train import TrainConfig
 
     out = Path(args.out)
@@ -134,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
     known = {f.name for f in fields(TrainConfig)}
     if set(overrides) - known:  # internal invariant: the flag table matches the dataclass
         raise RuntimeError(f"unknown TrainConfig fields {set(overrides) - known}")
+    model = {k: getattr(args, k) for k in _MODEL_FIELDS if getattr(args, k) is not None}
     try:
-        config = TrainConfig(out=str(out), **overrides)
+        config = TrainConfig(out=str(out), model=ToyModelConfig(**model), **overrides)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

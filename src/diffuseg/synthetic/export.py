@@ -16,7 +16,7 @@ import torch
 from diffuseg.synthetic.model import ToyModelConfig, build_scheduler
 from diffuseg.synthetic.scenes import SceneConfig
 from diffuseg.synthetic.tokenizer import build_clip_tokenizer, write_clip_vocab
-from diffuseg.synthetic.train import TrainConfig, build_pool, encode_pool, train_unet, train_vae
+from diffuseg.synthetic.train import TrainConfig, build_labels, build_pool, encode_pool, train_unet, train_vae
 
 __all__ = [
     "TOY_MODEL_DIR",
@@ -42,9 +42,14 @@ RECOMMENDED_OVERRIDES: dict[str, dict] = {
 }
 
 
+#: Fields added after the first runs, with the value that reproduces a run whose stored
+#: config.json predates them (grounding did not exist: off).
+_LEGACY_DEFAULTS = {"grounding_weight": 0.0}
+
+
 def config_from_dict(data: dict) -> TrainConfig:
     """Rebuild a `TrainConfig` from `dataclasses.asdict` output (lists become tuples)."""
-    data = dict(data)
+    data = {**_LEGACY_DEFAULTS, **data}
     model = {k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("model").items()}
     scene = {k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("scene").items()}
     return TrainConfig(**data, model=ToyModelConfig(**model), scene=SceneConfig(**scene))
@@ -92,7 +97,8 @@ def train_proving_ground(
     latents = encode_pool(config, vae, images)
     logger.info("latents ready: %s, scaling factor %.4f", tuple(latents[0].shape), vae.config.scaling_factor)
     tokenizer = build_clip_tokenizer(config.model.max_length)
-    train_unet(config, latents, vae.config.scaling_factor, captions, tokenizer, init_from=init_from)
+    labels = build_labels(config, captions) if config.grounding_weight > 0 else None
+    train_unet(config, latents, vae.config.scaling_factor, captions, tokenizer, init_from=init_from, labels=labels)
     return out
 
 

@@ -57,6 +57,8 @@ class ToyModelConfig:
                 f"`image_size` must be >= 16 and divisible by the VAE factor "
                 f"{2 ** (len(self.vae_channels) - 1)}, got {self.image_size}."
             )
+        if self.text_layers < 0:
+            raise ValueError(f"`text_layers` must be >= 0, got {self.text_layers}.")
         if len(self.unet_channels) < 2:
             raise ValueError(f"`unet_channels` needs at least 2 widths, got {self.unet_channels}.")
         if self.prediction_type not in ("epsilon", "v_prediction"):

@@ -8,6 +8,7 @@ diffusers `StableDiffusionPipeline` folder plus ``TRAINING.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,9 +31,9 @@ from diffuseg.synthetic.model import (
     build_scheduler,
     build_vae,
 )
-from diffuseg.synthetic.scenes import SceneConfig, render_scene
+from diffuseg.synthetic.scenes import CLASS_NAMES, SceneConfig, render_scene
 
-__all__ = ["TrainConfig", "build_pool", "train_vae", "encode_pool", "train_unet"]
+__all__ = ["TrainConfig", "build_pool", "build_labels", "train_vae", "encode_pool", "train_unet"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ class TrainConfig:
             object is, so the UNet has to find out with cross-attention from the word tokens:
             with left-to-right captions and a pooled summary in the end-of-text / padding
             tokens, the first 1,000 steps learned flat cross-attention (all tokens alike).
+        grounding_weight: weight of TokenCompose's token grounding loss (Wang et al. 2024,
+            `diffuseg.synthetic.grounding`): each class word's cross-attention mass is pulled
+            into its class's mask. 0 turns it off. Without it 3,800 CPU steps left word-token
+            cross-attention at chance level (docs/proving_ground.md).
+        grounding_max_timestep: the grounding loss applies to timesteps below this only; at
+            higher noise the latent says little about where the objects are.
         checkpoint_minutes: wall time between checkpoints.
         model: architecture.
         scene: scene distribution (rendered at `scene.size`, resized to `model.image_size`).
@@ -80,6 +87,8 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     caption_dropout: float = 0.1
     shuffle_phrases: bool = True
+    grounding_weight: float = 0.1
+    grounding_max_timestep: int = 700
     checkpoint_minutes: float = 5.0
     log_every: int = 25
     model: ToyModelConfig = field(default_factory=ToyModelConfig)
@@ -89,13 +98,15 @@ class TrainConfig:
         for name in ("num_scenes", "vae_batch", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        for name in ("vae_steps", "steps", "warmup_steps", "seed"):
+        for name in ("vae_steps", "steps", "warmup_steps", "seed", "grounding_max_timestep"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if not (0.0 <= self.ema_decay < 1.0):
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
         if not (0.0 <= self.caption_dropout < 1.0):
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.caption_dropout}.")
+        if self.grounding_weight < 0:
+            raise ValueError(f"`grounding_weight` must be >= 0, got {self.grounding_weight}.")
         if self.lr <= 0 or self.vae_lr <= 0:
             raise ValueError(f"`lr` and `vae_lr` must be > 0, got {self.lr}, {self.vae_lr}.")
 
@@ -129,6 +140,35 @@ def build_pool(config: TrainConfig) -> tuple[np.ndarray, list[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=images, captions=np.array(json.dumps(captions)))
     return images, captions
+
+
+def build_labels(config: TrainConfig, captions: list[str] | None = None) -> np.ndarray:
+    """Render (or load) the label maps of the pool: uint8 (N, S, S) class ids at the model size.
+
+    Scenes are re-rendered from their seeds (the pool stage predates the grounding loss); the
+    captions are checked against the pool's so that labels and images cannot drift apart.
+    Labels are resized with nearest neighbour.
+    """
+    path = Path(config.out) / "labels.npz"
+    if path.exists():
+        return np.load(path)["labels"]
+    t0 = time.time()
+    size = config.model.image_size
+    labels = np.empty((config.num_scenes, size, size), dtype=np.uint8)
+    for i in range(config.num_scenes):
+        scene = render_scene(config.scene, scene_rng("train", i, config.seed))
+        if captions is not None and scene.caption != captions[i]:
+            raise RuntimeError(f"scene {i} re-rendered with another caption: the pool was built differently.")
+        lab = scene.label.astype(np.uint8)
+        if lab.shape[0] != size:
+            lab = np.asarray(Image.fromarray(lab).resize((size, size), Image.NEAREST))
+        labels[i] = lab
+        if (i + 1) % 2000 == 0:
+            logger.info("labels: %d/%d scenes (%.0fs)", i + 1, config.num_scenes, time.time() - t0)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, labels=labels)
+    tmp.replace(path)
+    return labels
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -261,6 +301,7 @@ def train_unet(
     captions: list[str],
     tokenizer,
     init_from: str | None = None,
+    labels: np.ndarray | None = None,
 ) -> TrainState:
     """Train UNet + text encoder jointly (resumable); returns the final `TrainState`.
 
@@ -271,8 +312,16 @@ def train_unet(
         captions: N captions, aligned with `latents`.
         tokenizer: the CLIP tokenizer (prompts padded to `model_max_length`).
         init_from: exported model folder to start from when the run has no checkpoint.
+        labels: uint8 (N, S, S) class ids of the scenes (`build_labels`); needed when
+            `config.grounding_weight` > 0.
     """
     from diffuseg.synthetic.checkpoint import TrainState
+    from diffuseg.synthetic.grounding import grounding_attention, token_classes, token_grounding_loss
+
+    grounding = config.grounding_weight > 0
+    if grounding and labels is None:
+        raise ValueError("`labels` are required when `grounding_weight` > 0 (see `build_labels`).")
+    class_ids = [tokenizer.convert_tokens_to_ids(name + "</w>") for name in CLASS_NAMES]
 
     state = TrainState.load_or_create(config, init_from)
     unet, text_encoder = state.unet, state.text_encoder
@@ -285,6 +334,7 @@ def train_unet(
     params = list(unet.parameters()) + list(text_encoder.parameters())
     last_ckpt = time.time()
     window: list[float] = []
+    g_window: list[float] = []
     step_times: list[float] = []
     unet.train()
     text_encoder.train()
@@ -303,10 +353,21 @@ def train_unet(
         zt = scheduler.add_noise(z0, noise, t)
         target = scheduler.get_velocity(z0, noise, t) if config.model.prediction_type == "v_prediction" else noise
         cond = text_encoder(tok).last_hidden_state  # (B, T, D)
-        pred = unet(zt, t, cond).sample
+        with grounding_attention(unet) if grounding else contextlib.nullcontext([]) as maps:
+            pred = unet(zt, t, cond).sample
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
         weight = min_snr_weight(alphas_cumprod, t, config.min_snr_gamma, config.model.prediction_type)
         loss = (per_sample * weight).mean()
+        if grounding:
+            g_loss = token_grounding_loss(
+                maps,
+                torch.from_numpy(labels[idx.numpy()]).long(),
+                token_classes(tok, class_ids),
+                len(CLASS_NAMES),
+                sample_weight=(t < config.grounding_max_timestep).float(),
+            )
+            loss = loss + config.grounding_weight * g_loss
+            g_window.append(g_loss.item())
         lr = config.lr * min(1.0, (state.step + 1) / max(1, config.warmup_steps))
         for g in state.optimizer.param_groups:
             g["lr"] = lr
@@ -323,15 +384,17 @@ def train_unet(
             avg = float(np.mean(window))
             state.losses.append((state.step, avg))
             logger.info(
-                "unet step %d/%d loss %.4f lr %.2e (%.2fs/step, %.0fs total)",
+                "unet step %d/%d loss %.4f grounding %.4f lr %.2e (%.2fs/step, %.0fs total)",
                 state.step,
                 config.steps,
                 avg,
+                float(np.mean(g_window)) if g_window else 0.0,
                 lr,
                 float(np.mean(step_times)),
                 state.seconds,
             )
             window.clear()
+            g_window.clear()
             step_times.clear()
         if time.time() - last_ckpt > 60 * config.checkpoint_minutes or state.step >= config.steps:
             state.save()
