@@ -102,6 +102,36 @@ def test_export_loads_as_a_stable_diffusion_pipeline(trained_run, tmp_path):
     assert image.shape == (1, 16, 16, 3)
 
 
+def test_continuing_from_an_export_with_fewer_text_layers_keeps_the_lineage(trained_run, tmp_path):
+    """--init-from an exported folder with text_layers=0: the encoder is cut to its embeddings,
+    the grounding loss runs (labels re-rendered), and the new TRAINING.json nests the parent's."""
+    import dataclasses
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from diffuseg.synthetic.export import export_pipeline, train_proving_ground
+
+    parent = export_pipeline(trained_run, tmp_path / "parent")
+    base = _tiny(tmp_path / "child")
+    config = dataclasses.replace(
+        base, steps=2, grounding_weight=1.0, model=dataclasses.replace(base.model, text_layers=0)
+    )
+    train_proving_ground(config, init_from=str(parent), command="test")
+    assert (tmp_path / "child" / "labels.npz").exists()
+    child = export_pipeline(tmp_path / "child", tmp_path / "child_export")
+    encoder = CLIPTextModel.from_pretrained(child, subfolder="text_encoder")
+    assert encoder.config.num_hidden_layers == 0
+    before = UNet2DConditionModel.from_pretrained(parent, subfolder="unet").state_dict()
+    after = UNet2DConditionModel.from_pretrained(child, subfolder="unet").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    record = json.loads((child / "TRAINING.json").read_text())
+    parent_record = json.loads((parent / "TRAINING.json").read_text())
+    assert record["unet_steps"] == 2 and record["init_from"] == str(parent)
+    assert record["parent"]["unet_steps"] == parent_record["unet_steps"]
+    assert record["config"]["grounding_weight"] == 1.0
+
+
 def test_export_without_checkpoint_names_the_training_command(tmp_path):
     from diffuseg.synthetic.export import export_pipeline
 

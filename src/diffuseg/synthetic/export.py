@@ -153,6 +153,7 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path = TOY_MODEL_DIR) ->
         "stages": stages,
         "config": asdict(config),
         "init_from": state.init_from,
+        "parent": _parent_record(state.init_from),
         "versions": {
             "python": sys.version.split()[0],
             "platform": platform.platform(),
@@ -175,6 +176,16 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path = TOY_MODEL_DIR) ->
     tmp.rename(out_dir)
     logger.info("exported step %d to %s", state.step, out_dir)
     return out_dir
+
+
+def _parent_record(init_from: str | None) -> dict | None:
+    """The ``TRAINING.json`` of the folder a run started from (so the lineage stays on record)."""
+    if init_from is None:
+        return None
+    path = Path(init_from) / "TRAINING.json"
+    if not path.exists():
+        return {"missing": f"{path} not found at export time"}
+    return json.loads(path.read_text())
 
 
 def _version(name: str) -> str:
