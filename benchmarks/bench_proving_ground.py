@@ -288,6 +288,61 @@ def segmentation_figure(backbone, native: int, methods: dict[str, dict], path: s
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
+@torch.no_grad()
+def attention_figure(backbone, native: int, path: str, num: int = 5, timestep: int = 100) -> None:
+    """Scene / ground truth / the cross-attention map of each class word of its caption, as a PNG.
+
+    Maps are averaged over layers and resolutions, upsampled and min-max normalised per word
+    (what the probe's argmax compares); the word is written under its map.
+    """
+    from PIL import Image, ImageDraw
+
+    from diffuseg.backbone.features import FeatureRequest
+    from diffuseg.commands.inspect import colorize
+
+    ds = SyntheticScenes("val", num)
+    palette = np.random.default_rng(3).integers(40, 255, size=(256, 3), dtype=np.uint8)
+    max_words = 5
+    rows = []
+    for i in range(num):
+        sample = ds[i]
+        size = sample.label.shape
+        feats = backbone.extract(
+            [sample.image],
+            FeatureRequest(cross_attention=True),
+            prompts=sample.meta["caption"],
+            timestep=timestep,
+            image_size=native,
+            resize_mode="squash",
+        )
+        total = None
+        for (h, w), m in feats.by_resolution("cross").items():  # (1, h*w, T)
+            up = torch.nn.functional.interpolate(
+                m[0].T.reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False
+            )[:, 0]
+            total = up if total is None else total + up
+        tokens = [t.replace("</w>", "") for t in feats.tokens[0]]
+        words = [w for w in dict.fromkeys(sample.meta["caption"].split()) if w in ds.class_names][:max_words]
+        cells = [np.asarray(sample.image), palette[sample.label]]
+        titles = ["scene", "labels"]
+        for word in words:
+            m = total[[j for j, t in enumerate(tokens) if t == word]].mean(0)
+            cells.append(colorize(_minmax(m.flatten()).reshape(m.shape).numpy()))
+            titles.append(word)
+        while len(cells) < max_words + 2:
+            cells.append(np.full_like(cells[0], 255))
+            titles.append("")
+        strip = Image.fromarray(np.concatenate(cells, axis=1))
+        canvas = Image.new("RGB", (strip.width, strip.height + 14), "white")
+        canvas.paste(strip, (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        for j, title in enumerate(titles):
+            draw.text((j * size[1] + 4, strip.height + 1), title, fill="black")
+        rows.append(np.asarray(canvas))
+        logger.info("attention figure: %s", sample.meta["caption"])
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
 def to_markdown(rows: list[dict], info: dict) -> str:
     lines = [
         "# Proving-ground results",
@@ -334,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", action="store_true", help="also run the direct attention probes")
     parser.add_argument("--probe-timestep", type=int, default=100)
     parser.add_argument("--figure", default=None, help="PNG: scenes, labels, diffseg, kmeans-color")
+    parser.add_argument("--attention-figure", default=None, help="PNG: scenes and their words' cross-attention")
     parser.add_argument("--diffseg-kl", type=float, default=None, help="also score diffseg with this KL threshold")
     parser.add_argument("--diffseg-size", type=int, default=None, help="input size of that extra diffseg row")
     parser.add_argument(
@@ -382,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             {"diffseg": {"image_size": size, "resize_mode": "squash", **kl}, "kmeans-color": {}},
             args.figure,
         )
+    if args.attention_figure:
+        attention_figure(backbone, native, args.attention_figure, timestep=args.probe_timestep)
     probes = None
     if args.probe:
         probes = probe_attention(backbone, dataset, native, args.probe_timestep)

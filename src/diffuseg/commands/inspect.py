@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-__all__ = ["register", "run", "feature_similarity", "attention_map", "query_map", "render", "parse_point"]
+__all__ = ["register", "run", "feature_similarity", "attention_map", "query_map", "render", "colorize", "parse_point"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def query_map(features: Any, method: str, point: tuple[float, float]) -> torch.T
     raise ValueError(f"`--method` must be one of {METHODS}, got {method!r}.")
 
 
-def _colorize(values: np.ndarray) -> np.ndarray:
+def colorize(values: np.ndarray) -> np.ndarray:
     """(H, W) floats in [0, 1] -> (H, W, 3) uint8."""
     pos = np.clip(values, 0, 1) * (len(_STOPS) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(_STOPS) - 2)
@@ -128,7 +128,7 @@ def render(
         0, 0
     ].numpy()
     lo, hi = value_range if value_range is not None else (float(values.min()), float(values.max()))
-    heat = Image.fromarray(_colorize((up - lo) / max(hi - lo, 1e-12)))
+    heat = Image.fromarray(colorize((up - lo) / max(hi - lo, 1e-12)))
     canvas = Image.new("RGB", (2 * w, h))
     canvas.paste(image.convert("RGB"), (0, 0))
     canvas.paste(Image.blend(image.convert("RGB"), heat, 0.75), (w, 0))
