@@ -143,6 +143,19 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def _word_maps(feats, size: tuple[int, int]) -> torch.Tensor:
+    """Cross-attention of every token of image 0, summed over resolutions: (T, H, W) float32.
+
+    Each resolution's layer mean is upsampled bilinearly to `size` first.
+    """
+    total = None
+    for (h, w), m in feats.by_resolution("cross").items():  # m: (1, h*w, T)
+        maps = m[0].T.reshape(-1, 1, h, w)  # (T, 1, h, w)
+        up = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
+        total = up if total is None else total + up
+    return total
+
+
 @torch.no_grad()
 def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: int = 100) -> dict:
     """Model-level checks that need no method: how much the attention knows.
@@ -193,11 +206,10 @@ def probe_attention(backbone, dataset: SyntheticScenes, native: int, timestep: i
         selfs = feats.by_resolution("self")
         fine = max(selfs, key=lambda hw: hw[0] * hw[1])  # finest self-attention grid (h, w)
         a_fine = selfs[fine].reshape(fine[0] * fine[1], fine[0] * fine[1])  # rows sum to 1
-        total, coarse = None, None
+        total = _word_maps(feats, label.shape)
+        coarse = None
         for (h, w), m in cross.items():  # m: (1, h*w, T)
             maps = m[0].T.reshape(-1, 1, h, w)  # (T, 1, h, w)
-            up = torch.nn.functional.interpolate(maps, size=label.shape, mode="bilinear", align_corners=False)[:, 0]
-            total = up if total is None else total + up
             at_fine = torch.nn.functional.interpolate(maps, size=fine, mode="bilinear", align_corners=False)[:, 0]
             at_fine = _minmax(at_fine.flatten(1)).reshape(at_fine.shape)  # per token, per resolution
             coarse = at_fine if coarse is None else coarse + at_fine
@@ -315,12 +327,7 @@ def attention_figure(backbone, native: int, path: str, num: int = 5, timestep: i
             image_size=native,
             resize_mode="squash",
         )
-        total = None
-        for (h, w), m in feats.by_resolution("cross").items():  # (1, h*w, T)
-            up = torch.nn.functional.interpolate(
-                m[0].T.reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False
-            )[:, 0]
-            total = up if total is None else total + up
+        total = _word_maps(feats, size)
         tokens = [t.replace("</w>", "") for t in feats.tokens[0]]
         words = [w for w in dict.fromkeys(sample.meta["caption"].split()) if w in ds.class_names][:max_words]
         cells = [np.asarray(sample.image), palette[sample.label]]
