@@ -2,7 +2,7 @@
 
 Stable Diffusion's class-word cross-attention localises objects because it was trained on
 billions of captions; a few thousand CPU steps on synthetic scenes do not get there on their own
-(the toy model's word-token cross-attention stayed at chance after 3,800 steps, see
+(the toy model's word-token cross-attention stayed at chance for 4,748 steps, see
 docs/proving_ground.md). TokenCompose (arXiv 2312.03626) fine-tunes SD with an extra
 token-level loss that pulls each noun's cross-attention mass into that noun's segmentation
 mask; we add its ``L_token`` term, with the scenes' exact label maps as the masks:

@@ -62,7 +62,7 @@ class TrainConfig:
             tokens, the first 1,000 steps learned flat cross-attention (all tokens alike).
         grounding_weight: weight of TokenCompose's token grounding loss (Wang et al. 2024,
             `diffuseg.synthetic.grounding`): each class word's cross-attention mass is pulled
-            into its class's mask. 0 turns it off. Without it 3,800 CPU steps left word-token
+            into its class's mask. 0 turns it off. Without it 4,748 CPU steps left word-token
             cross-attention at chance level (docs/proving_ground.md).
         grounding_max_timestep: the grounding loss applies to timesteps below this only; at
             higher noise the latent says little about where the objects are.
