@@ -70,20 +70,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="only fine-tune the VAE decoder of --out for this many steps (encoder frozen)",
     )
-    for name, kind in _FIELDS.items():
-        pg.add_argument(
-            "--" + name.replace("_", "-"),
-            type=kind,
-            default=None,
-            help=f"TrainConfig.{name} (default: the library default)",
-        )
-    for name, kind in _MODEL_FIELDS.items():
-        pg.add_argument(
-            "--" + name.replace("_", "-"),
-            type=kind,
-            default=None,
-            help=f"ToyModelConfig.{name} of a new run (default: the library default)",
-        )
+    for owner, table in (("TrainConfig", _FIELDS), ("ToyModelConfig", _MODEL_FIELDS)):
+        for name, kind in table.items():
+            pg.add_argument(
+                "--" + name.replace("_", "-"),
+                type=kind,
+                default=None,
+                help=f"{owner}.{name} (default: the library default)",
+            )
     pg.set_defaults(func=run)
 
 
