@@ -70,6 +70,29 @@ def test_training_writes_every_stage(trained_run):
     assert ckpt["step"] == 3 and len(ckpt["losses"]) == 3
 
 
+def test_pool_labels_match_a_re_render_from_the_seeds(trained_run, tmp_path):
+    """`build_pool` writes the label maps of the scenes it renders; `build_labels` re-renders
+    them for a pool without (older runs) and must give the same maps."""
+    import dataclasses
+    import shutil
+
+    import numpy as np
+
+    from diffuseg.synthetic.train import build_labels, build_pool
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run / "pool.npz", run / "pool.npz")
+    config = _tiny(run)
+    _, captions = build_pool(config)
+    rendered = build_labels(config, captions)  # no labels.npz here: re-rendered
+    stored = np.load(trained_run / "labels.npz")["labels"]
+    assert rendered.dtype == np.uint8 and rendered.shape == (8, 16, 16)
+    assert np.array_equal(rendered, stored)
+    with pytest.raises(RuntimeError, match="another caption"):
+        build_labels(dataclasses.replace(config, seed=1, out=str(tmp_path / "other")), captions)
+
+
 def test_resume_extends_the_run_and_keeps_the_config(trained_run):
     from diffuseg.synthetic.export import train_proving_ground
 

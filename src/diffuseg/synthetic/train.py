@@ -121,8 +121,27 @@ def scene_to_array(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
 
 
+def label_to_array(label: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W) label map to (size, size) uint8 class ids with nearest neighbour."""
+    label = label.astype(np.uint8)
+    if label.shape[0] == size:
+        return label
+    return np.asarray(Image.fromarray(label).resize((size, size), Image.NEAREST))
+
+
+def _save_labels(config: TrainConfig, labels: np.ndarray) -> None:
+    path = Path(config.out) / "labels.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, labels=labels)
+    tmp.replace(path)
+
+
 def build_pool(config: TrainConfig) -> tuple[np.ndarray, list[str]]:
-    """Render (or load) the training pool: uint8 (N, S, S, 3) images and N captions."""
+    """Render (or load) the training pool: uint8 (N, S, S, 3) images and N captions.
+
+    A freshly rendered pool also writes its label maps (``labels.npz``, see `build_labels`)
+    from the same scenes, so they are rendered once.
+    """
     path = Path(config.out) / "pool.npz"
     if path.exists():
         data = np.load(path)
@@ -130,24 +149,27 @@ def build_pool(config: TrainConfig) -> tuple[np.ndarray, list[str]]:
     t0 = time.time()
     size = config.model.image_size
     images = np.empty((config.num_scenes, size, size, 3), dtype=np.uint8)
+    labels = np.empty((config.num_scenes, size, size), dtype=np.uint8)
     captions = []
     for i in range(config.num_scenes):
         scene = render_scene(config.scene, scene_rng("train", i, config.seed))
         images[i] = scene_to_array(scene.image, size)
+        labels[i] = label_to_array(scene.label, size)
         captions.append(scene.caption)
         if (i + 1) % 2000 == 0:
             logger.info("pool: %d/%d scenes (%.0fs)", i + 1, config.num_scenes, time.time() - t0)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _save_labels(config, labels)
     np.savez(path, images=images, captions=np.array(json.dumps(captions)))
     return images, captions
 
 
 def build_labels(config: TrainConfig, captions: list[str] | None = None) -> np.ndarray:
-    """Render (or load) the label maps of the pool: uint8 (N, S, S) class ids at the model size.
+    """Load the label maps of the pool: uint8 (N, S, S) class ids at the model size.
 
-    Scenes are re-rendered from their seeds (the pool stage predates the grounding loss); the
-    captions are checked against the pool's so that labels and images cannot drift apart.
-    Labels are resized with nearest neighbour.
+    `build_pool` writes them; a pool rendered before that (the grounding loss came later) has
+    its scenes re-rendered from their seeds here, the captions checked against the pool's so
+    that labels and images cannot drift apart.
     """
     path = Path(config.out) / "labels.npz"
     if path.exists():
@@ -159,15 +181,10 @@ def build_labels(config: TrainConfig, captions: list[str] | None = None) -> np.n
         scene = render_scene(config.scene, scene_rng("train", i, config.seed))
         if captions is not None and scene.caption != captions[i]:
             raise RuntimeError(f"scene {i} re-rendered with another caption: the pool was built differently.")
-        lab = scene.label.astype(np.uint8)
-        if lab.shape[0] != size:
-            lab = np.asarray(Image.fromarray(lab).resize((size, size), Image.NEAREST))
-        labels[i] = lab
+        labels[i] = label_to_array(scene.label, size)
         if (i + 1) % 2000 == 0:
             logger.info("labels: %d/%d scenes (%.0fs)", i + 1, config.num_scenes, time.time() - t0)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, labels=labels)
-    tmp.replace(path)
+    _save_labels(config, labels)
     return labels
 
 
