@@ -10,6 +10,7 @@ import torch
 
 from diffuseg.backbone.features import Features
 from diffuseg.methods import get_method, list_methods
+from diffuseg.plan import Query
 from diffuseg.segmenter import Segmenter
 
 BASELINES = ("slic", "kmeans-color", "single-segment")
@@ -42,14 +43,15 @@ def _quadrant_ids(labels: torch.Tensor) -> list[int]:
 def test_baseline_conformance(name):
     spec = get_method(name)
     assert name in list_methods()
-    assert spec.requires.is_empty and not spec.open_vocabulary
-    assert set(spec.extraction_fields) == {"image_size", "resize_mode"}
     config = spec.config_cls()
+    pass_ = spec.plan(config, Query(), None)
+    assert not pass_.uses_model and pass_.size is None and spec.kind == "baseline"
+    assert spec.plan(config, Query(size=32, resize_mode="crop"), None).size == 32  # the caller's framing
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.image_size = 3  # type: ignore[misc]
+        config.anything = 3  # type: ignore[attr-defined]
     img = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
-    a = spec.run(Features(images=img, meta=[{}]), config)
-    b = spec.run(Features(images=img, meta=[{}]), config)
+    a = spec.run(Features(images=img, meta=[{}]), config, Query(), {})
+    b = spec.run(Features(images=img, meta=[{}]), config, Query(), {})
     assert a.labels.shape == (40, 56) and a.labels.dtype == torch.int64
     assert int(a.labels.min()) == 0 and a.label_ids() == list(range(a.num_segments))
     assert torch.equal(a.labels, b.labels)  # deterministic
@@ -61,7 +63,7 @@ def test_baseline_conformance(name):
 )
 def test_four_quadrants_give_four_segments(name, overrides):
     spec = get_method(name)
-    seg = spec.run(Features(images=_quadrants(), meta=[{}]), spec.make_config(**overrides))
+    seg = spec.run(Features(images=_quadrants(), meta=[{}]), spec.make_config(**overrides), Query(), {})
     assert seg.num_segments == 4
     assert sorted(_quadrant_ids(seg.labels)) == [0, 1, 2, 3]
     for q, lab in zip(range(4), _quadrant_ids(seg.labels), strict=True):
@@ -72,7 +74,7 @@ def test_four_quadrants_give_four_segments(name, overrides):
 
 def test_single_segment_is_all_zero():
     spec = get_method("single-segment")
-    seg = spec.run(Features(images=_quadrants(), meta=[{}]), spec.make_config())
+    seg = spec.run(Features(images=_quadrants(), meta=[{}]), spec.make_config(), Query(), {})
     assert seg.num_segments == 1 and int(seg.labels.abs().sum()) == 0
 
 
@@ -82,20 +84,20 @@ def test_kmeans_seed_is_local_and_reproducible():
     cfg = spec.make_config(num_clusters=5, seed=3, max_fit_pixels=500)
     torch.manual_seed(123)
     np.random.seed(123)
-    a = spec.run(Features(images=img, meta=[{}]), cfg)
+    a = spec.run(Features(images=img, meta=[{}]), cfg, Query(), {})
     np.random.seed(999)
-    b = spec.run(Features(images=img, meta=[{}]), cfg)
+    b = spec.run(Features(images=img, meta=[{}]), cfg, Query(), {})
     assert torch.equal(a.labels, b.labels)
 
 
 def test_baselines_run_through_segmenter_without_a_backbone():
     image = (_quadrants(60)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)  # (60, 60, 3)
-    seg = Segmenter(None, "slic", n_segments=4, image_size=32)(image)
+    seg = Segmenter(None, "slic", n_segments=4)(Query(image=image, size=32, resize_mode="crop"))
     assert seg.size == (32, 32)
     full = seg.to_input_frame()
     assert tuple(full.shape) == (60, 60)
-    keep = Segmenter(None, "single-segment", resize_mode="keep_aspect")(image[:, :40])
-    assert tuple(keep.to_input_frame().shape) == (60, 40)
+    keep = Segmenter(None, "single-segment")(image[:, :40])  # default: the whole image, own size
+    assert keep.size == (60, 40) and tuple(keep.in_input_frame().labels.shape) == (60, 40)
 
 
 @pytest.mark.parametrize(
@@ -103,11 +105,11 @@ def test_baselines_run_through_segmenter_without_a_backbone():
     [
         ("slic", {"n_segments": 0}),
         ("slic", {"compactness": -1.0}),
-        ("slic", {"resize_mode": "zoom"}),
+        ("slic", {"sigma": float("inf")}),
         ("kmeans-color", {"num_clusters": 0}),
         ("kmeans-color", {"color_space": "hsv"}),
         ("kmeans-color", {"spatial_weight": -0.5}),
-        ("single-segment", {"image_size": 0}),
+        ("kmeans-color", {"num_clusters": 2.5}),
     ],
 )
 def test_bad_config_raises_value_error_naming_the_field(name, bad):

@@ -27,16 +27,18 @@ def photos(tmp_path):
 def test_segment_writes_three_files_per_image(tiny_model_dir, photos, tmp_path):
     out = tmp_path / "out"
     rc = main(["segment", *photos, "--model", str(tiny_model_dir), "--size", "32", "--out", str(out),
-               "--no-progress", "--batch-size", "2", "--kl-thresholds", "0.9", "0.9", "--seed", "0"])
+               "--no-progress", "--batch-size", "2", "--kl-thresholds", "0.9,0.9", "--seed", "0"])
     assert rc == 0
-    for stem in ("img0", "img1"):
+    for stem, (h, w) in (("img0", (48, 40)), ("img1", (64, 64))):
         labels = np.asarray(Image.open(out / f"{stem}.labels.png"))
-        assert labels.shape == (32, 32)
-        assert Image.open(out / f"{stem}.overlay.png").size == (32, 32)
+        assert labels.shape == (h, w)  # the whole image, at its own size
+        assert Image.open(out / f"{stem}.overlay.png").size == (w, h)
         data = json.loads((out / f"{stem}.json").read_text())
         assert data["method"] == "diffseg" and data["config"]["kl_thresholds"] == [0.9, 0.9]
         assert data["config"]["num_anchors_per_side"] == 16  # library default, untouched by the CLI
-        assert sum(s["area"] for s in data["segments"]) == 32 * 32
+        assert sum(s["area"] for s in data["segments"]) == h * w
+        assert data["meta"]["frame"] == "input" and data["meta"]["input_size"] == [h, w]
+        assert data["meta"]["model_size"] == [32, 32] and data["meta"]["preset"] is None
 
 
 def test_bad_files_are_reported_and_the_batch_goes_on(tiny_model_dir, photos, tmp_path, capsys):
@@ -66,19 +68,20 @@ def test_existing_outputs_are_kept_without_overwrite(tiny_model_dir, photos, tmp
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--kl-thresholds", "0"], "kl_thresholds"),
-        (["--num-anchors-per-side", "0"], "num_anchors_per_side"),
-        (["--timestep", "5000"], "timestep"),
+        (["--kl-thresholds", "0"], "--kl-thresholds must be"),
+        (["--kl-thresholds", "0.5,inf"], "--kl-thresholds must be a finite number"),
+        (["--num-anchors-per-side", "0"], "--num-anchors-per-side"),
+        (["--timestep", "5000"], "--timestep must be an int in [0, 1000)"),
         (["--method", "nope"], "unknown method"),
         (["--tau", "0.3"], "does not apply"),
-        (["--size", "30"], "multiple"),
+        (["--size", "30"], "--size must be a multiple of 16"),
     ],
 )
 def test_invalid_options_exit_2_with_a_clear_message(tiny_model_dir, photos, tmp_path, capsys, extra, message):
     rc = main(["segment", photos[0], "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
                "--no-progress", *extra])
     captured = capsys.readouterr().err
-    assert rc in (1, 2) and message in captured
+    assert rc == 2 and message in captured and "Traceback" not in captured
     assert not (tmp_path / "o" / "img0.json").exists()
 
 
@@ -106,5 +109,11 @@ def test_image_smaller_than_latent_grid_is_reported(tiny_model_dir, tmp_path, ca
     Image.new("L", (6, 6), 100).save(tiny)  # grayscale, 6 px < 16-token latent side at --size 32
     rc = main(["segment", str(tiny), "--model", str(tiny_model_dir), "--size", "32", "--out", str(tmp_path / "o"),
                "--no-progress"])
-    assert rc == 1 and "smaller than the model's latent grid" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "smaller than the model's latent grid" in err and "too small for this model" in err
+    small = tmp_path / "small.png"
+    Image.new("RGB", (10, 12), 100).save(small)  # 10 px: fits a model input of 10 * 2 -> 16
+    rc = main(["segment", str(small), "--model", str(tiny_model_dir), "--size", "32", "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    assert rc == 1 and "use --size 16 or smaller" in capsys.readouterr().err
     assert not (tmp_path / "o" / "tiny.json").exists()

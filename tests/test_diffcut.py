@@ -10,6 +10,7 @@ import torch
 from diffuseg.backbone import FeatureRequest
 from diffuseg.methods import diffcut, get_method
 from diffuseg.methods.diffcut import DiffCutConfig, feature_module_path
+from diffuseg.plan import Query
 
 SIZE = 32  # tiny models: VAE factor 2 x UNet factor <= 8
 
@@ -22,7 +23,7 @@ def _extract(backbone, image, config=None, seed=0, request=None):
         prompts=config.prompt,
         timestep=config.timestep,
         image_size=SIZE,
-        resize_mode=config.resize_mode,
+        resize_mode="crop",
         add_noise=config.add_noise,
         shared_noise=config.shared_noise,
         generator=torch.Generator().manual_seed(seed),
@@ -74,14 +75,14 @@ def test_early_exit_records_the_same_feature_and_skips_up_blocks(tiny_sdxl_backb
 def test_segment_invariants_and_determinism(fixture, request, quadrant_image):
     backbone = request.getfixturevalue(fixture)
     config = DiffCutConfig(tau=0.9, alpha=2.0)
-    seg = get_method("diffcut").run(_extract(backbone, quadrant_image, config), config)
+    seg = get_method("diffcut").run(_extract(backbone, quadrant_image, config), config, Query(), {})
     assert seg.method == "diffcut" and seg.config is config
     assert seg.labels.shape == (SIZE, SIZE) and seg.labels.dtype == torch.int64
     k = seg.num_segments
     assert seg.labels.min() == 0 and set(seg.label_ids()) == set(range(k))
     tokens = seg.extras["token_labels"]
     assert tokens.shape == (SIZE // 2 // 4,) * 2  # both UNets: 2 downsamplers before the block
-    again = get_method("diffcut").run(_extract(backbone, quadrant_image, config), config)
+    again = get_method("diffcut").run(_extract(backbone, quadrant_image, config), config, Query(), {})
     assert torch.equal(seg.labels, again.labels)
 
 
@@ -120,17 +121,33 @@ def test_config_defaults_follow_reference_and_validate():
     for bad in (
         {"tau": 0},
         {"alpha": -1},
-        {"resize_mode": "stretch"},
+        {"tau": float("inf")},
+        {"timestep": -1},
         {"pamr_dilations": ()},
         {"median_size": 2},
         {"assignment_size": 0},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             DiffCutConfig(**bad)
-    spec = get_method("diffcut")
     fields = {f.name for f in dataclasses.fields(DiffCutConfig)}
-    assert set(spec.extraction_fields) <= fields
-    assert {"tau", "alpha", "refine"} <= fields
+    assert {"tau", "alpha", "refine"} <= fields and "resize_mode" not in fields  # framing is the caller's
+
+
+def test_plan_and_presets(tiny_sdxl_backbone):
+    spec = get_method("diffcut")
+    pass_ = spec.plan(DiffCutConfig(), Query(), tiny_sdxl_backbone)
+    assert pass_.size == 1024 and pass_.timestep == 50 and pass_.add_noise and pass_.request.early_exit
+    assert pass_.request.hidden_states == (feature_module_path(tiny_sdxl_backbone.unet),)
+    assert spec.plan(DiffCutConfig(), Query(size=64, resize_mode="crop"), tiny_sdxl_backbone).size == 64
+    assert spec.make_config("sd1").tau == 0.2 and spec.make_config("sd1", tau=0.4).tau == 0.4  # flags win
+    assert spec.make_config("toy").image_size == 64 and spec.make_config(None) == DiffCutConfig()
+
+
+def test_query_label_size_sets_the_assignment_size(tiny_sdxl_backbone, quadrant_image):
+    feats = _extract(tiny_sdxl_backbone, quadrant_image)
+    config = DiffCutConfig(refine=False, tau=0.9, alpha=2.0)
+    assert diffcut.segment(feats, config, Query(label_size=8)).labels.shape == (8, 8)
+    assert diffcut.segment(feats, config, Query()).labels.shape == (SIZE, SIZE)
 
 
 def test_image_smaller_than_feature_grid_raises(tiny_sdxl_backbone, quadrant_image):

@@ -107,6 +107,14 @@ def test_diffcut_under_the_diffcut_eval_protocol(tiny_sdxl_backbone, tmp_path):
     protocol = Protocol(
         "diffcut-tiny", crop="square-minus-one", input_size=64, label_nearest="exact", score_size=16, resize_mode="crop"
     )
+    seen = []
+    extract = tiny_sdxl_backbone.extract
+
+    def spy(pixels, *args, **kwargs):
+        seen.append(tuple(pixels.shape[-2:]))
+        return extract(pixels, *args, **kwargs)
+
+    tiny_sdxl_backbone.extract = spy
     report = evaluate(
         load_dataset("voc21", _tiny_voc(tmp_path)),
         "diffcut",
@@ -119,5 +127,6 @@ def test_diffcut_under_the_diffcut_eval_protocol(tiny_sdxl_backbone, tmp_path):
         out_dir=tmp_path / "r",
     )
     assert report["dataset"]["num_evaluated"] == 2
-    assert report["method"]["config"]["image_size"] == 64
+    assert seen == [(64, 64)] * 2  # the protocol fixes the model input (through the Query), not the config
+    assert report["method"]["config"]["image_size"] == 1024 and report["protocol"]["input_size"] == 64
     assert 0.0 <= report["metrics"]["miou"] <= 1.0

@@ -43,14 +43,21 @@ def test_full_protocol_keeps_everything():
     image, label = _pair(7, 9)
     img, lab = prepare(image, label, PROTOCOLS["full"])
     assert img.size == (9, 7) and np.array_equal(lab, label)
-    assert PROTOCOLS["full"].method_overrides({"resize_mode", "image_size"}) == {
-        "resize_mode": "keep_aspect"
-    }
-    assert PROTOCOLS["diffseg"].method_overrides({"resize_mode", "image_size"}) == {
-        "resize_mode": "crop",
-        "image_size": 512,
-    }
-    assert PROTOCOLS["diffcut"].method_overrides({"timestep"}) == {}
+    q = _protocol_query(PROTOCOLS["full"])
+    assert (q.size, q.resize_mode, q.label_size) == (None, "keep_aspect", None)  # the method's own size
+    q = _protocol_query(PROTOCOLS["diffseg"])
+    assert (q.size, q.resize_mode, q.label_size) == (512, "crop", None)
+
+
+def _protocol_query(protocol):
+    """The Query the eval runner builds for one sample under `protocol`."""
+    from diffuseg.eval.runner import _query
+    from diffuseg.types import Sample
+
+    sample = Sample("s", Image.new("RGB", (9, 7)), np.zeros((7, 9), np.int64), {"caption": "a cat"})
+    query = _query(sample, sample.image, protocol, ["background", "cat"])
+    assert query.id == "s" and query.caption == "a cat" and query.class_names == ["background", "cat"]
+    return query
 
 
 def test_nearest_rules():
@@ -72,6 +79,6 @@ def test_bad_protocols():
 def test_diffcut_protocol_asks_for_assignment_at_the_scoring_size():
     from diffuseg.eval.protocols import get_protocol
 
-    over = get_protocol("diffcut").method_overrides({"resize_mode", "image_size", "assignment_size"})
-    assert over == {"resize_mode": "crop", "image_size": 1024, "assignment_size": 128}
-    assert "assignment_size" not in get_protocol("diffseg").method_overrides({"assignment_size"})
+    q = _protocol_query(get_protocol("diffcut"))
+    assert (q.size, q.resize_mode, q.label_size) == (1024, "crop", 128)
+    assert _protocol_query(get_protocol("diffseg")).label_size is None

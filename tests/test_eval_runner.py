@@ -74,7 +74,7 @@ def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
         assert 0.0 < report["metrics"]["miou"] <= 1.0
         assert len(report["metrics"]["iou"]) == 21
         assert set(report["other_matchings"]) == {"hungarian-dataset", "diffcut-background"}
-        assert report["method"]["config"]["resize_mode"] == "keep_aspect"
+        assert report["protocol"]["resize_mode"] == "keep_aspect"
         on_disk = json.loads((out / f"voc21_{method}_full.json").read_text())
         assert on_disk["metrics"] == report["metrics"]
         assert set(on_disk["metrics"]["iou_by_class"]) == set(ds.class_names)
@@ -101,7 +101,7 @@ def test_paper_protocols_score_at_their_resolution(tmp_path, protocol):
     assert rec["size"] == ([512, 512] if protocol == "diffseg" else [1024, 1024])
     expected = 512 * 512 if protocol == "diffseg" else 128 * 128
     assert report["metrics"]["num_pixels"] <= expected
-    assert report["method"]["config"]["image_size"] == rec["size"][0]
+    assert report["protocol"]["input_size"] == rec["size"][0]
 
 
 class _Interrupt(RuntimeError):
@@ -295,22 +295,25 @@ def test_open_vocabulary_names_map_to_classes_without_matching(tmp_path, monkeyp
 
     list_methods()  # fill the registry first
 
+    from diffuseg.plan import Pass
+
     @dataclasses.dataclass(frozen=True)
     class VocabConfig:
-        class_names: tuple[str, ...] = ()
-        image_size: int | None = None
-        resize_mode: str = "crop"
+        pass
 
     seen = {}
 
-    def segment(features, config):
-        seen["names"] = config.class_names
+    def plan(config, query, backbone):
+        return Pass(size=query.size, resize_mode=query.resize_mode)
+
+    def segment(features, config, query, resources):
+        seen["names"] = tuple(query.class_names)
         h, w = features.image_size
         labels = torch.zeros((h, w), dtype=torch.int64)
         labels[:, w // 2 :] = 1  # right half: "dog"; left half: a name not in the dataset
         return Segmentation(labels=labels, names=["unicorn", "dog"])
 
-    spec = MethodSpec("fake-vocab", VocabConfig, segment, open_vocabulary=True)
+    spec = MethodSpec("fake-vocab", VocabConfig, plan, segment, kind="open-vocabulary", needs_classes=True)
     monkeypatch.setitem(METHODS, "fake-vocab", spec)
     label = np.zeros((4, 8), np.int64)
     label[:, 4:] = 2
@@ -337,7 +340,7 @@ def test_diffusion_method_on_a_tiny_backbone(tmp_path, tiny_backbone):
         out_dir=tmp_path / "r",
     )
     assert report["model"] == "tiny-sd1" and report["dataset"]["num_evaluated"] == 1
-    assert report["method"]["config"]["resize_mode"] == "keep_aspect"
+    assert report["protocol"]["resize_mode"] == "keep_aspect"
     assert 0.0 <= report["metrics"]["miou"] <= 1.0
     rec = json.loads((tmp_path / "r" / "voc21_diffseg_full.jsonl").read_text().splitlines()[1])
     assert rec["size"] == [48, 64]  # scored at full label resolution

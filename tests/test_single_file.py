@@ -201,7 +201,9 @@ def test_sdxl_single_file_round_trip_offline(tiny_sdxl):
     assert got.self_attention and set(got.cross_attention) == set(ref.cross_attention)
     for kind in ("self_attention", "cross_attention"):
         for k, v in getattr(ref, kind).items():
-            torch.testing.assert_close(getattr(got, kind)[k], v, rtol=0, atol=0)
+            # same weights (checked bit for bit above); the loaded and the in-memory modules may
+            # still take different CPU kernels (memory layout), which differ in the last bits
+            torch.testing.assert_close(getattr(got, kind)[k], v, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -295,8 +297,8 @@ def test_cli_segment_with_a_single_file(checkpoint_files, config_dir, tmp_path, 
     rc = main(["segment", str(img), "--model", str(checkpoint_files["safetensors"]), "--model-config",
                str(config_dir), "--size", "32", "--out", str(out), "--no-progress", "--seed", "0"])
     assert rc == 0, capsys.readouterr().err
-    assert np.asarray(Image.open(out / "photo.labels.png")).shape == (32, 32)
-    assert sum(s["area"] for s in json.loads((out / "photo.json").read_text())["segments"]) == 32 * 32
+    assert np.asarray(Image.open(out / "photo.labels.png")).shape == (40, 48)  # the whole image, its own size
+    assert sum(s["area"] for s in json.loads((out / "photo.json").read_text())["segments"]) == 40 * 48
 
     rc = main(["segment", str(img), "--model", str(checkpoint_files["ckpt"]), "--size", "32",
                "--out", str(tmp_path / "out2"), "--no-progress"])

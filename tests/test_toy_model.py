@@ -137,6 +137,7 @@ def test_toy_attention_means_something_on_held_out_scenes():
     loss, whose word attention was at chance, had a median ratio of 1.2; these have about 200.)"""
     from diffuseg.backbone.backbone import DiffusionBackbone
     from diffuseg.backbone.features import FeatureRequest
+    from diffuseg.plan import Query
     from diffuseg.segmenter import Segmenter
     from diffuseg.synthetic.dataset import SyntheticScenes
 
@@ -169,8 +170,7 @@ def test_toy_attention_means_something_on_held_out_scenes():
                 ratios.append(float(a[mask].mean() / a[~mask].mean()))
     assert len(ratios) >= 20
     assert np.median(ratios) > 10.0, f"median inside/outside attention ratio {np.median(ratios):.2f}"
-    record = json.loads((TOY_MODEL_DIR / "TRAINING.json").read_text())
-    overrides = record["recommended_method_overrides"]["diffseg"]
-    seg = Segmenter(backbone, "diffseg", resize_mode="squash", **overrides)
-    counts = [len(np.unique(seg(sample.image).labels.numpy())) for sample in scenes]
+    seg = Segmenter(backbone, "diffseg")  # the toy model's preset: tuned tau and size
+    assert backbone.family == "toy" and seg.config.kl_thresholds == (0.05, 0.05, 0.05)
+    counts = [len(np.unique(seg(Query(image=sample.image)).labels.numpy())) for sample in scenes]
     assert np.mean(counts) > 1.5, counts

@@ -1,6 +1,6 @@
 """`diffuseg` command line: ``diffuseg segment | eval | train | inspect | env``.
 
-Every module in `diffuseg.commands` that defines ``register(subparsers)`` adds a subcommand.
+Every subcommand in `diffuseg.commands.COMMANDS` is a module there with ``register(subparsers)``.
 `main` returns the exit code: 0 success, 1 some inputs failed, 2 bad usage or missing model.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import pkgutil
 import sys
 
 from ._version import __version__
@@ -19,9 +18,17 @@ __all__ = ["main", "build_parser"]
 logger = logging.getLogger("diffuseg")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every discovered subcommand."""
-    from . import commands
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in `argv` (the first word that is one), or None."""
+    from .commands import COMMANDS
+
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser. With `argv`, only the subcommand it names is built in full (the
+    others get a stub with their one-line help), so ``diffuseg --help`` imports no torch."""
+    from .commands import COMMANDS
 
     parser = argparse.ArgumentParser(
         prog="diffuseg", description="Segment images with the internals of text-to-image diffusion models."
@@ -29,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffuseg {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    order = {"segment": 0, "eval": 1, "inspect": 2, "train": 3, "demo": 4, "env": 5}
-    names = sorted((m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")),
-                   key=lambda n: (order.get(n, 99), n))
-    for name in names:
-        module = importlib.import_module(f"{commands.__name__}.{name}")
-        if hasattr(module, "register"):
-            module.register(sub)
+    chosen = _command_in(argv) if argv is not None else None
+    for name, help_ in COMMANDS.items():
+        if argv is not None and name != chosen:
+            sub.add_parser(name, help=help_)
+            continue
+        module = importlib.import_module(f"diffuseg.commands.{name}")
+        module.register(sub)
     return parser
 
 
@@ -55,7 +62,8 @@ def _quiet_dependencies() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with `argv` (default: sys.argv[1:]) and return the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help

@@ -158,9 +158,14 @@ def preprocess(
         pil = _as_pil(image)
         w, h = pil.size
         if min(w, h) < min_side:
+            hint = ""
+            if size is not None:
+                fits = min(w, h) * size // min_side // multiple * multiple
+                hint = (f"; use `image_size` {fits} or smaller for this image" if fits >= multiple
+                        else "; the image is too small for this model")
             raise ValueError(
-                f"image of size {w}x{h} is smaller than the model's latent grid "
-                f"({min_side} px per side); use an image of at least {min_side}x{min_side}."
+                f"image of size {w}x{h} is smaller than the model's latent grid at `image_size` {size} "
+                f"({min_side} px per side){hint}."
             )
         plan = _plan(w, h, size, mode, multiple)
         arr = np.asarray(pil.crop(plan.crop_box), dtype=np.float32) / 255.0

@@ -1,8 +1,13 @@
-"""`Segmenter`: images in, `Segmentation` out, for any registered method.
+"""`Segmenter`: queries in, `Segmentation` out, for any registered method.
 
-It runs the backbone once per batch and keeps the last recorded `Features`: re-segmenting the
-same images with other post-processing parameters (thresholds, anchors, refinement) re-uses
-them and runs no second UNet pass.
+The path of one image: the caller builds a `Query` (the CLI from a file, the eval runner from
+a dataset sample and its protocol); the method plans a `Pass` for it; queries whose passes
+share a batch key are preprocessed and run through the backbone together (``batch_size`` per
+call); each query's rows of the recorded `Features` go to the method's ``segment``. Features are
+cached per pass and image, so re-segmenting with other post-processing settings runs no model.
+
+One bad query (unreadable file, image too small, a pass the model rejects) fails alone: with
+``return_errors=True`` its slot in the result list holds the exception.
 """
 
 from __future__ import annotations
@@ -11,58 +16,57 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .backbone.backbone import DiffusionBackbone
-from .backbone.features import FeatureRequest, Features
-from .imageio import ImageInput, preprocess, stack_batch
+from .backbone.features import Features
+from .imageio import ImageInput, ImageLoadError, preprocess, stack_batch
 from .methods import MethodSpec, get_method
+from .plan import Pass, Query
 from .types import Segmentation
 
-__all__ = ["Segmenter", "extraction_options"]
+__all__ = ["Segmenter", "as_query"]
 
 logger = logging.getLogger(__name__)
 
-#: Config fields that describe the UNet pass, with the value used when a method has no such field.
-_EXTRACTION_DEFAULTS: dict[str, Any] = {
-    "timestep": 0,
-    "image_size": None,
-    "resize_mode": "crop",
-    "add_noise": False,
-    "shared_noise": False,
-    "prompt": "",
-    "latent_mode": "mean",
-}
 
-
-def extraction_options(config: Any) -> dict[str, Any]:
-    """The UNet-pass settings a method config asks for (missing fields take neutral values)."""
-    return {k: getattr(config, k, v) for k, v in _EXTRACTION_DEFAULTS.items()}
+def as_query(item: Query | ImageInput) -> Query:
+    """A `Query` as given, or one wrapping a bare image."""
+    return item if isinstance(item, Query) else Query(image=item)
 
 
 def _digest(pixels: torch.Tensor) -> str:
     return hashlib.sha1(pixels.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+@dataclasses.dataclass
+class _Item:
+    index: int
+    query: Query
+    pass_: Pass
+    pixels: torch.Tensor  # (3, h, w) float32 in [0, 1]
+    meta: dict[str, Any]
+
+
 class Segmenter:
     """Segment images with one method on one backbone.
-
-    A config's `image_size` of None means the model's native resolution
-    (`DiffusionBackbone.native_size`) for methods that run the model, and the image's own size
-    for image-only methods (baselines).
 
     Args:
         backbone: the diffusion model; may be None for methods that need only the image.
         method: registry name (see `diffuseg.methods.list_methods()`) or a `MethodSpec`.
-        batch_size: images per UNet pass in `segment_batch`.
-        **overrides: config fields to change from the method's defaults.
+        batch_size: images per model call.
+        resources: the method's extra models by name (`MethodSpec.resources`): loaded objects,
+            or strings (path / hub id) given to the resource's loader, on the backbone's device.
+        preset: the model family whose documented preset applies (`MethodSpec.presets`);
+            default the backbone's `family`; "" = none (the paper's defaults).
+        **overrides: config fields to change (on top of the preset).
 
     Example:
         >>> seg = Segmenter(backbone, "diffseg", kl_thresholds=(0.9, 0.9, 0.9))
-        >>> result = seg("photo.jpg")              # one UNet pass
+        >>> result = seg("photo.jpg")                        # one UNet pass
         >>> result2 = seg.resegment(num_anchors_per_side=8)  # no UNet pass
     """
 
@@ -72,116 +76,254 @@ class Segmenter:
         method: str | MethodSpec,
         *,
         batch_size: int = 1,
+        resources: Mapping[str, Any] | None = None,
+        preset: str | None = None,
         **overrides: Any,
     ) -> None:
-        self.spec = method if isinstance(method, MethodSpec) else get_method(method)
-        self.config = self.spec.make_config(**overrides)
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        self.spec = get_method(method)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
         self.batch_size = batch_size
         self.backbone = backbone
-        self.request: FeatureRequest = self.spec.request_for(backbone.unet if backbone is not None else None)
-        if backbone is None and not self.request.is_empty:
-            raise ValueError(f"method {self.spec.name!r} needs a diffusion backbone; got `backbone=None`.")
-        self._check_config()
-        self.unet_passes = 0
-        self._cache: tuple[tuple[Any, ...], Features] | None = None
-        self._last_inputs: list[ImageInput] | None = None
+        family = preset if preset is not None else getattr(backbone, "family", None)
+        self.preset = {"family": family, "overrides": self.spec.preset(family)} if self.spec.preset(family) else None
+        self.overrides = dict(overrides)
+        self.config = self.spec.make_config(family, **overrides)
+        self.resources = self._load_resources(resources or {})
+        self.model_calls = 0
+        self._cache: dict[tuple[Any, ...], Features] = {}
+        self._last_queries: list[Query] | None = None
+        self._check()
+
+    @property
+    def unet_passes(self) -> int:
+        """Model calls so far (kept for callers of the pre-plan API)."""
+        return self.model_calls
 
     # ------------------------------------------------------------------ configuration
-    def _check_config(self) -> None:
-        if self.backbone is not None and not self.request.is_empty:
-            self.backbone.check_timestep(extraction_options(self.config)["timestep"])
-            size = extraction_options(self.config)["image_size"]
-            if size is not None and size % self.backbone.size_multiple:
-                raise ValueError(f"`image_size` must be a multiple of {self.backbone.size_multiple} for this "
-                                 f"model, got {size}.")
+    def _load_resources(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        declared = {r.name: r for r in self.spec.resources}
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise ValueError(f"`resources` {unknown} are not used by method {self.spec.name!r}; "
+                             f"it takes {sorted(declared) or 'none'}.")
+        out: dict[str, Any] = {}
+        for name, res in declared.items():
+            value = given.get(name)
+            if value is None:
+                if res.required:
+                    raise ValueError(f"method {self.spec.name!r} needs the resource `{name}` ({res.description}); "
+                                     f"pass resources={{'{name}': ...}}.")
+                continue
+            if isinstance(value, str):
+                if res.load is None:
+                    raise ValueError(f"resource `{name}` of method {self.spec.name!r} takes a loaded object, "
+                                     f"not {value!r}.")
+                device = self.backbone.device if self.backbone is not None else "cpu"
+                dtype = self.backbone.dtype if self.backbone is not None else None
+                value = res.load(value, device, dtype)
+            out[name] = value
+        return out
+
+    def _check_pass(self, pass_: Pass) -> None:
+        """Validate a pass against the model (before any image is read or model run)."""
+        if not pass_.uses_model:
+            return
+        if self.backbone is None:
+            raise ValueError(f"method {self.spec.name!r} needs a diffusion backbone; got `backbone=None`.")
+        self.backbone.check_timestep(pass_.timestep)
+        multiple = self.backbone.size_multiple
+        if pass_.size is not None and pass_.size % multiple:
+            raise ValueError(f"`image_size` must be a multiple of {multiple} for this model, got {pass_.size}.")
+
+    def _check(self) -> None:
+        """A dry plan: the config's pass must suit the backbone before any image is read (the
+        memory check assumes a square image, the largest input at that size)."""
+        probe = Query(classes=(("object",),) if self.spec.needs_classes else ())
+        pass_ = self.spec.plan(self.config, probe, self.backbone)
+        self._check_pass(pass_)
+        if pass_.uses_model:
+            side = pass_.size or self.backbone.native_size
+            self._check_memory(pass_, (side, side))
+
+    def _need_bytes(self, pass_: Pass, model_size: tuple[int, int]) -> int:
+        rows = self.batch_size * len(pass_.prompts)
+        need = self.backbone.record_bytes(pass_.request, model_size, rows)
+        if self.spec.working_bytes is not None:
+            f = self.backbone.vae_scale_factor
+            need += self.spec.working_bytes(-(-model_size[0] // f) * -(-model_size[1] // f))
+        return need
+
+    def _check_memory(self, pass_: Pass, model_size: tuple[int, int]) -> None:
+        """Refuse, before anything is allocated, a model input whose recorded maps (and the
+        method's own work on them) would not fit in the memory free on the backbone's device.
+
+        Raises:
+            ValueError: naming `image_size`, the estimate, the free memory and a size that fits.
+        """
+        if pass_.sampler is not None:
+            return
+        from .devices import available_bytes
+
+        free = available_bytes(self.backbone.device)
+        need = self._need_bytes(pass_, model_size)
+        if free is None or need <= free:
+            return
+        longer, multiple = max(model_size), self.backbone.size_multiple
+        fit = None
+        for side in range(longer - multiple, multiple - 1, -multiple):
+            scaled = tuple(max(multiple, round(s * side / longer)) for s in model_size)
+            if self._need_bytes(pass_, scaled) <= free:  # type: ignore[arg-type]
+                fit = side
+                break
+        gib = 2.0**30
+        hint = f"`image_size` {fit} fits" if fit else "no input size fits"
+        raise ValueError(
+            f"a {model_size[0]}x{model_size[1]} model input (`image_size` {longer}) needs about {need / gib:.1f} GiB "
+            f"for method {self.spec.name!r} (attention maps and their processing), but {free / gib:.1f} GiB are "
+            f"free on {self.backbone.device}; {hint}."
+        )
 
     def configure(self, **overrides: Any) -> Segmenter:
-        """Change config fields in place (validated); returns self."""
+        """Change config fields in place (validated; the config is unchanged on error); returns self."""
         known = {f.name for f in dataclasses.fields(self.config)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for method {self.spec.name!r}; allowed: {sorted(known)}.")
-        config = dataclasses.replace(self.config, **overrides)
-        old, self.config = self.config, config
+        old, self.config = self.config, dataclasses.replace(self.config, **overrides)
         try:
-            self._check_config()
+            self._check()
         except ValueError:
             self.config = old
             raise
+        self.overrides.update(overrides)
         return self
 
-    # ------------------------------------------------------------------ extraction
-    def _prepare(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        opts = extraction_options(self.config)
-        if self.backbone is not None and not self.request.is_empty:
-            return self.backbone.preprocess(images, opts["image_size"], opts["resize_mode"])
-        # image-only methods: None keeps the image's own size
-        tensors, metas = preprocess(list(images), opts["image_size"], opts["resize_mode"], multiple=1, min_side=1)
-        return stack_batch(tensors), metas
+    # ------------------------------------------------------------------ model work
+    def _prepare(self, index: int, query: Query) -> _Item:
+        if query.image is None:
+            raise ValueError("`query.image` is None; give an image to segment.")
+        pass_ = self.spec.plan(self.config, query, self.backbone)
+        self._check_pass(pass_)
+        if pass_.uses_model:
+            pixels, metas = self.backbone.preprocess([query.image], pass_.size, pass_.resize_mode)
+            self._check_memory(pass_, tuple(pixels.shape[-2:]))
+            return _Item(index, query, pass_, pixels[0], metas[0])
+        tensors, metas = preprocess([query.image], pass_.size, pass_.resize_mode, multiple=1, min_side=1)
+        return _Item(index, query, pass_, tensors[0], metas[0])
 
-    def extract(self, images: Sequence[ImageInput], generator: torch.Generator | None = None,
-                refresh: bool = False) -> Features:
-        """Preprocess and run (or re-use) the UNet pass for a batch; returns its `Features`."""
-        pixels, metas = self._prepare(images)
-        opts = extraction_options(self.config)
-        key = (_digest(pixels), tuple(sorted(opts.items())), self.request)
-        if not refresh and self._cache is not None and self._cache[0] == key:
-            logger.debug("re-using the recorded features (no UNet pass)")
-            features = self._cache[1]
-        elif self.request.is_empty or self.backbone is None:
+    def _features(self, chunk: list[_Item], generator: torch.Generator | None, refresh: bool,
+                  cache: dict[tuple[Any, ...], Features]) -> Features:
+        pass_ = chunk[0].pass_
+        pixels = stack_batch([it.pixels for it in chunk])
+        prompts = [p for it in chunk for p in it.pass_.prompts]
+        key = (pass_.batch_key(), tuple(prompts), tuple(_digest(it.pixels) for it in chunk))
+        if not refresh and key in self._cache:
+            logger.debug("re-using the recorded features (no model call)")
+            features = self._cache[key]
+        elif pass_.sampler is not None:
+            features = pass_.sampler(self.backbone, pixels, pass_, self.resources, generator)
+            self.model_calls += 1
+        elif not pass_.uses_model:
             features = Features(images=pixels)
         else:
             features = self.backbone.extract(
-                pixels, self.request, prompts=opts["prompt"], timestep=opts["timestep"],
-                add_noise=opts["add_noise"], shared_noise=opts["shared_noise"],
-                latent_mode=opts["latent_mode"], generator=generator,
+                pixels, pass_.request, prompts=prompts, timestep=pass_.timestep, add_noise=pass_.add_noise,
+                shared_noise=pass_.shared_noise, latent_mode=pass_.latent_mode, generator=generator,
+                prompts_per_image=len(pass_.prompts),
             )
-            self.unet_passes += 1
-        features.meta = [dict(m) for m in metas]
-        self._cache = (key, features)
+            self.model_calls += 1
+        cache[key] = features
         return features
+
+    def features(self, query: Query | ImageInput, generator: torch.Generator | None = None,
+                 refresh: bool = False) -> Features:
+        """The recorded features of one query (its pass's rows), with its `meta`."""
+        item = self._prepare(0, as_query(query))
+        features = self._features([item], generator, refresh, self._cache)
+        out = features.rows(0, features.batch_size)
+        out.meta = [dict(item.meta) for _ in range(out.batch_size)]
+        return out
 
     # ------------------------------------------------------------------ segmentation
     def segment_batch(
-        self, images: Sequence[ImageInput], generator: torch.Generator | None = None
-    ) -> list[Segmentation]:
-        """Segment images, `batch_size` per UNet pass; one `Segmentation` per image, in order.
+        self,
+        queries: Sequence[Query | ImageInput],
+        generator: torch.Generator | None = None,
+        *,
+        return_errors: bool = False,
+    ) -> list[Segmentation | Exception]:
+        """Segment queries; one `Segmentation` per query, in order.
 
-        Labels are at the model input size; `meta` records `input_size` and `crop_box` so
+        Queries whose passes share a batch key run `batch_size` per model call. Labels are at
+        the model input size; `meta` records `input_size`, `crop_box` and `model_size` so
         `Segmentation.to_input_frame()` maps them back onto the image as given.
-        """
-        images = list(images)
-        results: list[Segmentation] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            t0 = time.perf_counter()
-            features = self.extract(chunk, generator=generator)
-            t1 = time.perf_counter()
-            for i in range(len(chunk)):
-                seg = self.spec.run(features.select(i), self.config)
-                seg.meta = {**features.meta[i], **seg.meta, "model": getattr(self.backbone, "name", None),
-                            "seconds_extract": (t1 - t0) / len(chunk),
-                            "seconds_segment": time.perf_counter() - t1}
-                results.append(seg)
-        self._last_inputs = images
-        return results
 
-    def __call__(self, image: ImageInput, generator: torch.Generator | None = None, **overrides: Any) -> Segmentation:
-        """Segment one image; `overrides` change config fields first (see `configure`)."""
+        Args:
+            queries: `Query` objects or bare images.
+            generator: randomness for noise (drawn per model call, in order).
+            return_errors: put a failed query's exception (`ValueError`, `ImageLoadError`) in its
+                slot and go on; otherwise the first failure is raised after the batch.
+        """
+        queries = [as_query(q) for q in queries]
+        results: list[Segmentation | Exception | None] = [None] * len(queries)
+        groups: dict[tuple[Any, ...], list[_Item]] = {}
+        for i, query in enumerate(queries):
+            try:
+                item = self._prepare(i, query)
+            except (ValueError, ImageLoadError) as e:
+                results[i] = e
+                continue
+            groups.setdefault((item.pass_.batch_key(), tuple(item.pixels.shape)), []).append(item)
+        cache: dict[tuple[Any, ...], Features] = {}
+        for items in groups.values():
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                t0 = time.perf_counter()
+                try:
+                    features = self._features(chunk, generator, False, cache)
+                except ValueError as e:
+                    for it in chunk:
+                        results[it.index] = e
+                    continue
+                t1 = time.perf_counter()
+                rows = len(chunk[0].pass_.prompts)
+                for j, it in enumerate(chunk):
+                    own = features.rows(j * rows, (j + 1) * rows)
+                    own.meta = [dict(it.meta) for _ in range(rows)]
+                    t2 = time.perf_counter()
+                    try:
+                        seg = self.spec.run(own, self.config, it.query, self.resources)
+                    except ValueError as e:
+                        results[it.index] = e
+                        continue
+                    seg.meta = {**seg.meta, "id": it.query.id, "model": getattr(self.backbone, "name", None),
+                                "preset": self.preset, "seconds_model": (t1 - t0) / len(chunk),
+                                "seconds_segment": time.perf_counter() - t2}
+                    results[it.index] = seg
+        self._cache = cache
+        self._last_queries = queries
+        if not return_errors:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+        return results  # type: ignore[return-value]
+
+    def __call__(self, image: Query | ImageInput, generator: torch.Generator | None = None,
+                 **overrides: Any) -> Segmentation:
+        """Segment one image or query; `overrides` change config fields first (see `configure`)."""
         if overrides:
             self.configure(**overrides)
-        return self.segment_batch([image], generator=generator)[0]
+        return self.segment_batch([image], generator=generator)[0]  # type: ignore[return-value]
 
     def resegment(self, **overrides: Any) -> list[Segmentation] | Segmentation:
-        """Segment the last images again with changed post-processing parameters.
+        """Segment the last queries again with changed settings.
 
-        Re-uses the recorded features when the changed fields do not affect the UNet pass.
-        Returns one `Segmentation` if the last call segmented one image, else a list.
+        Re-uses the recorded features when the changed fields leave the passes unchanged.
+        Returns one `Segmentation` if the last call segmented one query, else a list.
         """
-        if self._last_inputs is None:
+        if self._last_queries is None:
             raise RuntimeError("nothing to re-segment yet: call the segmenter on an image first.")
         self.configure(**overrides)
-        out = self.segment_batch(self._last_inputs)
-        return out[0] if len(out) == 1 else out
+        out = self.segment_batch(self._last_queries)
+        return out[0] if len(out) == 1 else out  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""Result type shared by every method: `Segmentation`, plus its file writers."""
+"""Types shared across the package: `Segmentation` (every method's result, with its file writers)
+and `Sample` (one labelled image of a dataset)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["Segmentation", "palette", "atomic_write", "OutputExistsError"]
+__all__ = ["Segmentation", "Sample", "palette", "atomic_write", "OutputExistsError"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ def palette(num_colors: int = 256) -> np.ndarray:
     return cmap
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
     """Write `data` to `path` through a temp file in the same folder and a rename.
 
@@ -52,10 +60,11 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, overwrite: bool = Fals
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+        raise OutputExistsError(f"{path} exists; pass `overwrite=True` to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual 0644
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -157,6 +166,25 @@ class Segmentation:
         out[top:bottom, left:right] = inner
         return out
 
+    def in_input_frame(self) -> Segmentation:
+        """This segmentation with its labels on the image as it was given (nearest resize).
+
+        Needs a crop box covering the whole image (the default "keep_aspect"/"squash" framing);
+        `meta["frame"]` becomes "input".
+
+        Raises:
+            ValueError: if the meta data is missing or the model saw only a crop of the image.
+        """
+        if "input_size" not in self.meta or "crop_box" not in self.meta:
+            raise ValueError("this segmentation has no `input_size`/`crop_box` meta data.")
+        h, w = self.meta["input_size"]
+        if list(self.meta["crop_box"]) != [0, 0, w, h]:
+            raise ValueError(f"the model saw only the crop {self.meta['crop_box']} of the {w}x{h} image; "
+                             "use `to_input_frame(fill)` to place its labels.")
+        labels = self.to_input_frame()
+        meta = {**self.meta, "frame": "input"}
+        return dataclasses.replace(self, labels=labels, meta=meta, extras=dict(self.extras))
+
     # ------------------------------------------------------------------ conversions
     def to_label_image(self) -> Image.Image:
         """A palette ("P" mode) PNG-ready image whose pixel values are the label ids.
@@ -255,7 +283,7 @@ class Segmentation:
             existing = [str(p) for p in targets if p.exists()]
             if existing:
                 raise OutputExistsError(
-                    f"output exists: {', '.join(existing)}; pass --overwrite to replace."
+                    f"output exists: {', '.join(existing)}; pass `overwrite=True` to replace."
                 )
         blobs = [_png_bytes(self.to_label_image())]
         if image is not None:
@@ -263,3 +291,20 @@ class Segmentation:
         blobs.append(json.dumps(self.to_json_dict(), indent=1).encode())
         return [atomic_write(p, b, overwrite=overwrite) for p, b in zip(targets, blobs, strict=False)]
 
+
+@dataclass
+class Sample:
+    """One labelled image.
+
+    Attributes:
+        id: stable identifier (file stem or index), unique within the dataset.
+        image: RGB PIL image.
+        label: int64 array (H, W) of class ids in [0, num_classes) or `IGNORE_INDEX`, same size
+            as `image`.
+        meta: anything else (caption, file paths...).
+    """
+
+    id: str
+    image: Image.Image
+    label: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)

@@ -22,7 +22,19 @@ from .loading import (
 )
 from .recorder import EarlyExit, record
 
-__all__ = ["DiffusionBackbone", "PromptEmbeddings"]
+__all__ = ["DiffusionBackbone", "PromptEmbeddings", "FAMILIES", "model_family"]
+
+#: Model families that method presets are keyed by.
+FAMILIES = ("sd1", "sd2", "sdxl", "toy", "other")
+
+
+def model_family(unet: nn.Module) -> str:
+    """The family of a UNet from its config: "sdxl" (pooled text + time ids), "sd1" (768-d
+    CLIP text), "sd2" (1024-d OpenCLIP text), else "other". ("toy" is set by the loader.)"""
+    config = unet.config
+    if getattr(config, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    return {768: "sd1", 1024: "sd2"}.get(getattr(config, "cross_attention_dim", None), "other")
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +70,8 @@ class DiffusionBackbone:
         scheduler: any diffusers scheduler with `add_noise` (its `num_train_timesteps` bounds t).
         text_encoder_2, tokenizer_2: the second encoder of SDXL-family models.
         name: where the model came from (hub id or path), for reports.
+        family: the model family that selects method presets (`FAMILIES`); None = derived
+            from the UNet config (`model_family`).
     """
 
     def __init__(
@@ -70,6 +84,7 @@ class DiffusionBackbone:
         text_encoder_2: nn.Module | None = None,
         tokenizer_2: Any = None,
         name: str = "",
+        family: str | None = None,
     ) -> None:
         if not hasattr(unet, "attn_processors") or not hasattr(unet, "config"):
             raise NotADiffusionModelError(
@@ -83,6 +98,9 @@ class DiffusionBackbone:
         self.text_encoder = text_encoder.eval() if text_encoder is not None else None
         self.text_encoder_2 = text_encoder_2.eval() if text_encoder_2 is not None else None
         self.tokenizer, self.tokenizer_2, self.name = tokenizer, tokenizer_2, name
+        if family is not None and family not in FAMILIES:
+            raise ValueError(f"`family` must be one of {FAMILIES} or None, got {family!r}.")
+        self.family = family or model_family(unet)
         for m in self._modules():
             m.requires_grad_(False)
 
@@ -130,7 +148,9 @@ class DiffusionBackbone:
             parts = load_folder(path, torch_dtype=torch_dtype)
         parts.setdefault("text_encoder", None)
         parts.setdefault("tokenizer", None)
-        return cls(**parts, name=str(model))
+        # diffuseg's own proving-ground exports carry their training record
+        family = "toy" if path.is_dir() and (path / "TRAINING.json").is_file() else None
+        return cls(**parts, name=str(model), family=family)
 
     # ------------------------------------------------------------------ device / dtype
     def _modules(self) -> list[nn.Module]:
@@ -283,6 +303,29 @@ class DiffusionBackbone:
         time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=self.device)
         return {"text_embeds": prompt.pooled, "time_ids": time_ids.expand(prompt.pooled.shape[0], -1)}
 
+    def record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int = 1) -> int:
+        """Bytes of float32 attention maps that recording `request` for `rows` images of model
+        input `model_size` (H, W) allocates: the kept maps (per layer or per resolution) plus the
+        largest map being recorded. Computed from the UNet's structure; no pass is run."""
+        from .layers import attention_grids
+
+        f = self.vae_scale_factor
+        grids = attention_grids(self.unet, (-(-model_size[0] // f), -(-model_size[1] // f)))
+        text = (self.tokenizer or self.tokenizer_2).model_max_length
+        kept: dict[str, int] = {}
+        largest = 0
+        for layer, (h, w) in grids.items():
+            if not request.wants_attention(layer):
+                continue
+            n = h * w
+            size = rows * n * (n if layer.endswith("attn1") else text) * 4
+            if not request.average_heads:
+                size *= self.unet.get_submodule(layer).heads
+            key = layer if request.per_layer else f"{layer[-5:]}@{h}x{w}"
+            kept[key] = size
+            largest = max(largest, size)
+        return sum(kept.values()) + largest
+
     def check_timestep(self, timestep: int) -> int:
         """Validate `timestep` against the scheduler's range [0, num_train_timesteps)."""
         if not isinstance(timestep, int) or not 0 <= timestep < self.num_train_timesteps:
@@ -315,6 +358,7 @@ class DiffusionBackbone:
         shared_noise: bool = False,
         latent_mode: Literal["mean", "sample"] = "mean",
         generator: torch.Generator | None = None,
+        prompts_per_image: int = 1,
     ) -> Features:
         """Run one UNet pass over a batch and record what `request` asks for.
 
@@ -322,7 +366,8 @@ class DiffusionBackbone:
             images: one image or a list (paths, PIL, arrays, (3,H,W) tensors in [0,1]), or a
                 (B, 3, H, W) float tensor in [0, 1] already at model size.
             request: what to record (`FeatureRequest`).
-            prompts: one prompt for all images or one per image ("" = unconditional).
+            prompts: one prompt for all images, or one per row: B * `prompts_per_image`,
+                image-major ("" = unconditional).
             timestep: UNet timestep, in [0, scheduler.num_train_timesteps).
             image_size, resize_mode: preprocessing (see `diffuseg.imageio.preprocess`);
                 `image_size` None means the model's `native_size`.
@@ -331,9 +376,11 @@ class DiffusionBackbone:
                 instead of one per image.
             latent_mode: VAE posterior "mean" or "sample".
             generator: randomness for noise and posterior samples.
+            prompts_per_image: P; each image's latent (and noise) is repeated for its P prompts
+                in the same UNet call.
 
         Returns:
-            `Features` for the batch, attention maps in float32.
+            `Features` with B * P rows (image-major), attention maps in float32.
         """
         self.check_timestep(timestep)
         if isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -347,15 +394,22 @@ class DiffusionBackbone:
             batch = [images] if not isinstance(images, (list, tuple)) else list(images)
             pixels, metas = self.preprocess(batch, image_size, resize_mode)
         b = pixels.shape[0]
-        prompt_list = [prompts] * b if isinstance(prompts, str) else list(prompts)
-        if len(prompt_list) != b:
-            raise ValueError(f"got {len(prompt_list)} prompts for {b} images.")
+        if isinstance(prompts_per_image, bool) or not isinstance(prompts_per_image, int) or prompts_per_image < 1:
+            raise ValueError(f"`prompts_per_image` must be an int >= 1, got {prompts_per_image!r}.")
+        rows = b * prompts_per_image
+        prompt_list = [prompts] * rows if isinstance(prompts, str) else list(prompts)
+        if len(prompt_list) != rows:
+            raise ValueError(f"got {len(prompt_list)} prompts for {b} images x {prompts_per_image} prompts each.")
         latents = self.encode_images(pixels, latent_mode, generator)
         if add_noise:
             shape = (1, *latents.shape[1:]) if shared_noise else latents.shape
             noise = torch.randn(shape, generator=generator, device=generator.device if generator else self.device,
                                 dtype=torch.float32).to(self.device, latents.dtype).expand_as(latents)
             latents = self.scheduler.add_noise(latents, noise, torch.tensor([timestep] * b, device=self.device))
+        if prompts_per_image > 1:
+            latents = latents.repeat_interleave(prompts_per_image, dim=0)
+            pixels = pixels.repeat_interleave(prompts_per_image, dim=0)
+            metas = [m for m in metas for _ in range(prompts_per_image)]
         prompt = self.encode_prompts(prompt_list)
         latent_size = (int(latents.shape[-2]), int(latents.shape[-1]))
         with record(self.unet, request, latent_size) as store:

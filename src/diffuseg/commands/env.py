@@ -7,6 +7,8 @@ import platform
 import sys
 from typing import Any
 
+from . import COMMANDS
+
 __all__ = ["register", "run", "collect"]
 
 
@@ -43,7 +45,7 @@ def collect() -> dict[str, Any]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("env", help="print versions, devices and locally available models")
+    p = subparsers.add_parser("env", help=COMMANDS["env"])
     p.set_defaults(func=run)
 
 

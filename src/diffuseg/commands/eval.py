@@ -16,20 +16,24 @@ import logging
 import sys
 from typing import Any
 
+from . import COMMANDS
+
 __all__ = ["register", "run"]
 
 logger = logging.getLogger(__name__)
+
+
 
 
 def register(subparsers: Any) -> None:
     from ..eval.datasets import dataset_names
     from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
-    from .segment import add_method_options, add_model_options
+    from ._options import HelpFormatter, add_method_options, add_model_options, method_help
 
     p = subparsers.add_parser(
         "eval",
-        help="score a method on a benchmark dataset (mIoU, pixel accuracy, per-class IoU)",
+        help=COMMANDS["eval"], formatter_class=HelpFormatter,
         description="Score a method on a benchmark stored locally; writes per-image results "
         "(JSONL, resumable), a JSON report and a Markdown table into --out.",
     )
@@ -40,12 +44,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--root", help="folder the official archive unpacks to (e.g. VOCdevkit)")
     p.add_argument("--split", default=None, help="dataset split (default: the one papers report)")
-    p.add_argument("--method", default="diffseg", help="segmentation method (default diffseg)")
+    p.add_argument("--method", default="diffseg", help=f"segmentation method (default diffseg):\n{method_help()}")
     p.add_argument(
         "--protocol",
         default="full",
         choices=sorted(PROTOCOLS),
-        help="crop / resolution preset (default full: full ground-truth resolution)",
+        help="crop / resolution preset (default full: the whole image, scored at full resolution; "
+        "diffseg / diffcut fix the model input at 512 / 1024 px, so --size goes with full only)",
     )
     p.add_argument(
         "--matching",
@@ -77,13 +82,16 @@ def register(subparsers: Any) -> None:
         help="print these report JSON files side by side and exit",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--resource", action="append", default=[], metavar="NAME=VALUE",
+                   help="an extra model the method declares (path or hub id); repeatable")
     add_model_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
 
 
-def _fail(message: str) -> int:
-    print(f"diffuseg eval: error: {message}", file=sys.stderr)
-    return 2
+def _fail(message: Any) -> int:
+    from ._options import fail, flag_message
+
+    return fail("eval", flag_message(message))
 
 
 def _compare(paths: list[str]) -> int:
@@ -101,35 +109,42 @@ def run(args: argparse.Namespace) -> int:
     """Run ``diffuseg eval``; returns the exit code."""
     if args.compare:
         return _compare(args.compare)
-    from ..backbone.features import FeatureRequest
     from ..eval.datasets import load_dataset
+    from ..eval.protocols import get_protocol
     from ..eval.runner import evaluate
     from ..eval.store import ResumeMismatchError
     from ..methods import get_method
-    from .segment import load_backbone, make_generator, method_overrides, parse_dtype
+    from ..plan import Query
+    from ._options import check_runtime, load_backbone, make_generator, method_overrides, parse_resources
 
     try:
         if not args.dataset or (not args.root and args.dataset != "synthetic"):
             raise ValueError("`--dataset` and `--root` are required (or use --compare).")
         if args.limit is not None and args.limit < 1:
-            raise ValueError(f"`--limit` must be a positive integer, got {args.limit}.")
-        if args.batch_size < 1:
-            raise ValueError(f"`--batch-size` must be >= 1, got {args.batch_size}.")
+            raise ValueError(f"`limit` must be a positive integer, got {args.limit}.")
         spec = get_method(args.method)
         overrides = method_overrides(args, spec.name, args._owners)
-        spec.make_config(**overrides)
-        parse_dtype(args.dtype)
+        config = spec.make_config(None, **overrides)
+        protocol = get_protocol(args.protocol)
+        if protocol.input_size is not None and getattr(args, "image_size", None) is not None:
+            raise ValueError(f"--protocol {protocol.name} fixes the model input at {protocol.input_size} px; "
+                             "--size applies with --protocol full.")
+        check_runtime(args)
+        resources = parse_resources(args.resource)
         dataset = load_dataset(args.dataset, args.root, args.split)
     except (ValueError, FileNotFoundError) as e:
-        return _fail(str(e))
+        return _fail(e)
 
-    needs_model = not (isinstance(spec.requires, FeatureRequest) and spec.requires.is_empty)
+    try:
+        needs_model = spec.plan(config, Query(), None).uses_model
+    except ValueError:
+        needs_model = True
     backbone = None
     model_id = None
     if needs_model:
         try:
             backbone = load_backbone(args)
-        except Exception as e:  # noqa: BLE001 - any loading failure is reported, exit 2
+        except (OSError, ValueError) as e:
             return _fail(f"cannot load the model: {e}")
         model_id = getattr(backbone, "name", None) or args.model
     generator = make_generator(args.seed, args.device) if needs_model else None
@@ -139,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             spec.name,
             backbone=backbone,
             config_overrides=overrides,
+            resources=resources,
             protocol=args.protocol,
             matching=args.matching,
             background_class=args.background_class,
@@ -154,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             generator=generator,
         )
     except (FileExistsError, ResumeMismatchError, ValueError) as e:
-        return _fail(str(e))
+        return _fail(e)
     m, d = report["metrics"], report["dataset"]
     print(
         f"{spec.name} on {d['name']} ({report['protocol']['name']}, {report['matching']}): "

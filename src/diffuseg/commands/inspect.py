@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from . import COMMANDS
+
 __all__ = ["register", "run", "feature_similarity", "attention_map", "query_map", "render", "colorize", "parse_point"]
 
 logger = logging.getLogger(__name__)
@@ -140,73 +142,97 @@ def render(
     return canvas
 
 
+
+
 def register(subparsers: Any) -> None:
-    from .segment import add_method_options, add_model_options
+    from ._options import add_method_options, add_model_options
 
     p = subparsers.add_parser(
         "inspect",
-        help="picture of what a method sees from one pixel",
+        help=COMMANDS["inspect"],
         description="Write IMAGE's model view next to the DiffCut feature-similarity map or the DiffSeg "
         "aggregated self-attention map of the pixel at --point.",
     )
     p.add_argument("image", metavar="IMAGE", help="image file")
     p.add_argument("--point", required=True, help="query pixel 'y,x' in IMAGE's own pixel coordinates")
     p.add_argument("--method", default="diffcut", choices=METHODS, help="whose view (default diffcut)")
-    p.add_argument("--out", required=True, help="output PNG path")
+    p.add_argument("--out", required=True, help="output image path; its extension names the format (.png, .jpg...)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     add_model_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
 
 
+def check_out_path(out: str, overwrite: bool) -> str:
+    """The PIL format named by `out`'s extension, after checking the file can be written.
+
+    Raises:
+        ValueError: unknown extension, an existing file without `overwrite`, a folder, or a
+            parent folder that cannot be created or written.
+    """
+    import os
+    from pathlib import Path
+
+    path = Path(out)
+    formats = Image.registered_extensions()
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"`out` {out!r} must end in an image extension PIL can write, e.g. .png, .jpg, .webp.")
+    if path.is_dir():
+        raise ValueError(f"`out` {out} is a folder; give a file name such as {path / 'view.png'}.")
+    if path.exists() and not overwrite:
+        raise ValueError(f"`out` {out} exists; pass `overwrite=True` to replace it.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"`out` folder {path.parent} cannot be created: {e.strerror or e}.") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"`out` folder {path.parent} is not writable.")
+    return fmt
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..backbone import ModelNotFoundError, NotADiffusionModelError
     from ..imageio import ImageLoadError, load_image
     from ..methods import get_method
+    from ..plan import Query
     from ..segmenter import Segmenter
     from ..types import OutputExistsError, atomic_write
-    from .segment import load_backbone, make_generator, method_overrides
-
-    def fail(message: str) -> int:
-        print(f"diffuseg inspect: error: {message}", file=sys.stderr)
-        return 2
+    from ._options import check_runtime, fail, flag_message, load_backbone, make_generator, method_overrides
 
     try:
         y, x = parse_point(args.point)
         spec = get_method(args.method)
         overrides = method_overrides(args, spec.name, args._owners)
+        spec.make_config(None, **overrides)
+        check_runtime(args)
+        fmt = check_out_path(args.out, args.overwrite)
         image = load_image(args.image)
     except (ValueError, ImageLoadError) as e:
-        return fail(str(e))
+        return fail("inspect", flag_message(e))
     height, width = image.size[1], image.size[0]
     if y >= height or x >= width:
-        return fail(f"`--point` {y},{x} lies outside the {height}x{width} image.")
+        return fail("inspect", f"`--point` {y},{x} lies outside the {height}x{width} image.")
     try:
         backbone = load_backbone(args)
         segmenter = Segmenter(backbone, spec, **overrides)
-        features = segmenter.extract([image], generator=make_generator(args.seed, args.device))
-    except (ModelNotFoundError, NotADiffusionModelError, ValueError) as e:
-        return fail(str(e))
+        features = segmenter.features(Query(image=image), generator=make_generator(args.seed, args.device))
+    except (OSError, ValueError) as e:
+        return fail("inspect", flag_message(e))
     left, top, right, bottom = features.meta[0]["crop_box"]
-    if not (left <= x < right and top <= y < bottom):
-        return fail(
-            f"`--point` {y},{x} lies outside the region the model sees "
-            f"(crop box left,top,right,bottom = {left},{top},{right},{bottom})."
-        )
     rel = ((y - top) / (bottom - top), (x - left) / (right - left))
     try:
         values = query_map(features, spec.name, rel)
     except ValueError as e:
-        return fail(str(e))
+        return fail("inspect", str(e))
     model_h, model_w = features.images.shape[-2:]
     view = image.crop((left, top, right, bottom)).resize((model_w, model_h), Image.BILINEAR)
     picture = render(view, values, rel, (-1.0, 1.0) if spec.name == "diffcut" else None)
     import io
 
     buf = io.BytesIO()
-    picture.save(buf, format="PNG")
+    picture.convert("RGB").save(buf, format=fmt)
     try:
         path = atomic_write(args.out, buf.getvalue(), overwrite=args.overwrite)
     except OutputExistsError as e:
-        return fail(str(e))
+        return fail("inspect", str(e))
     print(f"wrote {path} ({spec.name} view of pixel {y},{x})", file=sys.stderr)
     return 0

@@ -18,6 +18,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from . import COMMANDS
+
 __all__ = ["register", "run"]
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ _MODEL_FIELDS = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` with its ``proving-ground`` target."""
-    parser = subparsers.add_parser("train", help="train models shipped with diffuseg")
+    parser = subparsers.add_parser("train", help=COMMANDS["train"])
     targets = parser.add_subparsers(dest="target", required=True)
     pg = targets.add_parser(
         "proving-ground",

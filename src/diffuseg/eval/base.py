@@ -1,35 +1,16 @@
-"""The dataset interface shared by the eval datasets and the synthetic scenes."""
+"""The dataset interface shared by the eval datasets and the synthetic scenes (`Sample` lives in
+`diffuseg.types`, below both)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import numpy as np
-from PIL import Image
+from ..types import Sample
 
 __all__ = ["Sample", "SegmentationDataset", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
-
-
-@dataclass
-class Sample:
-    """One labelled image.
-
-    Attributes:
-        id: stable identifier (file stem or index), unique within the dataset.
-        image: RGB PIL image.
-        label: int64 array (H, W) of class ids in [0, num_classes) or `IGNORE_INDEX`, same size
-            as `image`.
-        meta: anything else (caption, file paths...).
-    """
-
-    id: str
-    image: Image.Image
-    label: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -17,9 +17,12 @@ Presets:
     1024 (nearest-exact), then the label is nearest-downsampled to 128 x 128
     (``F.interpolate`` default) and the prediction likewise; scored at 128 x 128.
 ``full``
-    No crop, the label at its full resolution (the default for new numbers). The method is
-    asked for ``resize_mode="keep_aspect"`` when its config has that field, and its labels
-    are mapped back onto the whole image.
+    No crop, the label at its full resolution (the default for new numbers). The method sees
+    the whole image (``resize_mode="keep_aspect"``) at its own input size, and its labels are
+    mapped back onto the whole image.
+
+A protocol reaches the method only through the `diffuseg.plan.Query`: ``size`` (the model
+input side it fixes), ``resize_mode`` and ``label_size`` (the scoring grid).
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ class Protocol:
             ``"exact"`` (index (i + 0.5) * in / out; PIL NEAREST, torch nearest-exact).
         score_size: side of the square grid scored, or None to score at the label's size after
             crop and resize. Label and prediction are downsampled with ``"floor"`` nearest.
-        resize_mode: value for a method config's ``resize_mode`` field, if it has one.
+        resize_mode: how the method fits the prepared image to its input (`Query.resize_mode`;
+            the protocols' prepared images are square already for "crop").
     """
 
     name: str
@@ -75,17 +79,6 @@ class Protocol:
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"`{name}` must be a positive int or None, got {v!r}.")
 
-    def method_overrides(self, config_fields: set[str]) -> dict[str, object]:
-        """Config overrides this protocol asks of a method with fields `config_fields`."""
-        out: dict[str, object] = {}
-        if "resize_mode" in config_fields:
-            out["resize_mode"] = self.resize_mode
-        if self.input_size is not None and "image_size" in config_fields:
-            out["image_size"] = self.input_size
-        if self.score_size is not None and "assignment_size" in config_fields:
-            # DiffCut assigns concepts and runs PAMR at the scoring size (eval_diffcut.py l.120)
-            out["assignment_size"] = self.score_size
-        return out
 
 
 PROTOCOLS: dict[str, Protocol] = {

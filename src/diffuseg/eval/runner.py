@@ -31,10 +31,6 @@ __all__ = ["evaluate", "default_matching", "run_name"]
 logger = logging.getLogger(__name__)
 
 
-#: config fields through which open-vocabulary methods take their class names
-_VOCABULARY_FIELDS = ("class_names", "vocabulary", "classes")
-
-
 def default_matching(open_vocabulary: bool) -> str:
     """``none`` for open-vocabulary methods (labels are class names), else per-image Hungarian."""
     return "none" if open_vocabulary else "hungarian-per-image"
@@ -77,6 +73,7 @@ def evaluate(
     progress: bool = False,
     generator: Any = None,
     segmenter_factory: Callable[..., Any] | None = None,
+    resources: dict[str, Any] | None = None,
     on_record: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Score `method` on `dataset` and write ``NAME.jsonl``, ``NAME.json`` and ``NAME.md``.
@@ -85,8 +82,10 @@ def evaluate(
         dataset: any `SegmentationDataset` (labels int (H, W), 255 = ignore).
         method: registry name of the method.
         backbone: a `DiffusionBackbone`, or None for methods that need only the image.
-        config_overrides: method config fields to change (after the protocol's own).
-        protocol: a preset name (``diffseg``, ``diffcut``, ``full``) or a `Protocol`.
+        config_overrides: method config fields to change (on top of the model's preset).
+        protocol: a preset name (``diffseg``, ``diffcut``, ``full``) or a `Protocol`. It reaches
+            the method through each `Query` (crop, model input size, scoring size); protocols
+            that fix the model input size override the method's `image_size`.
         matching: one of `MATCHINGS`; None = ``none`` for open-vocabulary methods, else
             ``hungarian-per-image``. The report also lists the other applicable matchings.
         background_class: background class id for ``diffcut-background`` (default: the
@@ -104,6 +103,7 @@ def evaluate(
             default `diffuseg.segmenter.Segmenter`.
         on_record: called with (index, record) after each image is stored (tests use it to
             interrupt a run).
+        resources: the method's extra models (see `diffuseg.Segmenter`).
 
     Returns:
         The report dict (also written as JSON and Markdown).
@@ -133,11 +133,11 @@ def evaluate(
     num_classes = len(class_names)
     MetricAccumulator(num_classes, matching, background_class)  # validates the combination
 
-    overrides = _method_overrides(spec, proto, config_overrides or {}, class_names)
-    config = spec.make_config(**overrides)
     if segmenter_factory is None:
         from ..segmenter import Segmenter as segmenter_factory  # noqa: N813
-    segmenter = segmenter_factory(backbone, spec.name, batch_size=batch_size, **overrides)
+    extra = {"resources": resources} if resources else {}
+    segmenter = segmenter_factory(backbone, spec, batch_size=batch_size, **extra, **(config_overrides or {}))
+    config = segmenter.config
 
     n = n_total if limit is None else min(limit, n_total)
     name = name or run_name(dataset.name, spec.name, proto.name)
@@ -148,6 +148,7 @@ def evaluate(
         "num_classes": num_classes,
         "method": spec.name,
         "config": dataclasses.asdict(config),
+        "preset": getattr(segmenter, "preset", None),
         "protocol": dataclasses.asdict(proto),
         "model": model_id,
     }
@@ -192,21 +193,19 @@ def evaluate(
                             "error": str(e),
                         },
                     )
-            # one backbone pass per model size (keep_aspect images of a chunk may differ)
-            groups: dict[tuple[int, int], list[Any]] = {}
-            for item in loaded:
-                groups.setdefault(item[2].size, []).append(item)
-            for group in groups.values():
-                t0 = time.perf_counter()
-                segs = segmenter.segment_batch([x[2] for x in group], generator=generator)
-                seconds = (time.perf_counter() - t0) / len(group)
-                for (i, sample, image, label), seg in zip(group, segs, strict=True):
-                    rec = _score_one(i, sample, label, seg, proto, class_names, matching, seconds)
-                    if pred_dir is not None:  # before the record, so a resumed run rewrites it
-                        seg.save(
-                            pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume
-                        )
-                    finish(i, rec)
+            queries = [_query(sample, image, proto, class_names) for _, sample, image, _ in loaded]
+            t0 = time.perf_counter()
+            segs = segmenter.segment_batch(queries, generator=generator, return_errors=True)
+            seconds = (time.perf_counter() - t0) / max(len(loaded), 1)
+            for (i, sample, image, label), seg in zip(loaded, segs, strict=True):
+                if isinstance(seg, Exception):  # this image failed alone (too small, rejected...)
+                    logger.warning("skipping sample %d: %s", i, seg)
+                    finish(i, {"index": i, "id": str(sample.id), "status": "skipped", "error": str(seg)})
+                    continue
+                rec = _score_one(i, sample, label, seg, proto, class_names, matching, seconds)
+                if pred_dir is not None:  # before the record, so a resumed run rewrites it
+                    seg.save(pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume)
+                finish(i, rec)
     finally:
         bar.close()
 
@@ -227,24 +226,19 @@ def evaluate(
     return report
 
 
-def _method_overrides(
-    spec: Any, proto: Protocol, user: dict[str, Any], class_names: list[str]
-) -> dict[str, Any]:
-    """Config overrides: the protocol's (size, resize mode), the vocabulary, then the user's."""
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    wanted = proto.method_overrides(fields)
-    if spec.open_vocabulary:  # the dataset's class names are the vocabulary
-        wanted |= {k: tuple(class_names) for k in _VOCABULARY_FIELDS if k in fields}
-    for key, value in wanted.items():
-        if key in user and user[key] != value:
-            logger.warning(
-                "%s: the protocol/dataset sets %s=%r; the user's %r is used instead",
-                proto.name,
-                key,
-                value,
-                user[key],
-            )
-    return {**wanted, **user}
+def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> Any:
+    """The `Query` of one prepared sample: the protocol's framing, the dataset's class names."""
+    from ..plan import Query
+
+    return Query(
+        image=image,
+        classes=tuple((n,) for n in class_names),
+        caption=sample.meta.get("caption"),
+        id=str(sample.id),
+        size=proto.input_size,
+        resize_mode=proto.resize_mode,
+        label_size=proto.score_size,
+    )
 
 
 def _sample_id(dataset: Any, index: int) -> str:

@@ -3,18 +3,21 @@
 Line 1 is a header with the run's fingerprint (dataset, split, method, config, protocol,
 model); every further line is one image's record. A run killed at any point loses at most the
 image being written: on resume a torn last line is cut off, the fingerprint is checked, and
-images already recorded are not computed again.
+images already recorded are not computed again. Any other damage (a bad line before the last,
+bytes that are not UTF-8) is an error naming the file and line, and the file is left as it is:
+valid records are never deleted.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResultStore", "ResumeMismatchError"]
+__all__ = ["CorruptResultsError", "ResultStore", "ResumeMismatchError"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,10 @@ _VERSION = 1
 
 class ResumeMismatchError(ValueError):
     """The results file belongs to a different run (dataset, method, config, protocol...)."""
+
+
+class CorruptResultsError(ValueError):
+    """A line of the results file, other than a torn last one, cannot be read; the file is unchanged."""
 
 
 def _canonical(obj: Any) -> Any:
@@ -41,6 +48,9 @@ class ResultStore:
     Raises:
         FileExistsError: if the file exists and neither `resume` nor `overwrite` is set.
         ResumeMismatchError: if resuming a file whose header differs from `fingerprint`.
+        CorruptResultsError: if resuming a file with a damaged line that is not the last one,
+            bytes that are not UTF-8, or a record that is not an object with an integer
+            ``index``; the message names the file and line, and the file is not modified.
     """
 
     def __init__(
@@ -58,9 +68,8 @@ class ResultStore:
         if self.path.exists() and not overwrite:
             if not resume:
                 raise FileExistsError(
-                    f"results file {self.path} exists; pass resume=True (CLI: --resume) to "
-                    f"continue "
-                    f"it or overwrite=True (--overwrite) to start again."
+                    f"results file {self.path} exists; pass `resume=True` to continue it or "
+                    f"`overwrite=True` to start again."
                 )
             self._load()
         else:
@@ -69,57 +78,104 @@ class ResultStore:
             self._write_header()
 
     # ------------------------------------------------------------------ reading
+    def _corrupt(self, lineno: int, problem: str) -> CorruptResultsError:
+        return CorruptResultsError(
+            f"cannot resume {self.path}: line {lineno} {problem}. Only a torn last line (left by "
+            f"a killed run) is dropped automatically; fix or delete line {lineno}, or start "
+            f"again with `overwrite=True` or another `out_dir`. The file was not modified."
+        )
+
+    def _parse(self, lineno: int, raw: bytes, *, last: bool, terminated: bool) -> Any:
+        """One line's JSON value, or None for a torn last line.
+
+        Raises:
+            CorruptResultsError: if the line is not UTF-8, or is not JSON and not the last line.
+        """
+        try:
+            # An unterminated tail may end inside a multi-byte character: decode what is complete.
+            text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=terminated)
+        except UnicodeDecodeError as e:
+            raise self._corrupt(
+                lineno, f"is not UTF-8 text (invalid byte {raw[e.start : e.start + 1]!r} at byte {e.start + 1})"
+            ) from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            if last:
+                return None
+            raise self._corrupt(lineno, f"is not valid JSON ({e.msg} at column {e.colno})") from None
+
     def _load(self) -> None:
-        with open(self.path, "rb") as f:
-            data = f.read()
-        good_end = 0
-        header = None
-        pos = 0
+        """Read the header and records; drop a torn last line, or add the newline a complete one lacks.
+
+        Raises:
+            ResumeMismatchError: no header line, or a header for a different run.
+            CorruptResultsError: see the class docstring; nothing is written then.
+        """
+        data = self.path.read_bytes()
+        lines = []  # (1-based line number, start, end without the newline, has a newline)
+        pos = lineno = 0
         while pos < len(data):
             nl = data.find(b"\n", pos)
-            if nl < 0:
-                break  # torn last line (killed while writing): cut below
-            try:
-                obj = json.loads(data[pos:nl])
-            except json.JSONDecodeError:
+            end = len(data) if nl < 0 else nl
+            lineno += 1
+            if data[pos:end].strip():  # blank lines hold nothing; skip them
+                lines.append((lineno, pos, end, nl >= 0))
+            pos = end + 1
+        header = None
+        good_end = 0  # end of the last good line, newline included
+        torn = False
+        for i, (lineno, start, end, terminated) in enumerate(lines):
+            obj = self._parse(lineno, data[start:end], last=i == len(lines) - 1, terminated=terminated)
+            if obj is None:
+                torn = True
                 break
+            good_end = end + 1 if terminated else end
             if header is None:
                 header = obj
-            elif obj.get("type") == "image":
-                self.records[int(obj["index"])] = obj
-            good_end = pos = nl + 1
-        if header is None or header.get("type") != "header":
-            raise ResumeMismatchError(
-                f"{self.path} is not a diffuseg results file (no header line)."
-            )
-        if _canonical(header.get("fingerprint")) != self.fingerprint:
-            diff = sorted(
-                k
-                for k in set(header.get("fingerprint", {})) | set(self.fingerprint)
-                if header.get("fingerprint", {}).get(k) != self.fingerprint.get(k)
-            )
+                continue
+            if not isinstance(obj, dict):
+                raise self._corrupt(lineno, f"is not a JSON object (got {type(obj).__name__})")
+            if obj.get("type") == "image":
+                index = obj.get("index")
+                if not isinstance(index, int) or isinstance(index, bool):
+                    raise self._corrupt(lineno, f"is an image record without an integer 'index' (got {index!r})")
+                self.records[index] = obj
+        if not isinstance(header, dict) or header.get("type") != "header":
+            raise ResumeMismatchError(f"{self.path} is not a diffuseg results file (no header line).")
+        old = header.get("fingerprint")
+        old = old if isinstance(old, dict) else {}
+        if _canonical(old) != self.fingerprint:
+            diff = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
             raise ResumeMismatchError(
                 f"cannot resume {self.path}: it was written by a different run "
                 f"(differs in {diff}); "
-                f"use another --out or --overwrite."
+                f"use another `out_dir` or `overwrite=True`."
             )
-        if good_end < len(data):
+        if torn:
             logger.warning(
-                "%s: dropping a torn last line (%d bytes)", self.path, len(data) - good_end
+                "%s: dropping a torn last line (line %d, %d bytes)",
+                self.path,
+                lines[-1][0],
+                len(data) - good_end,
             )
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
                 f.flush()
                 os.fsync(f.fileno())
+        elif lines and not lines[-1][3]:  # a complete last record whose newline was not written
+            self._append_bytes(b"\n")
         logger.info("resuming %s: %d images already done", self.path, len(self.records))
 
     # ------------------------------------------------------------------ writing
-    def _append(self, obj: dict[str, Any]) -> None:
-        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    def _append_bytes(self, data: bytes) -> None:
         with open(self.path, "ab") as f:
-            f.write(line)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+    def _append(self, obj: dict[str, Any]) -> None:
+        self._append_bytes((json.dumps(obj, separators=(",", ":")) + "\n").encode())
 
     def _write_header(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")

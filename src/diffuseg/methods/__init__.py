@@ -3,6 +3,6 @@
 Methods never import each other; shared primitives live in `diffuseg.ops`.
 """
 
-from ._registry import METHODS, MethodSpec, get_method, list_methods
+from ._registry import KINDS, METHODS, MethodSpec, get_method, list_methods
 
-__all__ = ["METHODS", "MethodSpec", "get_method", "list_methods"]
+__all__ = ["KINDS", "METHODS", "MethodSpec", "get_method", "list_methods"]

@@ -1,22 +1,37 @@
-"""The method registry: every module in `diffuseg.methods` that defines `SPEC` joins it."""
+"""The method registry: every module in `diffuseg.methods` that defines `SPEC` joins it.
+
+A method is two functions and a config:
+
+* ``plan(config, query, backbone) -> Pass``: the model work one `Query` needs (backbone may be
+  None for image-only methods);
+* ``segment(features, config, query, resources) -> Segmentation``: labels for that query from
+  what the pass recorded (features of one image: one row per prompt of the pass).
+
+Presets: the config defaults are the paper's, for the paper's model. `presets` maps a model
+family (`DiffusionBackbone.family`: "sd1", "sd2", "sdxl", "toy", ...) to documented overrides
+for other models; `make_config` applies the preset first and the caller's settings on top.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
-from ..backbone.features import FeatureRequest, Features
+from ..backbone.features import Features
+from ..plan import Pass, Query, Resource
 from ..types import Segmentation
 
-__all__ = ["MethodSpec", "METHODS", "get_method", "list_methods"]
+__all__ = ["MethodSpec", "METHODS", "KINDS", "get_method", "list_methods"]
 
 logger = logging.getLogger(__name__)
+
+#: What a method is, for help texts, reports and the default label matching in eval.
+KINDS = ("unsupervised", "open-vocabulary", "baseline")
 
 
 @dataclass(frozen=True)
@@ -26,54 +41,57 @@ class MethodSpec:
     Attributes:
         name: registry key and CLI name (lowercase).
         config_cls: the method's frozen config dataclass; default-constructible.
-        segment: ``segment(features, config) -> Segmentation`` for a batch of ONE image.
-        requires: a `FeatureRequest`, or a callable ``(unet) -> FeatureRequest`` for requests
-            that depend on the UNet's structure (e.g. "the last down block with attention").
-            An empty request means the method needs only the image (baselines).
-        open_vocabulary: True if the method names its segments from class names / a prompt.
+        plan: ``plan(config, query, backbone) -> Pass``.
+        segment: ``segment(features, config, query, resources) -> Segmentation``.
+        kind: one of `KINDS`.
         description: one line for `--help` and `diffuseg env`.
-        extraction_fields: config fields that change the UNet pass (timestep, image size,
-            prompt, noise...). Changing only other fields re-uses the recorded features.
+        presets: model family -> config overrides for models other than the paper's.
+        resources: extra models the method declares (`diffuseg.plan.Resource`).
+        needs_classes: the method cannot run without class names in the `Query`.
+        working_bytes: ``working_bytes(n) -> int``, the memory the segment step allocates for
+            one image whose finest attention grid has n tokens (used with the recording's own
+            size to refuse an input size that would not fit); None = negligible.
     """
 
     name: str
     config_cls: type
-    segment: Callable[..., Segmentation]
-    requires: FeatureRequest | Callable[[nn.Module], FeatureRequest] = field(
-        default_factory=FeatureRequest
-    )
-    open_vocabulary: bool = False
+    plan: Callable[[Any, Query, Any], Pass]
+    segment: Callable[[Features, Any, Query, Mapping[str, Any]], Segmentation]
+    kind: str = "unsupervised"
     description: str = ""
-    extraction_fields: tuple[str, ...] = ()
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    resources: tuple[Resource, ...] = ()
+    needs_classes: bool = False
+    working_bytes: Callable[[int], int] | None = None
 
-    def request_for(self, unet: nn.Module | None) -> FeatureRequest:
-        """The `FeatureRequest` for this method on `unet`."""
-        if isinstance(self.requires, FeatureRequest):
-            return self.requires
-        if unet is None:
-            raise ValueError(f"method {self.name!r} needs a UNet to build its feature request.")
-        return self.requires(unet)
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}, got {self.kind!r}.")
 
-    def make_config(self, **overrides: Any) -> Any:
-        """The default config with `overrides` applied (validated by the dataclass).
+    @property
+    def open_vocabulary(self) -> bool:
+        """True if the method names its segments from the query's class names."""
+        return self.kind == "open-vocabulary"
+
+    def preset(self, family: str | None) -> dict[str, Any]:
+        """The documented config overrides for model `family` (empty for the paper's model)."""
+        return dict(self.presets.get(family or "", {}))
+
+    def make_config(self, family: str | None = None, **overrides: Any) -> Any:
+        """The config: the method's defaults, then the preset of `family`, then `overrides`.
 
         Raises:
-            ValueError: on an unknown field name.
+            ValueError: on an unknown field name, or a value the config rejects.
         """
-        import dataclasses
-
         known = {f.name for f in dataclasses.fields(self.config_cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for method {self.name!r}; allowed: {sorted(known)}."
-            )
-        return self.config_cls(**overrides)
+            raise ValueError(f"unknown option(s) {unknown} for method {self.name!r}; allowed: {sorted(known)}.")
+        return self.config_cls(**{**self.preset(family), **overrides})
 
-    def run(self, features: Features, config: Any) -> Segmentation:
-        """Segment image 0 of `features` with `config`; fills in method, config and the image's
-        meta data (input size, crop box) on the result."""
-        seg = self.segment(features, config)
+    def run(self, features: Features, config: Any, query: Query, resources: Mapping[str, Any]) -> Segmentation:
+        """Segment one query from its features; fills in method, config and the image's meta data."""
+        seg = self.segment(features, config, query, resources)
         seg.method = self.name
         seg.config = config
         seg.meta = {**(features.meta[0] if features.meta else {}), **seg.meta}
@@ -105,12 +123,14 @@ def _ensure_loaded() -> dict[str, MethodSpec]:
     return METHODS
 
 
-def get_method(name: str) -> MethodSpec:
-    """The registered method called `name`.
+def get_method(name: str | MethodSpec) -> MethodSpec:
+    """The registered method called `name` (a `MethodSpec` passes through).
 
     Raises:
         ValueError: if no method has that name (the message lists the known ones).
     """
+    if isinstance(name, MethodSpec):
+        return name
     methods = _ensure_loaded()
     if name not in methods:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(methods)}.")

@@ -23,29 +23,40 @@ Deviations from the reference, on purpose:
 * Active tokens of the cut are tracked explicitly (see `diffuseg.ops.ncut`); the reference's
   exact-zero row dropping is ``drop_zero_rows=True``.
 * The reference runs the UNet in fp16 autocast; dtype here is whatever the backbone holds.
+
+Presets (`SPEC.presets`, by `DiffusionBackbone.family`; any setting overrides them). The
+defaults are the paper's for SSD-1B / SDXL:
+
+* ``sd1``: tau = 0.2 (DiffCut issue #5: with SD 1.4 features tau 0.5 under-segments); input
+  1024 as the paper.
+* ``toy`` (the proving-ground model, 64 px native): the native 64 px input (8x8 latent; the
+  paper's 1024 px would be 256x the tokens for no gain on 128 px scenes), tau 0.5.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbone.features import FeatureRequest, Features
+from ..backbone.layers import deepest_encoder_self_attention as feature_module_path
 from ..ops.ncut import assign_concepts, recursive_normalized_cut
 from ..ops.pamr import refine_labels
+from ..plan import Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["DiffCutConfig", "feature_module_path", "requires", "segment", "token_features", "SPEC"]
+__all__ = ["DiffCutConfig", "PRESETS", "feature_module_path", "plan", "requires", "segment", "token_features", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
-_RESIZE_MODES = ("crop", "squash", "keep_aspect")
 _PATH = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn1$")
 
 
@@ -59,17 +70,15 @@ class DiffCutConfig:
         alpha: affinity exponent (paper alpha; `eval_diffcut.py` l.183).
         timestep: UNet timestep the clean latent is noised to (`eval_diffcut.py` l.179
             `--step 50`; `ldm.py` l.147).
-        image_size: model input side (`eval_diffcut.py` l.180 `--img_size 1024`); None keeps
-            the image's own size.
-        resize_mode: "crop" = square centre crop then resize (the reference); "squash";
-            "keep_aspect".
+        image_size: model input side, the longer side (`eval_diffcut.py` l.180
+            `--img_size 1024`, SSD-1B's native size); None = the model's native size.
         add_noise: noise the VAE posterior mean to `timestep` (`ldm.py` l.147).
         shared_noise: one noise draw for the whole batch (`ldm.py` l.145 expands one draw);
             False draws per image from the caller's generator.
         prompt: text condition ("" in `ldm.py` l.136; no classifier-free guidance).
         assignment_size: longer side of the label map from concept assignment; None = the
-            model input's (H, W) (demo notebook); the reference eval uses 128
-            (`eval_diffcut.py` l.120).
+            caller's scoring size (`Query.label_size`: 128 under the "diffcut" eval protocol,
+            as `eval_diffcut.py` l.120) or else the model input's (H, W) (demo notebook).
         refine: PAMR + median filter after assignment (`eval_diffcut.py --refinement`, used
             for the README numbers).
         pamr_iterations: PAMR steps (`eval_diffcut.py` l.92: 10; demo notebook: 30).
@@ -83,7 +92,6 @@ class DiffCutConfig:
     alpha: float = 10.0
     timestep: int = 50
     image_size: int | None = 1024
-    resize_mode: str = "crop"
     add_noise: bool = True
     shared_noise: bool = False
     prompt: str = ""
@@ -96,59 +104,47 @@ class DiffCutConfig:
     drop_zero_rows: bool = False
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"`tau` must be > 0, got {self.tau}.")
-        if not self.alpha > 0:
-            raise ValueError(f"`alpha` must be > 0, got {self.alpha}.")
-        if not isinstance(self.timestep, int) or self.timestep < 0:
-            raise ValueError(f"`timestep` must be an int >= 0, got {self.timestep!r}.")
-        if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"`image_size` must be positive or None, got {self.image_size}.")
-        if self.resize_mode not in _RESIZE_MODES:
-            raise ValueError(f"`resize_mode` must be one of {_RESIZE_MODES}, got {self.resize_mode!r}.")
-        if self.assignment_size is not None and self.assignment_size <= 0:
-            raise ValueError(f"`assignment_size` must be positive or None, got {self.assignment_size}.")
-        if self.pamr_iterations < 0:
-            raise ValueError(f"`pamr_iterations` must be >= 0, got {self.pamr_iterations}.")
+        check_positive(self.tau, "tau")
+        check_positive(self.alpha, "alpha")
+        check_timestep(self.timestep)
+        check_positive(self.image_size, "image_size", integer=True, allow_none=True)
+        check_positive(self.assignment_size, "assignment_size", integer=True, allow_none=True)
+        check_positive(self.pamr_iterations, "pamr_iterations", integer=True, allow_zero=True)
         dil = tuple(self.pamr_dilations)
         if not dil or any(int(d) != d or d < 1 for d in dil):
             raise ValueError(f"`pamr_dilations` must be ints >= 1, got {self.pamr_dilations!r}.")
         object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in dil))
         if self.median_size < 1 or self.median_size % 2 == 0:
             raise ValueError(f"`median_size` must be an odd int >= 1, got {self.median_size}.")
-        if self.num_thresholds < 1:
-            raise ValueError(f"`num_thresholds` must be >= 1, got {self.num_thresholds}.")
+        check_positive(self.num_thresholds, "num_thresholds", integer=True)
 
 
-def feature_module_path(unet: nn.Module) -> str:
-    """Diffusers path of DiffCut's feature module in `unet`, found from its structure.
-
-    The `attn1` of the last transformer block of the last attention of the last down block
-    that has attentions (`tools/ldm.py` l.56-66 hard-codes `down_blocks[-1]` for SDXL-family
-    models and `down_blocks[-2]` for SD 1.4; both are this rule).
-
-    Raises:
-        ValueError: if no down block has attention layers.
-    """
-    blocks = getattr(unet, "down_blocks", None)
-    if blocks is None:
-        raise ValueError(f"`unet` has no `down_blocks`; expected a UNet2DConditionModel, got {type(unet).__name__}.")
-    for i in range(len(blocks) - 1, -1, -1):
-        attentions = getattr(blocks[i], "attentions", None)
-        if not attentions:
-            continue
-        j = len(attentions) - 1
-        transformer_blocks = getattr(attentions[j], "transformer_blocks", None)
-        if not transformer_blocks:
-            continue
-        k = len(transformer_blocks) - 1
-        return f"down_blocks.{i}.attentions.{j}.transformer_blocks.{k}.attn1"
-    raise ValueError("no down block of this UNet has attention layers; DiffCut needs one.")
+#: Model family -> overrides (see the module docstring).
+PRESETS: dict[str, dict[str, Any]] = {
+    # DiffCut issue #5: tau must change on SD 1.4; the paper's 1024 px input is kept.
+    "sd1": {"tau": 0.2},
+    "toy": {"image_size": 64, "tau": 0.5},
+}
 
 
 def requires(unet: nn.Module) -> FeatureRequest:
     """The `FeatureRequest` of DiffCut on `unet`: one hidden state, early exit."""
     return FeatureRequest(hidden_states=(feature_module_path(unet),), early_exit=True)
+
+
+def plan(config: DiffCutConfig, query: Query, backbone: Any) -> Pass:
+    """One UNet pass at `config.timestep` on the noised latent, stopped after the feature module."""
+    if backbone is None:
+        raise ValueError("DiffCut needs a diffusion backbone; got `backbone=None`.")
+    return Pass(
+        request=requires(backbone.unet),
+        size=query.size or config.image_size,
+        resize_mode=query.resize_mode,
+        timestep=config.timestep,
+        prompts=(config.prompt,),
+        add_noise=config.add_noise,
+        shared_noise=config.shared_noise,
+    )
 
 
 def _feature_key(features: Features) -> str:
@@ -190,17 +186,25 @@ def _output_size(image_hw: tuple[int, int], longer: int | None) -> tuple[int, in
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def segment(features: Features, config: DiffCutConfig = DiffCutConfig()) -> Segmentation:
+def segment(
+    features: Features,
+    config: DiffCutConfig = DiffCutConfig(),  # noqa: B008 - frozen
+    query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Segmentation:
     """Segment image 0 of `features` with DiffCut.
 
     Args:
         features: output of `DiffusionBackbone.extract` with `requires(unet)` recorded;
             `images` (B, 3, H, W) float32 in [0, 1] are used for the output size and PAMR.
         config: hyperparameters (`DiffCutConfig`).
+        query: its `label_size` is the assignment size when `config.assignment_size` is None.
+        resources: unused.
 
     Returns:
         `Segmentation` with `labels` int64 (H', W') in [0, K), (H', W') = the model input's
-        (H, W) or `config.assignment_size`; `extras["token_labels"]` holds the (h, w) cut.
+        (H, W), or its longer side scaled to `config.assignment_size` / `query.label_size`;
+        `extras["token_labels"]` holds the (h, w) cut.
 
     Raises:
         ValueError: if the DiffCut feature is missing, or the image is smaller than the grid.
@@ -218,7 +222,7 @@ def segment(features: Features, config: DiffCutConfig = DiffCutConfig()) -> Segm
         num_thresholds=config.num_thresholds,
         drop_zero_rows=config.drop_zero_rows,
     )  # (h, w)
-    size = _output_size(image_hw, config.assignment_size)
+    size = _output_size(image_hw, config.assignment_size or (query.label_size if query is not None else None))
     labels = assign_concepts(feats, tokens, size)  # (H', W')
     if config.refine and image is not None:
         guide = image.to(feats.device)
@@ -237,9 +241,9 @@ def segment(features: Features, config: DiffCutConfig = DiffCutConfig()) -> Segm
 SPEC = MethodSpec(
     name="diffcut",
     config_cls=DiffCutConfig,
+    plan=plan,
     segment=segment,
-    requires=requires,
-    open_vocabulary=False,
+    kind="unsupervised",
     description="DiffCut (NeurIPS 2024): recursive normalized cut of one self-attention block's output.",
-    extraction_fields=("timestep", "image_size", "resize_mode", "add_noise", "shared_noise", "prompt"),
+    presets=PRESETS,
 )

@@ -7,22 +7,31 @@ One UNet pass at t=300 on the clean VAE latent with the empty prompt records all
 maps; they are averaged per resolution (and over heads), aggregated to the highest resolution,
 merged by symmetric KL distance from an anchor grid, optionally refined with k-means, and
 upsampled to the image with a per-pixel argmax.
+
+Presets (`SPEC.presets`, by `DiffusionBackbone.family`; any setting overrides them):
+
+* ``toy`` (the proving-ground model shipped with diffuseg, 64 px native, 8x8 latent): its
+  attention maps are much flatter than SD's, so tau = 0.05 per iteration, and twice the native
+  size (128 px, 16x16 maps); both tuned on the proving ground's *test* split
+  (`benchmarks/bench_proving_ground.py --tune-kl`, docs/proving_ground_results.md).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..backbone.features import FeatureRequest, Features
-from ..imageio import RESIZE_MODES
 from ..ops.attention import aggregate_self_attention
 from ..ops.clustering import kmeans_refine, merge_attention
 from ..ops.masks import maps_to_labels
+from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["DiffSegConfig", "REQUIRES", "segment", "SPEC"]
+__all__ = ["DiffSegConfig", "REQUIRES", "PRESETS", "plan", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +50,9 @@ class DiffSegConfig:
         num_anchors_per_side: anchor grid side (NUM_POINTS = 16 -> 256 anchors).
         refine: k-means refinement of the proposals (off in the benchmarks, on in the demo).
         timestep: UNet timestep (both notebooks: 300).
-        image_size: square input side; None = the model's native resolution, which is the
-            reference's 512 on SD 1.x (utils.py l.23) and scales to SD 2-768 / SDXL.
-        resize_mode: "crop" = square centre crop then resize (utils.py::process_image).
+        image_size: model input side (the longer side; the whole image is seen, see
+            `diffuseg.plan.Query.resize_mode`); None = the model's native resolution, which is
+            the reference's 512 on SD 1.x (utils.py l.23) and scales to SD 2-768 / SDXL.
         add_noise: noise the latent to `timestep` (the reference feeds the clean latent).
         prompt: conditioning text ("" = unconditional context, as the reference).
         latent_mode: VAE posterior "mean" (the reference's ImageEncoder output) or "sample".
@@ -54,35 +63,57 @@ class DiffSegConfig:
     refine: bool = False
     timestep: int = 300
     image_size: int | None = None
-    resize_mode: str = "crop"
     add_noise: bool = False
     prompt: str = ""
-    latent_mode: str = "mean"
+    latent_mode: str = field(default="mean", metadata={"choices": LATENT_MODES})
 
     def __post_init__(self) -> None:
         if isinstance(self.kl_thresholds, (int, float)):
-            object.__setattr__(self, "kl_thresholds", (float(self.kl_thresholds),) * 3)
-        object.__setattr__(self, "kl_thresholds", tuple(float(t) for t in self.kl_thresholds))
-        if not self.kl_thresholds or any(not t > 0 for t in self.kl_thresholds):
-            raise ValueError(f"`kl_thresholds` must be non-empty and all > 0, got {self.kl_thresholds}.")
-        if self.num_anchors_per_side < 1:
-            raise ValueError(f"`num_anchors_per_side` must be >= 1, got {self.num_anchors_per_side}.")
-        if self.timestep < 0:
-            raise ValueError(f"`timestep` must be >= 0, got {self.timestep}.")
-        if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"`image_size` must be positive or None, got {self.image_size}.")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"`resize_mode` must be one of {RESIZE_MODES}, got {self.resize_mode!r}.")
-        if self.latent_mode not in ("mean", "sample"):
-            raise ValueError(f"`latent_mode` must be 'mean' or 'sample', got {self.latent_mode!r}.")
+            object.__setattr__(self, "kl_thresholds", (self.kl_thresholds,) * 3)
+        thresholds = tuple(self.kl_thresholds)
+        if not thresholds:
+            raise ValueError("`kl_thresholds` must hold at least one threshold, got ().")
+        for t in thresholds:
+            check_positive(t, "kl_thresholds")
+        object.__setattr__(self, "kl_thresholds", tuple(float(t) for t in thresholds))
+        check_positive(self.num_anchors_per_side, "num_anchors_per_side", integer=True)
+        check_timestep(self.timestep)
+        check_positive(self.image_size, "image_size", integer=True, allow_none=True)
+        if self.latent_mode not in LATENT_MODES:
+            raise ValueError(f"`latent_mode` must be one of {LATENT_MODES}, got {self.latent_mode!r}.")
 
 
-def segment(features: Features, config: DiffSegConfig = DiffSegConfig()) -> Segmentation:
+#: Model family -> overrides (see the module docstring).
+PRESETS: dict[str, dict[str, Any]] = {
+    "toy": {"kl_thresholds": (0.05, 0.05, 0.05), "image_size": 128},
+}
+
+
+def plan(config: DiffSegConfig, query: Query, backbone: Any = None) -> Pass:
+    """One UNet pass at `config.timestep` recording every self-attention layer."""
+    return Pass(
+        request=REQUIRES,
+        size=query.size or config.image_size,
+        resize_mode=query.resize_mode,
+        timestep=config.timestep,
+        prompts=(config.prompt,),
+        add_noise=config.add_noise,
+        latent_mode=config.latent_mode,
+    )
+
+
+def segment(
+    features: Features,
+    config: DiffSegConfig = DiffSegConfig(),  # noqa: B008 - frozen
+    query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Segmentation:
     """Segment one image from its recorded self-attention maps.
 
     Args:
         features: `Features` of one image with `REQUIRES` recorded.
         config: hyperparameters.
+        query, resources: unused (DiffSeg needs neither class names nor other models).
 
     Returns:
         `Segmentation` with int64 labels (H, W) at the model input size, values in [0, K).
@@ -108,12 +139,20 @@ def segment(features: Features, config: DiffSegConfig = DiffSegConfig()) -> Segm
     return Segmentation(labels=labels.cpu(), extras={"proposals": proposals.cpu()})
 
 
+def working_bytes(tokens: int) -> int:
+    """Peak memory of `segment` for a finest attention grid of `tokens` = N tokens: the
+    aggregated (N, R, R') maps and their upsampling intermediates, about 3 float32 N x N maps
+    (measured on the toy model: 5.5 GB at 512 px, N = 128 x 128, of which 2.2 GB recording)."""
+    return 3 * 4 * tokens * tokens
+
+
 SPEC = MethodSpec(
     name="diffseg",
     config_cls=DiffSegConfig,
+    plan=plan,
     segment=segment,
-    requires=REQUIRES,
-    open_vocabulary=False,
-    description="DiffSeg (CVPR 2024): KL merging of self-attention maps, unsupervised.",
-    extraction_fields=("timestep", "image_size", "resize_mode", "add_noise", "prompt", "latent_mode"),
+    kind="unsupervised",
+    description="DiffSeg (CVPR 2024): merges self-attention maps by KL distance; unsupervised.",
+    presets=PRESETS,
+    working_bytes=working_bytes,
 )

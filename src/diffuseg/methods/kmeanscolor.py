@@ -7,21 +7,23 @@ own `np.random.Generator` (no global seeding). It reads only the image, so no UN
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..backbone.features import FeatureRequest, Features
+from ..backbone.features import Features
 from ..ops.masks import relabel_sequential
+from ..plan import Pass, Query, check_positive
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["KMeansColorConfig", "kmeans", "segment", "SPEC"]
+__all__ = ["KMeansColorConfig", "kmeans", "plan", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
-_MODES = ("crop", "squash", "keep_aspect")
 _SPACES = ("rgb", "lab")
 
 
@@ -37,42 +39,30 @@ class KMeansColorConfig:
         seed: seed of the generator used for subsampling and k-means++ seeding.
         max_fit_pixels: centres are fitted on at most this many randomly drawn pixels, then
             every pixel is assigned to its nearest centre (bounds the cost on large images).
-        image_size: side the image is resized to; None keeps the given size.
-        resize_mode: preprocessing mode ("crop", "squash" or "keep_aspect").
+
+    The image is clustered at its own size (or the caller's `Query.size`).
     """
 
     num_clusters: int = 6
     num_iterations: int = 20
-    color_space: str = "lab"
+    color_space: str = field(default="lab", metadata={"choices": _SPACES})
     spatial_weight: float = 0.0
     seed: int = 0
     max_fit_pixels: int = 65536
-    image_size: int | None = None
-    resize_mode: str = "crop"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_clusters, int) or self.num_clusters < 1:
-            raise ValueError(f"`num_clusters` must be a positive int, got {self.num_clusters!r}.")
-        if not isinstance(self.num_iterations, int) or self.num_iterations < 1:
-            raise ValueError(
-                f"`num_iterations` must be a positive int, got {self.num_iterations!r}."
-            )
+        check_positive(self.num_clusters, "num_clusters", integer=True)
+        check_positive(self.num_iterations, "num_iterations", integer=True)
         if self.color_space not in _SPACES:
             raise ValueError(f"`color_space` must be one of {_SPACES}, got {self.color_space!r}.")
-        if not isinstance(self.max_fit_pixels, int) or self.max_fit_pixels < 1:
-            raise ValueError(
-                f"`max_fit_pixels` must be a positive int, got {self.max_fit_pixels!r}."
-            )
-        if self.spatial_weight < 0:
-            raise ValueError(f"`spatial_weight` must be >= 0, got {self.spatial_weight!r}.")
-        if self.image_size is not None and (
-            not isinstance(self.image_size, int) or self.image_size < 1
-        ):
-            raise ValueError(
-                f"`image_size` must be a positive int or None, got {self.image_size!r}."
-            )
-        if self.resize_mode not in _MODES:
-            raise ValueError(f"`resize_mode` must be one of {_MODES}, got {self.resize_mode!r}.")
+        check_positive(self.max_fit_pixels, "max_fit_pixels", integer=True)
+        check_positive(self.spatial_weight, "spatial_weight", allow_zero=True)
+        check_positive(self.seed, "seed", integer=True, allow_zero=True)
+
+
+def plan(config: KMeansColorConfig, query: Query, backbone: Any = None) -> Pass:
+    """No model work: the image at the caller's size (`Query.size`) or its own."""
+    return Pass(size=query.size, resize_mode=query.resize_mode)
 
 
 def _nearest(points: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -121,12 +111,16 @@ def kmeans(
     return c, _nearest(points, c)
 
 
-def segment(features: Features, config: KMeansColorConfig) -> Segmentation:
+def segment(
+    features: Features, config: KMeansColorConfig, query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Segmentation:
     """Cluster the pixels of image 0 of `features` by colour (and position).
 
     Args:
         features: needs only `images`, (1, 3, H, W) float32 in [0, 1].
         config: a `KMeansColorConfig`.
+        query, resources: unused.
 
     Returns:
         A `Segmentation` with int64 labels (H, W) in [0, K), K <= `num_clusters`.
@@ -163,8 +157,8 @@ def segment(features: Features, config: KMeansColorConfig) -> Segmentation:
 SPEC = MethodSpec(
     name="kmeans-color",
     config_cls=KMeansColorConfig,
+    plan=plan,
     segment=segment,
-    requires=FeatureRequest(),
+    kind="baseline",
     description="Baseline: k-means on pixel colour (CIELAB) and position; no diffusion model.",
-    extraction_fields=("image_size", "resize_mode"),
 )

@@ -7,50 +7,42 @@ method must beat. It reads nothing from the model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..backbone.features import FeatureRequest, Features
+from ..backbone.features import Features
+from ..plan import Pass, Query
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["SingleSegmentConfig", "segment", "SPEC"]
+__all__ = ["SingleSegmentConfig", "plan", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
-
-_MODES = ("crop", "squash", "keep_aspect")
 
 
 @dataclass(frozen=True)
 class SingleSegmentConfig:
-    """Configuration of the one-segment baseline.
-
-    Attributes:
-        image_size: side the image is resized to; None keeps the given size.
-        resize_mode: preprocessing mode ("crop", "squash" or "keep_aspect").
-    """
-
-    image_size: int | None = None
-    resize_mode: str = "crop"
-
-    def __post_init__(self) -> None:
-        if self.image_size is not None and (
-            not isinstance(self.image_size, int) or self.image_size < 1
-        ):
-            raise ValueError(
-                f"`image_size` must be a positive int or None, got {self.image_size!r}."
-            )
-        if self.resize_mode not in _MODES:
-            raise ValueError(f"`resize_mode` must be one of {_MODES}, got {self.resize_mode!r}.")
+    """The one-segment baseline has no hyperparameters (it sees the image at its own size)."""
 
 
-def segment(features: Features, config: SingleSegmentConfig) -> Segmentation:
+def plan(config: SingleSegmentConfig, query: Query, backbone: Any = None) -> Pass:
+    """No model work: the image at the caller's size (`Query.size`) or its own."""
+    return Pass(size=query.size, resize_mode=query.resize_mode)
+
+
+def segment(
+    features: Features, config: SingleSegmentConfig, query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Segmentation:
     """One segment covering image 0 of `features`.
 
     Args:
         features: needs only `images`, (1, 3, H, W) float32 in [0, 1].
         config: a `SingleSegmentConfig`.
+        query, resources: unused.
 
     Returns:
         A `Segmentation` with int64 zeros (H, W).
@@ -63,8 +55,8 @@ def segment(features: Features, config: SingleSegmentConfig) -> Segmentation:
 SPEC = MethodSpec(
     name="single-segment",
     config_cls=SingleSegmentConfig,
+    plan=plan,
     segment=segment,
-    requires=FeatureRequest(),
+    kind="baseline",
     description="Baseline: the whole image is one segment; no diffusion model.",
-    extraction_fields=("image_size", "resize_mode"),
 )

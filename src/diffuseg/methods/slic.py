@@ -9,17 +9,20 @@ superpixels matched with Hungarian.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..backbone.features import FeatureRequest, Features
+from ..backbone.features import Features
 from ..ops.masks import relabel_sequential
+from ..plan import Pass, Query, check_positive
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["SlicConfig", "segment", "SPEC"]
+__all__ = ["SlicConfig", "plan", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,40 +35,34 @@ class SlicConfig:
         n_segments: approximate number of superpixels (skimage default 100).
         compactness: colour vs space trade-off; higher = squarer segments (skimage default 10).
         sigma: Gaussian smoothing before segmenting, in pixels (0 = none).
-        image_size: side the image is resized to before segmenting; None keeps the given size.
-        resize_mode: preprocessing mode ("crop", "squash" or "keep_aspect").
+
+    The image is segmented at its own size (or the caller's `Query.size`).
     """
 
     n_segments: int = 100
     compactness: float = 10.0
     sigma: float = 0.0
-    image_size: int | None = None
-    resize_mode: str = "crop"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_segments, int) or self.n_segments < 1:
-            raise ValueError(f"`n_segments` must be a positive int, got {self.n_segments!r}.")
-        if not self.compactness > 0:
-            raise ValueError(f"`compactness` must be > 0, got {self.compactness!r}.")
-        if self.sigma < 0:
-            raise ValueError(f"`sigma` must be >= 0, got {self.sigma!r}.")
-        _check_size(self.image_size, self.resize_mode)
+        check_positive(self.n_segments, "n_segments", integer=True)
+        check_positive(self.compactness, "compactness")
+        check_positive(self.sigma, "sigma", allow_zero=True)
 
 
-def _check_size(image_size: int | None, resize_mode: str) -> None:
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"`image_size` must be a positive int or None, got {image_size!r}.")
-    modes = ("crop", "squash", "keep_aspect")
-    if resize_mode not in modes:
-        raise ValueError(f"`resize_mode` must be one of {modes}, got {resize_mode!r}.")
+def plan(config: SlicConfig, query: Query, backbone: Any = None) -> Pass:
+    """No model work: the image at the caller's size (`Query.size`) or its own."""
+    return Pass(size=query.size, resize_mode=query.resize_mode)
 
 
-def segment(features: Features, config: SlicConfig) -> Segmentation:
+def segment(
+    features: Features, config: SlicConfig, query: Query | None = None, resources: Mapping[str, Any] | None = None
+) -> Segmentation:
     """Segment image 0 of `features` into SLIC superpixels.
 
     Args:
         features: needs only `images`, (1, 3, H, W) float32 in [0, 1].
         config: a `SlicConfig`.
+        query, resources: unused.
 
     Returns:
         A `Segmentation` with int64 labels (H, W) in [0, K), K about `n_segments`.
@@ -95,8 +92,8 @@ def segment(features: Features, config: SlicConfig) -> Segmentation:
 SPEC = MethodSpec(
     name="slic",
     config_cls=SlicConfig,
+    plan=plan,
     segment=segment,
-    requires=FeatureRequest(),
+    kind="baseline",
     description="Baseline: SLIC colour superpixels (scikit-image); no diffusion model.",
-    extraction_fields=("image_size", "resize_mode"),
 )

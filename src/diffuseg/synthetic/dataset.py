@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from diffuseg.eval.base import Sample
 from diffuseg.synthetic.scenes import CLASS_NAMES, Scene, SceneConfig, render_scene
+from diffuseg.types import Sample
 
 __all__ = ["SPLITS", "SyntheticScenes", "scene_rng"]
 

@@ -1,0 +1,68 @@
+"""Where things are in a diffusers UNet: layer paths that methods ask for by role.
+
+Methods name the module they want by what it is ("the deepest encoder self-attention"); the
+UNet-specific walk over `down_blocks` lives here, so another backbone (a diffusion transformer)
+can answer the same question its own way.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["deepest_encoder_self_attention", "attention_grids"]
+
+
+def deepest_encoder_self_attention(unet: nn.Module) -> str:
+    """Diffusers path of the `attn1` of the last transformer block of the last attention of the
+    last down block that has attentions.
+
+    That is DiffCut's feature module (`tools/ldm.py` l.56-66 hard-codes `down_blocks[-1]` for
+    SDXL-family models and `down_blocks[-2]` for SD 1.4; both are this rule).
+
+    Raises:
+        ValueError: if `unet` has no down blocks, or none of them has attention layers.
+    """
+    blocks = getattr(unet, "down_blocks", None)
+    if blocks is None:
+        raise ValueError(f"`unet` has no `down_blocks`; expected a UNet2DConditionModel, got {type(unet).__name__}.")
+    for i in range(len(blocks) - 1, -1, -1):
+        attentions = getattr(blocks[i], "attentions", None)
+        if not attentions:
+            continue
+        j = len(attentions) - 1
+        transformer_blocks = getattr(attentions[j], "transformer_blocks", None)
+        if not transformer_blocks:
+            continue
+        k = len(transformer_blocks) - 1
+        return f"down_blocks.{i}.attentions.{j}.transformer_blocks.{k}.attn1"
+    raise ValueError("no down block of this UNet has attention layers; DiffCut needs one.")
+
+
+def attention_grids(unet: nn.Module, latent_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """The (h, w) token grid of every attention layer of `unet` for a latent of `latent_size`.
+
+    Follows the UNet's stride-2 resampling: down block i sees the latent halved (ceil) once per
+    downsampler before it, the mid block the deepest grid, up block j doubled back once per
+    upsampler before it. No forward pass is run.
+    """
+    h, w = latent_size
+    grids: dict[str, tuple[int, int]] = {}
+    sizes = [(h, w)]
+    for i, block in enumerate(unet.down_blocks):
+        _name_grid(grids, f"down_blocks.{i}", block, sizes[-1])
+        if getattr(block, "downsamplers", None):
+            sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+    if getattr(unet, "mid_block", None) is not None:
+        _name_grid(grids, "mid_block", unet.mid_block, sizes[-1])
+    level = len(sizes) - 1
+    for j, block in enumerate(unet.up_blocks):
+        _name_grid(grids, f"up_blocks.{j}", block, sizes[level])
+        if getattr(block, "upsamplers", None):
+            level = max(level - 1, 0)
+    return grids
+
+
+def _name_grid(grids: dict[str, tuple[int, int]], prefix: str, block: nn.Module, grid: tuple[int, int]) -> None:
+    for name, module in block.named_modules():
+        if name.endswith(("attn1", "attn2")) and hasattr(module, "heads"):
+            grids[f"{prefix}.{name}"] = grid

@@ -1,0 +1,304 @@
+"""Options shared by ``segment``, ``eval`` and ``inspect``: model, method and query flags.
+
+Method options are generated from the config dataclasses of the registered methods (kebab-case
+field names, default None), grouped per method with each default and allowed values. Only the
+options the user set reach the library, so the library default (or the model's preset) is the
+only default. List options take one comma-separated value (``--kl-thresholds 0.05,0.05,0.05``)
+so they never swallow image paths.
+
+Library errors name library arguments (`image_size`); `flag_message` adds the CLI flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import typing
+from typing import Any
+
+__all__ = ["add_model_options", "add_method_options", "add_query_options", "method_overrides", "parse_dtype",
+           "make_generator", "load_backbone", "flag_message", "fail", "method_help", "HelpFormatter"]
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+#: Extra flags of some config fields.
+_ALIASES = {"image_size": ["--size"]}
+#: Library argument -> CLI flag, for arguments that are not method options.
+_GENERAL_FLAGS = {"device": "--device", "dtype": "--dtype", "batch_size": "--batch-size", "classes": "--classes",
+                  "resources": "--resource", "limit": "--limit", "model": "--model", "config": "--model-config",
+                  "overwrite": "--overwrite", "resume": "--resume", "out_dir": "--out", "out": "--out"}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Keeps the line breaks of a help text (one method per line under --method)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        lines: list[str] = []
+        for part in text.splitlines():
+            lines += super()._split_lines(part, width) or [""]
+        return lines
+
+
+def fail(command: str, message: str, code: int = 2) -> int:
+    """Print ``diffuseg COMMAND: error: MESSAGE`` to stderr and return `code`."""
+    print(f"diffuseg {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def flag_message(error: BaseException | str) -> str:
+    """The message of a library error in CLI terms: each backticked library argument that has a
+    flag is replaced by it ("`image_size` must be ..." -> "--size must be ...",
+    "`overwrite=True`" -> "--overwrite")."""
+    fields = _method_fields()
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        found = _ALIASES.get(name, [None])[0] or _GENERAL_FLAGS.get(name)
+        if found is None and name in fields:
+            found = "--" + name.replace("_", "-")
+        if found is None:
+            return match.group(0)
+        if value in (None, "=True"):
+            return found
+        return f"{found} {value[1:]}"
+
+    return re.sub(r"`([a-z_][a-z0-9_]*)(=[^`]*)?`", flag, str(error))
+
+
+def parse_dtype(name: str | None) -> Any:
+    """Map a CLI dtype name to a torch dtype (None -> None)."""
+    if name is None:
+        return None
+    if name not in _DTYPES:
+        raise ValueError(f"`dtype` must be one of {sorted(_DTYPES)}, got {name!r}.")
+    import torch
+
+    return getattr(torch, _DTYPES[name])
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model --model-config --device --dtype --seed --batch-size."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="hub id (local cache first), diffusers folder, .safetensors/.ckpt file, or 'toy' "
+                        "(default: stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    g.add_argument("--model-config", default=None,
+                   help="for single-file checkpoints: a diffusers folder/hub id with the matching configs")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default cpu)")
+    g.add_argument("--dtype", default=None, choices=sorted(_DTYPES), help="weights dtype (default float32)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the torch.Generator for noise")
+    g.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
+
+
+def add_query_options(parser: argparse.ArgumentParser) -> None:
+    """--classes --caption --resource: what the user knows about the images, and extra models."""
+    g = parser.add_argument_group("what to look for (open-vocabulary methods)")
+    g.add_argument("--classes", default=None,
+                   help="class names, comma-separated; synonyms with '|' (e.g. 'cat,tv|monitor')")
+    g.add_argument("--caption", default=None, help="a caption / prompt for every image")
+    g.add_argument("--resource", action="append", default=[], metavar="NAME=VALUE",
+                   help="an extra model a method declares (path or hub id); repeatable")
+
+
+def _field_kind(tp: Any) -> tuple[str, Any]:
+    """('bool'|'scalar'|'tuple', element type) for a dataclass field annotation."""
+    if isinstance(tp, str):
+        t = tp.replace(" ", "")
+        if t.startswith("bool"):
+            return "bool", bool
+        base = t.split("|")[0]
+        elem = {"int": int, "float": float, "str": str}
+        if base.startswith("tuple["):
+            inner = base[len("tuple["):].split(",")[0].rstrip("]")
+            return "tuple", elem.get(inner, str)
+        return "scalar", elem.get(base, str)
+    if tp is bool:
+        return "bool", bool
+    if typing.get_origin(tp) is tuple:
+        return "tuple", typing.get_args(tp)[0]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return "scalar", (args[0] if args else tp)
+
+
+def _csv(elem: type) -> Any:
+    def parse(text: str) -> tuple[Any, ...]:
+        parts = [p.strip() for p in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        try:
+            return tuple(elem(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {elem.__name__} values, got {text!r}") from None
+
+    parse.__name__ = f"comma-separated {elem.__name__}"
+    return parse
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """First sentence of each attribute in a config's "Attributes:" docstring section."""
+    doc = cls.__doc__ or ""
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^\s{8}(\w+): (.+?)(?=^\s{8}\w+: |\Z|^\s*$)", doc, re.S | re.M):
+        out[m.group(1)] = _first_clause(" ".join(m.group(2).split()))
+    return out
+
+
+def _first_clause(text: str) -> str:
+    """Text up to the first ". " or "; " outside parentheses."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
+        if depth == 0 and ch in ".;" and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[:i]
+    return text
+
+
+def _methods() -> list[Any]:
+    from ..methods import get_method, list_methods
+
+    return [get_method(n) for n in list_methods()]
+
+
+def _method_fields() -> set[str]:
+    return {f.name for spec in _methods() for f in dataclasses.fields(spec.config_cls)}
+
+
+def method_help() -> str:
+    """One line per registered method, for --method's help."""
+    return "\n".join(f"  {s.name}: {s.description}" for s in _methods())
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """Add one option per config field of every registered method (default None), grouped by
+    method, with the library default and allowed values in the help.
+
+    Returns:
+        field name -> names of the methods that have it ("*" first if a general option of the
+        same name, e.g. --seed, feeds it).
+    """
+    owners: dict[str, list[str]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for spec in _methods():
+        docs = _field_docs(spec.config_cls)
+        for f in dataclasses.fields(spec.config_cls):
+            owners.setdefault(f.name, []).append(spec.name)
+            entry = info.setdefault(f.name, {"kind": _field_kind(f.type), "doc": docs.get(f.name, ""),
+                                             "choices": f.metadata.get("choices"), "defaults": {}})
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            entry["defaults"][spec.name] = default
+    taken = set(parser._option_string_actions)
+    groups: dict[str, Any] = {}
+    for field_name in sorted(owners, key=lambda n: (len(owners[n]) > 1, owners[n][0], n)):
+        entry = info[field_name]
+        flags = [f"--{field_name.replace('_', '-')}", *_ALIASES.get(field_name, [])]
+        if flags[0] in taken:
+            owners[field_name] = ["*", *owners[field_name]]
+            continue
+        key = owners[field_name][0] if len(owners[field_name]) == 1 else "shared"
+        if key not in groups:
+            title = (f"{key} options" if key != "shared" else "options of several methods")
+            groups[key] = parser.add_argument_group(
+                title, "defaults are the library's (the paper's); `diffuseg env` lists the presets that "
+                "replace some of them on other models" if key == "shared" else None)
+        defaults = entry["defaults"]
+        shown = ", ".join(f"{m} {_show(v)}" for m, v in defaults.items()) if key == "shared" else _show(
+            next(iter(defaults.values())))
+        help_ = f"{entry['doc']} (default: {shown}"
+        if entry["choices"]:
+            help_ += f"; one of {', '.join(map(str, entry['choices']))}"
+        help_ += ")"
+        kind, elem = entry["kind"]
+        g = groups[key]
+        if kind == "bool":
+            g.add_argument(*flags, dest=field_name, action=argparse.BooleanOptionalAction, default=None,
+                           help=help_.replace("%", "%%"))
+        elif kind == "tuple":
+            g.add_argument(*flags, dest=field_name, type=_csv(elem), default=None, metavar="V,V,...",
+                           help=help_.replace("%", "%%"))
+        else:
+            g.add_argument(*flags, dest=field_name, type=elem, default=None, choices=entry["choices"],
+                           help=help_.replace("%", "%%"))
+    return owners
+
+
+def _show(value: Any) -> str:
+    if value == "":
+        return '""'
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "none (see the method)" if value is None else str(value)
+
+
+def method_overrides(args: argparse.Namespace, method: str, owners: dict[str, list[str]]) -> dict[str, Any]:
+    """The method options the user set, checked against `method`.
+
+    Raises:
+        ValueError: if an option set by the user does not belong to `method`.
+    """
+    out: dict[str, Any] = {}
+    for field_name, methods in owners.items():
+        value = getattr(args, field_name, None)
+        if value is None:
+            continue
+        if "*" in methods:  # a general option (e.g. --seed): passed on where the method has the field
+            if method in methods:
+                out[field_name] = value
+            continue
+        if method not in methods:
+            raise ValueError(f"option --{field_name.replace('_', '-')} does not apply to method {method!r} "
+                             f"(it belongs to {', '.join(methods)}).")
+        out[field_name] = value
+    return out
+
+
+def parse_resources(items: list[str]) -> dict[str, str]:
+    """``["name=value", ...]`` -> dict.
+
+    Raises:
+        ValueError: on an item without "=".
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"`resources`: expected NAME=VALUE, got {item!r}.")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def make_generator(seed: int | None, device: str) -> Any:
+    """A torch.Generator on `device` seeded with `seed` (None: a random seed is drawn)."""
+    import torch
+
+    gen = torch.Generator(device=device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()
+    return gen
+
+
+def check_runtime(args: argparse.Namespace) -> None:
+    """Validate --device, --dtype and --batch-size before anything heavy is loaded.
+
+    Raises:
+        ValueError: naming the bad argument.
+    """
+    from ..devices import check_device
+
+    check_device(args.device)
+    parse_dtype(args.dtype)
+    if args.batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {args.batch_size}.")
+
+
+def load_backbone(args: argparse.Namespace) -> Any:
+    """Load and move the backbone named by --model/--device/--dtype."""
+    from ..backbone import DEFAULT_MODEL, DiffusionBackbone
+
+    dtype = parse_dtype(args.dtype)
+    backbone = DiffusionBackbone.from_pretrained(args.model or DEFAULT_MODEL, torch_dtype=dtype,
+                                                 config=getattr(args, "model_config", None))
+    return backbone.to(args.device, dtype)

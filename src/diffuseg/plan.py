@@ -1,0 +1,205 @@
+"""What a caller asks (`Query`) and what model work a method needs for it (`Pass`).
+
+A `Query` is one image plus what the caller knows about it: class names (with synonyms), a
+caption, an id, and, for evaluation protocols, the model input size they fix. The CLI, the eval
+runner, the demo and batch engines all hand queries to a `diffuseg.Segmenter`.
+
+A method turns a query into a `Pass` (``plan(config, query, backbone) -> Pass``): a frozen,
+hashable description of the model work (preprocessing, `FeatureRequest`, timestep, prompts,
+noise; or a multi-step `Sampler`). The `Segmenter` batches queries whose passes are equal into
+one model call and caches the recorded `Features` per pass, so re-segmenting with other
+post-processing settings runs no model. Nothing outside a method reads its config fields.
+
+Passes stay backbone-agnostic: they name layers only through the `FeatureRequest` the method
+built with the backbone's help, so a later diffusion-transformer backbone fits the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .backbone.features import FeatureRequest
+from .imageio import RESIZE_MODES, ImageInput
+
+__all__ = ["Query", "Pass", "Sampler", "Resource", "parse_classes", "check_timestep", "check_positive"]
+
+LATENT_MODES = ("mean", "sample")
+
+
+def check_timestep(timestep: Any, name: str = "timestep") -> int:
+    """Validate a UNet timestep as a non-negative int (the model's upper bound is checked by
+    `DiffusionBackbone.check_timestep`). Returns it; raises `ValueError` otherwise."""
+    if isinstance(timestep, bool) or not isinstance(timestep, int) or timestep < 0:
+        raise ValueError(f"`{name}` must be an int >= 0, got {timestep!r}.")
+    return timestep
+
+
+def check_positive(value: Any, name: str, *, integer: bool = False, allow_none: bool = False,
+                   allow_zero: bool = False) -> Any:
+    """Validate a finite number > 0 (>= 0 with `allow_zero`; an int with `integer`; None with
+    `allow_none`). Rejects bools, NaN and infinities. Returns the value; raises `ValueError`."""
+    if value is None and allow_none:
+        return value
+    kind = "an int" if integer else "a finite number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0 or (
+        value == 0 and not allow_zero
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        none = " or None" if allow_none else ""
+        raise ValueError(f"`{name}` must be {kind} {bound}{none}, got {value!r}.")
+    return value
+
+
+def parse_classes(classes: str | Iterable[str | Iterable[str]] | None) -> tuple[tuple[str, ...], ...]:
+    """Normalise class names: ``"cat, tv|monitor"`` or ``["cat", ("tv", "monitor")]`` ->
+    ``(("cat",), ("tv", "monitor"))``. The first name of each class is its display name; the
+    others are synonyms.
+
+    Raises:
+        ValueError: on an empty name or a class listed twice.
+    """
+    if classes is None:
+        return ()
+    items: Iterable[Any] = classes.split(",") if isinstance(classes, str) else classes
+    out: list[tuple[str, ...]] = []
+    for item in items:
+        names = item.split("|") if isinstance(item, str) else list(item)
+        names = tuple(str(n).strip() for n in names)
+        if not names or any(not n for n in names):
+            raise ValueError(f"`classes` has an empty class name in {item!r}; separate classes with ',' "
+                             "and synonyms with '|'.")
+        out.append(names)
+    firsts = [c[0].lower() for c in out]
+    dupes = sorted({n for n in firsts if firsts.count(n) > 1})
+    if dupes:
+        raise ValueError(f"`classes` lists {dupes} more than once.")
+    return tuple(out)
+
+
+@dataclass(frozen=True, eq=False)
+class Query:
+    """One image and what the caller knows about it.
+
+    Attributes:
+        image: a path, PIL image, array (H, W[, C]) or float tensor (3, H, W) in [0, 1]; None
+            only for a dry `plan` that validates a config before any image is read.
+        classes: class names, each a tuple (name, synonym, ...); see `parse_classes`.
+        caption: a caption or prompt for the image, or None.
+        id: the caller's name for the image (file stem, dataset id), copied into results.
+        size: the model input side the caller fixes (evaluation protocols: 512 for DiffSeg's,
+            1024 for DiffCut's), overriding the method's own size; None = the method's choice.
+        resize_mode: how the image is fitted to the model input (`diffuseg.imageio.RESIZE_MODES`):
+            "keep_aspect" (default: the whole image, longer side = the size, each side rounded to
+            the model's multiple), "squash" or "crop" (square centre crop).
+        label_size: longer side of the grid the caller scores labels at, or None. Methods that
+            compute labels at a chosen resolution (DiffCut's concept assignment) use it.
+    """
+
+    image: ImageInput | None = None
+    classes: tuple[tuple[str, ...], ...] = ()
+    caption: str | None = None
+    id: str | None = None
+    size: int | None = None
+    resize_mode: str = "keep_aspect"
+    label_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", parse_classes(self.classes))
+        check_positive(self.size, "size", integer=True, allow_none=True)
+        check_positive(self.label_size, "label_size", integer=True, allow_none=True)
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"`resize_mode` must be one of {RESIZE_MODES}, got {self.resize_mode!r}.")
+
+    @property
+    def class_names(self) -> list[str]:
+        """The display name of each class (the first of its synonyms)."""
+        return [c[0] for c in self.classes]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Multi-step model work (e.g. a mask-denoising sampler); must be hashable (a frozen dataclass).
+
+    Called as ``sampler(backbone, pixels, pass_, resources, generator) -> Features`` with
+    pixels (B, 3, H, W) float32 in [0, 1] at the model input size.
+    """
+
+    def __call__(self, backbone: Any, pixels: Any, pass_: Pass, resources: dict[str, Any],
+                 generator: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Pass:
+    """The model work for one query; equal passes are batched and cached together.
+
+    Attributes:
+        request: what to record (`FeatureRequest`); empty = no model call (image-only methods).
+        size: model input side (longer side for "keep_aspect"); None = the image's own size
+            for image-only passes. Model passes get a size from the method's plan.
+        resize_mode: see `Query.resize_mode`.
+        timestep: UNet timestep of the recorded call.
+        prompts: the prompt(s) per image; with P prompts the image's latent runs P times in one
+            batched UNet call (P rows of `Features`, in this order).
+        add_noise: noise the latent to `timestep` (one draw per image, shared by its prompts).
+        shared_noise: one noise draw for the whole batch (DiffCut's reference behaviour).
+        latent_mode: VAE posterior "mean" or "sample".
+        sampler: multi-step work that replaces the single recorded call, or None.
+    """
+
+    request: FeatureRequest = field(default_factory=FeatureRequest)
+    size: int | None = None
+    resize_mode: str = "keep_aspect"
+    timestep: int = 0
+    prompts: tuple[str, ...] = ("",)
+    add_noise: bool = False
+    shared_noise: bool = False
+    latent_mode: str = "mean"
+    sampler: Sampler | None = None
+
+    def __post_init__(self) -> None:
+        check_positive(self.size, "size", integer=True, allow_none=True)
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"`resize_mode` must be one of {RESIZE_MODES}, got {self.resize_mode!r}.")
+        check_timestep(self.timestep)
+        prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"`prompts` must be a non-empty tuple of strings, got {self.prompts!r}.")
+        object.__setattr__(self, "prompts", prompts)
+        if self.latent_mode not in LATENT_MODES:
+            raise ValueError(f"`latent_mode` must be one of {LATENT_MODES}, got {self.latent_mode!r}.")
+        if self.sampler is not None:
+            hash(self.sampler)  # a TypeError here means the sampler is not a frozen dataclass
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether this pass runs the diffusion model at all."""
+        return self.sampler is not None or not self.request.is_empty
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Passes with equal keys share one model call (their prompts become rows)."""
+        return (self.request, self.size, self.resize_mode, self.timestep, len(self.prompts), self.add_noise,
+                self.shared_noise, self.latent_mode, self.sampler)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """An extra model a method declares (a CLIP labeller, a captioner, a fine-tuned UNet).
+
+    The `Segmenter` loads each once, from what the user gives (an object, or a path / hub id
+    passed to `load`), on the backbone's device.
+
+    Attributes:
+        name: key in the `resources` mapping (CLI: ``--resource NAME=VALUE``).
+        description: one line for help texts.
+        load: ``load(value: str, device, dtype) -> object``, or None if only objects are taken.
+        required: whether the method cannot run without it.
+    """
+
+    name: str
+    description: str
+    load: Any = None
+    required: bool = True
