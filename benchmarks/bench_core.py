@@ -100,8 +100,10 @@ def main() -> None:
     latents = torch.randn(1, 4, lat, lat)
     text = torch.randn(1, 77, SD15_UNET["cross_attention_dim"])
     pixels = torch.rand(1, 3, args.size, args.size)
-    print(f"SD-1.5-shaped UNet + VAE, random weights, {args.size}x{args.size} input, "
-          f"{args.threads} threads, best of {args.repeats}")
+    print(
+        f"SD-1.5-shaped UNet + VAE, random weights, {args.size}x{args.size} input, "
+        f"{args.threads} threads, best of {args.repeats}"
+    )
 
     with torch.no_grad():
         unet(latents, 300, encoder_hidden_states=text)  # warm-up
@@ -112,21 +114,37 @@ def main() -> None:
                 unet(latents, 300, encoder_hidden_states=text)
 
         rec = best_of(recorded, args.repeats)
-        print(f"(a) UNet forward: plain {plain:.2f} s, recording DiffSeg request {rec:.2f} s "
-              f"-> ratio {rec / plain:.2f}x (target <= 1.3x)")
+        print(
+            f"(a) UNet forward: plain {plain:.2f} s, recording DiffSeg request {rec:.2f} s "
+            f"-> ratio {rec / plain:.2f}x (target <= 1.3x)"
+        )
 
         # (b) post-processing in a fresh process for a clean peak-memory reading
         with tempfile.TemporaryDirectory() as tmp:
             maps_file = os.path.join(tmp, "maps.pt")
             torch.save(structured_maps(args.size // 8), maps_file)
-            out = subprocess.run([sys.executable, __file__, "--child", maps_file, "--size", str(args.size),
-                                  "--threads", str(args.threads)], capture_output=True, text=True,
-                                 check=True).stdout.split()
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    maps_file,
+                    "--size",
+                    str(args.size),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
         agg_s, merge_s, label_s, peak_mb, k = float(out[0]), float(out[1]), float(out[2]), float(out[3]), out[4]
         post = agg_s + merge_s + label_s
-        print(f"(b) DiffSeg post-processing: aggregate {agg_s:.3f} s + merge {merge_s:.3f} s + labels "
-              f"{label_s:.3f} s = {post:.3f} s (target < 1 s), peak extra memory {peak_mb:.0f} MB "
-              f"(target < 1024 MB), {k} segments; = {post / plain:.3f}x of one plain UNet forward")
+        print(
+            f"(b) DiffSeg post-processing: aggregate {agg_s:.3f} s + merge {merge_s:.3f} s + labels "
+            f"{label_s:.3f} s = {post:.3f} s (target < 1 s), peak extra memory {peak_mb:.0f} MB "
+            f"(target < 1024 MB), {k} segments; = {post / plain:.3f}x of one plain UNet forward"
+        )
 
         # (c) end to end: VAE encode + UNet (+ recording + post-processing)
         def baseline():
@@ -137,14 +155,21 @@ def main() -> None:
             z = vae.encode(pixels * 2 - 1).latent_dist.mean * 0.18215
             with record(unet, REQUIRES, (lat, lat)) as store:
                 unet(z, 300, encoder_hidden_states=text)
-            f = Features(self_attention=store.maps["self"], layer_sizes=store.sizes,
-                         layer_counts=store.counts["self"], images=pixels, meta=[{}])
+            f = Features(
+                self_attention=store.maps["self"],
+                layer_sizes=store.sizes,
+                layer_counts=store.counts["self"],
+                images=pixels,
+                meta=[{}],
+            )
             segment(f, DiffSegConfig())
 
         base = best_of(baseline, args.repeats)
         e2e = best_of(full, args.repeats)
-        print(f"(c) per {args.size} image: VAE encode + plain UNet {base:.2f} s, end-to-end DiffSeg {e2e:.2f} s "
-              f"-> ratio {e2e / base:.2f}x (target <= 1.5x)")
+        print(
+            f"(c) per {args.size} image: VAE encode + plain UNet {base:.2f} s, end-to-end DiffSeg {e2e:.2f} s "
+            f"-> ratio {e2e / base:.2f}x (target <= 1.5x)"
+        )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,14 @@ def run(cases, backbone, save: str | None = None) -> dict[str, list[str]]:
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     evaluate(
-                        _dataset(ds_name), method, backbone=backbone, config_overrides=dict(settings),
-                        protocol=protocol, limit=limit, out_dir=tmp, name=f"case{len(out)}",
+                        _dataset(ds_name),
+                        method,
+                        backbone=backbone,
+                        config_overrides=dict(settings),
+                        protocol=protocol,
+                        limit=limit,
+                        out_dir=tmp,
+                        name=f"case{len(out)}",
                         generator=torch.Generator().manual_seed(0),
                     )
                 out[key] = list(hashes)

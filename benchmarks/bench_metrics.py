@@ -30,9 +30,7 @@ def _pairs(n: int, size: int, classes: int, segments: int, seed: int = 0):
         cells = size // 32
         gt = rng.integers(0, classes, (cells, cells)).repeat(32, 0).repeat(32, 1).astype(np.uint8)
         gt[rng.random((size, size)) < 0.05] = 255
-        pred = (
-            rng.integers(0, segments, (cells, cells)).repeat(32, 0).repeat(32, 1).astype(np.int64)
-        )
+        pred = rng.integers(0, segments, (cells, cells)).repeat(32, 0).repeat(32, 1).astype(np.int64)
         yield pred, gt
 
 
@@ -49,9 +47,7 @@ def _loop_hist(pred: np.ndarray, gt: np.ndarray, classes: int) -> np.ndarray:
 def _masked_bincount(pred: np.ndarray, gt: np.ndarray, classes: int) -> np.ndarray:
     k = max(classes, int(pred.max()) + 1)
     mask = gt < classes
-    return np.bincount(k * gt[mask].astype(np.int64) + pred[mask], minlength=classes * k).reshape(
-        classes, k
-    )
+    return np.bincount(k * gt[mask].astype(np.int64) + pred[mask], minlength=classes * k).reshape(classes, k)
 
 
 def main() -> None:
@@ -103,8 +99,7 @@ def main() -> None:
         f"({len(sub)} pairs)  ratio {loop / ours:6.1f}x"
     )
     print(
-        f"baseline masked-index bincount (histogram only): {1000 * masked:8.3f} ms / image  "
-        f"ratio {masked / ours:6.2f}x"
+        f"baseline masked-index bincount (histogram only): {1000 * masked:8.3f} ms / image  ratio {masked / ours:6.2f}x"
     )
     print(f"mIoU of the random pairs (sanity): {100 * result.miou:.2f}")
 

@@ -57,7 +57,7 @@ _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_ou
 
 
 def _split(key: str, prefix: str) -> str | None:
-    return key[len(prefix):] if key.startswith(prefix) else None
+    return key[len(prefix) :] if key.startswith(prefix) else None
 
 
 def _rename_resnet(rest: str) -> str:
@@ -73,8 +73,10 @@ def unet_to_ldm(unet: Any) -> dict[str, torch.Tensor]:
         ValueError: for a key this exporter does not know (a layout it was not written for).
     """
     cfg = unet.config
-    if cfg.get("class_embed_type") or cfg.get("num_class_embeds") or cfg.get("addition_embed_type") not in (
-        None, "text_time"
+    if (
+        cfg.get("class_embed_type")
+        or cfg.get("num_class_embeds")
+        or cfg.get("addition_embed_type") not in (None, "text_time")
     ):
         raise ValueError("class embeddings / non-SDXL addition embeddings are not supported by this exporter")
     per_level = cfg["layers_per_block"]
@@ -94,8 +96,9 @@ def unet_to_ldm(unet: Any) -> dict[str, torch.Tensor]:
                 j = int(parts[3])
                 i = 1 + b * (per_level + 1) + j
                 rest = ".".join(parts[4:])
-                name = (f"input_blocks.{i}.0.{_rename_resnet(rest)}" if kind == "resnets"
-                        else f"input_blocks.{i}.1.{rest}")
+                name = (
+                    f"input_blocks.{i}.0.{_rename_resnet(rest)}" if kind == "resnets" else f"input_blocks.{i}.1.{rest}"
+                )
             elif kind == "downsamplers":  # down_blocks.b.downsamplers.0.conv.{weight,bias}
                 i = 1 + b * (per_level + 1) + per_level
                 name = f"input_blocks.{i}.0.op.{parts[-1]}"
@@ -114,8 +117,11 @@ def unet_to_ldm(unet: Any) -> dict[str, torch.Tensor]:
                 j = int(parts[3])
                 i = b * (per_level + 1) + j
                 rest = ".".join(parts[4:])
-                name = (f"output_blocks.{i}.0.{_rename_resnet(rest)}" if kind == "resnets"
-                        else f"output_blocks.{i}.1.{rest}")
+                name = (
+                    f"output_blocks.{i}.0.{_rename_resnet(rest)}"
+                    if kind == "resnets"
+                    else f"output_blocks.{i}.1.{rest}"
+                )
             elif kind == "upsamplers" and b < n_levels - 1:
                 i = b * (per_level + 1) + per_level  # the level's last entry carries the upsampler
                 name = f"output_blocks.{i}.{2 if has_attn else 1}.conv.{parts[-1]}"
@@ -201,8 +207,13 @@ def open_clip_to_ldm(text_encoder: Any, prefix: str = "conditioner.embedders.1.m
         "text_projection": sd.pop("text_projection.weight").T.contiguous(),
     }
     sd.pop("embeddings.position_ids", None)
-    renames = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-               "self_attn.out_proj": "attn.out_proj"}
+    renames = {
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+        "self_attn.out_proj": "attn.out_proj",
+    }
     n_layers = text_encoder.config.num_hidden_layers
     for i in range(n_layers):
         src = f"encoder.layers.{i}."
@@ -222,8 +233,10 @@ def open_clip_to_ldm(text_encoder: Any, prefix: str = "conditioner.embedders.1.m
 def sdxl_to_ldm(unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> dict[str, torch.Tensor]:
     """SDXL components as one original-format checkpoint: `conditioner.embedders.0.transformer.*`
     (CLIP, HF layout) and `conditioner.embedders.1.model.*` (OpenCLIP layout)."""
-    clip = {k.replace(CLIP_PREFIX, "conditioner.embedders.0.transformer.", 1): v
-            for k, v in clip_to_ldm(text_encoder).items()}
+    clip = {
+        k.replace(CLIP_PREFIX, "conditioner.embedders.0.transformer.", 1): v
+        for k, v in clip_to_ldm(text_encoder).items()
+    }
     return {**unet_to_ldm(unet), **vae_to_ldm(vae), **clip, **open_clip_to_ldm(text_encoder_2)}
 
 

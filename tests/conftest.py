@@ -24,8 +24,16 @@ def make_tokenizer(directory) -> Any:
     """Offline CLIP tokenizer over single characters: every word splits into several tokens."""
     from transformers import CLIPTokenizer
 
-    vocab = ["<|startoftext|>", "<|endoftext|>", *string.ascii_lowercase,
-             *(c + "</w>" for c in string.ascii_lowercase), ",", ",</w>", ".", ".</w>"]
+    vocab = [
+        "<|startoftext|>",
+        "<|endoftext|>",
+        *string.ascii_lowercase,
+        *(c + "</w>" for c in string.ascii_lowercase),
+        ",",
+        ",</w>",
+        ".",
+        ".</w>",
+    ]
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (directory / "merges.txt").write_text("#version: 0.2\n")
     # from_pretrained on the folder works with both transformers 4 (slow) and 5 (tokenizers).
@@ -35,32 +43,57 @@ def make_tokenizer(directory) -> Any:
 def sd1_unet_config() -> dict[str, Any]:
     """An SD-1.x-shaped UNet (3 cross-attention down blocks + plain block, 2 layers each:
     16 self-attention layers, like SD 1.5) at toy width."""
-    return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
-                block_out_channels=(8, 8, 16, 16), norm_num_groups=4, attention_head_dim=2,
-                cross_attention_dim=8,
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    return dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(8, 8, 16, 16),
+        norm_num_groups=4,
+        attention_head_dim=2,
+        cross_attention_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
 
 
 def sdxl_unet_config(width_1: int, width_2: int) -> dict[str, Any]:
     """An SDXL-shaped UNet for text encoders of widths `width_1` and `width_2`: cross-attention
     on their concatenated hidden states, `text_time` conditioning on the second one's pooled
     projection (assumed `width_2` wide) plus 6 time ids."""
-    return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
-                norm_num_groups=4, attention_head_dim=(2, 2, 4), use_linear_projection=True,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 1, 2), addition_embed_type="text_time", addition_time_embed_dim=4,
-                projection_class_embeddings_input_dim=6 * 4 + width_2, cross_attention_dim=width_1 + width_2)
+    return dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(8, 16, 16),
+        norm_num_groups=4,
+        attention_head_dim=(2, 2, 4),
+        use_linear_projection=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=6 * 4 + width_2,
+        cross_attention_dim=width_1 + width_2,
+    )
 
 
 def tiny_vae() -> Any:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         norm_num_groups=2, layers_per_block=1)
+    return AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=2,
+        layers_per_block=1,
+    )
 
 
 def tiny_scheduler() -> Any:
@@ -93,11 +126,22 @@ def tiny_components(tiny_tokenizer) -> dict[str, Any]:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**sd1_unet_config())
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tiny_tokenizer), hidden_size=8, intermediate_size=16, num_attention_heads=2,
-        num_hidden_layers=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    return dict(unet=unet, vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tiny_tokenizer,
-                scheduler=tiny_scheduler())
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tiny_tokenizer),
+            hidden_size=8,
+            intermediate_size=16,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    return dict(
+        unet=unet, vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tiny_tokenizer, scheduler=tiny_scheduler()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -106,17 +150,33 @@ def tiny_sdxl_components(tiny_tokenizer) -> dict[str, Any]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cfg = dict(vocab_size=len(tiny_tokenizer), hidden_size=8, intermediate_size=16, num_attention_heads=2,
-               num_hidden_layers=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-               pad_token_id=1, projection_dim=8)
+    cfg = dict(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=8,
+        intermediate_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=8,
+    )
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**sdxl_unet_config(8, 8))
     torch.manual_seed(0)
     te1 = CLIPTextModel(CLIPTextConfig(**cfg))
     torch.manual_seed(1)
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
-    return dict(unet=unet, vae=tiny_vae(), text_encoder=te1, tokenizer=tiny_tokenizer, text_encoder_2=te2,
-                tokenizer_2=tiny_tokenizer, scheduler=tiny_scheduler())
+    return dict(
+        unet=unet,
+        vae=tiny_vae(),
+        text_encoder=te1,
+        tokenizer=tiny_tokenizer,
+        text_encoder_2=te2,
+        tokenizer_2=tiny_tokenizer,
+        scheduler=tiny_scheduler(),
+    )
 
 
 @pytest.fixture
@@ -139,8 +199,9 @@ def tiny_model_dir(tiny_components, tmp_path_factory):
     from diffusers import StableDiffusionPipeline
 
     d = tmp_path_factory.mktemp("tiny-model")
-    pipe = StableDiffusionPipeline(**tiny_components, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        **tiny_components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.save_pretrained(d, safe_serialization=True)
     return d
 

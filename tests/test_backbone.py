@@ -172,10 +172,14 @@ def test_sd2_shaped_v_prediction_folder(tiny_components, tmp_path):
 
     cfg = dict(sd1_unet_config(), use_linear_projection=True, attention_head_dim=(2, 2, 4, 4))
     torch.manual_seed(0)
-    parts = dict(tiny_components, unet=UNet2DConditionModel(**cfg),
-                 scheduler=DDPMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear"))
-    StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(tmp_path, safe_serialization=True)
+    parts = dict(
+        tiny_components,
+        unet=UNet2DConditionModel(**cfg),
+        scheduler=DDPMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear"),
+    )
+    StableDiffusionPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).save_pretrained(tmp_path, safe_serialization=True)
     bb = DiffusionBackbone.from_pretrained(str(tmp_path))
     assert bb.scheduler.config.prediction_type == "v_prediction"
     f = bb.extract(torch.rand(1, 3, 48, 48), FeatureRequest(self_attention=True), timestep=999)

@@ -58,9 +58,7 @@ def test_baseline_conformance(name):
     assert a.method == name
 
 
-@pytest.mark.parametrize(
-    ("name", "overrides"), [("slic", {"n_segments": 4}), ("kmeans-color", {"num_clusters": 4})]
-)
+@pytest.mark.parametrize(("name", "overrides"), [("slic", {"n_segments": 4}), ("kmeans-color", {"num_clusters": 4})])
 def test_four_quadrants_give_four_segments(name, overrides):
     spec = get_method(name)
     seg = spec.run(Features(images=_quadrants(), meta=[{}]), spec.make_config(**overrides), Query(), {})

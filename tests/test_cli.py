@@ -26,8 +26,25 @@ def photos(tmp_path):
 
 def test_segment_writes_three_files_per_image(tiny_model_dir, photos, tmp_path):
     out = tmp_path / "out"
-    rc = main(["segment", *photos, "--model", str(tiny_model_dir), "--size", "32", "--out", str(out),
-               "--no-progress", "--batch-size", "2", "--kl-thresholds", "0.9,0.9", "--seed", "0"])
+    rc = main(
+        [
+            "segment",
+            *photos,
+            "--model",
+            str(tiny_model_dir),
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "2",
+            "--kl-thresholds",
+            "0.9,0.9",
+            "--seed",
+            "0",
+        ]
+    )
     assert rc == 0
     for stem, (h, w) in (("img0", (48, 40)), ("img1", (64, 64))):
         labels = np.asarray(Image.open(out / f"{stem}.labels.png"))
@@ -45,8 +62,21 @@ def test_bad_files_are_reported_and_the_batch_goes_on(tiny_model_dir, photos, tm
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     out = tmp_path / "out"
-    rc = main(["segment", photos[0], str(bad), str(tmp_path / "missing.png"), "--model", str(tiny_model_dir),
-               "--size", "32", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            photos[0],
+            str(bad),
+            str(tmp_path / "missing.png"),
+            "--model",
+            str(tiny_model_dir),
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert "bad.jpg" in err and "missing.png" in err and "1 of 3" in err
@@ -78,8 +108,9 @@ def test_existing_outputs_are_kept_without_overwrite(tiny_model_dir, photos, tmp
     ],
 )
 def test_invalid_options_exit_2_with_a_clear_message(tiny_model_dir, photos, tmp_path, capsys, extra, message):
-    rc = main(["segment", photos[0], "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
-               "--no-progress", *extra])
+    rc = main(
+        ["segment", photos[0], "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress", *extra]
+    )
     captured = capsys.readouterr().err
     assert rc == 2 and message in captured and "Traceback" not in captured
     assert not (tmp_path / "o" / "img0.json").exists()
@@ -107,13 +138,35 @@ def test_env_and_python_dash_m(capsys):
 def test_image_smaller_than_latent_grid_is_reported(tiny_model_dir, tmp_path, capsys):
     tiny = tmp_path / "tiny.png"
     Image.new("L", (6, 6), 100).save(tiny)  # grayscale, 6 px < 16-token latent side at --size 32
-    rc = main(["segment", str(tiny), "--model", str(tiny_model_dir), "--size", "32", "--out", str(tmp_path / "o"),
-               "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(tiny),
+            "--model",
+            str(tiny_model_dir),
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "smaller than the model's latent grid" in err and "too small for this model" in err
     small = tmp_path / "small.png"
     Image.new("RGB", (10, 12), 100).save(small)  # 10 px: fits a model input of 10 * 2 -> 16
-    rc = main(["segment", str(small), "--model", str(tiny_model_dir), "--size", "32", "--out", str(tmp_path / "o"),
-               "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(small),
+            "--model",
+            str(tiny_model_dir),
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert rc == 1 and "use --size 16 or smaller" in capsys.readouterr().err
     assert not (tmp_path / "o" / "tiny.json").exists()

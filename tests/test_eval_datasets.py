@@ -80,9 +80,7 @@ def test_cocostuff_mappings(tmp_path):
     assert lab171[2] == 80 and ds171.class_names[80] == "banner" and lab171[7] == 170
     obj = load_dataset("cocoobject81", root, "val2017")
     lab81 = obj[0].label[0].tolist()
-    assert (
-        lab81[:3] == [1, 2, 0] and obj.class_names[lab81[5]] == "bird" and obj.background_class == 0
-    )
+    assert lab81[:3] == [1, 2, 0] and obj.class_names[lab81[5]] == "bird" and obj.background_class == 0
     # the default split is the curated 2,175-image list
     assert len(load_dataset("cocostuff27", root)) == 2175
 

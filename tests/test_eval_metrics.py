@@ -104,9 +104,7 @@ def test_miou_invariant_to_permutation_of_predicted_ids(matching):
         g[:3] = 255
     perm = rng.permutation(9)[:5]  # a bijection of 0..4 into 0..8 (ids need not be contiguous)
     base = score([contingency(p, g, 5) for p, g in zip(preds, gts, strict=True)], 5, matching)
-    moved = score(
-        [contingency(perm[p], g, 5) for p, g in zip(preds, gts, strict=True)], 5, matching
-    )
+    moved = score([contingency(perm[p], g, 5) for p, g in zip(preds, gts, strict=True)], 5, matching)
     assert moved.miou == pytest.approx(base.miou)
     assert moved.pixel_accuracy == pytest.approx(base.pixel_accuracy)
     assert base.miou > 0.5
@@ -204,7 +202,5 @@ def test_no_matching_counts_unknown_ids_as_false_negatives():
 def test_dataset_matching_with_more_clusters_than_classes():
     gts = [_row(0, 0, 1, 1), _row(0, 0, 1, 1)]
     preds = [_row(0, 0, 1, 2), _row(0, 0, 1, 1)]
-    s = score(
-        [contingency(p, g, 2) for p, g in zip(preds, gts, strict=True)], 2, "hungarian-dataset"
-    )
+    s = score([contingency(p, g, 2) for p, g in zip(preds, gts, strict=True)], 2, "hungarian-dataset")
     assert s.tp.tolist() == [4, 3] and s.fp.tolist() == [0, 0] and s.fn.tolist() == [0, 1]

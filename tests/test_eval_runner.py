@@ -32,9 +32,7 @@ def _write_voc(root: Path, images: list[np.ndarray], labels: list[np.ndarray]) -
     ids = [f"img{i:03d}" for i in range(len(images))]
     for i, img, lab in zip(ids, images, labels, strict=True):
         Image.fromarray(img).save(base / "JPEGImages" / f"{i}.jpg", quality=95)
-        Image.fromarray(lab.astype(np.uint8), mode="L").save(
-            base / "SegmentationClass" / f"{i}.png"
-        )
+        Image.fromarray(lab.astype(np.uint8), mode="L").save(base / "SegmentationClass" / f"{i}.png")
     (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
     return root / "VOCdevkit"
 
@@ -92,12 +90,8 @@ def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
 @pytest.mark.parametrize("protocol", ["diffseg", "diffcut"])
 def test_paper_protocols_score_at_their_resolution(tmp_path, protocol):
     root = _synthetic_voc(tmp_path, n=1)
-    report = evaluate(
-        load_dataset("voc21", root), "single-segment", protocol=protocol, out_dir=tmp_path
-    )
-    rec = json.loads(
-        (tmp_path / f"voc21_single-segment_{protocol}.jsonl").read_text().splitlines()[1]
-    )
+    report = evaluate(load_dataset("voc21", root), "single-segment", protocol=protocol, out_dir=tmp_path)
+    rec = json.loads((tmp_path / f"voc21_single-segment_{protocol}.jsonl").read_text().splitlines()[1])
     assert rec["size"] == ([512, 512] if protocol == "diffseg" else [1024, 1024])
     expected = 512 * 512 if protocol == "diffseg" else 128 * 128
     assert report["metrics"]["num_pixels"] <= expected
@@ -129,9 +123,7 @@ def test_interrupted_run_resumes_to_the_same_report(tmp_path):
 
     with pytest.raises(FileExistsError):
         evaluate(ds, "slic", out_dir=tmp_path / "b", **kw)
-    resumed = evaluate(
-        ds, "slic", out_dir=tmp_path / "b", resume=True, segmenter_factory=counting, **kw
-    )
+    resumed = evaluate(ds, "slic", out_dir=tmp_path / "b", resume=True, segmenter_factory=counting, **kw)
     assert len(computed) == len(ds) - 3  # nothing recomputed
     assert _stable(resumed) == _stable(full)
     with pytest.raises(ResumeMismatchError, match="config"):
@@ -207,17 +199,13 @@ def test_bad_runner_input(tmp_path):
         evaluate(ArrayDataset("none", ["a"], []), "single-segment", out_dir=tmp_path)
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="limit"):
-            evaluate(
-                ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, limit=bad
-            )
+            evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, limit=bad)
     wrong = Sample("s1", img, np.zeros((5, 8), np.int64))
     with pytest.raises(ValueError, match="s1"):
         evaluate(ArrayDataset("d", ["a"], [good, wrong]), "single-segment", out_dir=tmp_path / "x")
     out_of_range = Sample("s2", img, np.full((6, 8), 3, np.int64))
     with pytest.raises(ValueError, match=r"s2.*\[3\]"):
-        evaluate(
-            ArrayDataset("d", ["a", "b"], [out_of_range]), "single-segment", out_dir=tmp_path / "y"
-        )
+        evaluate(ArrayDataset("d", ["a", "b"], [out_of_range]), "single-segment", out_dir=tmp_path / "y")
     with pytest.raises(ValueError, match="matching"):
         evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, matching="x")
     with pytest.raises(ValueError, match="protocol"):
@@ -274,9 +262,7 @@ def test_batches_of_mixed_sizes_match_single_images(tmp_path):
         img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
         samples.append(Sample(f"s{k}", img, rng.integers(0, 3, (h, w))))
     ds = ArrayDataset("mixed", ["a", "b", "c"], samples)
-    one = evaluate(
-        ds, "kmeans-color", out_dir=tmp_path / "one", config_overrides={"num_clusters": 3}
-    )
+    one = evaluate(ds, "kmeans-color", out_dir=tmp_path / "one", config_overrides={"num_clusters": 3})
     many = evaluate(
         ds,
         "kmeans-color",
@@ -317,9 +303,7 @@ def test_open_vocabulary_names_map_to_classes_without_matching(tmp_path, monkeyp
     monkeypatch.setitem(METHODS, "fake-vocab", spec)
     label = np.zeros((4, 8), np.int64)
     label[:, 4:] = 2
-    ds = ArrayDataset(
-        "toy", ["background", "cat", "Dog"], [Sample("t", Image.new("RGB", (8, 4)), label)]
-    )
+    ds = ArrayDataset("toy", ["background", "cat", "Dog"], [Sample("t", Image.new("RGB", (8, 4)), label)])
     report = evaluate(ds, "fake-vocab", out_dir=tmp_path)
     assert seen["names"] == ("background", "cat", "Dog")
     assert report["matching"] == "none" and "none" not in report["other_matchings"]

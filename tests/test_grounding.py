@@ -34,9 +34,7 @@ def test_loss_is_zero_when_attention_sits_in_the_mask_and_one_when_outside():
     half = torch.zeros(8, 8, dtype=torch.bool)
     half[2:6, 2:4] = True
     half[0, 0:8] = True
-    assert token_grounding_loss([_maps_on(half, 1, 3)], labels, classes, 4).item() == pytest.approx(
-        (1 - 8 / 16) ** 2
-    )
+    assert token_grounding_loss([_maps_on(half, 1, 3)], labels, classes, 4).item() == pytest.approx((1 - 8 / 16) ** 2)
 
 
 def test_loss_pools_masks_to_each_layer_grid_and_ignores_absent_classes():

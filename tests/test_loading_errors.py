@@ -37,9 +37,14 @@ def test_a_good_folder_still_loads(model_copy, tiny_components):
         assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("rel", ["unet/diffusion_pytorch_model.safetensors",
-                                 "vae/diffusion_pytorch_model.safetensors",
-                                 "text_encoder/model.safetensors"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ],
+)
 def test_truncated_weights_name_the_component_and_file(model_copy, rel):
     truncate(model_copy / rel)
     with pytest.raises(NotADiffusionModelError) as info:
@@ -57,8 +62,16 @@ def test_missing_weights_file_is_named(model_copy):
         DiffusionBackbone.from_pretrained(str(model_copy))
 
 
-@pytest.mark.parametrize("rel", ["unet/config.json", "vae/config.json", "text_encoder/config.json",
-                                 "scheduler/scheduler_config.json", "tokenizer/vocab.json"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+    ],
+)
 def test_config_that_is_not_json_names_file_and_position(model_copy, rel):
     (model_copy / rel).write_text('{\n  "sample_size": 16,\n  oops\n}')
     with pytest.raises(NotADiffusionModelError) as info:
@@ -107,8 +120,9 @@ def test_cli_reports_a_truncated_model_without_traceback(model_copy, tmp_path, c
     from diffuseg.cli import main
 
     truncate(model_copy / "unet" / "diffusion_pytorch_model.safetensors")
-    rc = main(["segment", str(SCENE), "--model", str(model_copy), "--out", str(tmp_path / "out"),
-               "--method", "diffseg"])
+    rc = main(
+        ["segment", str(SCENE), "--model", str(model_copy), "--out", str(tmp_path / "out"), "--method", "diffseg"]
+    )
     captured = capsys.readouterr()
     assert rc == 2
     assert "unet/diffusion_pytorch_model.safetensors" in captured.err and "truncated" in captured.err
@@ -119,8 +133,9 @@ def test_cli_reports_a_broken_config_without_traceback(model_copy, tmp_path, cap
     from diffuseg.cli import main
 
     (model_copy / "vae" / "config.json").write_text("{")
-    rc = main(["segment", str(SCENE), "--model", str(model_copy), "--out", str(tmp_path / "out"),
-               "--method", "diffseg"])
+    rc = main(
+        ["segment", str(SCENE), "--model", str(model_copy), "--out", str(tmp_path / "out"), "--method", "diffseg"]
+    )
     captured = capsys.readouterr()
     assert rc == 2
     assert "vae/config.json" in captured.err and "JSON" in captured.err

@@ -183,8 +183,10 @@ def test_maps_to_labels_argmax_and_relabel():
 
 def test_aggregate_non_integer_factor_tiles_like_nearest_interpolation():
     g = torch.Generator().manual_seed(0)
-    maps = {(12, 12): torch.rand(144, 144, generator=g).softmax(-1),
-            (5, 5): torch.rand(25, 25, generator=g).softmax(-1)}
+    maps = {
+        (12, 12): torch.rand(144, 144, generator=g).softmax(-1),
+        (5, 5): torch.rand(25, 25, generator=g).softmax(-1),
+    }
     out = aggregate_self_attention(maps)
     small = maps[(5, 5)].reshape(25, 1, 5, 5)
     keys = F.interpolate(small, size=(12, 12), mode="bilinear", align_corners=False).reshape(25, 144)

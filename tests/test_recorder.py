@@ -126,8 +126,11 @@ def test_unnormalised_attention_is_exp_scores(tiny_components):
     with torch.no_grad():
         with record(unet, FeatureRequest(cross_attention=True, per_layer=True), (16, 16)) as soft:
             unet(latents, 10, encoder_hidden_states=text)
-        with record(unet, FeatureRequest(cross_attention=True, per_layer=True, normalization="none",
-                                         average_heads=False), (16, 16)) as raw:
+        with record(
+            unet,
+            FeatureRequest(cross_attention=True, per_layer=True, normalization="none", average_heads=False),
+            (16, 16),
+        ) as raw:
             unet(latents, 10, encoder_hidden_states=text)
     key = next(iter(raw.maps["cross"]))
     r = raw.maps["cross"][key]  # (B, heads, N, T) of exp(scores)
@@ -139,10 +142,18 @@ def test_unnormalised_attention_is_exp_scores(tiny_components):
 def test_unet_without_attention_is_rejected():
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 8), norm_num_groups=4, cross_attention_dim=8,
-                                down_block_types=("DownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "UpBlock2D"), mid_block_type=None)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        cross_attention_dim=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+    )
     assert attention_layers(unet) == []
     with pytest.raises(ValueError, match="no self-attention layers"):
         with record(unet, FeatureRequest(self_attention=True), (8, 8)):

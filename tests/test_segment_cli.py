@@ -60,8 +60,9 @@ def test_the_summary_counts_each_input_once(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "b").mkdir()
     one = _photo(tmp_path / "a" / "x.png", seed=1)
     two = _photo(tmp_path / "b" / "x.png", seed=2)  # another file with the same name
-    rc = _segment(tiny_model_dir, one, one, str(tmp_path / "a" / ".." / "a" / "x.png"), two, "--out",
-                  str(tmp_path / "o"))
+    rc = _segment(
+        tiny_model_dir, one, one, str(tmp_path / "a" / ".." / "a" / "x.png"), two, "--out", str(tmp_path / "o")
+    )
     assert rc == 0
     assert "2 of 2 image(s)" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "o").glob("*.json")) == ["x-2.json", "x.json"]
@@ -150,8 +151,10 @@ def test_a_size_whose_maps_do_not_fit_is_refused_with_one_that_does(tmp_path, ca
     assert rc == 2 and "GiB" in err and "free on cpu" in err
     fits = int(err.split("--size ")[-1].split()[0])  # "...; --size N fits."
     assert 0 < fits < 1024 and fits % 16 == 0
-    assert main(["segment", img, "--model", "toy", "--size", str(fits), "--out", str(tmp_path / "o"),
-                 "--no-progress"]) == 0
+    assert (
+        main(["segment", img, "--model", "toy", "--size", str(fits), "--out", str(tmp_path / "o"), "--no-progress"])
+        == 0
+    )
 
 
 def test_list_options_take_one_value_and_never_swallow_images(tiny_model_dir, tmp_path, capsys):
@@ -172,17 +175,19 @@ def test_help_lists_methods_and_groups_their_options(capsys):
     for name in list_methods():  # one line per method under --method
         assert f"{name}: {get_method(name).description.split()[0]}" in out
     assert "diffseg options:" in out and "diffcut options:" in out and "options of several methods:" in out
-    kl = out[out.index("\n  --kl-thresholds"):out.index("\n  --latent-mode")]
+    kl = out[out.index("\n  --kl-thresholds") : out.index("\n  --latent-mode")]
     assert "default: 1.1,1.1,1.1" in " ".join(kl.split())
-    assert "one of mean, sample" in " ".join(out[out.index("\n  --latent-mode"):].split())
+    assert "one of mean, sample" in " ".join(out[out.index("\n  --latent-mode") :].split())
 
 
 def test_top_level_help_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from diffuseg.cli import main; rc = main(['--help']); "
-            "print('torch' in sys.modules, 'diffusers' in sys.modules)")
+    code = (
+        "import sys; from diffuseg.cli import main; rc = main(['--help']); "
+        "print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout + proc.stderr
     assert "segment" in proc.stdout and "eval" in proc.stdout

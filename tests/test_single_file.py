@@ -87,16 +87,23 @@ def test_exporter_is_the_exact_inverse_of_the_diffusers_converters(tiny_componen
     unet, vae, te = (tiny_components[n] for n in COMPONENTS)
     assert len(ldm_state_dict) == len(unet_to_ldm(unet)) + len(vae_to_ldm(vae)) + len(clip_to_ldm(te))
     # The real SD-1.x layout: upsamplers at output_blocks 2 (no attention), 5 and 8 (after attention).
-    for key in ("output_blocks.2.1.conv.weight", "output_blocks.5.2.conv.weight", "input_blocks.3.0.op.weight",
-                "middle_block.1.proj_in.weight", "output_blocks.11.0.skip_connection.weight"):
+    for key in (
+        "output_blocks.2.1.conv.weight",
+        "output_blocks.5.2.conv.weight",
+        "input_blocks.3.0.op.weight",
+        "middle_block.1.proj_in.weight",
+        "output_blocks.11.0.skip_connection.weight",
+    ):
         assert "model.diffusion_model." + key in ldm_state_dict
     assert ldm_state_dict["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4  # 1x1 conv, as in LDM
     assert "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight" in ldm_state_dict
     converted = {
         "unet": convert_ldm_unet_checkpoint(ldm_state_dict, unet.config),
         "vae": convert_ldm_vae_checkpoint(ldm_state_dict, vae.config),
-        "text_encoder": {k.removeprefix("text_model.") if not hasattr(te, "text_model") else k: v
-                         for k, v in convert_ldm_clip_checkpoint(ldm_state_dict).items()},
+        "text_encoder": {
+            k.removeprefix("text_model.") if not hasattr(te, "text_model") else k: v
+            for k, v in convert_ldm_clip_checkpoint(ldm_state_dict).items()
+        },
     }
     for name in COMPONENTS:
         ref = tiny_components[name].state_dict()
@@ -126,15 +133,15 @@ def test_single_file_round_trip_offline(fmt, checkpoint_files, config_dir, tiny_
 
 
 def test_single_file_honours_torch_dtype(checkpoint_files, config_dir, tiny_components):
-    bb = DiffusionBackbone.from_pretrained(str(checkpoint_files["safetensors"]), config=str(config_dir),
-                                           torch_dtype=torch.float16)
+    bb = DiffusionBackbone.from_pretrained(
+        str(checkpoint_files["safetensors"]), config=str(config_dir), torch_dtype=torch.float16
+    )
     assert bb.dtype == torch.float16 and bb.vae.dtype == torch.float16
     ref = tiny_components["unet"].state_dict()
     assert all(torch.equal(v, ref[k].half()) for k, v in bb.unet.state_dict().items())
 
 
-def test_weights_come_from_the_file_not_the_config_folder(ldm_state_dict, tiny_model_dir, tiny_components,
-                                                          tmp_path):
+def test_weights_come_from_the_file_not_the_config_folder(ldm_state_dict, tiny_model_dir, tiny_components, tmp_path):
     """With a full diffusers folder (weights included) as config, the file's tensors still win."""
     shifted = {k: v + 1 for k, v in ldm_state_dict.items()}
     path = _save(shifted, tmp_path / "shifted.safetensors")
@@ -155,8 +162,9 @@ def test_config_as_a_cached_hub_id(checkpoint_files, config_dir, tiny_components
     _assert_same_weights(bb, tiny_components)
 
 
-def test_without_config_the_inferred_hub_id_is_taken_from_the_cache(checkpoint_files, config_dir,
-                                                                   tiny_components, tmp_path):
+def test_without_config_the_inferred_hub_id_is_taken_from_the_cache(
+    checkpoint_files, config_dir, tiny_components, tmp_path
+):
     """diffusers infers SD 1.x from the keys; its configs load offline when cached."""
     _fake_hub_cache(tmp_path, "stable-diffusion-v1-5/stable-diffusion-v1-5", config_dir)
     bb = DiffusionBackbone.from_pretrained(str(checkpoint_files["ckpt"]))
@@ -171,19 +179,35 @@ def tiny_sdxl(tiny_tokenizer, tmp_path_factory) -> tuple[dict, Path, Path]:
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    base = dict(vocab_size=len(tiny_tokenizer), intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
-                max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    base = dict(
+        vocab_size=len(tiny_tokenizer),
+        intermediate_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**sdxl_unet_config(8, 12))  # distinct widths tell the encoders apart
-    comps = dict(unet=unet, vae=tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=8, **base)),
-                 text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, projection_dim=12, **base)),
-                 tokenizer=tiny_tokenizer, tokenizer_2=tiny_tokenizer, scheduler=tiny_scheduler())
+    comps = dict(
+        unet=unet,
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=8, **base)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, projection_dim=12, **base)),
+        tokenizer=tiny_tokenizer,
+        tokenizer_2=tiny_tokenizer,
+        scheduler=tiny_scheduler(),
+    )
     d = tmp_path_factory.mktemp("tiny-sdxl")
     StableDiffusionXLPipeline(**comps).save_pretrained(d / "configs")
     for weights in (d / "configs").rglob("*.safetensors"):
         weights.unlink()
-    file = _save(sdxl_to_ldm(comps["unet"], comps["vae"], comps["text_encoder"], comps["text_encoder_2"]),
-                 d / "tiny-sdxl.safetensors")
+    file = _save(
+        sdxl_to_ldm(comps["unet"], comps["vae"], comps["text_encoder"], comps["text_encoder_2"]),
+        d / "tiny-sdxl.safetensors",
+    )
     return comps, d / "configs", file
 
 
@@ -294,13 +318,39 @@ def test_cli_segment_with_a_single_file(checkpoint_files, config_dir, tmp_path, 
     img = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(img)
     out = tmp_path / "out"
-    rc = main(["segment", str(img), "--model", str(checkpoint_files["safetensors"]), "--model-config",
-               str(config_dir), "--size", "32", "--out", str(out), "--no-progress", "--seed", "0"])
+    rc = main(
+        [
+            "segment",
+            str(img),
+            "--model",
+            str(checkpoint_files["safetensors"]),
+            "--model-config",
+            str(config_dir),
+            "--size",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--seed",
+            "0",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert np.asarray(Image.open(out / "photo.labels.png")).shape == (40, 48)  # the whole image, its own size
     assert sum(s["area"] for s in json.loads((out / "photo.json").read_text())["segments"]) == 40 * 48
 
-    rc = main(["segment", str(img), "--model", str(checkpoint_files["ckpt"]), "--size", "32",
-               "--out", str(tmp_path / "out2"), "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(img),
+            "--model",
+            str(checkpoint_files["ckpt"]),
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "out2"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "--model-config" in err and not (tmp_path / "out2" / "photo.json").exists()

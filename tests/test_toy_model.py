@@ -161,9 +161,12 @@ def test_toy_attention_means_something_on_held_out_scenes():
                 continue  # 4x4 grids are too coarse for 128-pixel scenes' objects
             label = torch.from_numpy(sample.label)[None, None].float()
             for word in set(sample.meta["caption"].split()) & set(scenes.class_names):
-                mask = torch.nn.functional.interpolate(
-                    (label == scenes.class_names.index(word)).float(), size=(h, w), mode="area"
-                ).flatten() > 0.5
+                mask = (
+                    torch.nn.functional.interpolate(
+                        (label == scenes.class_names.index(word)).float(), size=(h, w), mode="area"
+                    ).flatten()
+                    > 0.5
+                )
                 if mask.all() or not mask.any():
                     continue
                 a = maps[0][:, [j for j, t in enumerate(tokens) if t == word]].mean(-1)  # (h*w,)

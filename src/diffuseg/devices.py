@@ -52,13 +52,14 @@ def check_device(device: str | torch.device) -> torch.device:
         TypeError: `device` is neither a string nor a `torch.device`.
     """
     if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"`device` must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
-                        f"got {type(device).__name__} {device!r}.")
+        raise TypeError(
+            f"`device` must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+            f"got {type(device).__name__} {device!r}."
+        )
     available = ", ".join(available_devices())
 
     def bad(reason: str) -> ValueError:
-        return ValueError(f"`device` {str(device)!r} is not usable: {reason}. Available on this machine: "
-                          f"{available}.")
+        return ValueError(f"`device` {str(device)!r} is not usable: {reason}. Available on this machine: {available}.")
 
     if isinstance(device, torch.device):
         dev = device
@@ -70,8 +71,10 @@ def check_device(device: str | torch.device) -> torch.device:
             if name != device.split(":")[0] and name in ("cpu", "cuda", "mps", "xpu"):
                 hint = f"device names are lower case without spaces, e.g. {name!r}"
             elif name in _GPU_WORDS:
-                hint = ("it is not a torch device name: for an NVIDIA or AMD GPU use 'cuda' (or 'cuda:N'), "
-                        "for an Apple-silicon GPU 'mps'")
+                hint = (
+                    "it is not a torch device name: for an NVIDIA or AMD GPU use 'cuda' (or 'cuda:N'), "
+                    "for an Apple-silicon GPU 'mps'"
+                )
             elif name in ("cpu", "cuda", "mps", "xpu"):
                 hint = f"the index after ':' must be a whole number >= 0, e.g. '{name}:0'"
             else:
@@ -93,8 +96,10 @@ def check_device(device: str | torch.device) -> torch.device:
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             built = mps is not None and mps.is_built()
-            raise bad("MPS (the Apple-silicon GPU) is not available"
-                      + ("" if built else "; this PyTorch build has no MPS support"))
+            raise bad(
+                "MPS (the Apple-silicon GPU) is not available"
+                + ("" if built else "; this PyTorch build has no MPS support")
+            )
         if dev.index not in (None, 0):
             raise bad("there is a single MPS device, 'mps' (or 'mps:0')")
         return dev

@@ -161,8 +161,11 @@ def preprocess(
             hint = ""
             if size is not None:
                 fits = min(w, h) * size // min_side // multiple * multiple
-                hint = (f"; use `image_size` {fits} or smaller for this image" if fits >= multiple
-                        else "; the image is too small for this model")
+                hint = (
+                    f"; use `image_size` {fits} or smaller for this image"
+                    if fits >= multiple
+                    else "; the image is too small for this model"
+                )
             raise ValueError(
                 f"image of size {w}x{h} is smaller than the model's latent grid at `image_size` {size} "
                 f"({min_side} px per side){hint}."
@@ -175,9 +178,7 @@ def preprocess(
             # and torchvision's antialias=None (DiffCut) do.
             x = F.interpolate(x[None], size=plan.out_size, mode="bilinear", align_corners=False)[0]
         tensors.append(x.clamp_(0, 1))
-        metas.append(
-            {"input_size": [h, w], "crop_box": list(plan.crop_box), "model_size": list(plan.out_size)}
-        )
+        metas.append({"input_size": [h, w], "crop_box": list(plan.crop_box), "model_size": list(plan.out_size)})
     return tensors, metas
 
 
@@ -189,6 +190,8 @@ def stack_batch(tensors: list[torch.Tensor]) -> torch.Tensor:
     """
     sizes = {tuple(t.shape[-2:]) for t in tensors}
     if len(sizes) > 1:
-        raise ValueError(f"images of one batch must share a model size, got {sorted(sizes)}; "
-                         "segment them one at a time or use resize_mode 'crop' or 'squash'.")
+        raise ValueError(
+            f"images of one batch must share a model size, got {sorted(sizes)}; "
+            "segment them one at a time or use resize_mode 'crop' or 'squash'."
+        )
     return torch.stack(tensors)

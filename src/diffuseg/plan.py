@@ -37,16 +37,21 @@ def check_timestep(timestep: Any, name: str = "timestep") -> int:
     return timestep
 
 
-def check_positive(value: Any, name: str, *, integer: bool = False, allow_none: bool = False,
-                   allow_zero: bool = False) -> Any:
+def check_positive(
+    value: Any, name: str, *, integer: bool = False, allow_none: bool = False, allow_zero: bool = False
+) -> Any:
     """Validate a finite number > 0 (>= 0 with `allow_zero`; an int with `integer`; None with
     `allow_none`). Rejects bools, NaN and infinities. Returns the value; raises `ValueError`."""
     if value is None and allow_none:
         return value
     kind = "an int" if integer else "a finite number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0 or (
-        value == 0 and not allow_zero
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
     ):
         bound = ">= 0" if allow_zero else "> 0"
         none = " or None" if allow_none else ""
@@ -70,8 +75,9 @@ def parse_classes(classes: str | Iterable[str | Iterable[str]] | None) -> tuple[
         names = item.split("|") if isinstance(item, str) else list(item)
         names = tuple(str(n).strip() for n in names)
         if not names or any(not n for n in names):
-            raise ValueError(f"`classes` has an empty class name in {item!r}; separate classes with ',' "
-                             "and synonyms with '|'.")
+            raise ValueError(
+                f"`classes` has an empty class name in {item!r}; separate classes with ',' and synonyms with '|'."
+            )
         out.append(names)
     firsts = [c[0].lower() for c in out]
     dupes = sorted({n for n in firsts if firsts.count(n) > 1})
@@ -128,8 +134,7 @@ class Sampler(Protocol):
     pixels (B, 3, H, W) float32 in [0, 1] at the model input size.
     """
 
-    def __call__(self, backbone: Any, pixels: Any, pass_: Pass, resources: dict[str, Any],
-                 generator: Any) -> Any: ...
+    def __call__(self, backbone: Any, pixels: Any, pass_: Pass, resources: dict[str, Any], generator: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -181,8 +186,17 @@ class Pass:
 
     def batch_key(self) -> tuple[Any, ...]:
         """Passes with equal keys share one model call (their prompts become rows)."""
-        return (self.request, self.size, self.resize_mode, self.timestep, len(self.prompts), self.add_noise,
-                self.shared_noise, self.latent_mode, self.sampler)
+        return (
+            self.request,
+            self.size,
+            self.resize_mode,
+            self.timestep,
+            len(self.prompts),
+            self.add_noise,
+            self.shared_noise,
+            self.latent_mode,
+            self.sampler,
+        )
 
 
 @dataclass(frozen=True)

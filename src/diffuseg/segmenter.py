@@ -105,20 +105,25 @@ class Segmenter:
         declared = {r.name: r for r in self.spec.resources}
         unknown = sorted(set(given) - set(declared))
         if unknown:
-            raise ValueError(f"`resources` {unknown} are not used by method {self.spec.name!r}; "
-                             f"it takes {sorted(declared) or 'none'}.")
+            raise ValueError(
+                f"`resources` {unknown} are not used by method {self.spec.name!r}; "
+                f"it takes {sorted(declared) or 'none'}."
+            )
         out: dict[str, Any] = {}
         for name, res in declared.items():
             value = given.get(name)
             if value is None:
                 if res.required:
-                    raise ValueError(f"method {self.spec.name!r} needs the resource `{name}` ({res.description}); "
-                                     f"pass resources={{'{name}': ...}}.")
+                    raise ValueError(
+                        f"method {self.spec.name!r} needs the resource `{name}` ({res.description}); "
+                        f"pass resources={{'{name}': ...}}."
+                    )
                 continue
             if isinstance(value, str):
                 if res.load is None:
-                    raise ValueError(f"resource `{name}` of method {self.spec.name!r} takes a loaded object, "
-                                     f"not {value!r}.")
+                    raise ValueError(
+                        f"resource `{name}` of method {self.spec.name!r} takes a loaded object, not {value!r}."
+                    )
                 device = self.backbone.device if self.backbone is not None else "cpu"
                 dtype = self.backbone.dtype if self.backbone is not None else None
                 value = res.load(value, device, dtype)
@@ -212,8 +217,13 @@ class Segmenter:
         tensors, metas = preprocess([query.image], pass_.size, pass_.resize_mode, multiple=1, min_side=1)
         return _Item(index, query, pass_, tensors[0], metas[0])
 
-    def _features(self, chunk: list[_Item], generator: torch.Generator | None, refresh: bool,
-                  cache: dict[tuple[Any, ...], Features]) -> Features:
+    def _features(
+        self,
+        chunk: list[_Item],
+        generator: torch.Generator | None,
+        refresh: bool,
+        cache: dict[tuple[Any, ...], Features],
+    ) -> Features:
         pass_ = chunk[0].pass_
         pixels = stack_batch([it.pixels for it in chunk])
         prompts = [p for it in chunk for p in it.pass_.prompts]
@@ -228,16 +238,23 @@ class Segmenter:
             features = Features(images=pixels)
         else:
             features = self.backbone.extract(
-                pixels, pass_.request, prompts=prompts, timestep=pass_.timestep, add_noise=pass_.add_noise,
-                shared_noise=pass_.shared_noise, latent_mode=pass_.latent_mode, generator=generator,
+                pixels,
+                pass_.request,
+                prompts=prompts,
+                timestep=pass_.timestep,
+                add_noise=pass_.add_noise,
+                shared_noise=pass_.shared_noise,
+                latent_mode=pass_.latent_mode,
+                generator=generator,
                 prompts_per_image=len(pass_.prompts),
             )
             self.model_calls += 1
         cache[key] = features
         return features
 
-    def features(self, query: Query | ImageInput, generator: torch.Generator | None = None,
-                 refresh: bool = False) -> Features:
+    def features(
+        self, query: Query | ImageInput, generator: torch.Generator | None = None, refresh: bool = False
+    ) -> Features:
         """The recorded features of one query (its pass's rows), with its `meta`."""
         item = self._prepare(0, as_query(query))
         features = self._features([item], generator, refresh, self._cache)
@@ -278,7 +295,7 @@ class Segmenter:
         cache: dict[tuple[Any, ...], Features] = {}
         for items in groups.values():
             for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
+                chunk = items[start : start + self.batch_size]
                 t0 = time.perf_counter()
                 try:
                     features = self._features(chunk, generator, False, cache)
@@ -297,9 +314,14 @@ class Segmenter:
                     except ValueError as e:
                         results[it.index] = e
                         continue
-                    seg.meta = {**seg.meta, "id": it.query.id, "model": getattr(self.backbone, "name", None),
-                                "preset": self.preset, "seconds_model": (t1 - t0) / len(chunk),
-                                "seconds_segment": time.perf_counter() - t2}
+                    seg.meta = {
+                        **seg.meta,
+                        "id": it.query.id,
+                        "model": getattr(self.backbone, "name", None),
+                        "preset": self.preset,
+                        "seconds_model": (t1 - t0) / len(chunk),
+                        "seconds_segment": time.perf_counter() - t2,
+                    }
                     results[it.index] = seg
         self._cache = cache
         self._last_queries = queries
@@ -309,8 +331,9 @@ class Segmenter:
                     raise r
         return results  # type: ignore[return-value]
 
-    def __call__(self, image: Query | ImageInput, generator: torch.Generator | None = None,
-                 **overrides: Any) -> Segmentation:
+    def __call__(
+        self, image: Query | ImageInput, generator: torch.Generator | None = None, **overrides: Any
+    ) -> Segmentation:
         """Segment one image or query; `overrides` change config fields first (see `configure`)."""
         if overrides:
             self.configure(**overrides)

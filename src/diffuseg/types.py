@@ -124,9 +124,7 @@ class Segmentation:
         if self.labels.numel() and int(self.labels.min()) < 0:
             raise ValueError("`labels` must be non-negative label ids.")
         if self.names is not None and len(self.names) < self.num_segments:
-            raise ValueError(
-                f"`names` has {len(self.names)} entries but labels go up to {self.num_segments - 1}."
-            )
+            raise ValueError(f"`names` has {len(self.names)} entries but labels go up to {self.num_segments - 1}.")
 
     @property
     def num_segments(self) -> int:
@@ -179,8 +177,10 @@ class Segmentation:
             raise ValueError("this segmentation has no `input_size`/`crop_box` meta data.")
         h, w = self.meta["input_size"]
         if list(self.meta["crop_box"]) != [0, 0, w, h]:
-            raise ValueError(f"the model saw only the crop {self.meta['crop_box']} of the {w}x{h} image; "
-                             "use `to_input_frame(fill)` to place its labels.")
+            raise ValueError(
+                f"the model saw only the crop {self.meta['crop_box']} of the {w}x{h} image; "
+                "use `to_input_frame(fill)` to place its labels."
+            )
         labels = self.to_input_frame()
         meta = {**self.meta, "frame": "input"}
         return dataclasses.replace(self, labels=labels, meta=meta, extras=dict(self.extras))
@@ -282,9 +282,7 @@ class Segmentation:
         if not overwrite:
             existing = [str(p) for p in targets if p.exists()]
             if existing:
-                raise OutputExistsError(
-                    f"output exists: {', '.join(existing)}; pass `overwrite=True` to replace."
-                )
+                raise OutputExistsError(f"output exists: {', '.join(existing)}; pass `overwrite=True` to replace.")
         blobs = [_png_bytes(self.to_label_image())]
         if image is not None:
             blobs.append(_png_bytes(self.to_overlay(image)))

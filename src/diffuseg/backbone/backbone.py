@@ -36,6 +36,7 @@ def model_family(unet: nn.Module) -> str:
         return "sdxl"
     return {768: "sd1", 1024: "sd2"}.get(getattr(config, "cross_attention_dim", None), "other")
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -269,8 +270,7 @@ class DiffusionBackbone:
         hidden states concatenated, plus the second encoder's pooled projection)."""
         prompts = list(prompts)
         tok = self.tokenizer if self.tokenizer is not None else self.tokenizer_2
-        enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt")
+        enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         ids = enc.input_ids
         full = tok(prompts, padding=False, truncation=False).input_ids
         for p, f in zip(prompts, full, strict=False):
@@ -285,8 +285,13 @@ class DiffusionBackbone:
             if self.text_encoder is not None:
                 out1 = self.text_encoder(ids.to(self.device), output_hidden_states=True)
                 hidden.append(out1.hidden_states[-2])
-            ids2 = self.tokenizer_2(prompts, padding="max_length", max_length=self.tokenizer_2.model_max_length,
-                                    truncation=True, return_tensors="pt").input_ids
+            ids2 = self.tokenizer_2(
+                prompts,
+                padding="max_length",
+                max_length=self.tokenizer_2.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             out2 = self.text_encoder_2(ids2.to(self.device), output_hidden_states=True)
             hidden.append(out2.hidden_states[-2])
             embeds = torch.cat(hidden, dim=-1)
@@ -329,9 +334,7 @@ class DiffusionBackbone:
     def check_timestep(self, timestep: int) -> int:
         """Validate `timestep` against the scheduler's range [0, num_train_timesteps)."""
         if not isinstance(timestep, int) or not 0 <= timestep < self.num_train_timesteps:
-            raise ValueError(
-                f"`timestep` must be an int in [0, {self.num_train_timesteps}), got {timestep!r}."
-            )
+            raise ValueError(f"`timestep` must be an int in [0, {self.num_train_timesteps}), got {timestep!r}.")
         return timestep
 
     # ------------------------------------------------------------------ the pass
@@ -341,8 +344,9 @@ class DiffusionBackbone:
     ) -> torch.Tensor:
         """One plain UNet call; returns the prediction (B, C, h, w)."""
         t = torch.full((latents.shape[0],), timestep, device=self.device, dtype=torch.long)
-        return self.unet(latents, t, encoder_hidden_states=prompt.embeds,
-                         added_cond_kwargs=self._added_cond(prompt, image_size)).sample
+        return self.unet(
+            latents, t, encoder_hidden_states=prompt.embeds, added_cond_kwargs=self._added_cond(prompt, image_size)
+        ).sample
 
     @torch.no_grad()
     def extract(
@@ -385,11 +389,18 @@ class DiffusionBackbone:
         self.check_timestep(timestep)
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             pixels = images.float().clamp(0, 1)
-            metas = [{"input_size": list(pixels.shape[-2:]), "crop_box": [0, 0, pixels.shape[-1], pixels.shape[-2]],
-                      "model_size": list(pixels.shape[-2:])} for _ in range(pixels.shape[0])]
+            metas = [
+                {
+                    "input_size": list(pixels.shape[-2:]),
+                    "crop_box": [0, 0, pixels.shape[-1], pixels.shape[-2]],
+                    "model_size": list(pixels.shape[-2:]),
+                }
+                for _ in range(pixels.shape[0])
+            ]
             if pixels.shape[-1] % self.size_multiple or pixels.shape[-2] % self.size_multiple:
-                raise ValueError(f"image tensor sides must be multiples of {self.size_multiple}, got "
-                                 f"{tuple(pixels.shape[-2:])}.")
+                raise ValueError(
+                    f"image tensor sides must be multiples of {self.size_multiple}, got {tuple(pixels.shape[-2:])}."
+                )
         else:
             batch = [images] if not isinstance(images, (list, tuple)) else list(images)
             pixels, metas = self.preprocess(batch, image_size, resize_mode)
@@ -403,8 +414,16 @@ class DiffusionBackbone:
         latents = self.encode_images(pixels, latent_mode, generator)
         if add_noise:
             shape = (1, *latents.shape[1:]) if shared_noise else latents.shape
-            noise = torch.randn(shape, generator=generator, device=generator.device if generator else self.device,
-                                dtype=torch.float32).to(self.device, latents.dtype).expand_as(latents)
+            noise = (
+                torch.randn(
+                    shape,
+                    generator=generator,
+                    device=generator.device if generator else self.device,
+                    dtype=torch.float32,
+                )
+                .to(self.device, latents.dtype)
+                .expand_as(latents)
+            )
             latents = self.scheduler.add_noise(latents, noise, torch.tensor([timestep] * b, device=self.device))
         if prompts_per_image > 1:
             latents = latents.repeat_interleave(prompts_per_image, dim=0)
@@ -433,4 +452,3 @@ class DiffusionBackbone:
             normalization=request.normalization,
             meta=metas,
         )
-

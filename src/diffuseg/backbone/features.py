@@ -52,9 +52,7 @@ class FeatureRequest:
 
     def __post_init__(self) -> None:
         if self.normalization not in _NORMALIZATIONS:
-            raise ValueError(
-                f"`normalization` must be one of {_NORMALIZATIONS}, got {self.normalization!r}."
-            )
+            raise ValueError(f"`normalization` must be one of {_NORMALIZATIONS}, got {self.normalization!r}.")
         for name in ("self_attention", "cross_attention"):
             value = getattr(self, name)
             if isinstance(value, list):
@@ -93,8 +91,10 @@ class FeatureRequest:
             return self
         for name in ("normalization", "average_heads", "per_layer"):
             a, b = getattr(self, name), getattr(other, name)
-            if a != b and (self.self_attention or self.cross_attention) and (
-                other.self_attention or other.cross_attention
+            if (
+                a != b
+                and (self.self_attention or self.cross_attention)
+                and (other.self_attention or other.cross_attention)
             ):
                 raise ValueError(f"cannot combine requests with different `{name}`: {a!r} vs {b!r}.")
         attn_self = self if (self.self_attention or self.cross_attention) else other

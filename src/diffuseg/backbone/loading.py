@@ -210,8 +210,9 @@ def _weights_problem(folder: Path, component: str) -> tuple[str, str] | None:
 
 def _component_error(folder: Path, component: str, error: Exception) -> NotADiffusionModelError:
     """The NotADiffusionModelError for a component whose from_pretrained raised `error`."""
-    problem = _weights_problem(folder, component) if component in ("unet", "vae", "text_encoder",
-                                                                   "text_encoder_2") else None
+    problem = (
+        _weights_problem(folder, component) if component in ("unet", "vae", "text_encoder", "text_encoder_2") else None
+    )
     if problem is not None:
         rel, what = problem
         return _damaged(folder, f"the {component} weights file {rel} {what}")
@@ -227,8 +228,9 @@ def _component_error(folder: Path, component: str, error: Exception) -> NotADiff
         files = "unreadable"
     shape = re.search(r"(\S+) expected shape torch\.Size\((\[[\d, ]*\])\), but got torch\.Size\((\[[\d, ]*\])\)", text)
     if shape or "size mismatch" in text:
-        detail = (f"{shape[1]}: the config asks for {shape[2]}, the weights file holds {shape[3]}" if shape
-                  else first_line)
+        detail = (
+            f"{shape[1]}: the config asks for {shape[2]}, the weights file holds {shape[3]}" if shape else first_line
+        )
         return NotADiffusionModelError(
             f"{folder}: the {component} weights do not fit {component}/config.json ({detail}). The config and the "
             f"weights come from different models: restore the config that belongs to the weights, or {_REPAIR}."
@@ -264,8 +266,11 @@ def load_folder(path: Path, torch_dtype: torch.dtype | None = None) -> dict[str,
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     required = ("unet", "vae", "scheduler")
-    missing = [c for c in required if not (path / c / "config.json").is_file()
-               and not (path / c / "scheduler_config.json").is_file()]
+    missing = [
+        c
+        for c in required
+        if not (path / c / "config.json").is_file() and not (path / c / "scheduler_config.json").is_file()
+    ]
     has_text = (path / "text_encoder").is_dir() or (path / "text_encoder_2").is_dir()
     if missing or not has_text:
         raise NotADiffusionModelError(
@@ -297,10 +302,14 @@ def load_folder(path: Path, torch_dtype: torch.dtype | None = None) -> dict[str,
         ]
     if (path / "text_encoder_2").is_dir():
         loaders += [
-            ("text_encoder_2",
-             lambda: CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)),
-            ("tokenizer_2",
-             lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True)),
+            (
+                "text_encoder_2",
+                lambda: CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw),
+            ),
+            (
+                "tokenizer_2",
+                lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True),
+            ),
         ]
     parts: dict[str, Any] = {}
     for name, load in loaders:
@@ -402,8 +411,7 @@ def load_single_file(
         else:
             import zipfile
 
-            state: Any = torch.load(str(path), map_location="cpu", weights_only=True,
-                                    mmap=zipfile.is_zipfile(path))
+            state: Any = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
             while isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
                 state = state["state_dict"]
             if not isinstance(state, Mapping):
@@ -413,9 +421,12 @@ def load_single_file(
     except Exception as e:  # noqa: BLE001
         kind = "safetensors" if path.suffix.lower() == ".safetensors" else "PyTorch"
         first_line = (str(e).strip().splitlines() or [""])[0]
-        extra = (" It pickles more than tensors, which is not loaded for safety (diffusers loads .ckpt "
-                 "with weights_only=True too); if you trust it, re-save it as .safetensors."
-                 if "weights only" in str(e).lower() else "")
+        extra = (
+            " It pickles more than tensors, which is not loaded for safety (diffusers loads .ckpt "
+            "with weights_only=True too); if you trust it, re-save it as .safetensors."
+            if "weights only" in str(e).lower()
+            else ""
+        )
         raise NotADiffusionModelError(
             f"{path} is not a readable {kind} checkpoint ({type(e).__name__}: {first_line}).{extra} Pass an "
             "intact original-format Stable Diffusion .safetensors/.ckpt file, or a diffusers folder."
@@ -441,8 +452,11 @@ def load_single_file(
         )
     is_xl = has("conditioner.")  # SDXL-family files keep their text encoders under conditioner.embedders.*
     if not has("cond_stage_model.", "conditioner.embedders."):
-        logger.warning("%s has no text encoder weights; diffusers takes them from the config folder if it "
-                       "holds weights, else loading fails", path)
+        logger.warning(
+            "%s has no text encoder weights; diffusers takes them from the config folder if it "
+            "holds weights, else loading fails",
+            path,
+        )
 
     # 3. Resolve the configs to a local folder (or, online, a hub id diffusers downloads).
     source = config if config is not None else inferred
@@ -471,11 +485,13 @@ def load_single_file(
     else:
         from huggingface_hub import snapshot_download
 
-        what = (f"config {source!r} is" if config is not None
-                else f"{source!r}, the configs diffusers infers for it, are")
+        what = (
+            f"config {source!r} is" if config is not None else f"{source!r}, the configs diffusers infers for it, are"
+        )
         try:
-            config_ref = snapshot_download(source, local_files_only=True,
-                                           allow_patterns=["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"])
+            config_ref = snapshot_download(
+                source, local_files_only=True, allow_patterns=["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
+            )
         except Exception as e:  # noqa: BLE001 - a cache miss: download later, or fail offline
             if offline:
                 raise ModelNotFoundError(
@@ -494,11 +510,15 @@ def load_single_file(
         text = str(e).strip()
         family = "SDXL" if is_xl else "Stable Diffusion 1.x/2.x"
         if "meta tensor" in text or "expected shape" in text or "size mismatch" in text:
-            why = (f"its weights do not fit the configs from {config_ref} (tensors missing or of other shapes): "
-                   "the checkpoint is partial, or the configs are of another architecture.")
+            why = (
+                f"its weights do not fit the configs from {config_ref} (tensors missing or of other shapes): "
+                "the checkpoint is partial, or the configs are of another architecture."
+            )
         elif type(e).__name__ == "SingleFileComponentError":
-            why = (f"a component's weights are neither in the file nor in the config folder {config_ref} "
-                   "(see below); diffuseg needs the UNet, VAE and text encoder in the file.")
+            why = (
+                f"a component's weights are neither in the file nor in the config folder {config_ref} "
+                "(see below); diffuseg needs the UNet, VAE and text encoder in the file."
+            )
         else:
             why = f"diffusers could not build a {family} pipeline from it."
         raise NotADiffusionModelError(

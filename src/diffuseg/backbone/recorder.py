@@ -44,9 +44,7 @@ def grid_size(num_tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
     while h * w > num_tokens and (h > 1 or w > 1):
         h, w = math.ceil(h / 2), math.ceil(w / 2)
     if h * w != num_tokens:
-        raise RuntimeError(
-            f"cannot place {num_tokens} tokens on a grid derived from latent size {latent_size}."
-        )
+        raise RuntimeError(f"cannot place {num_tokens} tokens on a grid derived from latent size {latent_size}.")
     return h, w
 
 
@@ -140,9 +138,7 @@ class RecordingAttnProcessor:
         if input_ndim == 4:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)  # (B, N, C)
-        batch_size, seq_len, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
+        batch_size, seq_len, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
         attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch_size)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
@@ -189,9 +185,7 @@ class RecordingAttnProcessor:
                     record[:, i, r0:r1] = rec
         if self.average_heads:
             record.mul_(1.0 / heads)
-        self.store.add_attention(
-            self.layer, self.kind, record[:, 0] if self.average_heads else record, n_q
-        )
+        self.store.add_attention(self.layer, self.kind, record[:, 0] if self.average_heads else record, n_q)
         hidden_states = out.transpose(1, 2).reshape(batch_size, n_q, -1)  # (B, N, heads*d)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -262,9 +256,7 @@ def record(
         if wanted:
             procs = {f"{n}.processor": original[f"{n}.processor"] for n in attention_layers(unet)}
             for n in wanted:
-                procs[f"{n}.processor"] = RecordingAttnProcessor(
-                    n, store, request.normalization, request.average_heads
-                )
+                procs[f"{n}.processor"] = RecordingAttnProcessor(n, store, request.normalization, request.average_heads)
             unet.set_attn_processor(procs)
         for path, module in modules.items():
 

@@ -18,17 +18,45 @@ import sys
 import typing
 from typing import Any
 
-__all__ = ["add_model_options", "add_method_options", "add_query_options", "method_overrides", "parse_dtype",
-           "make_generator", "load_backbone", "flag_message", "fail", "method_help", "HelpFormatter"]
+__all__ = [
+    "add_model_options",
+    "add_method_options",
+    "add_query_options",
+    "method_overrides",
+    "parse_dtype",
+    "make_generator",
+    "load_backbone",
+    "flag_message",
+    "fail",
+    "method_help",
+    "HelpFormatter",
+]
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 #: Extra flags of some config fields.
 _ALIASES = {"image_size": ["--size"]}
 #: Library argument -> CLI flag, for arguments that are not method options.
-_GENERAL_FLAGS = {"device": "--device", "dtype": "--dtype", "batch_size": "--batch-size", "classes": "--classes",
-                  "resources": "--resource", "limit": "--limit", "model": "--model", "config": "--model-config",
-                  "overwrite": "--overwrite", "resume": "--resume", "out_dir": "--out", "out": "--out"}
+_GENERAL_FLAGS = {
+    "device": "--device",
+    "dtype": "--dtype",
+    "batch_size": "--batch-size",
+    "classes": "--classes",
+    "resources": "--resource",
+    "limit": "--limit",
+    "model": "--model",
+    "config": "--model-config",
+    "overwrite": "--overwrite",
+    "resume": "--resume",
+    "out_dir": "--out",
+    "out": "--out",
+}
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -81,11 +109,17 @@ def parse_dtype(name: str | None) -> Any:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model --model-config --device --dtype --seed --batch-size."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default=None,
-                   help="hub id (local cache first), diffusers folder, .safetensors/.ckpt file, or 'toy' "
-                        "(default: stable-diffusion-v1-5/stable-diffusion-v1-5)")
-    g.add_argument("--model-config", default=None,
-                   help="for single-file checkpoints: a diffusers folder/hub id with the matching configs")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="hub id (local cache first), diffusers folder, .safetensors/.ckpt file, or 'toy' "
+        "(default: stable-diffusion-v1-5/stable-diffusion-v1-5)",
+    )
+    g.add_argument(
+        "--model-config",
+        default=None,
+        help="for single-file checkpoints: a diffusers folder/hub id with the matching configs",
+    )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default cpu)")
     g.add_argument("--dtype", default=None, choices=sorted(_DTYPES), help="weights dtype (default float32)")
     g.add_argument("--seed", type=int, default=None, help="seed of the torch.Generator for noise")
@@ -95,11 +129,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_query_options(parser: argparse.ArgumentParser) -> None:
     """--classes --caption --resource: what the user knows about the images, and extra models."""
     g = parser.add_argument_group("what to look for (open-vocabulary methods)")
-    g.add_argument("--classes", default=None,
-                   help="class names, comma-separated; synonyms with '|' (e.g. 'cat,tv|monitor')")
+    g.add_argument(
+        "--classes", default=None, help="class names, comma-separated; synonyms with '|' (e.g. 'cat,tv|monitor')"
+    )
     g.add_argument("--caption", default=None, help="a caption / prompt for every image")
-    g.add_argument("--resource", action="append", default=[], metavar="NAME=VALUE",
-                   help="an extra model a method declares (path or hub id); repeatable")
+    g.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra model a method declares (path or hub id); repeatable",
+    )
 
 
 def _field_kind(tp: Any) -> tuple[str, Any]:
@@ -111,7 +151,7 @@ def _field_kind(tp: Any) -> tuple[str, Any]:
         base = t.split("|")[0]
         elem = {"int": int, "float": float, "str": str}
         if base.startswith("tuple["):
-            inner = base[len("tuple["):].split(",")[0].rstrip("]")
+            inner = base[len("tuple[") :].split(",")[0].rstrip("]")
             return "tuple", elem.get(inner, str)
         return "scalar", elem.get(base, str)
     if tp is bool:
@@ -184,8 +224,15 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
         docs = _field_docs(spec.config_cls)
         for f in dataclasses.fields(spec.config_cls):
             owners.setdefault(f.name, []).append(spec.name)
-            entry = info.setdefault(f.name, {"kind": _field_kind(f.type), "doc": docs.get(f.name, ""),
-                                             "choices": f.metadata.get("choices"), "defaults": {}})
+            entry = info.setdefault(
+                f.name,
+                {
+                    "kind": _field_kind(f.type),
+                    "doc": docs.get(f.name, ""),
+                    "choices": f.metadata.get("choices"),
+                    "defaults": {},
+                },
+            )
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             entry["defaults"][spec.name] = default
     taken = set(parser._option_string_actions)
@@ -198,13 +245,20 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
             continue
         key = owners[field_name][0] if len(owners[field_name]) == 1 else "shared"
         if key not in groups:
-            title = (f"{key} options" if key != "shared" else "options of several methods")
+            title = f"{key} options" if key != "shared" else "options of several methods"
             groups[key] = parser.add_argument_group(
-                title, "defaults are the library's (the paper's); `diffuseg env` lists the presets that "
-                "replace some of them on other models" if key == "shared" else None)
+                title,
+                "defaults are the library's (the paper's); `diffuseg env` lists the presets that "
+                "replace some of them on other models"
+                if key == "shared"
+                else None,
+            )
         defaults = entry["defaults"]
-        shown = ", ".join(f"{m} {_show(v)}" for m, v in defaults.items()) if key == "shared" else _show(
-            next(iter(defaults.values())))
+        shown = (
+            ", ".join(f"{m} {_show(v)}" for m, v in defaults.items())
+            if key == "shared"
+            else _show(next(iter(defaults.values())))
+        )
         help_ = f"{entry['doc']} (default: {shown}"
         if entry["choices"]:
             help_ += f"; one of {', '.join(map(str, entry['choices']))}"
@@ -212,14 +266,26 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
         kind, elem = entry["kind"]
         g = groups[key]
         if kind == "bool":
-            g.add_argument(*flags, dest=field_name, action=argparse.BooleanOptionalAction, default=None,
-                           help=help_.replace("%", "%%"))
+            g.add_argument(
+                *flags,
+                dest=field_name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_.replace("%", "%%"),
+            )
         elif kind == "tuple":
-            g.add_argument(*flags, dest=field_name, type=_csv(elem), default=None, metavar="V,V,...",
-                           help=help_.replace("%", "%%"))
+            g.add_argument(
+                *flags, dest=field_name, type=_csv(elem), default=None, metavar="V,V,...", help=help_.replace("%", "%%")
+            )
         else:
-            g.add_argument(*flags, dest=field_name, type=elem, default=None, choices=entry["choices"],
-                           help=help_.replace("%", "%%"))
+            g.add_argument(
+                *flags,
+                dest=field_name,
+                type=elem,
+                default=None,
+                choices=entry["choices"],
+                help=help_.replace("%", "%%"),
+            )
     return owners
 
 
@@ -247,8 +313,10 @@ def method_overrides(args: argparse.Namespace, method: str, owners: dict[str, li
                 out[field_name] = value
             continue
         if method not in methods:
-            raise ValueError(f"option --{field_name.replace('_', '-')} does not apply to method {method!r} "
-                             f"(it belongs to {', '.join(methods)}).")
+            raise ValueError(
+                f"option --{field_name.replace('_', '-')} does not apply to method {method!r} "
+                f"(it belongs to {', '.join(methods)})."
+            )
         out[field_name] = value
     return out
 
@@ -299,6 +367,7 @@ def load_backbone(args: argparse.Namespace) -> Any:
     from ..backbone import DEFAULT_MODEL, DiffusionBackbone
 
     dtype = parse_dtype(args.dtype)
-    backbone = DiffusionBackbone.from_pretrained(args.model or DEFAULT_MODEL, torch_dtype=dtype,
-                                                 config=getattr(args, "model_config", None))
+    backbone = DiffusionBackbone.from_pretrained(
+        args.model or DEFAULT_MODEL, torch_dtype=dtype, config=getattr(args, "model_config", None)
+    )
     return backbone.to(args.device, dtype)

@@ -39,8 +39,10 @@ def collect() -> dict[str, Any]:
         "platform": platform.platform(),
         "devices": devices,
         "methods": list_methods(),
-        "models": {"toy": str(toy) if (toy / "unet" / "config.json").is_file() else "missing",
-                   "hugging_face_cache": cached_models()},
+        "models": {
+            "toy": str(toy) if (toy / "unet" / "config.json").is_file() else "missing",
+            "hugging_face_cache": cached_models(),
+        },
     }
 
 

@@ -23,8 +23,6 @@ __all__ = ["register", "run"]
 logger = logging.getLogger(__name__)
 
 
-
-
 def register(subparsers: Any) -> None:
     from ..eval.datasets import dataset_names
     from ..eval.metrics import MATCHINGS
@@ -33,7 +31,8 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "eval",
-        help=COMMANDS["eval"], formatter_class=HelpFormatter,
+        help=COMMANDS["eval"],
+        formatter_class=HelpFormatter,
         description="Score a method on a benchmark stored locally; writes per-image results "
         "(JSONL, resumable), a JSON report and a Markdown table into --out.",
     )
@@ -82,8 +81,13 @@ def register(subparsers: Any) -> None:
         help="print these report JSON files side by side and exit",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--resource", action="append", default=[], metavar="NAME=VALUE",
-                   help="an extra model the method declares (path or hub id); repeatable")
+    p.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra model the method declares (path or hub id); repeatable",
+    )
     add_model_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
 
@@ -127,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
         config = spec.make_config(None, **overrides)
         protocol = get_protocol(args.protocol)
         if protocol.input_size is not None and getattr(args, "image_size", None) is not None:
-            raise ValueError(f"--protocol {protocol.name} fixes the model input at {protocol.input_size} px; "
-                             "--size applies with --protocol full.")
+            raise ValueError(
+                f"--protocol {protocol.name} fixes the model input at {protocol.input_size} px; "
+                "--size applies with --protocol full."
+            )
         check_runtime(args)
         resources = parse_resources(args.resource)
         dataset = load_dataset(args.dataset, args.root, args.split)

@@ -142,8 +142,6 @@ def render(
     return canvas
 
 
-
-
 def register(subparsers: Any) -> None:
     from ._options import add_method_options, add_model_options
 

@@ -43,18 +43,21 @@ OUTPUTS = (".labels.png", ".overlay.png", ".json")
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "segment", help=COMMANDS["segment"], formatter_class=HelpFormatter,
+        "segment",
+        help=COMMANDS["segment"],
+        formatter_class=HelpFormatter,
         description="Segment whole images at their own resolution; per image writes NAME.labels.png, "
-                    "NAME.overlay.png and NAME.json (COCO RLE) into --out. List options take one "
-                    "comma-separated value (--kl-thresholds 0.05,0.05,0.05).",
+        "NAME.overlay.png and NAME.json (COCO RLE) into --out. List options take one "
+        "comma-separated value (--kl-thresholds 0.05,0.05,0.05).",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--method", default="diffseg", help=f"segmentation method (default diffseg):\n{method_help()}")
     p.add_argument("--out", default="out", help="output folder (default ./out)")
     done = p.add_mutually_exclusive_group()
     done.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    done.add_argument("--skip-existing", action="store_true",
-                      help="skip images whose outputs all exist (resume an interrupted batch)")
+    done.add_argument(
+        "--skip-existing", action="store_true", help="skip images whose outputs all exist (resume an interrupted batch)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_options(p)
     add_query_options(p)
@@ -153,8 +156,14 @@ def run(args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
-def _segment_all(args: argparse.Namespace, segmenter: Any, todo: list[tuple[str, str]], classes: Any,
-                 out_dir: Path, failed: dict[str, str]) -> None:
+def _segment_all(
+    args: argparse.Namespace,
+    segmenter: Any,
+    todo: list[tuple[str, str]],
+    classes: Any,
+    out_dir: Path,
+    failed: dict[str, str],
+) -> None:
     from tqdm.auto import tqdm
 
     from ..imageio import ImageLoadError, load_image
@@ -168,7 +177,7 @@ def _segment_all(args: argparse.Namespace, segmenter: Any, todo: list[tuple[str,
     overwrite = args.overwrite or args.skip_existing  # skip-existing rewrites an item's partial outputs
     for start in range(0, len(todo), args.batch_size):
         loaded = []
-        for path, name in todo[start:start + args.batch_size]:
+        for path, name in todo[start : start + args.batch_size]:
             try:
                 loaded.append((path, name, load_image(path)))
             except ImageLoadError as e:

@@ -64,18 +64,16 @@ class ImageCounts:
     def from_record(cls, record: dict[str, Any], num_classes: int) -> ImageCounts:
         """Inverse of `to_record`."""
         hist = np.zeros((num_classes, int(record["k"])), dtype=np.int64)
-        hist[
-            np.asarray(record["rows"], dtype=np.int64), np.asarray(record["cols"], dtype=np.int64)
-        ] = np.asarray(record["n"], dtype=np.int64)
+        hist[np.asarray(record["rows"], dtype=np.int64), np.asarray(record["cols"], dtype=np.int64)] = np.asarray(
+            record["n"], dtype=np.int64
+        )
         unpredicted = np.zeros(num_classes, dtype=np.int64)
         for c, n in record["unpredicted"]:
             unpredicted[c] = n
         return cls(hist, unpredicted, np.asarray(record["pred_ids"], dtype=np.int64))
 
 
-def contingency(
-    pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255
-) -> ImageCounts:
+def contingency(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> ImageCounts:
     """Reduce one prediction / ground-truth pair to an `ImageCounts` with one bincount.
 
     Args:
@@ -91,10 +89,7 @@ def contingency(
     if num_classes < 1:
         raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
     if 0 <= ignore_index < num_classes:
-        raise ValueError(
-            f"`ignore_index` must lie outside the class range [0, {num_classes}), "
-            f"got {ignore_index}."
-        )
+        raise ValueError(f"`ignore_index` must lie outside the class range [0, {num_classes}), got {ignore_index}.")
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"`pred` shape {pred.shape} differs from `gt` shape {gt.shape}.")
@@ -161,9 +156,7 @@ def _raise_bad_gt(g: np.ndarray, num_classes: int, ignore_index: int) -> None:
     )
 
 
-def confusion_matrix(
-    pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255
-) -> np.ndarray:
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
     """The (C, C) confusion matrix ``m[gt, pred]`` for class-valued predictions.
 
     Predicted ids >= C and -1 are dropped (they belong to no class column).

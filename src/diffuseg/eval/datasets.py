@@ -84,9 +84,7 @@ def _coco(
         ref = "diffuseg/data/cocostuff27/curated_val2017_ids.txt"
         from importlib import resources
 
-        text = resources.files("diffuseg").joinpath(
-            "data", "cocostuff27", "curated_val2017_ids.txt"
-        )
+        text = resources.files("diffuseg").joinpath("data", "cocostuff27", "curated_val2017_ids.txt")
         ids = [s.strip() for s in text.read_text().splitlines() if s.strip()]
         logger.debug("using the curated list %s (%d ids)", ref, len(ids))
     else:
@@ -156,8 +154,7 @@ def _voc21(root: Path, split: str) -> FolderDataset:
     list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
     _require(root, "voc21", _VOC_LAYOUT, base / "JPEGImages", base / "SegmentationClass", list_file)
     entries = [
-        (i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png")
-        for i in _list_file(list_file)
+        (i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png") for i in _list_file(list_file)
     ]
     mapping = {i: i for i in range(21)} | {255: IGNORE_INDEX}  # 255 = object boundaries
     return FolderDataset(
@@ -175,9 +172,7 @@ def _context(root: Path, split: str, name: str) -> FolderDataset:
     _check_split(name, split, ("train", "val"))
     base = root / "VOC2010"
     list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-    _require(
-        root, name, _CTX_LAYOUT, base / "JPEGImages", base / "SegmentationClassContext", list_file
-    )
+    _require(root, name, _CTX_LAYOUT, base / "JPEGImages", base / "SegmentationClassContext", list_file)
     entries = [
         (i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClassContext" / f"{i}.png")
         for i in _list_file(list_file)
@@ -243,9 +238,7 @@ def _potsdam(root: Path, split: str) -> FolderDataset:
     _check_split("potsdam", split, ("test", "train"))
     list_file = root / f"labelled_{split}.txt"
     _require(root, "potsdam", _POTSDAM_LAYOUT, root / "imgs", root / "gt", list_file)
-    entries = [
-        (i, root / "imgs" / f"{i}.mat", root / "gt" / f"{i}.mat") for i in _list_file(list_file)
-    ]
+    entries = [(i, root / "imgs" / f"{i}.mat", root / "gt" / f"{i}.mat") for i in _list_file(list_file)]
     mapping = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2, 255: IGNORE_INDEX}
     return FolderDataset(
         "potsdam",
@@ -286,9 +279,7 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
-def load_dataset(
-    name: str, root: str | os.PathLike | None, split: str | None = None
-) -> SegmentationDataset:
+def load_dataset(name: str, root: str | os.PathLike | None, split: str | None = None) -> SegmentationDataset:
     """Open benchmark dataset `name` stored under `root`.
 
     Args:
@@ -305,9 +296,7 @@ def load_dataset(
     if name == "synthetic":  # the proving ground: generated, needs no root
         return _synthetic(split or "val")
     if name not in DATASETS:
-        raise ValueError(
-            f"unknown `dataset` {name!r}; choose one of {[*dataset_names(), 'synthetic']}."
-        )
+        raise ValueError(f"unknown `dataset` {name!r}; choose one of {[*dataset_names(), 'synthetic']}.")
     if root is None:
         raise ValueError(f"`root` is required for dataset {name!r}.")
     builder, default = DATASETS[name]

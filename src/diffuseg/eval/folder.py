@@ -55,9 +55,7 @@ def _lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:
 def _read_label_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
-            raise ValueError(
-                f"label file {path} has mode {im.mode!r}; expected a single-channel label map."
-            )
+            raise ValueError(f"label file {path} has mode {im.mode!r}; expected a single-channel label map.")
         return np.asarray(im)
 
 
@@ -142,18 +140,14 @@ class FolderDataset:
                 f"{raw.shape[0]}x{raw.shape[1]} (H x W)."
             )
         label = self._map(raw, label_path)
-        return Sample(
-            sid, image, label, {"image_path": str(image_path), "label_path": str(label_path)}
-        )
+        return Sample(sid, image, label, {"image_path": str(image_path), "label_path": str(label_path)})
 
     def _map(self, raw: np.ndarray, path: Path) -> np.ndarray:
         raw = raw.astype(np.int64, copy=False)
         lo, hi = int(raw.min()), int(raw.max())
         if lo < 0 or hi >= len(self.lut):
             bad = np.unique(raw[(raw < 0) | (raw >= len(self.lut))])[:10].tolist()
-            raise ValueError(
-                f"label file {path} has values {bad} that {self.name} does not define."
-            )
+            raise ValueError(f"label file {path} has values {bad} that {self.name} does not define.")
         label = self.lut[raw].astype(np.int64)  # (H, W)
         if int(label.min()) < 0:
             bad = np.unique(raw[label < 0])[:10].tolist()

@@ -193,9 +193,7 @@ class MetricAccumulator:
     def add(self, counts: ImageCounts) -> None:
         """Add one image."""
         if counts.num_classes != self.num_classes:
-            raise ValueError(
-                f"counts have {counts.num_classes} classes, the accumulator {self.num_classes}."
-            )
+            raise ValueError(f"counts have {counts.num_classes} classes, the accumulator {self.num_classes}.")
         self.num_images += 1
         self.num_pixels += counts.num_pixels
         self.fn += counts.unpredicted

@@ -71,21 +71,16 @@ class Protocol:
         if self.crop not in _CROPS:
             raise ValueError(f"`crop` must be one of {_CROPS}, got {self.crop!r}.")
         if self.label_nearest not in _NEAREST:
-            raise ValueError(
-                f"`label_nearest` must be one of {_NEAREST}, got {self.label_nearest!r}."
-            )
+            raise ValueError(f"`label_nearest` must be one of {_NEAREST}, got {self.label_nearest!r}.")
         for name in ("input_size", "score_size"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"`{name}` must be a positive int or None, got {v!r}.")
 
 
-
 PROTOCOLS: dict[str, Protocol] = {
     # tf.image.resize(method="nearest") samples at half-pixel centres -> "exact"
-    "diffseg": Protocol(
-        "diffseg", crop="square", input_size=512, label_nearest="exact", resize_mode="crop"
-    ),
+    "diffseg": Protocol("diffseg", crop="square", input_size=512, label_nearest="exact", resize_mode="crop"),
     "diffcut": Protocol(
         "diffcut",
         crop="square-minus-one",
@@ -152,9 +147,7 @@ def _resize_image(image: Image.Image, side: int) -> Image.Image:
     return Image.fromarray(out)
 
 
-def prepare(
-    image: Image.Image, label: np.ndarray, protocol: Protocol
-) -> tuple[Image.Image, np.ndarray]:
+def prepare(image: Image.Image, label: np.ndarray, protocol: Protocol) -> tuple[Image.Image, np.ndarray]:
     """Crop and resize an image / label pair as `protocol` says.
 
     Args:

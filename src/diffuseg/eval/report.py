@@ -145,22 +145,17 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report["other_matchings"]:
         lines += ["| other matching | mIoU | pixel acc. |", "|---|---:|---:|"]
         lines += [
-            f"| {k} | {_pct(v['miou'])} | {_pct(v['pixel_accuracy'])} |"
-            for k, v in report["other_matchings"].items()
+            f"| {k} | {_pct(v['miou'])} | {_pct(v['pixel_accuracy'])} |" for k, v in report["other_matchings"].items()
         ]
         lines.append("")
     lines += ["| class | IoU |", "|---|---:|"]
     lines += [f"| {n} | {_pct(v)} |" for n, v in zip(d["class_names"], met["iou"], strict=True)]
     if d["skipped"]:
-        lines += ["", "Skipped (unreadable):", ""] + [
-            f"- {s['id']}: {s['error']}" for s in d["skipped"]
-        ]
+        lines += ["", "Skipped (unreadable):", ""] + [f"- {s['id']}: {s['error']}" for s in d["skipped"]]
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    report: dict[str, Any], json_path: str | os.PathLike, md_path: str | os.PathLike
-) -> None:
+def write_report(report: dict[str, Any], json_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
     """Write the report as JSON and Markdown (atomically; replaces earlier reports of the run)."""
     atomic_write(json_path, (json.dumps(report, indent=1) + "\n").encode(), overwrite=True)
     atomic_write(md_path, to_markdown(report).encode(), overwrite=True)
@@ -187,8 +182,7 @@ def compare_reports(reports: Sequence[dict[str, Any]]) -> str:
     if not reports:
         raise ValueError("`reports` is empty; give at least one report.")
     lines = [
-        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. "
-        "| s / image |",
+        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. | s / image |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in reports:
@@ -205,7 +199,5 @@ def compare_reports(reports: Sequence[dict[str, Any]]) -> str:
         heads = [f"{r['method']['name']} / {r['protocol']['name']}" for r in reports]
         lines += ["", "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(reports)]
         for k, n in enumerate(names):
-            lines.append(
-                f"| {n} | " + " | ".join(_pct(r["metrics"]["iou"][k]) for r in reports) + " |"
-            )
+            lines.append(f"| {n} | " + " | ".join(_pct(r["metrics"]["iou"][k]) for r in reports) + " |")
     return "\n".join(lines) + "\n"

@@ -130,8 +130,9 @@ def segment(
     side = min(aggregated.shape[1:])
     anchors = min(config.num_anchors_per_side, side)
     if anchors < config.num_anchors_per_side:
-        logger.warning("%d anchors per side do not fit a %d-token grid; using %d.",
-                       config.num_anchors_per_side, side, anchors)
+        logger.warning(
+            "%d anchors per side do not fit a %d-token grid; using %d.", config.num_anchors_per_side, side, anchors
+        )
     proposals = merge_attention(aggregated, anchors=anchors, thresholds=config.kl_thresholds)
     if config.refine:
         proposals = kmeans_refine(proposals, aggregated)

@@ -71,9 +71,7 @@ def _nearest(points: np.ndarray, c: np.ndarray) -> np.ndarray:
     return dist.argmin(axis=1)
 
 
-def kmeans(
-    points: np.ndarray, k: int, num_iterations: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(points: np.ndarray, k: int, num_iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Cluster `points` (N, D) float into at most `k` groups.
 
     Returns:
@@ -100,10 +98,7 @@ def kmeans(
         counts = np.bincount(assign, minlength=len(c)).astype(np.float64)  # (k,)
         # per-dimension weighted bincounts: cluster sums without a Python loop over pixels
         sums = np.stack(
-            [
-                np.bincount(assign, weights=points[:, j], minlength=len(c))
-                for j in range(points.shape[1])
-            ],
+            [np.bincount(assign, weights=points[:, j], minlength=len(c)) for j in range(points.shape[1])],
             axis=1,
         )  # (k, D)
         keep = counts > 0
@@ -112,7 +107,9 @@ def kmeans(
 
 
 def segment(
-    features: Features, config: KMeansColorConfig, query: Query | None = None,
+    features: Features,
+    config: KMeansColorConfig,
+    query: Query | None = None,
     resources: Mapping[str, Any] | None = None,
 ) -> Segmentation:
     """Cluster the pixels of image 0 of `features` by colour (and position).

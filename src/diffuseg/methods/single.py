@@ -34,7 +34,9 @@ def plan(config: SingleSegmentConfig, query: Query, backbone: Any = None) -> Pas
 
 
 def segment(
-    features: Features, config: SingleSegmentConfig, query: Query | None = None,
+    features: Features,
+    config: SingleSegmentConfig,
+    query: Query | None = None,
     resources: Mapping[str, Any] | None = None,
 ) -> Segmentation:
     """One segment covering image 0 of `features`.

@@ -70,9 +70,7 @@ def segment(
     try:
         from skimage.segmentation import slic
     except ImportError as e:  # optional dependency (extra "eval")
-        raise ImportError(
-            "this baseline requires scikit-image; install it with `pip install diffuseg[eval]`."
-        ) from e
+        raise ImportError("this baseline requires scikit-image; install it with `pip install diffuseg[eval]`.") from e
 
     if features.images is None:
         raise ValueError("the SLIC baseline needs `features.images`.")

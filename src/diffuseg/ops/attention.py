@@ -61,9 +61,7 @@ def aggregate_self_attention(
         h, w = _hw(key)
         m = value[0] if value.ndim == 3 and value.shape[0] == 1 else value
         if m.shape != (h * w, h * w):
-            raise ValueError(
-                f"map for resolution {key} must have shape ({h * w}, {h * w}), got {tuple(value.shape)}."
-            )
+            raise ValueError(f"map for resolution {key} must have shape ({h * w}, {h * w}), got {tuple(value.shape)}.")
         items.append(((h, w), m))
     items.sort(key=lambda kv: kv[0][0] * kv[0][1], reverse=True)
     big_h, big_w = items[0][0]

@@ -34,8 +34,9 @@ def maps_to_labels(maps: torch.Tensor, size: tuple[int, int], chunk: int = 16) -
     best = torch.full(size, -torch.inf, dtype=torch.float32, device=maps.device)
     labels = torch.zeros(size, dtype=torch.int64, device=maps.device)
     for start in range(0, maps.shape[0], chunk):
-        part = F.interpolate(maps[None, start:start + chunk].float(), size=size, mode="bilinear",
-                             align_corners=False)[0]  # (k, H, W)
+        part = F.interpolate(
+            maps[None, start : start + chunk].float(), size=size, mode="bilinear", align_corners=False
+        )[0]  # (k, H, W)
         value, index = part.max(0)
         better = value > best  # strict: ties keep the lower index, as argmax does
         best = torch.where(better, value, best)
