@@ -1,16 +1,17 @@
 """Proving-ground benchmark: every registered method's mIoU on held-out synthetic scenes.
 
-Runs each method of `diffuseg.methods.list_methods()` on the toy model (or any diffusers folder)
-over ``SyntheticScenes("val", N)`` (128 x 128 scenes never seen in training) and scores:
+Every row is one run of the eval runner (`diffuseg.eval.evaluate`, protocol "full": the whole
+128 x 128 scene, scored at full resolution) on ``SyntheticScenes("val", N)``, scenes never seen
+in training, with the toy model (or any diffusers folder):
 
-* unsupervised methods and baselines: Hungarian matching per image (DiffSeg / DiffCut protocol);
-* open-vocabulary methods: the method names its segments from the dataset's class names, and
-  names are scored directly (no matching).
+* each method with its library defaults and the model's preset (`diffuseg env` lists them);
+* DiffSeg with the paper's settings (tau 1.1, the native size), for comparison;
+* ``kmeans-color`` with the true number of classes of each image (``--oracle-classes``, K from
+  the query's classes): an oracle baseline.
 
-Model-based methods run at the model's native size (UNet sample size x VAE factor: 64 for the
-toy model); their labels are mapped back onto the 128-pixel label map. ``kmeans-color`` gets the
-true number of classes of each image (an oracle K), ``slic`` and ``single-segment`` run with
-their defaults on the full-size image.
+Unsupervised methods and baselines are scored with per-image Hungarian matching, open-vocabulary
+methods by their class names. ``--tune METHOD`` chooses settings on the *test* split (never on
+val) by re-segmenting recorded features (one model pass per scene and size).
 
     python benchmarks/bench_proving_ground.py --num-scenes 200 --out docs/proving_ground_results.md
 """
@@ -18,103 +19,62 @@ their defaults on the full-size image.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffuseg.eval import evaluate
 from diffuseg.eval.metrics import MetricAccumulator, contingency
 from diffuseg.methods import get_method, list_methods
+from diffuseg.plan import Query
 from diffuseg.segmenter import Segmenter
 from diffuseg.synthetic.dataset import SyntheticScenes
 
 logger = logging.getLogger("bench_proving_ground")
 
-#: Config fields through which an open-vocabulary method may receive the class names.
-_VOCAB_FIELDS = ("class_names", "classes", "vocabulary", "labels")
+BASELINES = ("single-segment", "kmeans-color", "slic")
+
+#: Extra rows: (row name, method, config overrides, eval options).
+EXTRA_ROWS = (
+    ("diffseg (paper: tau 1.1, native size)", "diffseg", {"kl_thresholds": (1.1, 1.1, 1.1), "image_size": None}, {}),
+)
+#: Per-method settings of the default rows.
+ROW_SETTINGS = {"kmeans-color": ({"num_clusters": None}, {"oracle_classes": True})}
 
 
-def _overrides(spec, native: int, class_names: tuple[str, ...], caption_prompt: bool) -> dict:
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    out: dict = {}
-    needs_model = not spec.request_for(None).is_empty if not callable(spec.requires) else True
-    if "image_size" in fields and needs_model:
-        out["image_size"] = native
-    if "resize_mode" in fields:
-        out["resize_mode"] = "squash"
-    if spec.open_vocabulary:
-        for name in _VOCAB_FIELDS:
-            if name in fields:
-                out[name] = tuple(class_names)
-                break
-    return out
-
-
-def _names_lut(seg, class_names) -> np.ndarray | None:
-    if not seg.names:
-        return None
-    index = {n.strip().lower(): i for i, n in enumerate(class_names)}
-    return np.array([index.get(str(n).strip().lower(), -1) for n in seg.names], dtype=np.int64)
-
-
-def evaluate_method(
-    name: str,
-    backbone,
-    dataset: SyntheticScenes,
-    native: int,
-    caption_prompt: bool,
-    generator_seed: int = 0,
-    kl: tuple[float, ...] | None = None,
-    size: int | None = None,
-) -> dict:
-    """Score one method; returns {'miou', 'pixel_accuracy', 'seconds_per_image', ...}.
-
-    `kl` overrides DiffSeg's `kl_thresholds` and `size` its input size (the row is then named
-    ``diffseg (tau=..., N px, tuned)``).
-    """
-    spec = get_method(name)
-    overrides = _overrides(spec, native, dataset.class_names, caption_prompt)
-    if kl is not None:
-        overrides["kl_thresholds"] = kl
-    if size is not None:
-        overrides["image_size"] = size
-    seg = Segmenter(backbone, name, **overrides)
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    matching = "none" if spec.open_vocabulary else "hungarian-per-image"
-    acc = MetricAccumulator(len(dataset.class_names), matching)
-    gen = torch.Generator().manual_seed(generator_seed)
+def evaluate_row(row: str, method: str, backbone, dataset, overrides: dict, options: dict, out_dir: Path) -> dict:
+    """One row: `method` through the eval runner; returns mIoU, pixel accuracy, s / image."""
+    spec = get_method(method)
     t0 = time.perf_counter()
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        per_image = {}
-        if "num_clusters" in fields and name == "kmeans-color":
-            per_image["num_clusters"] = len(np.unique(sample.label))  # oracle K
-        if caption_prompt and "prompt" in fields:
-            per_image["prompt"] = sample.meta["caption"]
-        if per_image:
-            seg.configure(**per_image)
-        result = seg(sample.image, generator=gen)
-        pred = result.to_input_frame(fill=-1).cpu().numpy()
-        if matching == "none":
-            lut = _names_lut(result, dataset.class_names)
-            if lut is not None:
-                pred = np.where(pred >= 0, lut[np.clip(pred, 0, len(lut) - 1)], -1)
-        acc.add(contingency(pred, sample.label, len(dataset.class_names), 255))
-    seconds = time.perf_counter() - t0
-    scores = acc.result()
+    report = evaluate(
+        dataset,
+        method,
+        backbone=backbone,
+        config_overrides=overrides,
+        protocol="full",
+        out_dir=out_dir,
+        name=row.replace(" ", "_"),
+        overwrite=True,
+        generator=torch.Generator().manual_seed(0),
+        **options,
+    )
     return {
-        "method": name if kl is None else f"{name} (tau={kl[0]:g}, {overrides['image_size']} px, tuned)",
-        "matching": matching,
-        "miou": scores.miou,
-        "pixel_accuracy": scores.pixel_accuracy,
-        "seconds_per_image": seconds / len(dataset),
-        "overrides": {k: str(v) for k, v in overrides.items()},
-        "open_vocabulary": spec.open_vocabulary,
+        "method": row,
+        "kind": spec.kind,
+        "matching": report["matching"],
+        "miou": report["metrics"]["miou"],
+        "pixel_accuracy": report["metrics"]["pixel_accuracy"],
+        "seconds_per_image": (time.perf_counter() - t0) / max(report["dataset"]["num_evaluated"], 1),
+        "config": report["method"]["config"],
+        "preset": report["method"]["preset"],
+        "oracle_classes": report["oracle_classes"],
+        "explicit": {k: v for k, v in overrides.items() if k != "num_clusters"},
     }
 
 
@@ -245,56 +205,56 @@ _PRED_COLOURS = np.array(
     dtype=np.uint8,
 )  # fmt: skip
 
-KL_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.1)
+#: Settings tried by ``--tune``: method -> (input sizes as multiples of the native size, grid).
+TUNE_GRIDS = {
+    "diffseg": ((1, 2), [{"kl_thresholds": (t,) * 3} for t in (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.1)]),
+    "diffcut": ((1, 2), [{"tau": t} for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]),
+}
 
 
 @torch.no_grad()
-def tune_diffseg(
-    backbone, native: int, num_scenes: int = 40, candidates=KL_CANDIDATES, scales=(1, 2)
-) -> tuple[tuple[float, int], dict]:
-    """DiffSeg's KL threshold tau and input size chosen on the *test* split (never on val).
-
-    DiffSeg's published tau (1.1 for COCO-Stuff, 0.9 for Cityscapes) is tuned per dataset for
-    SD's 64x64 maps; the toy model's 16x16 maps are flatter, so the scale of tau differs. The
-    input size is tried at the native size and at multiples of it (`scales`): like SD, the
-    toy model runs at other sizes, and larger inputs give finer attention grids.
-    Returns the best (tau, size) and {"tau@size": mIoU}.
-    """
+def tune(backbone, method: str, native: int, num_scenes: int = 40) -> tuple[dict, dict]:
+    """Settings of `method` chosen on the *test* split (never on val): every combination of an
+    input size and a grid entry, each scene's features recorded once per size and re-segmented
+    for every grid entry (`Segmenter.configure`). Returns the best overrides and
+    {"setting@size": mIoU}."""
     ds = SyntheticScenes("test", num_scenes)
+    scales, grid = TUNE_GRIDS[method]
     scores: dict[str, float] = {}
-    best, best_score = (candidates[0], native), -1.0
+    best, best_score = {}, -1.0
     for scale in scales:
         size = native * scale
-        seg = Segmenter(backbone, "diffseg", image_size=size, resize_mode="squash")
-        accs = {t: MetricAccumulator(len(ds.class_names)) for t in candidates}
+        seg = Segmenter(backbone, method, image_size=size)
+        accs = [MetricAccumulator(len(ds.class_names)) for _ in grid]
         for i in range(len(ds)):
             sample = ds[i]
-            for t in candidates:  # same image: the recorded features are re-used (one UNet pass)
-                seg.configure(kl_thresholds=(t,) * 3)
-                pred = seg(sample.image).to_input_frame(fill=-1).cpu().numpy()
-                accs[t].add(contingency(pred, sample.label, len(ds.class_names), 255))
-        for t in candidates:
-            scores[f"{t:g}@{size}"] = miou = accs[t].result().miou
+            for acc, overrides in zip(accs, grid, strict=True):  # same image: no second model pass
+                seg.configure(**overrides)
+                result = seg(Query(image=sample.image), generator=torch.Generator().manual_seed(i))
+                acc.add(contingency(result.to_input_frame(fill=-1).numpy(), sample.label, len(ds.class_names), 255))
+        for acc, overrides in zip(accs, grid, strict=True):
+            key = ",".join(f"{k}={v[0] if isinstance(v, tuple) else v:g}" for k, v in overrides.items())
+            scores[f"{key}@{size}"] = miou = acc.result().miou
             if miou > best_score:
-                best, best_score = (t, size), miou
+                best, best_score = {**overrides, "image_size": size}, miou
     return best, scores
 
 
-def segmentation_figure(backbone, native: int, methods: dict[str, dict], path: str, num: int = 6) -> None:
-    """Image / ground truth / one column per method for `num` held-out scenes, as a PNG."""
+def segmentation_figure(backbone, methods: dict[str, dict], path: str, num: int = 6) -> None:
+    """Image / ground truth / one column per method (its preset) for `num` held-out scenes, as a PNG."""
     from PIL import Image
 
     ds = SyntheticScenes("val", num)
     palette = np.random.default_rng(3).integers(40, 255, size=(256, 3), dtype=np.uint8)
+    segmenters = {name: Segmenter(backbone, name, **overrides) for name, overrides in methods.items()}
     rows = []
     for i in range(num):
         sample = ds[i]
         cells = [np.asarray(sample.image), palette[sample.label]]
-        for name, overrides in methods.items():
-            seg = Segmenter(backbone, name, **overrides)
-            if name == "kmeans-color":
-                seg.configure(num_clusters=len(np.unique(sample.label)))
-            pred = seg(sample.image).to_input_frame(fill=0).numpy()
+        present = tuple((ds.class_names[c],) for c in np.unique(sample.label))
+        for seg in segmenters.values():
+            query = Query(image=sample.image, classes=present)
+            pred = seg(query, generator=torch.Generator().manual_seed(i)).to_input_frame(fill=0).numpy()
             cells.append(_PRED_COLOURS[pred % len(_PRED_COLOURS)])
         rows.append(np.concatenate(cells, axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
@@ -350,35 +310,49 @@ def attention_figure(backbone, native: int, path: str, num: int = 5, timestep: i
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def to_markdown(rows: list[dict], info: dict) -> str:
+def _show(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"{value[0]}x{len(value)}" if len(set(value)) == 1 else ",".join(map(str, value))
+    return "native" if value is None else str(value)
+
+
+def to_markdown(rows: list[dict], info: dict, tuning: dict) -> str:
     lines = [
         "# Proving-ground results",
         "",
-        f"Model `{info['model']}` ({info['model_steps']} UNet steps), "
-        f"{info['num_scenes']} held-out scenes (`SyntheticScenes('val')`, 128 x 128, "
-        f"{info['num_classes']} classes), model input {info['native']} px.",
+        f"Model `{info['model']}` ({info['model_steps']} UNet steps), {info['num_scenes']} held-out scenes "
+        f"(`SyntheticScenes('val')`, 128 x 128, {info['num_classes']} classes), through the eval runner "
+        "(protocol `full`: the whole scene, scored at full resolution).",
         f"Generated by `{info['command']}` on {info['date']} ({info['threads']} CPU thread(s)).",
         "",
-        "| method | kind | matching | mIoU | pixel acc. | s / image |",
-        "|---|---|---|---:|---:|---:|",
+        "| method | kind | matching | settings | mIoU | pixel acc. | s / image |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | - | - | error: {r['error'][:80]} | | |")
+            lines.append(f"| {r['method']} | - | - | - | error: {r['error'][:80]} | | |")
             continue
-        kind = (
-            "open-vocabulary" if r["open_vocabulary"] else ("baseline" if r["method"] in BASELINES else "unsupervised")
-        )
+        if r["oracle_classes"]:
+            settings = "true K per image (oracle)"
+        elif r["explicit"]:
+            settings = "explicit " + ", ".join(f"{k}={_show(v)}" for k, v in r["explicit"].items())
+        elif r["preset"]:
+            settings = "preset " + ", ".join(f"{k}={_show(v)}" for k, v in r["preset"]["overrides"].items())
+        else:
+            settings = "library defaults"
         lines.append(
-            f"| {r['method']} | {kind} | {r['matching']} | {r['miou']:.3f} "
-            f"| {r['pixel_accuracy']:.3f} "
-            f"| {r['seconds_per_image']:.3f} |"
+            f"| {r['method']} | {r['kind']} | {r['matching']} | {settings} | {r['miou']:.3f} "
+            f"| {r['pixel_accuracy']:.3f} | {r['seconds_per_image']:.3f} |"
         )
-    lines += ["", "`kmeans-color` uses the true number of classes per image (oracle K).", ""]
+    lines.append("")
+    for method, scores in tuning.items():
+        lines.append(
+            f"{method}: settings tuned on 40 scenes of the *test* split (mIoU there): "
+            + ", ".join(f"{k}: {m:.3f}" for k, m in scores.items())
+            + "."
+        )
+        lines.append("")
     return "\n".join(lines)
-
-
-BASELINES = ("single-segment", "kmeans-color", "slic")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,23 +360,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="toy", help="'toy' or a diffusers folder")
     parser.add_argument("--num-scenes", type=int, default=200)
     parser.add_argument("--methods", default=None, help="comma-separated (default: all registered)")
-    parser.add_argument(
-        "--caption-prompt",
-        action="store_true",
-        help="give methods with a `prompt` field the caption",
-    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="Markdown file to write (JSON beside it)")
+    parser.add_argument("--results", default=None, help="folder for the eval runs (default: a temp folder)")
     parser.add_argument("--probe", action="store_true", help="also run the direct attention probes")
     parser.add_argument("--probe-timestep", type=int, default=100)
-    parser.add_argument("--figure", default=None, help="PNG: scenes, labels, diffseg, kmeans-color")
+    parser.add_argument("--figure", default=None, help="PNG: scenes, labels and each method's segments")
     parser.add_argument("--attention-figure", default=None, help="PNG: scenes and their words' cross-attention")
-    parser.add_argument("--diffseg-kl", type=float, default=None, help="also score diffseg with this KL threshold")
-    parser.add_argument("--diffseg-size", type=int, default=None, help="input size of that extra diffseg row")
     parser.add_argument(
-        "--tune-kl",
-        action="store_true",
-        help="choose --diffseg-kl and --diffseg-size on 40 scenes of the test split",
+        "--tune",
+        action="append",
+        default=[],
+        choices=sorted(TUNE_GRIDS),
+        help="tune this method's settings on the test split (repeatable); not used for the rows",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -411,39 +381,30 @@ def main(argv: list[str] | None = None) -> int:
     from diffuseg.backbone.loading import resolve_model
 
     backbone = DiffusionBackbone.from_pretrained(args.model)
-    native = backbone.unet.config.sample_size * backbone.vae_scale_factor
+    native = backbone.native_size
     dataset = SyntheticScenes("val", args.num_scenes)
     names = args.methods.split(",") if args.methods else list_methods()
+    jobs = [(n, n, *ROW_SETTINGS.get(n, ({}, {}))) for n in names]
+    jobs += [job for job in EXTRA_ROWS if job[1] in names]
     rows = []
-    for name in names:
-        try:
-            with torch.no_grad():
-                row = evaluate_method(name, backbone, dataset, native, args.caption_prompt)
-        except Exception as err:  # noqa: BLE001 - one broken method must not hide the others
-            logger.exception("method %s failed", name)
-            row = {"method": name, "error": f"{type(err).__name__}: {err}"}
-        logger.info("%s", json.dumps(row))
-        rows.append(row)
-    tuning = None
-    if args.tune_kl:
-        (args.diffseg_kl, args.diffseg_size), tuning = tune_diffseg(backbone, native)
-        logger.info("tuned on the test split: %s -> %s, %s px", tuning, args.diffseg_kl, args.diffseg_size)
-    if args.diffseg_kl is not None:
-        tau = (args.diffseg_kl,) * 3
-        with torch.no_grad():
-            row = evaluate_method(
-                "diffseg", backbone, dataset, native, args.caption_prompt, kl=tau, size=args.diffseg_size
-            )
-        logger.info("%s", json.dumps(row))
-        rows.append(row)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(args.results or tmp)
+        for row, method, overrides, options in jobs:
+            try:
+                with torch.no_grad():
+                    result = evaluate_row(row, method, backbone, dataset, overrides, options, out_dir)
+            except Exception as err:  # noqa: BLE001 - one broken method must not hide the others
+                logger.exception("method %s failed", row)
+                result = {"method": row, "error": f"{type(err).__name__}: {err}"}
+            logger.info("%s", json.dumps(result, default=str))
+            rows.append(result)
+    tuning = {}
+    for method in args.tune:
+        best, tuning[method] = tune(backbone, method, native)
+        logger.info("tuned %s on the test split: %s", method, best)
     if args.figure:
-        kl = {} if args.diffseg_kl is None else {"kl_thresholds": (args.diffseg_kl,) * 3}
-        size = args.diffseg_size or native
         segmentation_figure(
-            backbone,
-            native,
-            {"diffseg": {"image_size": size, "resize_mode": "squash", **kl}, "kmeans-color": {}},
-            args.figure,
+            backbone, {n: ROW_SETTINGS.get(n, ({}, {}))[0] for n in ("diffseg", "diffcut", "kmeans-color")}, args.figure
         )
     if args.attention_figure:
         attention_figure(backbone, native, args.attention_figure, timestep=args.probe_timestep)
@@ -462,10 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "threads": args.threads,
     }
-    text = to_markdown(rows, info)
-    if tuning:
-        text += "\nDiffSeg's tau and input size tuned on 40 scenes of the *test* split (mIoU there, tau@px): "
-        text += ", ".join(f"{k}: {m:.3f}" for k, m in tuning.items()) + ".\n"
+    text = to_markdown(rows, info, tuning)
     if probes:
         text += "\n## Direct attention probes (not methods)\n\n"
         text += "| probe | mIoU | pixel acc. |\n|---|---:|---:|\n"
@@ -478,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         Path(args.out).with_suffix(".json").write_text(
-            json.dumps({"info": info, "rows": rows, "probes": probes, "kl_tuning": tuning}, indent=2)
+            json.dumps({"info": info, "rows": rows, "probes": probes, "tuning": tuning}, indent=2, default=str)
         )
     return 0
 

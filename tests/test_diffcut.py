@@ -140,7 +140,7 @@ def test_plan_and_presets(tiny_sdxl_backbone):
     assert pass_.request.hidden_states == (feature_module_path(tiny_sdxl_backbone.unet),)
     assert spec.plan(DiffCutConfig(), Query(size=64, resize_mode="crop"), tiny_sdxl_backbone).size == 64
     assert spec.make_config("sd1").tau == 0.2 and spec.make_config("sd1", tau=0.4).tau == 0.4  # flags win
-    assert spec.make_config("toy").image_size == 64 and spec.make_config(None) == DiffCutConfig()
+    assert spec.make_config("toy").image_size == 128 and spec.make_config(None) == DiffCutConfig()
 
 
 def test_query_label_size_sets_the_assignment_size(tiny_sdxl_backbone, quadrant_image):

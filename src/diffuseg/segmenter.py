@@ -115,8 +115,8 @@ class Segmenter:
             if value is None:
                 if res.required:
                     raise ValueError(
-                        f"method {self.spec.name!r} needs the resource `{name}` ({res.description}); "
-                        f"pass resources={{'{name}': ...}}."
+                        f"method {self.spec.name!r} needs the resource {name!r} ({res.description}); "
+                        f"give it in `resources` under the name {name!r}."
                     )
                 continue
             if isinstance(value, str):

@@ -162,6 +162,24 @@ def _field_kind(tp: Any) -> tuple[str, Any]:
     return "scalar", (args[0] if args else tp)
 
 
+class _NoneValue:
+    """What ``--option none`` parses to for a field that may be None (argparse's None means unset)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE = _NoneValue()
+
+
+def _optional(elem: type) -> Any:
+    def parse(text: str) -> Any:
+        return NONE if text.strip().lower() == "none" else elem(text)
+
+    parse.__name__ = elem.__name__
+    return parse
+
+
 def _csv(elem: type) -> Any:
     def parse(text: str) -> tuple[Any, ...]:
         parts = [p.strip() for p in text.split(",")]
@@ -230,6 +248,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
                     "kind": _field_kind(f.type),
                     "doc": docs.get(f.name, ""),
                     "choices": f.metadata.get("choices"),
+                    "type": f.type,
                     "defaults": {},
                 },
             )
@@ -278,13 +297,14 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
                 *flags, dest=field_name, type=_csv(elem), default=None, metavar="V,V,...", help=help_.replace("%", "%%")
             )
         else:
+            optional = any(v is None for v in entry["defaults"].values()) or "None" in str(entry["type"])
             g.add_argument(
                 *flags,
                 dest=field_name,
-                type=elem,
+                type=_optional(elem) if optional else elem,
                 default=None,
                 choices=entry["choices"],
-                help=help_.replace("%", "%%"),
+                help=(help_ + (" ('none' allowed)" if optional else "")).replace("%", "%%"),
             )
     return owners
 
@@ -317,7 +337,7 @@ def method_overrides(args: argparse.Namespace, method: str, owners: dict[str, li
                 f"option --{field_name.replace('_', '-')} does not apply to method {method!r} "
                 f"(it belongs to {', '.join(methods)})."
             )
-        out[field_name] = value
+        out[field_name] = None if value is NONE else value
     return out
 
 

@@ -20,7 +20,7 @@ def collect() -> dict[str, Any]:
 
     from .._version import __version__
     from ..backbone.loading import cached_models, toy_model_path
-    from ..methods import list_methods
+    from ..methods import get_method, list_methods
 
     versions = {"diffuseg": __version__, "python": platform.python_version()}
     for pkg in ("torch", "diffusers", "transformers", "numpy", "pillow", "scipy", "scikit-image", "gradio", "ray"):
@@ -39,11 +39,16 @@ def collect() -> dict[str, Any]:
         "platform": platform.platform(),
         "devices": devices,
         "methods": list_methods(),
+        "presets": {name: get_method(name).presets for name in list_methods() if get_method(name).presets},
         "models": {
             "toy": str(toy) if (toy / "unet" / "config.json").is_file() else "missing",
             "hugging_face_cache": cached_models(),
         },
     }
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def register(subparsers: Any) -> None:
@@ -58,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'platform':14s} {info['platform']}")
     print(f"{'devices':14s} {', '.join(info['devices'])}")
     print(f"{'methods':14s} {', '.join(info['methods'])}")
+    print(f"{'presets':14s} method settings that replace the paper's defaults on other model families")
+    for method, families in info["presets"].items():
+        for family, overrides in families.items():
+            shown = ", ".join(f"{k}={_show(v)}" for k, v in overrides.items())
+            print(f"{'':14s} {method} on {family}: {shown}")
     print(f"{'model toy':14s} {info['models']['toy']}")
     cached = info["models"]["hugging_face_cache"]
     print(f"{'cached models':14s} {', '.join(cached) if cached else 'none'}")

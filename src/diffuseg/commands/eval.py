@@ -82,6 +82,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
+        "--oracle-classes",
+        action="store_true",
+        help="give the method each image's ground-truth classes (an oracle; reported as such)",
+    )
+    p.add_argument(
         "--resource",
         action="append",
         default=[],
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             backbone=backbone,
             config_overrides=overrides,
             resources=resources,
+            oracle_classes=args.oracle_classes,
             protocol=args.protocol,
             matching=args.matching,
             background_class=args.background_class,

@@ -68,6 +68,8 @@ def build_report(
     model_id: str | None,
     num_requested: int,
     results_file: str | os.PathLike | None = None,
+    preset: dict[str, Any] | None = None,
+    oracle_classes: bool = False,
 ) -> dict[str, Any]:
     """Assemble the report of one run from its per-image records (dataset order)."""
     c = len(class_names)
@@ -100,7 +102,9 @@ def build_report(
             "name": method.name,
             "open_vocabulary": bool(method.open_vocabulary),
             "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+            "preset": preset,
         },
+        "oracle_classes": oracle_classes,
         "model": model_id,
         "protocol": dataclasses.asdict(protocol),
         "matching": matching,

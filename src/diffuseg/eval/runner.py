@@ -75,6 +75,7 @@ def evaluate(
     segmenter_factory: Callable[..., Any] | None = None,
     resources: dict[str, Any] | None = None,
     on_record: Callable[[int, dict[str, Any]], None] | None = None,
+    oracle_classes: bool = False,
 ) -> dict[str, Any]:
     """Score `method` on `dataset` and write ``NAME.jsonl``, ``NAME.json`` and ``NAME.md``.
 
@@ -104,6 +105,9 @@ def evaluate(
         on_record: called with (index, record) after each image is stored (tests use it to
             interrupt a run).
         resources: the method's extra models (see `diffuseg.Segmenter`).
+        oracle_classes: give each image's `Query` only the classes present in its ground truth
+            (an oracle, for measuring a method apart from its guess of the classes; e.g. colour
+            k-means with the true K). Recorded in the results' fingerprint and the report.
 
     Returns:
         The report dict (also written as JSON and Markdown).
@@ -149,6 +153,7 @@ def evaluate(
         "method": spec.name,
         "config": dataclasses.asdict(config),
         "preset": getattr(segmenter, "preset", None),
+        "oracle_classes": bool(oracle_classes),
         "protocol": dataclasses.asdict(proto),
         "model": model_id,
     }
@@ -193,7 +198,10 @@ def evaluate(
                             "error": str(e),
                         },
                     )
-            queries = [_query(sample, image, proto, class_names) for _, sample, image, _ in loaded]
+            queries = [
+                _query(sample, image, proto, class_names, label if oracle_classes else None)
+                for _, sample, image, label in loaded
+            ]
             t0 = time.perf_counter()
             segs = segmenter.segment_batch(queries, generator=generator, return_errors=True)
             seconds = (time.perf_counter() - t0) / max(len(loaded), 1)
@@ -221,15 +229,21 @@ def evaluate(
         model_id=model_id,
         num_requested=n,
         results_file=store.path,
+        preset=getattr(segmenter, "preset", None),
+        oracle_classes=bool(oracle_classes),
     )
     write_report(report, out_dir / f"{name}.json", out_dir / f"{name}.md")
     return report
 
 
-def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> Any:
-    """The `Query` of one prepared sample: the protocol's framing, the dataset's class names."""
+def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str], oracle: np.ndarray | None = None) -> Any:
+    """The `Query` of one prepared sample: the protocol's framing, the dataset's class names (or,
+    with an `oracle` label map, the classes present in it)."""
     from ..plan import Query
 
+    if oracle is not None:
+        present = np.unique(oracle[oracle != IGNORE_INDEX])
+        class_names = [class_names[int(i)] for i in present if 0 <= int(i) < len(class_names)]
     return Query(
         image=image,
         classes=tuple((n,) for n in class_names),

@@ -32,7 +32,9 @@ class KMeansColorConfig:
     """Hyperparameters of the colour k-means baseline.
 
     Attributes:
-        num_clusters: k, the number of segments (at most; empty clusters vanish).
+        num_clusters: k, the number of segments (at most; empty clusters vanish); None = the
+            number of the query's class names (with `diffuseg eval --oracle-classes`, the true
+            number of classes of each image: an oracle baseline).
         num_iterations: Lloyd iterations (stops early when assignments settle).
         color_space: "lab" (CIELAB, perceptual; scaled to [0, 1]) or "rgb" ([0, 1]).
         spatial_weight: weight of the (y, x) position, each scaled to [0, 1]; 0 = colour only.
@@ -43,7 +45,7 @@ class KMeansColorConfig:
     The image is clustered at its own size (or the caller's `Query.size`).
     """
 
-    num_clusters: int = 6
+    num_clusters: int | None = 6
     num_iterations: int = 20
     color_space: str = field(default="lab", metadata={"choices": _SPACES})
     spatial_weight: float = 0.0
@@ -51,7 +53,7 @@ class KMeansColorConfig:
     max_fit_pixels: int = 65536
 
     def __post_init__(self) -> None:
-        check_positive(self.num_clusters, "num_clusters", integer=True)
+        check_positive(self.num_clusters, "num_clusters", integer=True, allow_none=True)
         check_positive(self.num_iterations, "num_iterations", integer=True)
         if self.color_space not in _SPACES:
             raise ValueError(f"`color_space` must be one of {_SPACES}, got {self.color_space!r}.")
@@ -145,7 +147,12 @@ def segment(
     fit = pts
     if len(pts) > config.max_fit_pixels:
         fit = pts[np.sort(rng.choice(len(pts), config.max_fit_pixels, replace=False))]
-    centres, _ = kmeans(fit, config.num_clusters, config.num_iterations, rng)
+    k = config.num_clusters
+    if k is None:
+        if query is None or not query.classes:
+            raise ValueError("`num_clusters` None takes k from the query's class names, but it has none.")
+        k = len(query.classes)
+    centres, _ = kmeans(fit, k, config.num_iterations, rng)
     assign = _nearest(pts, centres)  # (H*W,)
     labels = relabel_sequential(torch.from_numpy(assign.reshape(h, w)))
     return Segmentation(labels=labels)

@@ -32,17 +32,6 @@ logger = logging.getLogger(__name__)
 TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "toy"
 
 
-#: Method settings that suit the toy model (written into TRAINING.json). DiffSeg's published
-#: tau = 1.1 is tuned for SD's 64x64 attention maps; the toy model's 16x16 maps are flatter and
-#: tau = 1.1 merges everything into one segment. tau = 0.05 at 128 px (twice the native size:
-#: 32x32 maps) was chosen on the *test* split by ``benchmarks/bench_proving_ground.py --tune-kl``
-#: (8,000 steps after the grounding loss; 0.485 at 64 px, 0.563 at 128 px there).
-RECOMMENDED_OVERRIDES: dict[str, dict] = {
-    "diffseg": {"kl_thresholds": [0.05, 0.05, 0.05], "image_size": 128},
-    "diffcut": {"image_size": 64},
-}
-
-
 #: Fields added after the first runs, with the value that reproduces a run whose stored
 #: config.json predates them (grounding did not exist: off).
 _LEGACY_DEFAULTS = {"grounding_weight": 0.0}
@@ -167,7 +156,7 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path = TOY_MODEL_DIR) ->
             "text_encoder": sum(p.numel() for p in state.ema_text_encoder.parameters()),
             "vae": sum(p.numel() for p in vae.parameters()),
         },
-        "recommended_method_overrides": RECOMMENDED_OVERRIDES,
+        "method_settings": "the toy model's method presets (`diffuseg env`; the methods' PRESETS)",
         "resume": f"diffuseg train proving-ground --out {run_dir} --steps <N> (run dir), or "
         f"--init-from src/diffuseg/data/toy --out runs/<new> (from the shipped weights)",
     }
