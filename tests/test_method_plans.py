@@ -77,8 +77,14 @@ SPEC = MethodSpec(
     needs_classes=True,
 )
 
-COLOURS = {"red": [1, 0, 0], "green": [0, 1, 0], "lime": [0, 1, 0], "blue": [0, 0, 1], "black": [0, 0, 0],
-           "yellow": [1, 1, 0]}
+COLOURS = {
+    "red": [1, 0, 0],
+    "green": [0, 1, 0],
+    "lime": [0, 1, 0],
+    "blue": [0, 0, 1],
+    "black": [0, 0, 0],
+    "yellow": [1, 1, 0],
+}
 
 
 @pytest.fixture
@@ -97,8 +103,10 @@ def namer_file(tmp_path):
 
 def _quadrant_ids(labels: torch.Tensor) -> list[int]:
     h, w = labels.shape
-    return [int(labels[y, x]) for y, x in ((h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4),
-                                           (3 * h // 4, 3 * w // 4))]
+    return [
+        int(labels[y, x])
+        for y, x in ((h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4), (3 * h // 4, 3 * w // 4))
+    ]
 
 
 def test_fixture_method_through_the_segmenter(registered, tiny_backbone, quadrant_image, namer_file):
@@ -129,8 +137,9 @@ def test_equal_passes_share_a_model_call_and_differing_ones_do_not(registered, t
 
 def test_a_query_that_fails_fails_alone(registered, tiny_backbone, quadrant_image):
     seg = Segmenter(tiny_backbone, "nearest-colour", resources={"namer": ColourNamer(COLOURS)})
-    out = seg.segment_batch([Query(image=quadrant_image, classes="red"), Query(image=quadrant_image)],
-                            return_errors=True)
+    out = seg.segment_batch(
+        [Query(image=quadrant_image, classes="red"), Query(image=quadrant_image)], return_errors=True
+    )
     assert isinstance(out[0], Segmentation) and isinstance(out[1], ValueError) and "class names" in str(out[1])
     with pytest.raises(ValueError, match="class names"):
         seg.segment_batch([Query(image=quadrant_image)])
@@ -140,16 +149,43 @@ def test_fixture_method_through_diffuseg_segment(registered, tiny_model_dir, tmp
     img = np.zeros((40, 60, 3), np.uint8)
     img[:, 30:] = (0, 0, 255)
     Image.fromarray(img).save(tmp_path / "two.png")
-    rc = main(["segment", str(tmp_path / "two.png"), "--method", "nearest-colour", "--model", str(tiny_model_dir),
-               "--classes", "black,blue", "--resource", f"namer={namer_file}", "--out", str(tmp_path / "o"),
-               "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "two.png"),
+            "--method",
+            "nearest-colour",
+            "--model",
+            str(tiny_model_dir),
+            "--classes",
+            "black,blue",
+            "--resource",
+            f"namer={namer_file}",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "o" / "two.json").read_text())
     assert data["names"] == ["black", "blue"] and (data["height"], data["width"]) == (40, 60)
     labels = np.asarray(Image.open(tmp_path / "o" / "two.labels.png"))
     assert (labels[:, :25] == 0).all() and (labels[:, 35:] == 1).all()
-    rc = main(["segment", str(tmp_path / "two.png"), "--method", "nearest-colour", "--model", str(tiny_model_dir),
-               "--classes", "black,blue", "--out", str(tmp_path / "o2"), "--no-progress"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "two.png"),
+            "--method",
+            "nearest-colour",
+            "--model",
+            str(tiny_model_dir),
+            "--classes",
+            "black,blue",
+            "--out",
+            str(tmp_path / "o2"),
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "--resource" in capsys.readouterr().err  # the library's `resources`, in CLI terms
 
 
@@ -158,9 +194,25 @@ def test_fixture_method_through_diffuseg_eval(registered, tiny_model_dir, tmp_pa
 
     colours = {name: [i / len(CLASS_NAMES)] * 3 for i, name in enumerate(CLASS_NAMES)}
     (tmp_path / "namer.json").write_text(json.dumps(colours))
-    rc = main(["eval", "--dataset", "synthetic", "--method", "nearest-colour", "--model", str(tiny_model_dir),
-               "--resource", f"namer={tmp_path / 'namer.json'}", "--limit", "2", "--out", str(tmp_path / "r"),
-               "--no-progress", "--oracle-classes"])
+    rc = main(
+        [
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--method",
+            "nearest-colour",
+            "--model",
+            str(tiny_model_dir),
+            "--resource",
+            f"namer={tmp_path / 'namer.json'}",
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--oracle-classes",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     report = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
     assert report["matching"] == "none" and report["dataset"]["num_evaluated"] == 2 and report["oracle_classes"]
@@ -185,8 +237,12 @@ def test_a_sampler_pass_runs_once_and_is_cached(tiny_backbone, quadrant_image):
     class Config:
         steps: int = 2
 
-    spec = MethodSpec("sampled", Config, lambda c, q, b: Pass(size=32, sampler=sampler),
-                      lambda f, c, q, r: Segmentation(labels=torch.zeros(f.image_size, dtype=torch.long)))
+    spec = MethodSpec(
+        "sampled",
+        Config,
+        lambda c, q, b: Pass(size=32, sampler=sampler),
+        lambda f, c, q, r: Segmentation(labels=torch.zeros(f.image_size, dtype=torch.long)),
+    )
     seg = Segmenter(tiny_backbone, spec, batch_size=2)
     seg.segment_batch([quadrant_image, quadrant_image])
     assert sampler.calls == [2] and seg.model_calls == 1
@@ -195,8 +251,10 @@ def test_a_sampler_pass_runs_once_and_is_cached(tiny_backbone, quadrant_image):
 
 
 def test_presets_apply_by_family_and_flags_win(tiny_backbone):
-    spec = dataclasses.replace(METHODS.get("diffseg") or __import__("diffuseg").get_method("diffseg"),
-                               presets={tiny_backbone.family: {"kl_thresholds": (0.2, 0.2)}})
+    spec = dataclasses.replace(
+        METHODS.get("diffseg") or __import__("diffuseg").get_method("diffseg"),
+        presets={tiny_backbone.family: {"kl_thresholds": (0.2, 0.2)}},
+    )
     seg = Segmenter(tiny_backbone, spec)
     assert seg.config.kl_thresholds == (0.2, 0.2) and seg.preset["family"] == tiny_backbone.family
     assert Segmenter(tiny_backbone, spec, kl_thresholds=(0.7,)).config.kl_thresholds == (0.7,)

@@ -144,7 +144,7 @@ def test_a_device_this_machine_lacks_is_a_usage_error(tiny_model_dir, tmp_path, 
 def test_a_size_whose_maps_do_not_fit_is_refused_with_one_that_does(tmp_path, capsys, monkeypatch):
     import diffuseg.devices
 
-    monkeypatch.setattr(diffuseg.devices, "available_bytes", lambda device: 3 * 2**30)  # a 3 GiB machine
+    monkeypatch.setattr(diffuseg.devices, "available_bytes", lambda device: 2**30)  # a 1 GiB machine
     img = _photo(tmp_path / "p.png", (256, 320))
     rc = main(["segment", img, "--model", "toy", "--size", "1024", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
@@ -191,3 +191,35 @@ def test_top_level_help_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout + proc.stderr
     assert "segment" in proc.stdout and "eval" in proc.stdout
+
+
+def test_eval_protocol_that_fixes_the_size_refuses_size(tmp_path, capsys):
+    rc = main(
+        [
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--method",
+            "diffseg",
+            "--protocol",
+            "diffseg",
+            "--size",
+            "128",
+            "--model",
+            "toy",
+            "--limit",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "--protocol diffseg fixes the model input at 512 px" in err and not list(tmp_path.iterdir())
+
+
+def test_env_lists_the_presets(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "diffseg on toy: kl_thresholds=0.05,0.05,0.05, image_size=128" in out
+    assert "diffcut on sd1: tau=0.2" in out

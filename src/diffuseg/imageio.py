@@ -18,12 +18,28 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb", "preprocess", "stack_batch", "RESIZE_MODES", "ImageInput"]
+__all__ = [
+    "check_resize_mode",
+    "ImageLoadError",
+    "load_image",
+    "to_rgb",
+    "preprocess",
+    "stack_batch",
+    "RESIZE_MODES",
+    "ImageInput",
+]
 
 logger = logging.getLogger(__name__)
 
 RESIZE_MODES = ("crop", "squash", "keep_aspect")
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
+
+
+def check_resize_mode(mode: str) -> str:
+    """Return `mode` if it is one of `RESIZE_MODES`; raise `ValueError` naming `resize_mode` otherwise."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"`resize_mode` must be one of {RESIZE_MODES}, got {mode!r}.")
+    return mode
 
 
 class ImageLoadError(ValueError):
@@ -149,8 +165,7 @@ def preprocess(
         ValueError: on an unknown `mode`, a non-positive or non-multiple `size`, or an image
             smaller than `min_side`.
     """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"`resize_mode` must be one of {RESIZE_MODES}, got {mode!r}.")
+    check_resize_mode(mode)
     if size is not None and (size <= 0 or size % multiple):
         raise ValueError(f"`image_size` must be a positive multiple of {multiple}, got {size}.")
     tensors, metas = [], []

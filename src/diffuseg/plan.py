@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .backbone.features import FeatureRequest
-from .imageio import RESIZE_MODES, ImageInput
+from .imageio import ImageInput, check_resize_mode
 
 __all__ = ["Query", "Pass", "Sampler", "Resource", "parse_classes", "check_timestep", "check_positive"]
 
@@ -117,8 +117,7 @@ class Query:
         object.__setattr__(self, "classes", parse_classes(self.classes))
         check_positive(self.size, "size", integer=True, allow_none=True)
         check_positive(self.label_size, "label_size", integer=True, allow_none=True)
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"`resize_mode` must be one of {RESIZE_MODES}, got {self.resize_mode!r}.")
+        check_resize_mode(self.resize_mode)
 
     @property
     def class_names(self) -> list[str]:
@@ -167,8 +166,7 @@ class Pass:
 
     def __post_init__(self) -> None:
         check_positive(self.size, "size", integer=True, allow_none=True)
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"`resize_mode` must be one of {RESIZE_MODES}, got {self.resize_mode!r}.")
+        check_resize_mode(self.resize_mode)
         check_timestep(self.timestep)
         prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
