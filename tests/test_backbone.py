@@ -144,7 +144,7 @@ def test_segmenter_reuses_the_unet_pass(tiny_backbone, quadrant_image):
         assert len(calls) == 1
         seg.resegment(kl_thresholds=(0.3, 0.3, 0.3))
         seg.resegment(num_anchors_per_side=4, refine=True)
-        assert len(calls) == 1 and seg.unet_passes == 1
+        assert len(calls) == 1 and seg.model_calls == 1
         seg.resegment(timestep=100)  # changes the pass: runs the UNet again
         assert len(calls) == 2
         assert first.labels.shape == (32, 32)

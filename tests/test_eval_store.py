@@ -94,7 +94,7 @@ def test_a_damaged_line_before_the_last_is_an_error_and_the_file_is_unchanged(tm
         ResultStore(path, FP, resume=True)
     assert isinstance(err.value, ValueError)
     assert str(path) in str(err.value) and says in str(err.value)
-    assert "--overwrite" in str(err.value)
+    assert "`overwrite=True`" in str(err.value)  # the CLI says --overwrite
     assert path.read_bytes() == damaged
 
 
@@ -118,7 +118,7 @@ def test_a_different_run_or_no_header_is_a_mismatch_and_nothing_is_cut(tmp_path)
     other.write_bytes(b'{"type":"image","index":0}\n')
     with pytest.raises(ResumeMismatchError, match="no header line"):
         ResultStore(other, FP, resume=True)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="resume=True"):
         ResultStore(path, FP)
 
 
@@ -168,6 +168,7 @@ def test_cli_resume_refuses_a_corrupt_middle_line_and_names_it(run_copy, capsys)
     assert _eval(out, "--resume") == 2
     err = capsys.readouterr().err
     assert "diffuseg eval: error:" in err and str(results) in err and "line 3 " in err
+    assert "--overwrite" in err and "--out" in err and "`" not in err  # the library's arguments as CLI flags
     assert "Traceback" not in err
     assert results.read_bytes() == damaged
 

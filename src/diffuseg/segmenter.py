@@ -87,18 +87,12 @@ class Segmenter:
         self.backbone = backbone
         family = preset if preset is not None else getattr(backbone, "family", None)
         self.preset = {"family": family, "overrides": self.spec.preset(family)} if self.spec.preset(family) else None
-        self.overrides = dict(overrides)
         self.config = self.spec.make_config(family, **overrides)
         self.resources = self._load_resources(resources or {})
         self.model_calls = 0
         self._cache: dict[tuple[Any, ...], Features] = {}
         self._last_queries: list[Query] | None = None
         self._check()
-
-    @property
-    def unet_passes(self) -> int:
-        """Model calls so far (kept for callers of the pre-plan API)."""
-        return self.model_calls
 
     # ------------------------------------------------------------------ configuration
     def _load_resources(self, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,7 +195,6 @@ class Segmenter:
         except ValueError:
             self.config = old
             raise
-        self.overrides.update(overrides)
         return self
 
     # ------------------------------------------------------------------ model work
