@@ -43,11 +43,11 @@ def test_not_a_model_and_missing_model(tmp_path, monkeypatch):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(NotADiffusionModelError):
         DiffusionBackbone.from_pretrained(str(tmp_path / "x.txt"))
-    with pytest.raises(ModelNotFoundError, match="--model"):
+    with pytest.raises(ModelNotFoundError, match="`model`"):
         DiffusionBackbone.from_pretrained(str(tmp_path / "does-not-exist"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ModelNotFoundError, match="--model"):
+    with pytest.raises(ModelNotFoundError, match="`model`"):
         DiffusionBackbone.from_pretrained("someone/not-cached-model")
 
 

@@ -112,6 +112,9 @@ def _quadrant_ids(labels: torch.Tensor) -> list[int]:
 def test_fixture_method_through_the_segmenter(registered, tiny_backbone, quadrant_image, namer_file):
     seg = Segmenter(tiny_backbone, "nearest-colour", resources={"namer": str(namer_file)})
     assert isinstance(seg.resources["namer"], ColourNamer)  # loaded once, from the user's path
+    assert seg.resources["namer"].device == str(tiny_backbone.device)  # on the backbone's device by default
+    on_cpu = Segmenter(tiny_backbone, "nearest-colour", resources={"namer": str(namer_file)}, device="cpu")
+    assert on_cpu.resources["namer"].device == "cpu"
     query = Query(image=quadrant_image, classes="yellow, blue, green|lime, red")
     result = seg(query)
     assert result.names == ["yellow", "blue", "green", "red"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,12 @@ def test_env_lists_the_presets(capsys):
     out = capsys.readouterr().out
     assert "diffseg on toy: kl_thresholds=0.05,0.05,0.05, image_size=128" in out
     assert "diffcut on sd1: tau=0.2" in out
+
+
+def test_the_readme_command_segments_the_whole_photo_with_the_toy_presets(tmp_path):
+    photo = str(Path(__file__).resolve().parents[1] / "examples" / "chelsea.jpg")
+    assert main(["segment", photo, "--model", "toy", "--out", str(tmp_path), "--no-progress"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "chelsea.labels.png"))
+    assert labels.shape == (300, 451) and len(np.unique(labels)) > 1  # the whole 451x300 photo, > 1 segment
+    meta = json.loads((tmp_path / "chelsea.json").read_text())["meta"]
+    assert meta["preset"]["family"] == "toy" and meta["model_size"] == [80, 128]

@@ -232,7 +232,7 @@ def test_sdxl_single_file_round_trip_offline(tiny_sdxl):
 
 # ---------------------------------------------------------------------------------- errors
 def test_offline_without_config_says_what_to_pass(checkpoint_files):
-    with pytest.raises(ModelNotFoundError, match="--model-config") as e:
+    with pytest.raises(ModelNotFoundError, match="`config`") as e:
         DiffusionBackbone.from_pretrained(str(checkpoint_files["safetensors"]))
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in str(e.value) and "offline" in str(e.value)
     with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
@@ -241,7 +241,7 @@ def test_offline_without_config_says_what_to_pass(checkpoint_files):
 
 def test_missing_or_wrong_config_folder(checkpoint_files, tmp_path):
     file = str(checkpoint_files["safetensors"])
-    with pytest.raises(ModelNotFoundError, match="config folder .* not found.*--model-config"):
+    with pytest.raises(ModelNotFoundError, match="config folder .* not found.*`config`"):
         DiffusionBackbone.from_pretrained(file, config=str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotADiffusionModelError, match="model_index.json"):
@@ -259,7 +259,7 @@ def test_config_of_another_architecture(checkpoint_files, config_dir, tmp_path):
     cfg = json.loads((other / "unet" / "config.json").read_text())
     cfg["block_out_channels"] = [8, 8, 16, 32]
     (other / "unet" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(NotADiffusionModelError, match="do not fit the configs.*--model-config"):
+    with pytest.raises(NotADiffusionModelError, match="do not fit the configs.*`config`"):
         DiffusionBackbone.from_pretrained(str(checkpoint_files["safetensors"]), config=str(other))
 
 

@@ -59,7 +59,8 @@ class Segmenter:
         method: registry name (see `diffuseg.methods.list_methods()`) or a `MethodSpec`.
         batch_size: images per model call.
         resources: the method's extra models by name (`MethodSpec.resources`): loaded objects,
-            or strings (path / hub id) given to the resource's loader, on the backbone's device.
+            or strings (path / hub id) given to the resource's loader.
+        device: where string resources are loaded (default: the backbone's device, else "cpu").
         preset: the model family whose documented preset applies (`MethodSpec.presets`);
             default the backbone's `family`; "" = none (the paper's defaults).
         **overrides: config fields to change (on top of the preset).
@@ -77,6 +78,7 @@ class Segmenter:
         *,
         batch_size: int = 1,
         resources: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
         preset: str | None = None,
         **overrides: Any,
     ) -> None:
@@ -88,14 +90,14 @@ class Segmenter:
         family = preset if preset is not None else getattr(backbone, "family", None)
         self.preset = {"family": family, "overrides": self.spec.preset(family)} if self.spec.preset(family) else None
         self.config = self.spec.make_config(family, **overrides)
-        self.resources = self._load_resources(resources or {})
+        self.resources = self._load_resources(resources or {}, device)
         self.model_calls = 0
         self._cache: dict[tuple[Any, ...], Features] = {}
         self._last_queries: list[Query] | None = None
         self._check()
 
     # ------------------------------------------------------------------ configuration
-    def _load_resources(self, given: Mapping[str, Any]) -> dict[str, Any]:
+    def _load_resources(self, given: Mapping[str, Any], device: str | torch.device | None) -> dict[str, Any]:
         declared = {r.name: r for r in self.spec.resources}
         unknown = sorted(set(given) - set(declared))
         if unknown:
@@ -118,7 +120,8 @@ class Segmenter:
                     raise ValueError(
                         f"resource `{name}` of method {self.spec.name!r} takes a loaded object, not {value!r}."
                     )
-                device = self.backbone.device if self.backbone is not None else "cpu"
+                if device is None:
+                    device = self.backbone.device if self.backbone is not None else "cpu"
                 dtype = self.backbone.dtype if self.backbone is not None else None
                 value = res.load(value, device, dtype)
             out[name] = value

@@ -53,10 +53,9 @@ def toy_model_path() -> Path:
 def _missing_model_message(model: str, reason: str) -> str:
     return (
         f"model {model!r} is not available: {reason}\n"
-        "Pass --model with a local diffusers folder (e.g. one saved by "
-        "`StableDiffusionPipeline.save_pretrained`), a single .safetensors/.ckpt file, a hub id "
-        "already in your Hugging Face cache, or `--model toy` for the small model shipped "
-        "with diffuseg."
+        "Give `model` a local diffusers folder (e.g. one saved by "
+        "StableDiffusionPipeline.save_pretrained), a single .safetensors/.ckpt file, a hub id "
+        "already in your Hugging Face cache, or 'toy' for the small model shipped with diffuseg."
     )
 
 
@@ -359,7 +358,7 @@ def load_single_file(
 
     offline = bool(local_files_only) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     how_to_config = (
-        "Pass `config=` (CLI: --model-config) naming the diffusers model this checkpoint was made from: a local "
+        "Pass `config` naming the diffusers model this checkpoint was made from: a local "
         "diffusers folder (a `save_pretrained` folder; its model_index.json, */config.json, tokenizer and "
         "scheduler files are enough) or a hub id in your Hugging Face cache, e.g. "
         "stable-diffusion-v1-5/stable-diffusion-v1-5 (SD 1.x), stabilityai/stable-diffusion-2-1 (SD 2.x), "

@@ -144,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
         from ..segmenter import Segmenter
 
         try:
-            segmenter = Segmenter(backbone, spec, batch_size=args.batch_size, resources=resources, **overrides)
+            segmenter = Segmenter(
+                backbone, spec, batch_size=args.batch_size, resources=resources, device=args.device, **overrides
+            )
         except ValueError as e:
             return fail("segment", flag_message(e))
     _segment_all(args, segmenter, todo, classes, out_dir, failed)

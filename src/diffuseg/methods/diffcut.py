@@ -66,6 +66,10 @@ _PATH = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\
 class DiffCutConfig:
     """Hyperparameters of DiffCut (defaults: PaulCouairon/DiffCut@aa16df4, unsupervised eval).
 
+    `timestep`, `image_size`, `add_noise`, `shared_noise` and `prompt` are the pass settings the
+    paper fixes (they go into DiffCut's `Pass`); how the image is fitted to the input (whole, or
+    a protocol's crop) is the caller's (`diffuseg.plan.Query`).
+
     Attributes:
         tau: recursion stops when the best ncut is >= tau (paper tau; `eval_diffcut.py`
             l.182, README `--tau 0.5`).

@@ -44,6 +44,10 @@ REQUIRES = FeatureRequest(self_attention=True)
 class DiffSegConfig:
     """Hyperparameters of DiffSeg (defaults: google/diffseg `benchmarks.ipynb`, COCO-Stuff-27).
 
+    `timestep`, `image_size`, `add_noise`, `prompt` and `latent_mode` are the pass settings the
+    paper fixes (they go into DiffSeg's `Pass`); how the image is fitted to the input (whole, or
+    a protocol's crop) is the caller's (`diffuseg.plan.Query`).
+
     Attributes:
         kl_thresholds: τ, one symmetric-KL merge threshold per iteration (benchmarks cell 10:
             [1.1]*3 for COCO-Stuff; 0.9 for Cityscapes and the demo notebook).
