@@ -242,7 +242,7 @@ def tune(backbone, method: str, native: int, num_scenes: int = 40) -> tuple[dict
 
 def segmentation_figure(backbone, methods: dict[str, dict], path: str, num: int = 6) -> None:
     """Image / ground truth / one column per method (its preset) for `num` held-out scenes, as a PNG."""
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     ds = SyntheticScenes("val", num)
     palette = np.random.default_rng(3).integers(40, 255, size=(256, 3), dtype=np.uint8)
@@ -257,7 +257,14 @@ def segmentation_figure(backbone, methods: dict[str, dict], path: str, num: int 
             pred = seg(query, generator=torch.Generator().manual_seed(i)).to_input_frame(fill=0).numpy()
             cells.append(_PRED_COLOURS[pred % len(_PRED_COLOURS)])
         rows.append(np.concatenate(cells, axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    side = ds[0].label.shape[1]
+    canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")
+    canvas.paste(grid, (0, 14))
+    draw = ImageDraw.Draw(canvas)
+    for j, title in enumerate(["scene", "labels", *segmenters]):
+        draw.text((j * side + 4, 1), title, fill="black")
+    canvas.save(path)
 
 
 @torch.no_grad()
