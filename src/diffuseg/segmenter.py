@@ -141,8 +141,7 @@ class Segmenter:
     def _check(self) -> None:
         """A dry plan: the config's pass must suit the backbone before any image is read (the
         memory check assumes a square image, the largest input at that size)."""
-        probe = Query(classes=(("object",),) if self.spec.needs_classes else ())
-        pass_ = self.spec.plan(self.config, probe, self.backbone)
+        pass_ = self.spec.plan(self.config, self.spec.probe_query(), self.backbone)
         self._check_pass(pass_)
         if pass_.uses_model:
             side = pass_.size or self.backbone.native_size

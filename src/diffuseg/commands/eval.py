@@ -123,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.runner import evaluate
     from ..eval.store import ResumeMismatchError
     from ..methods import get_method
-    from ..plan import Query
     from ._options import check_runtime, load_backbone, make_generator, method_overrides, parse_resources
 
     try:
@@ -146,10 +145,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         return _fail(e)
 
-    try:
-        needs_model = spec.plan(config, Query(), None).uses_model
-    except ValueError:
-        needs_model = True
+    needs_model = spec.needs_model(config)
     backbone = None
     model_id = None
     if needs_model:

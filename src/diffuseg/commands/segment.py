@@ -97,15 +97,6 @@ def output_names(paths: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _needs_model(spec: Any, config: Any) -> bool:
-    from ..plan import Query
-
-    try:
-        return spec.plan(config, Query(), None).uses_model
-    except ValueError:  # the plan itself needs the backbone
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     from ..methods import get_method
     from ..plan import parse_classes
@@ -134,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             todo.append((path, name))
     backbone = None
-    if todo and _needs_model(spec, config):
+    if todo and spec.needs_model(config):
         try:
             backbone = load_backbone(args)
         except (OSError, ValueError) as e:  # ModelNotFoundError, NotADiffusionModelError

@@ -89,6 +89,18 @@ class MethodSpec:
             raise ValueError(f"unknown option(s) {unknown} for method {self.name!r}; allowed: {sorted(known)}.")
         return self.config_cls(**{**self.preset(family), **overrides})
 
+    def probe_query(self) -> Query:
+        """A query without an image, for dry plans that validate a config (one placeholder
+        class name for methods that need class names)."""
+        return Query(classes=(("object",),) if self.needs_classes else ())
+
+    def needs_model(self, config: Any) -> bool:
+        """Whether `config`'s passes run the diffusion model (a plan without a backbone)."""
+        try:
+            return self.plan(config, self.probe_query(), None).uses_model
+        except ValueError:  # the plan itself needs the backbone
+            return True
+
     def run(self, features: Features, config: Any, query: Query, resources: Mapping[str, Any]) -> Segmentation:
         """Segment one query from its features; fills in method, config and the image's meta data."""
         seg = self.segment(features, config, query, resources)
