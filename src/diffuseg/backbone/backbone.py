@@ -17,10 +17,10 @@ from .loading import (
     DEFAULT_MODEL,
     NotADiffusionModelError,
     load_folder,
-    load_single_file,
     resolve_model,
 )
 from .recorder import EarlyExit, record
+from .single_file import load_single_file
 
 __all__ = ["DiffusionBackbone", "PromptEmbeddings", "FAMILIES", "model_family"]
 

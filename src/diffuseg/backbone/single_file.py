@@ -1,0 +1,232 @@
+"""Loading an original-format (LDM / CompVis / A1111) single-file checkpoint with diffusers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .loading import ModelNotFoundError, NotADiffusionModelError
+
+__all__ = ["load_single_file"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_single_file(
+    path: Path, config: str | None = None, torch_dtype: torch.dtype | None = None, local_files_only: bool | None = None
+) -> dict[str, Any]:
+    """Load an original-format (LDM / CompVis / A1111) `.safetensors` / `.ckpt` checkpoint with diffusers.
+
+    The file must hold the whole model under the original prefixes: the UNet under
+    ``model.diffusion_model.``, the VAE under ``first_stage_model.`` (or ``vae.``) and the text
+    encoder(s) under ``cond_stage_model.`` (SD 1.x/2.x) or ``conditioner.embedders.`` (SDXL).
+    Architectures are not stored in such files, so diffusers needs the diffusers configs of the
+    same model family: `config`, else the hub id diffusers infers from the keys, which must then
+    be in the local Hugging Face cache when offline. Offline (``local_files_only`` or
+    ``HF_HUB_OFFLINE``) nothing is downloaded: diffusers' own fallback to the network is bypassed.
+
+    Args:
+        path: the checkpoint file.
+        config: a local diffusers folder (``save_pretrained`` output, or just its ``.json`` /
+            tokenizer files) or a hub id whose configs describe the checkpoint.
+        torch_dtype: load weights in this dtype.
+        local_files_only: never touch the network (also implied by ``HF_HUB_OFFLINE=1``).
+
+    Returns:
+        unet, vae, text_encoder, tokenizer, scheduler and, for SDXL files, text_encoder_2 and
+        tokenizer_2.
+
+    Raises:
+        NotADiffusionModelError: the file is unreadable, is not an SD 1.x/2.x/SDXL checkpoint,
+            lacks weights the config needs, or does not match `config`.
+        ModelNotFoundError: the configs are neither a local folder nor cached, and we are offline.
+    """
+    from collections.abc import Iterator, Mapping
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    offline = bool(local_files_only) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    how_to_config = (
+        "Pass `config` naming the diffusers model this checkpoint was made from: a local "
+        "diffusers folder (a `save_pretrained` folder; its model_index.json, */config.json, tokenizer and "
+        "scheduler files are enough) or a hub id in your Hugging Face cache, e.g. "
+        "stable-diffusion-v1-5/stable-diffusion-v1-5 (SD 1.x), stabilityai/stable-diffusion-2-1 (SD 2.x), "
+        "stabilityai/stable-diffusion-xl-base-1.0 (SDXL)."
+    )
+
+    class _LazySafetensors(Mapping):
+        """Read-only view of an open safetensors file; tensors are read only when looked up."""
+
+        def __init__(self, handle: Any) -> None:
+            self._handle = handle
+            self._keys = list(handle.keys())
+            self._key_set = set(self._keys)
+
+        def __getitem__(self, key: str) -> torch.Tensor:
+            if key not in self._key_set:
+                raise KeyError(key)
+            return self._handle.get_tensor(key)
+
+        def __contains__(self, key: object) -> bool:
+            return key in self._key_set
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._keys)
+
+        def __len__(self) -> int:
+            return len(self._keys)
+
+    def read_keys(state: Mapping) -> tuple[set[str], str | None]:
+        """The file's keys, and the hub id diffusers would take the configs from."""
+        keys = set(state.keys())
+        inferred = None
+        if config is None and any(k.startswith("model.diffusion_model.") for k in keys):
+            from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+            try:
+                inferred = fetch_diffusers_config(state)["pretrained_model_name_or_path"]
+            except Exception:  # noqa: BLE001 - the key checks below give the better message
+                inferred = None
+        return keys, inferred
+
+    # 1. Read the keys (cheaply: safetensors lazily, zip-format .ckpt memory-mapped).
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                keys, inferred = read_keys(_LazySafetensors(f))
+        else:
+            import zipfile
+
+            state: Any = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            while isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+                state = state["state_dict"]
+            if not isinstance(state, Mapping):
+                raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+            keys, inferred = read_keys(state)
+            del state
+    except Exception as e:  # noqa: BLE001
+        kind = "safetensors" if path.suffix.lower() == ".safetensors" else "PyTorch"
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        extra = (
+            " It pickles more than tensors, which is not loaded for safety (diffusers loads .ckpt "
+            "with weights_only=True too); if you trust it, re-save it as .safetensors."
+            if "weights only" in str(e).lower()
+            else ""
+        )
+        raise NotADiffusionModelError(
+            f"{path} is not a readable {kind} checkpoint ({type(e).__name__}: {first_line}).{extra} Pass an "
+            "intact original-format Stable Diffusion .safetensors/.ckpt file, or a diffusers folder."
+        ) from e
+
+    # 2. Is it a whole SD 1.x/2.x/SDXL checkpoint in the original layout?
+    def has(*prefixes: str) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    if "model.diffusion_model.input_blocks.0.0.weight" not in keys:
+        sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
+        raise NotADiffusionModelError(
+            f"{path} is not an original-format Stable Diffusion 1.x/2.x/SDXL checkpoint: it has no UNet "
+            f"weights under `model.diffusion_model.input_blocks.*` ({len(keys)} tensors, e.g. {sample}). "
+            "Pass a full LDM/A1111-style checkpoint (UNet + VAE + text encoder in one file), or, for "
+            "diffusers-format weights, the diffusers folder itself."
+        )
+    if not has("first_stage_model.", "vae."):
+        raise NotADiffusionModelError(
+            f"{path} has no VAE weights (`first_stage_model.*`): diffuseg needs the UNet, VAE and text "
+            "encoder in one file. Save the checkpoint with its VAE baked in, or convert it to a diffusers "
+            "folder and pass that folder."
+        )
+    is_xl = has("conditioner.")  # SDXL-family files keep their text encoders under conditioner.embedders.*
+    if not has("cond_stage_model.", "conditioner.embedders."):
+        logger.warning(
+            "%s has no text encoder weights; diffusers takes them from the config folder if it "
+            "holds weights, else loading fails",
+            path,
+        )
+
+    # 3. Resolve the configs to a local folder (or, online, a hub id diffusers downloads).
+    source = config if config is not None else inferred
+    if source is None:
+        raise ModelNotFoundError(f"cannot tell which diffusers configs describe {path}. {how_to_config}")
+    local = Path(os.path.expanduser(source))
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") != 1 or "\\" in source
+    if local.is_dir():
+        if not (local / "model_index.json").is_file() or not (local / "unet" / "config.json").is_file():
+            raise NotADiffusionModelError(
+                f"config folder {local} is not a diffusers model folder (it needs model_index.json, "
+                f"unet/config.json, vae/config.json, text_encoder/config.json, tokenizer/, scheduler/). "
+                f"{how_to_config}"
+            )
+        cls_name = json.loads((local / "model_index.json").read_text()).get("_class_name", "")
+        if ("XL" in cls_name) != is_xl:
+            raise NotADiffusionModelError(
+                f"config folder {local} describes a {cls_name or 'model of unknown class'}, but {path} is "
+                f"{'an SDXL' if is_xl else 'an SD 1.x/2.x'} checkpoint. {how_to_config}"
+            )
+        config_ref = str(local)
+    elif config is not None and local.exists():
+        raise NotADiffusionModelError(f"config {source!r} is a file, not a diffusers folder. {how_to_config}")
+    elif config is not None and looks_like_path:
+        raise ModelNotFoundError(f"config folder {source!r} not found. {how_to_config}")
+    else:
+        from huggingface_hub import snapshot_download
+
+        what = (
+            f"config {source!r} is" if config is not None else f"{source!r}, the configs diffusers infers for it, are"
+        )
+        try:
+            config_ref = snapshot_download(
+                source, local_files_only=True, allow_patterns=["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
+            )
+        except Exception as e:  # noqa: BLE001 - a cache miss: download later, or fail offline
+            if offline:
+                raise ModelNotFoundError(
+                    f"cannot load {path} offline: {what} not in the local Hugging Face cache. {how_to_config}"
+                ) from e
+            config_ref = source
+
+    # 4. Load.
+    cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
+    kw: dict[str, Any] = {"config": config_ref, "local_files_only": offline}
+    if torch_dtype is not None:
+        kw["torch_dtype"] = torch_dtype
+    try:
+        pipe = cls.from_single_file(str(path), **kw)
+    except Exception as e:  # noqa: BLE001
+        text = str(e).strip()
+        family = "SDXL" if is_xl else "Stable Diffusion 1.x/2.x"
+        if "meta tensor" in text or "expected shape" in text or "size mismatch" in text:
+            why = (
+                f"its weights do not fit the configs from {config_ref} (tensors missing or of other shapes): "
+                "the checkpoint is partial, or the configs are of another architecture."
+            )
+        elif type(e).__name__ == "SingleFileComponentError":
+            why = (
+                f"a component's weights are neither in the file nor in the config folder {config_ref} "
+                "(see below); diffuseg needs the UNet, VAE and text encoder in the file."
+            )
+        else:
+            why = f"diffusers could not build a {family} pipeline from it."
+        raise NotADiffusionModelError(
+            f"cannot load {path}: {why} {how_to_config}\n(diffusers: {type(e).__name__}: {text})"
+        ) from e
+    names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
+    parts = {n: getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None}
+    # diffusers leaves parameters it found no tensor for on the meta device (text encoders silently).
+    for name, module in parts.items():
+        if isinstance(module, torch.nn.Module):
+            empty = [p for p, t in module.named_parameters() if t.is_meta]
+            if empty:
+                raise NotADiffusionModelError(
+                    f"{path} lacks {len(empty)} {name} weight(s) that the configs from {config_ref} require "
+                    f"(e.g. {', '.join(empty[:3])}): the checkpoint is partial or of another architecture. "
+                    f"{how_to_config}"
+                )
+    return parts
