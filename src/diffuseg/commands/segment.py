@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(out_dir)
     except ValueError as e:
         return fail("segment", flag_message(e))
+    if (classes or args.caption) and spec.kind != "open-vocabulary":
+        logger.warning("method %s is %s: --classes and --caption are not used", spec.name, spec.kind)
     inputs = output_names(args.images)
     done_before = []
     todo = []
