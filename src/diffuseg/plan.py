@@ -24,7 +24,17 @@ from typing import Any, Protocol, runtime_checkable
 from .backbone.features import FeatureRequest
 from .imageio import ImageInput, check_resize_mode
 
-__all__ = ["Query", "Pass", "Sampler", "Resource", "parse_classes", "check_timestep", "check_positive"]
+__all__ = [
+    "Query",
+    "Pass",
+    "Sampler",
+    "Resource",
+    "image_only",
+    "LATENT_MODES",
+    "parse_classes",
+    "check_timestep",
+    "check_positive",
+]
 
 LATENT_MODES = ("mean", "sample")
 
@@ -195,6 +205,12 @@ class Pass:
             self.latent_mode,
             self.sampler,
         )
+
+
+def image_only(config: Any, query: Query, backbone: Any = None) -> Pass:
+    """The plan of methods that read only the pixels (baselines): no model work, the image at
+    the caller's size (`Query.size`) or its own, framed as the query says."""
+    return Pass(size=query.size, resize_mode=query.resize_mode)
 
 
 @dataclass(frozen=True)

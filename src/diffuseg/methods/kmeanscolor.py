@@ -16,11 +16,11 @@ import torch
 
 from ..backbone.features import Features
 from ..ops.masks import relabel_sequential
-from ..plan import Pass, Query, check_positive
+from ..plan import Query, check_positive, image_only
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["KMeansColorConfig", "kmeans", "plan", "segment", "SPEC"]
+__all__ = ["KMeansColorConfig", "kmeans", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ class KMeansColorConfig:
         check_positive(self.max_fit_pixels, "max_fit_pixels", integer=True)
         check_positive(self.spatial_weight, "spatial_weight", allow_zero=True)
         check_positive(self.seed, "seed", integer=True, allow_zero=True)
-
-
-def plan(config: KMeansColorConfig, query: Query, backbone: Any = None) -> Pass:
-    """No model work: the image at the caller's size (`Query.size`) or its own."""
-    return Pass(size=query.size, resize_mode=query.resize_mode)
 
 
 def _nearest(points: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -161,7 +156,7 @@ def segment(
 SPEC = MethodSpec(
     name="kmeans-color",
     config_cls=KMeansColorConfig,
-    plan=plan,
+    plan=image_only,
     segment=segment,
     kind="baseline",
     description="Baseline: k-means on pixel colour (CIELAB) and position; no diffusion model.",

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from ..backbone.features import Features
-from ..plan import Pass, Query
+from ..plan import Query, image_only
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["SingleSegmentConfig", "plan", "segment", "SPEC"]
+__all__ = ["SingleSegmentConfig", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,6 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SingleSegmentConfig:
     """The one-segment baseline has no hyperparameters (it sees the image at its own size)."""
-
-
-def plan(config: SingleSegmentConfig, query: Query, backbone: Any = None) -> Pass:
-    """No model work: the image at the caller's size (`Query.size`) or its own."""
-    return Pass(size=query.size, resize_mode=query.resize_mode)
 
 
 def segment(
@@ -57,7 +52,7 @@ def segment(
 SPEC = MethodSpec(
     name="single-segment",
     config_cls=SingleSegmentConfig,
-    plan=plan,
+    plan=image_only,
     segment=segment,
     kind="baseline",
     description="Baseline: the whole image is one segment; no diffusion model.",

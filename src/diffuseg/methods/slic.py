@@ -18,11 +18,11 @@ import torch
 
 from ..backbone.features import Features
 from ..ops.masks import relabel_sequential
-from ..plan import Pass, Query, check_positive
+from ..plan import Query, check_positive, image_only
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["SlicConfig", "plan", "segment", "SPEC"]
+__all__ = ["SlicConfig", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ class SlicConfig:
         check_positive(self.n_segments, "n_segments", integer=True)
         check_positive(self.compactness, "compactness")
         check_positive(self.sigma, "sigma", allow_zero=True)
-
-
-def plan(config: SlicConfig, query: Query, backbone: Any = None) -> Pass:
-    """No model work: the image at the caller's size (`Query.size`) or its own."""
-    return Pass(size=query.size, resize_mode=query.resize_mode)
 
 
 def segment(
@@ -90,7 +85,7 @@ def segment(
 SPEC = MethodSpec(
     name="slic",
     config_cls=SlicConfig,
-    plan=plan,
+    plan=image_only,
     segment=segment,
     kind="baseline",
     description="Baseline: SLIC colour superpixels (scikit-image); no diffusion model.",
