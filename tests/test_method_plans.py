@@ -152,43 +152,15 @@ def test_fixture_method_through_diffuseg_segment(registered, tiny_model_dir, tmp
     img = np.zeros((40, 60, 3), np.uint8)
     img[:, 30:] = (0, 0, 255)
     Image.fromarray(img).save(tmp_path / "two.png")
-    rc = main(
-        [
-            "segment",
-            str(tmp_path / "two.png"),
-            "--method",
-            "nearest-colour",
-            "--model",
-            str(tiny_model_dir),
-            "--classes",
-            "black,blue",
-            "--resource",
-            f"namer={namer_file}",
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-        ]
-    )
+    base = ["segment", str(tmp_path / "two.png"), "--method", "nearest-colour", "--model", str(tiny_model_dir)]
+    base += ["--classes", "black,blue", "--no-progress"]
+    rc = main([*base, "--resource", f"namer={namer_file}", "--out", str(tmp_path / "o")])
     assert rc == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "o" / "two.json").read_text())
     assert data["names"] == ["black", "blue"] and (data["height"], data["width"]) == (40, 60)
     labels = np.asarray(Image.open(tmp_path / "o" / "two.labels.png"))
     assert (labels[:, :25] == 0).all() and (labels[:, 35:] == 1).all()
-    rc = main(
-        [
-            "segment",
-            str(tmp_path / "two.png"),
-            "--method",
-            "nearest-colour",
-            "--model",
-            str(tiny_model_dir),
-            "--classes",
-            "black,blue",
-            "--out",
-            str(tmp_path / "o2"),
-            "--no-progress",
-        ]
-    )
+    rc = main([*base, "--out", str(tmp_path / "o2")])  # no --resource
     assert rc == 2 and "--resource" in capsys.readouterr().err  # the library's `resources`, in CLI terms
 
 

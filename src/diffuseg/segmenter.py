@@ -88,7 +88,8 @@ class Segmenter:
         self.batch_size = batch_size
         self.backbone = backbone
         family = preset if preset is not None else getattr(backbone, "family", None)
-        self.preset = {"family": family, "overrides": self.spec.preset(family)} if self.spec.preset(family) else None
+        preset_overrides = self.spec.preset(family)
+        self.preset = {"family": family, "overrides": preset_overrides} if preset_overrides else None
         self.config = self.spec.make_config(family, **overrides)
         self.resources = self._load_resources(resources or {}, device)
         self.model_calls = 0
@@ -187,10 +188,7 @@ class Segmenter:
 
     def configure(self, **overrides: Any) -> Segmenter:
         """Change config fields in place (validated; the config is unchanged on error); returns self."""
-        known = {f.name for f in dataclasses.fields(self.config)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for method {self.spec.name!r}; allowed: {sorted(known)}.")
+        self.spec.check_fields(overrides)
         old, self.config = self.config, dataclasses.replace(self.config, **overrides)
         try:
             self._check()

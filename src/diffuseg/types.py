@@ -173,15 +173,13 @@ class Segmentation:
         Raises:
             ValueError: if the meta data is missing or the model saw only a crop of the image.
         """
-        if "input_size" not in self.meta or "crop_box" not in self.meta:
-            raise ValueError("this segmentation has no `input_size`/`crop_box` meta data.")
+        labels = self.to_input_frame()  # checks the meta data
         h, w = self.meta["input_size"]
         if list(self.meta["crop_box"]) != [0, 0, w, h]:
             raise ValueError(
                 f"the model saw only the crop {self.meta['crop_box']} of the {w}x{h} image; "
                 "use `to_input_frame(fill)` to place its labels."
             )
-        labels = self.to_input_frame()
         meta = {**self.meta, "frame": "input"}
         return dataclasses.replace(self, labels=labels, meta=meta, extras=dict(self.extras))
 

@@ -22,6 +22,8 @@ __all__ = [
     "add_model_options",
     "add_method_options",
     "add_query_options",
+    "add_resource_option",
+    "show_value",
     "method_overrides",
     "parse_dtype",
     "make_generator",
@@ -133,7 +135,12 @@ def add_query_options(parser: argparse.ArgumentParser) -> None:
         "--classes", default=None, help="class names, comma-separated; synonyms with '|' (e.g. 'cat,tv|monitor')"
     )
     g.add_argument("--caption", default=None, help="a caption / prompt for every image")
-    g.add_argument(
+    add_resource_option(g)
+
+
+def add_resource_option(parser: Any) -> None:
+    """--resource NAME=VALUE (repeatable): an extra model the method declares."""
+    parser.add_argument(
         "--resource",
         action="append",
         default=[],
@@ -274,9 +281,9 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
             )
         defaults = entry["defaults"]
         shown = (
-            ", ".join(f"{m} {_show(v)}" for m, v in defaults.items())
+            ", ".join(f"{m} {show_value(v)}" for m, v in defaults.items())
             if key == "shared"
-            else _show(next(iter(defaults.values())))
+            else show_value(next(iter(defaults.values())))
         )
         help_ = f"{entry['doc']} (default: {shown}"
         if entry["choices"]:
@@ -309,7 +316,8 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     return owners
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A config value as the CLI writes it (tuples comma-separated)."""
     if value == "":
         return '""'
     if isinstance(value, tuple):

@@ -47,16 +47,14 @@ def collect() -> dict[str, Any]:
     }
 
 
-def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("env", help=COMMANDS["env"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._options import show_value
+
     info = collect()
     for k, v in info["versions"].items():
         print(f"{k:14s} {v}")
@@ -66,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'presets':14s} method settings that replace the paper's defaults on other model families")
     for method, families in info["presets"].items():
         for family, overrides in families.items():
-            shown = ", ".join(f"{k}={_show(v)}" for k, v in overrides.items())
+            shown = ", ".join(f"{k}={show_value(v)}" for k, v in overrides.items())
             print(f"{'':14s} {method} on {family}: {shown}")
     print(f"{'model toy':14s} {info['models']['toy']}")
     cached = info["models"]["hugging_face_cache"]

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     from ..eval.datasets import dataset_names
     from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
-    from ._options import HelpFormatter, add_method_options, add_model_options, method_help
+    from ._options import HelpFormatter, add_method_options, add_model_options, add_resource_option, method_help
 
     p = subparsers.add_parser(
         "eval",
@@ -86,13 +86,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="give the method each image's ground-truth classes (an oracle; reported as such)",
     )
-    p.add_argument(
-        "--resource",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an extra model the method declares (path or hub id); repeatable",
-    )
+    add_resource_option(p)
     add_model_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
 

@@ -83,11 +83,15 @@ class MethodSpec:
         Raises:
             ValueError: on an unknown field name, or a value the config rejects.
         """
+        self.check_fields(overrides)
+        return self.config_cls(**{**self.preset(family), **overrides})
+
+    def check_fields(self, overrides: Mapping[str, Any]) -> None:
+        """Raise `ValueError` naming the fields of `overrides` that the config does not have."""
         known = {f.name for f in dataclasses.fields(self.config_cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for method {self.name!r}; allowed: {sorted(known)}.")
-        return self.config_cls(**{**self.preset(family), **overrides})
 
     def probe_query(self) -> Query:
         """A query without an image, for dry plans that validate a config (one placeholder
