@@ -6,7 +6,7 @@ in training, with the toy model (or any diffusers folder):
 
 * each method with its library defaults and the model's preset (`diffuseg env` lists them);
 * DiffSeg with the paper's settings (tau 1.1, the native size), for comparison;
-* ``kmeans-color`` with the true number of classes of each image (``--oracle-classes``, K from
+* ``kmeans-color`` with the true number of classes of each image (``--classes gt-labels``, K from
   the query's classes): an oracle baseline.
 
 Unsupervised methods and baselines are scored with per-image Hungarian matching, open-vocabulary
@@ -45,7 +45,7 @@ EXTRA_ROWS = (
     ("diffseg (paper: tau 1.1, native size)", "diffseg", {"kl_thresholds": (1.1, 1.1, 1.1), "image_size": None}, {}),
 )
 #: Per-method settings of the default rows.
-ROW_SETTINGS = {"kmeans-color": ({"num_clusters": None}, {"oracle_classes": True})}
+ROW_SETTINGS = {"kmeans-color": ({"num_clusters": None}, {"classes": "gt-labels"})}
 
 
 def evaluate_row(row: str, method: str, backbone, dataset, overrides: dict, options: dict, out_dir: Path) -> dict:
@@ -73,7 +73,7 @@ def evaluate_row(row: str, method: str, backbone, dataset, overrides: dict, opti
         "seconds_per_image": (time.perf_counter() - t0) / max(report["dataset"]["num_evaluated"], 1),
         "config": report["method"]["config"],
         "preset": report["method"]["preset"],
-        "oracle_classes": report["oracle_classes"],
+        "classes": report["classes"],
         "explicit": {k: v for k, v in overrides.items() if k != "num_clusters"},
     }
 
@@ -339,7 +339,7 @@ def to_markdown(rows: list[dict], info: dict, tuning: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['method']} | - | - | - | error: {r['error'][:80]} | | |")
             continue
-        if r["oracle_classes"]:
+        if r["classes"] == "gt-labels":
             settings = "true K per image (oracle)"
         elif r["explicit"]:
             settings = "explicit " + ", ".join(f"{k}={_show(v)}" for k, v in r["explicit"].items())

@@ -289,7 +289,7 @@ def test_open_vocabulary_names_map_to_classes_without_matching(tmp_path, monkeyp
 
     seen = {}
 
-    def plan(config, query, backbone):
+    def plan(config, query, backbone, resources=None):
         return Pass(size=query.size, resize_mode=query.resize_mode)
 
     def segment(features, config, query, resources):

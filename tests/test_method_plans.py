@@ -49,7 +49,7 @@ class NearestColourConfig:
     template: str = "a photo of a {}"
 
 
-def plan(config: NearestColourConfig, query: Query, backbone) -> Pass:
+def plan(config: NearestColourConfig, query: Query, backbone, resources=None) -> Pass:
     if not query.classes:
         raise ValueError("nearest-colour needs class names (`classes`).")
     prompts = tuple(config.template.format(c[0]) for c in query.classes)  # one UNet row per class
@@ -185,12 +185,14 @@ def test_fixture_method_through_diffuseg_eval(registered, tiny_model_dir, tmp_pa
             "--out",
             str(tmp_path / "r"),
             "--no-progress",
-            "--oracle-classes",
+            "--classes",
+            "gt-labels",
         ]
     )
     assert rc == 0, capsys.readouterr().err
     report = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
-    assert report["matching"] == "none" and report["dataset"]["num_evaluated"] == 2 and report["oracle_classes"]
+    assert report["matching"] == "none" and report["dataset"]["num_evaluated"] == 2
+    assert report["classes"] == "gt-labels"
 
 
 # ------------------------------------------------------------------ samplers, presets, validation
@@ -215,7 +217,7 @@ def test_a_sampler_pass_runs_once_and_is_cached(tiny_backbone, quadrant_image):
     spec = MethodSpec(
         "sampled",
         Config,
-        lambda c, q, b: Pass(size=32, sampler=sampler),
+        lambda c, q, b, r=None: Pass(size=32, sampler=sampler),
         lambda f, c, q, r: Segmentation(labels=torch.zeros(f.image_size, dtype=torch.long)),
     )
     seg = Segmenter(tiny_backbone, spec, batch_size=2)

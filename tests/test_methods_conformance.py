@@ -15,8 +15,11 @@ from diffuseg.segmenter import Segmenter
 
 
 def _small_overrides(spec) -> dict:
+    """Settings that fit the tiny models: a 32 px input, a prompt template within the tiny
+    tokenizer's 14-token budget (it spells words letter by letter)."""
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    return {"image_size": 32} if "image_size" in fields else {}
+    small = {"image_size": 32, "template": "{class}"}
+    return {k: v for k, v in small.items() if k in fields}
 
 
 def test_registry_lists_the_core_methods():
@@ -43,18 +46,19 @@ def test_method_conformance(name, tiny_backbone, quadrant_image):
     pass_ = spec.plan(spec.make_config(**_small_overrides(spec)), query, tiny_backbone)
     assert isinstance(pass_, Pass)
     hash(pass_)  # passes are cache and batch keys
-    if spec.open_vocabulary:
-        pytest.skip("open-vocabulary conformance needs class names (covered by the method's own tests)")
+    image = Query(image=quadrant_image, classes="red, green|lime, blue") if spec.needs_classes else quadrant_image
     seg = Segmenter(tiny_backbone, spec, **_small_overrides(spec))
-    a = seg(quadrant_image, generator=torch.Generator().manual_seed(0))
+    a = seg(image, generator=torch.Generator().manual_seed(0))
     seg2 = Segmenter(tiny_backbone, spec, **_small_overrides(spec))
-    b = seg2(quadrant_image, generator=torch.Generator().manual_seed(0))
+    b = seg2(image, generator=torch.Generator().manual_seed(0))
     labels = a.labels
     assert labels.dtype == torch.int64 and labels.ndim == 2
     assert labels.min() >= 0 and labels.max() < a.num_segments
     assert a.method == name
     if a.scores is not None:
         assert torch.isfinite(a.scores).all()
+    if spec.open_vocabulary:  # labels index the query's classes and carry their names
+        assert a.names == ["red", "green", "blue"] and a.num_segments <= 3
     assert torch.equal(a.labels, b.labels)  # deterministic with a fixed generator
     assert seg.model_calls == (1 if pass_.uses_model else 0)
     seg.resegment()  # same settings: the recorded features are re-used

@@ -56,3 +56,41 @@ def test_input_frame_and_validation():
         Segmentation(labels=torch.zeros(3))
     with pytest.raises(ValueError, match="non-negative"):
         Segmentation(labels=-torch.ones(2, 2, dtype=torch.long))
+
+
+def _overlay_case():
+    labels = torch.zeros(40, 60, dtype=torch.int64)
+    labels[:, 30:] = 2  # label 1 does not occur
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    return labels, image
+
+
+def test_overlay_without_names_is_unchanged():
+    from diffuseg.types import palette
+
+    labels, image = _overlay_case()
+    overlay = np.asarray(Segmentation(labels=labels).to_overlay(image, alpha=0.5))
+    colours = palette(4)[1:].astype(np.float32)  # the label colours skip black
+    expected = (0.5 * np.asarray(image, dtype=np.float32) + 0.5 * colours[labels.numpy()]).astype(np.uint8)
+    assert overlay.shape == (40, 60, 3) and np.array_equal(overlay, expected)
+
+
+@pytest.mark.parametrize("size", [(40, 60), (6, 8)])
+def test_overlay_legend(size):
+    from diffuseg.types import palette
+
+    h, w = size
+    labels, image = _overlay_case()
+    labels = torch.nn.functional.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    image = image.resize((w, h))
+    plain = np.asarray(Segmentation(labels=labels).to_overlay(image))
+    named = Segmentation(labels=labels, names=["sky", "cat", "crème brûlée 日本"])
+    legend = np.asarray(named.to_overlay(image))
+    assert legend.shape[1] > w and legend.shape[0] >= h  # a panel on the right
+    assert np.array_equal(legend[:h, :w], plain)  # the overlay itself is untouched
+    panel = legend[:, w:].reshape(-1, 3)
+    colours = palette(4)[1:]  # the overlay colour of labels 0, 1, 2
+    for k in (0, 2):  # a solid swatch per label that occurs
+        assert (panel == colours[k]).all(axis=1).sum() >= 64
+    assert not (panel == colours[1]).all(axis=1).any()  # no entry for the absent label
+    assert (panel == 0).all(axis=1).any()  # the names are drawn in black

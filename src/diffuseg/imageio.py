@@ -22,6 +22,7 @@ __all__ = [
     "check_resize_mode",
     "ImageLoadError",
     "load_image",
+    "as_pil",
     "to_rgb",
     "preprocess",
     "stack_batch",
@@ -86,7 +87,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(f"cannot read {path} as an image: {e}") from e
 
 
-def _as_pil(image: ImageInput) -> Image.Image:
+def as_pil(image: ImageInput) -> Image.Image:
+    """Any supported image input (path, PIL, array, (3, H, W) tensor in [0, 1]) as RGB PIL."""
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, Image.Image):
@@ -170,7 +172,7 @@ def preprocess(
         raise ValueError(f"`image_size` must be a positive multiple of {multiple}, got {size}.")
     tensors, metas = [], []
     for image in images:
-        pil = _as_pil(image)
+        pil = as_pil(image)
         w, h = pil.size
         if min(w, h) < min_side:
             hint = ""

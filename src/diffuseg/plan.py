@@ -4,7 +4,7 @@ A `Query` is one image plus what the caller knows about it: class names (with sy
 caption, an id, and, for evaluation protocols, the model input size they fix. The CLI, the eval
 runner, the demo and batch engines all hand queries to a `diffuseg.Segmenter`.
 
-A method turns a query into a `Pass` (``plan(config, query, backbone) -> Pass``): a frozen,
+A method turns a query into a `Pass` (``plan(config, query, backbone, resources) -> Pass``): a frozen,
 hashable description of the model work (preprocessing, `FeatureRequest`, timestep, prompts,
 noise; or a multi-step `Sampler`). The `Segmenter` batches queries whose passes are equal into
 one model call and caches the recorded `Features` per pass, so re-segmenting with other
@@ -17,12 +17,12 @@ built with the backbone's help, so a later diffusion-transformer backbone fits t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .backbone.features import FeatureRequest
 from .imageio import ImageInput, check_resize_mode
+from .labeling.vocabulary import parse_classes
 
 __all__ = [
     "Query",
@@ -69,33 +69,6 @@ def check_positive(
     return value
 
 
-def parse_classes(classes: str | Iterable[str | Iterable[str]] | None) -> tuple[tuple[str, ...], ...]:
-    """Normalise class names: ``"cat, tv|monitor"`` or ``["cat", ("tv", "monitor")]`` ->
-    ``(("cat",), ("tv", "monitor"))``. The first name of each class is its display name; the
-    others are synonyms.
-
-    Raises:
-        ValueError: on an empty name or a class listed twice.
-    """
-    if classes is None:
-        return ()
-    items: Iterable[Any] = classes.split(",") if isinstance(classes, str) else classes
-    out: list[tuple[str, ...]] = []
-    for item in items:
-        names = item.split("|") if isinstance(item, str) else list(item)
-        names = tuple(str(n).strip() for n in names)
-        if not names or any(not n for n in names):
-            raise ValueError(
-                f"`classes` has an empty class name in {item!r}; separate classes with ',' and synonyms with '|'."
-            )
-        out.append(names)
-    firsts = [c[0].lower() for c in out]
-    dupes = sorted({n for n in firsts if firsts.count(n) > 1})
-    if dupes:
-        raise ValueError(f"`classes` lists {dupes} more than once.")
-    return tuple(out)
-
-
 @dataclass(frozen=True, eq=False)
 class Query:
     """One image and what the caller knows about it.
@@ -103,7 +76,8 @@ class Query:
     Attributes:
         image: a path, PIL image, array (H, W[, C]) or float tensor (3, H, W) in [0, 1]; None
             only for a dry `plan` that validates a config before any image is read.
-        classes: class names, each a tuple (name, synonym, ...); see `parse_classes`.
+        classes: class names, each a tuple (name, synonym, ...); see
+            `diffuseg.labeling.vocabulary.parse_classes`.
         caption: a caption or prompt for the image, or None.
         id: the caller's name for the image (file stem, dataset id), copied into results.
         size: the model input side the caller fixes (evaluation protocols: 512 for DiffSeg's,
@@ -158,6 +132,9 @@ class Pass:
         timestep: UNet timestep of the recorded call.
         prompts: the prompt(s) per image; with P prompts the image's latent runs P times in one
             batched UNet call (P rows of `Features`, in this order).
+        token_weights: () or, per prompt, (token position, weight) pairs: those tokens' text
+            embeddings are emphasised as Compel's ``(word)1.21`` does (see
+            `DiffusionBackbone.encode_prompts`). Row data like `prompts`, not part of the batch key.
         add_noise: noise the latent to `timestep` (one draw per image, shared by its prompts).
         shared_noise: one noise draw for the whole batch (DiffCut's reference behaviour).
         latent_mode: VAE posterior "mean" or "sample".
@@ -169,6 +146,7 @@ class Pass:
     resize_mode: str = "keep_aspect"
     timestep: int = 0
     prompts: tuple[str, ...] = ("",)
+    token_weights: tuple[tuple[tuple[int, float], ...], ...] = ()
     add_noise: bool = False
     shared_noise: bool = False
     latent_mode: str = "mean"
@@ -182,6 +160,10 @@ class Pass:
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"`prompts` must be a non-empty tuple of strings, got {self.prompts!r}.")
         object.__setattr__(self, "prompts", prompts)
+        weights = tuple(tuple((int(i), float(w)) for i, w in row) for row in self.token_weights)
+        if weights and len(weights) != len(prompts):
+            raise ValueError(f"`token_weights` must have one entry per prompt ({len(prompts)}), got {len(weights)}.")
+        object.__setattr__(self, "token_weights", weights)
         if self.latent_mode not in LATENT_MODES:
             raise ValueError(f"`latent_mode` must be one of {LATENT_MODES}, got {self.latent_mode!r}.")
         if self.sampler is not None:
@@ -191,6 +173,10 @@ class Pass:
     def uses_model(self) -> bool:
         """Whether this pass runs the diffusion model at all."""
         return self.sampler is not None or not self.request.is_empty
+
+    def row_weights(self) -> tuple[tuple[tuple[int, float], ...], ...]:
+        """`token_weights` with one (possibly empty) entry per prompt."""
+        return self.token_weights or ((),) * len(self.prompts)
 
     def batch_key(self) -> tuple[Any, ...]:
         """Passes with equal keys share one model call (their prompts become rows)."""
@@ -207,7 +193,7 @@ class Pass:
         )
 
 
-def image_only(config: Any, query: Query, backbone: Any = None) -> Pass:
+def image_only(config: Any, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
     """The plan of methods that read only the pixels (baselines): no model work, the image at
     the caller's size (`Query.size`) or its own, framed as the query says."""
     return Pass(size=query.size, resize_mode=query.resize_mode)

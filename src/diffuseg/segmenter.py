@@ -142,7 +142,7 @@ class Segmenter:
     def _check(self) -> None:
         """A dry plan: the config's pass must suit the backbone before any image is read (the
         memory check assumes a square image, the largest input at that size)."""
-        pass_ = self.spec.plan(self.config, self.spec.probe_query(), self.backbone)
+        pass_ = self.spec.plan(self.config, self.spec.probe_query(), self.backbone, self.resources)
         self._check_pass(pass_)
         if pass_.uses_model:
             side = pass_.size or self.backbone.native_size
@@ -201,7 +201,7 @@ class Segmenter:
     def _prepare(self, index: int, query: Query) -> _Item:
         if query.image is None:
             raise ValueError("`query.image` is None; give an image to segment.")
-        pass_ = self.spec.plan(self.config, query, self.backbone)
+        pass_ = self.spec.plan(self.config, query, self.backbone, self.resources)
         self._check_pass(pass_)
         if pass_.uses_model:
             pixels, metas = self.backbone.preprocess([query.image], pass_.size, pass_.resize_mode)
@@ -220,7 +220,8 @@ class Segmenter:
         pass_ = chunk[0].pass_
         pixels = stack_batch([it.pixels for it in chunk])
         prompts = [p for it in chunk for p in it.pass_.prompts]
-        key = (pass_.batch_key(), tuple(prompts), tuple(_digest(it.pixels) for it in chunk))
+        weights = [w for it in chunk for w in it.pass_.row_weights()]
+        key = (pass_.batch_key(), tuple(prompts), tuple(weights), tuple(_digest(it.pixels) for it in chunk))
         if not refresh and key in self._cache:
             logger.debug("re-using the recorded features (no model call)")
             features = self._cache[key]
@@ -234,6 +235,7 @@ class Segmenter:
                 pixels,
                 pass_.request,
                 prompts=prompts,
+                token_weights=weights if any(weights) else None,
                 timestep=pass_.timestep,
                 add_noise=pass_.add_noise,
                 shared_noise=pass_.shared_noise,

@@ -8,13 +8,14 @@ import json
 import logging
 import os
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["Segmentation", "Sample", "palette", "atomic_write", "OutputExistsError"]
 
@@ -41,6 +42,70 @@ def palette(num_colors: int = 256) -> np.ndarray:
             c >>= 3
         cmap[i] = (r, g, b)
     return cmap
+
+
+def _legend_font(height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled default font, scaled with the image where Pillow can (>= 10.1)."""
+    size = max(10, min(height // 40, 32))
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # older Pillow or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _legend_text(name: Any) -> str:
+    """A name as the legend shows it: accents dropped ("crème" -> "creme"), since Pillow's
+    default font has ASCII glyphs only."""
+    decomposed = unicodedata.normalize("NFKD", str(name))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _latin1(text: str) -> str:
+    """`text` with characters outside latin-1 replaced by '?' (the bitmap font's limit)."""
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: Any) -> None:
+    try:
+        draw.text(xy, text, fill=(0, 0, 0), font=font)
+    except UnicodeEncodeError:  # the bitmap font takes latin-1 only
+        draw.text(xy, _latin1(text), fill=(0, 0, 0), font=font)
+
+
+def _with_legend(overlay: Image.Image, entries: list[tuple[str, tuple[int, int, int]]]) -> Image.Image:
+    """`overlay` at (0, 0) with a white legend panel on its right: one row per (name, RGB
+    colour) with a solid swatch of that colour, in columns of at most the image height (four
+    columns at most; the panel grows below the image beyond that)."""
+    w, h = overlay.size
+    font = _legend_font(h)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_box(text: str) -> tuple[int, int]:
+        try:
+            _, _, right, bottom = probe.textbbox((0, 0), text, font=font)
+        except UnicodeEncodeError:
+            _, _, right, bottom = probe.textbbox((0, 0), _latin1(text), font=font)
+        return right, bottom
+
+    texts = [_legend_text(name) for name, _ in entries]
+    boxes = [text_box(text) for text in texts]
+    swatch = max(8, max(b[1] for b in boxes))
+    pad = max(2, swatch // 3)
+    row = swatch + pad
+    per_col = max(1, (h - pad) // row)
+    n_cols = min(4, -(-len(entries) // per_col))
+    per_col = -(-len(entries) // n_cols)
+    col_w = pad + swatch + pad + max(b[0] for b in boxes) + pad
+    panel_h = max(h, pad + per_col * row)
+    canvas = Image.new("RGB", (w + n_cols * col_w, panel_h), (255, 255, 255))
+    canvas.paste(overlay, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, ((_, colour), text) in enumerate(zip(entries, texts, strict=True)):
+        x = w + (i // per_col) * col_w + pad
+        y = pad + (i % per_col) * row
+        draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=colour)
+        _draw_text(draw, (x + swatch + pad, y), text, font)
+    return canvas
 
 
 def _umask() -> int:
@@ -199,9 +264,18 @@ class Segmentation:
     def to_overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5) -> Image.Image:
         """Blend label colours over `image` (resized to the label size if needed).
 
+        When `names` is set, a legend panel is added to the right of the overlay (which stays
+        unchanged at the left, at (0, 0)): per label that occurs, a swatch in its colour and its
+        name, drawn with Pillow's default font (ASCII glyphs only: accents are dropped, other
+        scripts such as CJK show as boxes).
+        The panel is at least as tall as the image and grows below it when the labels need more.
+
         Args:
             image: RGB image, PIL or uint8 array (H, W, 3).
             alpha: weight of the label colours in [0, 1].
+
+        Returns:
+            RGB image of size (W, H) without names; (W + panel width, max(H, panel height)) with.
         """
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"`alpha` must be in [0, 1], got {alpha}.")
@@ -215,7 +289,11 @@ class Segmentation:
         lab = self.labels.cpu().numpy()
         col = colours[lab % len(colours)].astype(np.float32)
         out = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * col
-        return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+        overlay = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+        if self.names is None or not self.labels.numel():
+            return overlay
+        entries = [(self.names[k], tuple(int(v) for v in colours[k % len(colours)])) for k in self.label_ids()]
+        return _with_legend(overlay, entries)
 
     def to_coco_rle(self) -> list[dict[str, Any]]:
         """One COCO RLE annotation per occurring label (pycocotools encoding).

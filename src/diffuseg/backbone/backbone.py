@@ -265,10 +265,44 @@ class DiffusionBackbone:
         return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeddings:
+    def encode_prompts(
+        self, prompts: Sequence[str], token_weights: Sequence[Sequence[tuple[int, float]]] | None = None
+    ) -> PromptEmbeddings:
         """Tokenize and encode prompts (SD: last hidden state; SDXL: both encoders' penultimate
-        hidden states concatenated, plus the second encoder's pooled projection)."""
+        hidden states concatenated, plus the second encoder's pooled projection).
+
+        Args:
+            prompts: B prompts.
+            token_weights: None, or per prompt (token position, weight) pairs. A weighted
+                token's embedding e becomes ``e0 + w * (e - e0)``, e0 the empty prompt's
+                embedding at that position: Compel's weighting (compel 2.x
+                ``EmbeddingsProvider.build_weighted_embedding_tensor``), which DiffSegmenter's
+                ``word++`` (w = 1.1^2 = 1.21) goes through. The pooled embedding is unchanged.
+
+        Raises:
+            ValueError: if `token_weights` does not have one entry per prompt or a position is
+                outside the T tokens.
+        """
         prompts = list(prompts)
+        if token_weights is not None and len(token_weights) != len(prompts):
+            raise ValueError(
+                f"`token_weights` must have one entry per prompt ({len(prompts)}), got {len(token_weights)}."
+            )
+        encoded = self._encode(prompts)
+        if token_weights is not None and any(token_weights):
+            empty = self._encode([""]).embeds[0]  # (T, D)
+            embeds = encoded.embeds.clone()
+            t = embeds.shape[1]
+            for row, pairs in enumerate(token_weights):
+                for pos, weight in pairs:
+                    if not 0 <= pos < t:
+                        raise ValueError(f"`token_weights` position {pos} is outside the {t} prompt tokens.")
+                    embeds[row, pos] = empty[pos] + weight * (embeds[row, pos] - empty[pos])
+            encoded.embeds = embeds
+        return encoded
+
+    def _encode(self, prompts: list[str]) -> PromptEmbeddings:
+        """Tokenize and run the text encoder(s); see `encode_prompts`."""
         tok = self.tokenizer if self.tokenizer is not None else self.tokenizer_2
         enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         ids = enc.input_ids
@@ -363,6 +397,7 @@ class DiffusionBackbone:
         latent_mode: Literal["mean", "sample"] = "mean",
         generator: torch.Generator | None = None,
         prompts_per_image: int = 1,
+        token_weights: Sequence[Sequence[tuple[int, float]]] | None = None,
     ) -> Features:
         """Run one UNet pass over a batch and record what `request` asks for.
 
@@ -382,6 +417,8 @@ class DiffusionBackbone:
             generator: randomness for noise and posterior samples.
             prompts_per_image: P; each image's latent (and noise) is repeated for its P prompts
                 in the same UNet call.
+            token_weights: None, or per prompt row (token position, weight) pairs that emphasise
+                those tokens (see `encode_prompts`).
 
         Returns:
             `Features` with B * P rows (image-major), attention maps in float32.
@@ -429,7 +466,7 @@ class DiffusionBackbone:
             latents = latents.repeat_interleave(prompts_per_image, dim=0)
             pixels = pixels.repeat_interleave(prompts_per_image, dim=0)
             metas = [m for m in metas for _ in range(prompts_per_image)]
-        prompt = self.encode_prompts(prompt_list)
+        prompt = self.encode_prompts(prompt_list, token_weights)
         latent_size = (int(latents.shape[-2]), int(latents.shape[-1]))
         with record(self.unet, request, latent_size) as store:
             if not request.is_empty:
@@ -447,6 +484,7 @@ class DiffusionBackbone:
             prompts=prompt_list,
             token_ids=prompt.token_ids,
             tokens=prompt.tokens,
+            tokenizer=self.tokenizer if self.tokenizer is not None else self.tokenizer_2,
             latent_size=latent_size,
             timestep=timestep,
             normalization=request.normalization,

@@ -129,6 +129,8 @@ class Features:
         prompts: the B prompts.
         token_ids: (B, T) int64 token ids of the prompts.
         tokens: per prompt, the T token strings (the tokenizer's own spelling).
+        tokenizer: the tokenizer that produced `token_ids` (methods find class-name token spans
+            with it, `diffuseg.labeling.spans`), or None.
         latent_size: (h, w) of the VAE latent.
         timestep: the UNet timestep of the pass.
         normalization: how attention was normalised ("softmax" or "none").
@@ -144,6 +146,7 @@ class Features:
     prompts: list[str] = field(default_factory=list)
     token_ids: torch.Tensor | None = None
     tokens: list[list[str]] = field(default_factory=list)
+    tokenizer: Any = None
     latent_size: tuple[int, int] = (0, 0)
     timestep: int = 0
     normalization: str = "softmax"
@@ -208,6 +211,7 @@ class Features:
             prompts=self.prompts[sl],
             token_ids=None if self.token_ids is None else self.token_ids[sl],
             tokens=self.tokens[sl],
+            tokenizer=self.tokenizer,
             latent_size=self.latent_size,
             timestep=self.timestep,
             normalization=self.normalization,

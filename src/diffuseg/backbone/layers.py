@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["deepest_encoder_self_attention", "attention_grids"]
+__all__ = ["deepest_encoder_self_attention", "attention_grids", "finest_attention_layers"]
 
 
 def deepest_encoder_self_attention(unet: nn.Module) -> str:
@@ -60,6 +60,25 @@ def attention_grids(unet: nn.Module, latent_size: tuple[int, int]) -> dict[str, 
         if getattr(block, "upsamplers", None):
             level = max(level - 1, 0)
     return grids
+
+
+def finest_attention_layers(unet: nn.Module, kind: str = "attn1") -> tuple[str, ...]:
+    """Diffusers paths of the `kind` ("attn1" self / "attn2" cross) attention layers on the
+    finest token grid: the first encoder level with attention and its decoder twin (SD 1.x/2.x:
+    ``down_blocks.0`` and ``up_blocks.3``, 64x64 at 512 px; SDXL: ``down_blocks.1`` and
+    ``up_blocks.1``). The set depends only on the UNet's structure, not on the input size.
+
+    Raises:
+        ValueError: on an unknown `kind` or a UNet without such layers.
+    """
+    if kind not in ("attn1", "attn2"):
+        raise ValueError(f"`kind` must be 'attn1' or 'attn2', got {kind!r}.")
+    side = 2 ** (len(getattr(unet, "down_blocks", ())) + 1)  # any latent keeps the levels apart
+    grids = {k: v for k, v in attention_grids(unet, (side, side)).items() if k.endswith(kind)}
+    if not grids:
+        raise ValueError(f"this UNet has no {kind} attention layers.")
+    finest = max(h * w for h, w in grids.values())
+    return tuple(k for k, (h, w) in grids.items() if h * w == finest)
 
 
 def _name_grid(grids: dict[str, tuple[int, int]], prefix: str, block: nn.Module, grid: tuple[int, int]) -> None:

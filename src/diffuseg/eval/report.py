@@ -21,9 +21,22 @@ from typing import Any
 from ..types import atomic_write
 from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
 
-__all__ = ["build_report", "write_report", "to_markdown", "compare_reports", "load_report"]
+__all__ = [
+    "build_report",
+    "write_report",
+    "to_markdown",
+    "compare_reports",
+    "load_report",
+    "sweep_key",
+    "tuning_line",
+    "TUNING_NOTE",
+]
 
 logger = logging.getLogger(__name__)
+
+_TUNED_ON = "tuned on the evaluated split"
+#: How a swept setting was chosen: on the split it is scored on, as the reference's evaluation.
+TUNING_NOTE = f"{_TUNED_ON} (an oracle, as the reference's evaluation)"
 
 _PACKAGES = (
     "diffuseg",
@@ -55,6 +68,43 @@ def _applicable(primary: str, open_vocabulary: bool, background_class: int | Non
     return [primary] + [m for m in out if m != primary]
 
 
+def sweep_key(value: float) -> str:
+    """The key of a swept value in an image record's ``sweep`` (``float(key) == value``)."""
+    return repr(float(value))
+
+
+def _tuning(
+    ok: Sequence[dict[str, Any]],
+    tuning: dict[str, Any],
+    num_classes: int,
+    matching: str,
+    background_class: int | None,
+) -> dict[str, Any]:
+    """The ``background_tuning`` section: each swept value's mIoU over the images scored at every
+    value (from the records' ``sweep``), and the best value (the first of equals)."""
+    values = [float(v) for v in tuning["values"]]
+    keys = [sweep_key(v) for v in values]
+    usable = [r for r in ok if all((r.get("sweep") or {}).get(k) is not None for k in keys)]
+    miou: list[float | None] = []
+    for k in keys:
+        acc = MetricAccumulator(num_classes, matching, background_class)
+        for r in usable:
+            acc.add(ImageCounts.from_record(r["sweep"][k], num_classes))
+        m = acc.result().miou
+        miou.append(None if m != m else float(m))
+    best = max((j for j, m in enumerate(miou) if m is not None), key=lambda j: miou[j], default=None)
+    return {
+        "field": tuning["field"],
+        "values": values,
+        "miou": miou,
+        "best": None if best is None else values[best],
+        "best_miou": None if best is None else miou[best],
+        "default": tuning["default"],
+        "num_images": len(usable),
+        "note": TUNING_NOTE,
+    }
+
+
 def build_report(
     records: Sequence[dict[str, Any]],
     *,
@@ -69,9 +119,15 @@ def build_report(
     num_requested: int,
     results_file: str | os.PathLike | None = None,
     preset: dict[str, Any] | None = None,
-    oracle_classes: bool = False,
+    classes: str = "all",
+    background_tuning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report of one run from its per-image records (dataset order)."""
+    """Assemble the report of one run from its per-image records (dataset order).
+
+    `classes` is the run's class setting (`diffuseg.eval.runner.CLASS_SETTINGS`).
+    `background_tuning` (``{"field", "values", "default"}``, or None) adds the section of the same
+    name: each swept value's mIoU from the records' ``sweep`` counts, the best value and `TUNING_NOTE`.
+    """
     c = len(class_names)
     ok = [r for r in records if r["status"] == "ok"]
     skipped = [{"id": r["id"], "error": r.get("error", "")} for r in records if r["status"] != "ok"]
@@ -104,7 +160,7 @@ def build_report(
             "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
             "preset": preset,
         },
-        "oracle_classes": oracle_classes,
+        "classes": classes,
         "model": model_id,
         "protocol": dataclasses.asdict(protocol),
         "matching": matching,
@@ -114,6 +170,9 @@ def build_report(
             for m, s in scores.items()
             if m != matching
         },
+        "background_tuning": (
+            None if background_tuning is None else _tuning(ok, background_tuning, c, matching, background_class)
+        ),
         "versions": _versions(),
         "results_file": str(results_file) if results_file is not None else None,
         "run": {
@@ -128,6 +187,19 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def tuning_line(report: dict[str, Any]) -> str | None:
+    """One line on the report's background tuning (best value and its mIoU), or None without one."""
+    t = report.get("background_tuning")
+    if not t:
+        return None
+    best = "-" if t["best"] is None else t["best"]
+    return (
+        f"{t['field']} {_TUNED_ON}: best {best}, mIoU {_pct(t['best_miou'])} "
+        f"(the config's {t['default']}: {_pct(report['metrics']['miou'])}; "
+        f"{len(t['values'])} values, {t['num_images']} images)"
+    )
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """A Markdown summary: one results row, then per-class IoU."""
     d, m, met = report["dataset"], report["method"], report["metrics"]
@@ -136,6 +208,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"# {m['name']} on {d['name']} ({d['split']})",
         "",
         f"protocol **{report['protocol']['name']}**, matching **{report['matching']}**, "
+        f"classes **{report['classes']}**, "
         f"model {report['model'] or '-'}; {d['num_evaluated']} images scored, "
         f"{d['num_skipped']} skipped.",
         "",
@@ -146,6 +219,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{'-' if spi is None else f'{spi:.3f}'} |",
         "",
     ]
+    tuned = tuning_line(report)
+    if tuned:
+        lines += [tuned, ""]
     if report["other_matchings"]:
         lines += ["| other matching | mIoU | pixel acc. |", "|---|---:|---:|"]
         lines += [

@@ -4,16 +4,23 @@
 as soon as it is computed (`ResultStore`), so an interrupted run continues with
 ``resume=True`` and nothing is recomputed or lost. The report is built from those records
 only, so a resumed run's report equals an uninterrupted one's (timings aside).
+
+Each image's `Query` carries the class names of the `classes` setting (`CLASS_SETTINGS`). With
+``tune_background`` every image is also re-segmented, from the recorded features, at each value
+of the background class's constant score (`BACKGROUND_SWEEP`), and the report adds the mIoU of
+each value: tuned on the evaluated split, as the reference's evaluation scripts do.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import numbers
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +30,32 @@ from .base import IGNORE_INDEX, SegmentationDataset
 from .folder import SampleReadError
 from .metrics import MATCHINGS, ImageCounts, MetricAccumulator, contingency
 from .protocols import Protocol, get_protocol, prepare, resize_nearest, to_score_grid
-from .report import build_report, write_report
+from .report import build_report, sweep_key, write_report
 from .store import ResultStore
 
-__all__ = ["evaluate", "default_matching", "run_name"]
+__all__ = [
+    "evaluate",
+    "default_matching",
+    "run_name",
+    "CLASS_SETTINGS",
+    "BACKGROUND_SWEEP",
+    "check_tune_background",
+]
 
 logger = logging.getLogger(__name__)
+
+#: The class names each image's `Query` carries (`evaluate`'s ``classes``): ``all``, every class
+#: of the dataset (true open vocabulary); ``gt-labels``, the image-level ground-truth labels (the
+#: classes present in its label map), the papers' weakly supervised setting.
+CLASS_SETTINGS = ("all", "gt-labels")
+
+#: The background scores DiffSegmenter's evaluation scripts sweep (start 30, end 75, in
+#: hundredths): 0.30, 0.31, ..., 0.74.
+BACKGROUND_SWEEP = tuple(v / 100 for v in range(30, 75))
+
+#: The config field `tune_background` sweeps: the constant score of the background class that
+#: competes in the per-pixel argmax.
+_BACKGROUND_FIELD = "background_score"
 
 
 def default_matching(open_vocabulary: bool) -> str:
@@ -47,6 +74,30 @@ def _names_to_classes(seg: Any, class_names: list[str]) -> np.ndarray | None:
         return None
     index = {n.strip().lower(): i for i, n in enumerate(class_names)}
     return np.array([index.get(str(n).strip().lower(), -1) for n in seg.names], dtype=np.int64)
+
+
+def check_tune_background(method: Any, values: Sequence[float] | None) -> tuple[float, ...] | None:
+    """The background scores to sweep for `method` (a name or `MethodSpec`), as floats; None = no sweep.
+
+    Raises:
+        ValueError: naming `tune_background`, if `values` is empty or not numbers, or the method's
+            config has no field ``background_score``.
+    """
+    from ..methods import get_method
+
+    if values is None:
+        return None
+    spec = get_method(method)
+    fields = [f.name for f in dataclasses.fields(spec.config_cls)]
+    if _BACKGROUND_FIELD not in fields:
+        raise ValueError(
+            f"`tune_background` sweeps the config field {_BACKGROUND_FIELD!r}, which method {spec.name!r} "
+            f"does not have (its fields: {fields}); tune only methods with a background score."
+        )
+    values = list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v for v in values):
+        raise ValueError(f"`tune_background` must be a non-empty sequence of numbers, got {values!r}.")
+    return tuple(float(v) for v in values)
 
 
 def _safe(name: str) -> str:
@@ -75,7 +126,8 @@ def evaluate(
     segmenter_factory: Callable[..., Any] | None = None,
     resources: dict[str, Any] | None = None,
     on_record: Callable[[int, dict[str, Any]], None] | None = None,
-    oracle_classes: bool = False,
+    classes: str = "all",
+    tune_background: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Score `method` on `dataset` and write ``NAME.jsonl``, ``NAME.json`` and ``NAME.md``.
 
@@ -105,16 +157,23 @@ def evaluate(
         on_record: called with (index, record) after each image is stored (tests use it to
             interrupt a run).
         resources: the method's extra models (see `diffuseg.Segmenter`).
-        oracle_classes: give each image's `Query` only the classes present in its ground truth
-            (an oracle, for measuring a method apart from its guess of the classes; e.g. colour
-            k-means with the true K). Recorded in the results' fingerprint and the report.
+        classes: the class names of each image's `Query`, one of `CLASS_SETTINGS`: ``all`` (every
+            dataset class: true open vocabulary) or ``gt-labels`` (the classes present in the
+            image's ground truth, ignoring 255: the papers' weakly supervised setting, an oracle;
+            e.g. colour k-means with the true K). Recorded in the fingerprint and the report.
+        tune_background: background scores to sweep (e.g. `BACKGROUND_SWEEP`), for methods whose
+            config has the field ``background_score``: each image is re-segmented at each value
+            from the recorded features (no model pass) and scored like the main prediction; the
+            report's ``background_tuning`` gives each value's mIoU and the best, tuned on the
+            evaluated split. The main metrics stay those of the config's value.
 
     Returns:
         The report dict (also written as JSON and Markdown).
 
     Raises:
-        ValueError: bad `limit`, `matching`, `batch_size`, an empty dataset, a sample whose
-            image and label sizes differ or whose labels are out of range.
+        ValueError: bad `limit`, `matching`, `batch_size`, `classes`, `tune_background` (or a method
+            without ``background_score``), an empty dataset, a sample whose image and label sizes
+            differ or whose labels are out of range.
         FileExistsError / ResumeMismatchError: see `ResultStore`.
     """
     from ..methods import get_method
@@ -123,11 +182,14 @@ def evaluate(
         raise ValueError(f"`limit` must be a positive integer or None, got {limit!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if classes not in CLASS_SETTINGS:
+        raise ValueError(f"`classes` must be one of {CLASS_SETTINGS}, got {classes!r}.")
     n_total = len(dataset)
     if n_total == 0:
         raise ValueError(f"dataset {dataset.name!r} is empty; nothing to evaluate.")
     proto = get_protocol(protocol)
     spec = get_method(method)
+    sweep = check_tune_background(spec, tune_background)
     matching = matching or default_matching(spec.open_vocabulary)
     if matching not in MATCHINGS:
         raise ValueError(f"`matching` must be one of {MATCHINGS}, got {matching!r}.")
@@ -153,7 +215,8 @@ def evaluate(
         "method": spec.name,
         "config": dataclasses.asdict(config),
         "preset": getattr(segmenter, "preset", None),
-        "oracle_classes": bool(oracle_classes),
+        "classes": classes,
+        "tune_background": list(sweep) if sweep is not None else None,
         "protocol": dataclasses.asdict(proto),
         "model": model_id,
     }
@@ -169,6 +232,14 @@ def evaluate(
 
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, desc=name, unit="img")
     pred_dir = Path(save_predictions) if save_predictions is not None else None
+
+    def sweep_counts(loaded: list[Any], j: int, seg: Any) -> dict[str, Any] | None:
+        """The counts record of `seg`, a re-segmentation of `loaded[j]` (None if it failed)."""
+        if isinstance(seg, Exception):
+            logger.warning("re-segmenting sample %d failed: %s", loaded[j][0], seg)
+            return None
+        i, sample, _, label = loaded[j]
+        return _score_one(i, sample, label, seg, proto, class_names, matching, 0.0)["counts"]
 
     def finish(i: int, rec: dict[str, Any]) -> None:
         store.add(rec)
@@ -199,18 +270,22 @@ def evaluate(
                         },
                     )
             queries = [
-                _query(sample, image, proto, class_names, label if oracle_classes else None)
+                _query(sample, image, proto, _query_classes(classes, class_names, label))
                 for _, sample, image, label in loaded
             ]
             t0 = time.perf_counter()
             segs = segmenter.segment_batch(queries, generator=generator, return_errors=True)
             seconds = (time.perf_counter() - t0) / max(len(loaded), 1)
-            for (i, sample, image, label), seg in zip(loaded, segs, strict=True):
+            ok = [not isinstance(seg, Exception) for seg in segs]
+            swept = _sweep(segmenter, queries, ok, sweep, functools.partial(sweep_counts, loaded)) if sweep else None
+            for j, ((i, sample, image, label), seg) in enumerate(zip(loaded, segs, strict=True)):
                 if isinstance(seg, Exception):  # this image failed alone (too small, rejected...)
                     logger.warning("skipping sample %d: %s", i, seg)
                     finish(i, {"index": i, "id": str(sample.id), "status": "skipped", "error": str(seg)})
                     continue
                 rec = _score_one(i, sample, label, seg, proto, class_names, matching, seconds)
+                if swept is not None:
+                    rec["sweep"] = swept[j]
                 if pred_dir is not None:  # before the record, so a resumed run rewrites it
                     seg.save(pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume)
                 finish(i, rec)
@@ -230,23 +305,66 @@ def evaluate(
         num_requested=n,
         results_file=store.path,
         preset=getattr(segmenter, "preset", None),
-        oracle_classes=bool(oracle_classes),
+        classes=classes,
+        background_tuning=(
+            None
+            if sweep is None
+            else {"field": _BACKGROUND_FIELD, "values": sweep, "default": getattr(config, _BACKGROUND_FIELD)}
+        ),
     )
     write_report(report, out_dir / f"{name}.json", out_dir / f"{name}.md")
     return report
 
 
-def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str], oracle: np.ndarray | None = None) -> Any:
-    """The `Query` of one prepared sample: the protocol's framing, the dataset's class names (or,
-    with an `oracle` label map, the classes present in it)."""
+def _query_classes(setting: str, class_names: list[str], label: np.ndarray) -> list[str]:
+    """The class names the `Query` of an image with ground truth `label` carries under `setting`
+    (one of `CLASS_SETTINGS`, validated by `evaluate`)."""
+    if setting == "all":
+        return class_names
+    if setting == "gt-labels":
+        present = np.unique(label[label != IGNORE_INDEX])
+        return [class_names[int(i)] for i in present if 0 <= int(i) < len(class_names)]
+    raise AssertionError(f"class setting {setting!r} has no branch in `_query_classes`")
+
+
+def _sweep(
+    segmenter: Any,
+    queries: list[Any],
+    ok: list[bool],
+    values: Sequence[float],
+    score: Callable[[int, Any], dict[str, Any] | None],
+) -> list[dict[str, Any]]:
+    """Re-segment the last batch at each background score in `values`, from the features the
+    segmenter recorded for it (no model pass), then restore the config's own score.
+
+    Returns, per query, ``{sweep_key(v): score(j, segmentation)}`` (empty for queries whose main
+    segmentation failed, `ok[j]` False).
+    """
+    out: list[dict[str, Any]] = [{} for _ in queries]
+    original = getattr(segmenter.config, _BACKGROUND_FIELD)
+    calls = getattr(segmenter, "model_calls", None)
+    try:
+        for v in values:
+            # segment_batch, not resegment: one failing query must fail alone, as in the main pass
+            segmenter.configure(**{_BACKGROUND_FIELD: v})
+            segs = segmenter.segment_batch(queries, return_errors=True)
+            for j, seg in enumerate(segs):
+                if ok[j]:
+                    out[j][sweep_key(v)] = score(j, seg)
+    finally:
+        segmenter.configure(**{_BACKGROUND_FIELD: original})
+    if calls is not None and getattr(segmenter, "model_calls", calls) != calls:
+        logger.warning("re-segmenting with other `%s` values ran the model again", _BACKGROUND_FIELD)
+    return out
+
+
+def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> Any:
+    """The `Query` of one prepared sample: the protocol's framing and `class_names`."""
     from ..plan import Query
 
-    if oracle is not None:
-        present = np.unique(oracle[oracle != IGNORE_INDEX])
-        class_names = [class_names[int(i)] for i in present if 0 <= int(i) < len(class_names)]
     return Query(
         image=image,
-        classes=tuple((n,) for n in class_names),
+        classes=tuple((n,) for n in class_names) or None,  # None: no classes (an all-ignore label map)
         caption=sample.meta.get("caption"),
         id=str(sample.id),
         size=proto.input_size,

@@ -2,8 +2,9 @@
 
 A method is two functions and a config:
 
-* ``plan(config, query, backbone) -> Pass``: the model work one `Query` needs (backbone may be
-  None for image-only methods);
+* ``plan(config, query, backbone, resources) -> Pass``: the model work one `Query` needs
+  (backbone may be None for image-only methods; resources: the extra models the method
+  declares, loaded, e.g. a captioner whose captions become prompts);
 * ``segment(features, config, query, resources) -> Segmentation``: labels for that query from
   what the pass recorded (features of one image: one row per prompt of the pass).
 
@@ -41,7 +42,7 @@ class MethodSpec:
     Attributes:
         name: registry key and CLI name (lowercase).
         config_cls: the method's frozen config dataclass; default-constructible.
-        plan: ``plan(config, query, backbone) -> Pass``.
+        plan: ``plan(config, query, backbone, resources) -> Pass``.
         segment: ``segment(features, config, query, resources) -> Segmentation``.
         kind: one of `KINDS`.
         description: one line for `--help` and `diffuseg env`.
@@ -55,7 +56,7 @@ class MethodSpec:
 
     name: str
     config_cls: type
-    plan: Callable[[Any, Query, Any], Pass]
+    plan: Callable[[Any, Query, Any, Mapping[str, Any]], Pass]
     segment: Callable[[Features, Any, Query, Mapping[str, Any]], Segmentation]
     kind: str = "unsupervised"
     description: str = ""
@@ -101,7 +102,7 @@ class MethodSpec:
     def needs_model(self, config: Any) -> bool:
         """Whether `config`'s passes run the diffusion model (a plan without a backbone)."""
         try:
-            return self.plan(config, self.probe_query(), None).uses_model
+            return self.plan(config, self.probe_query(), None, {}).uses_model
         except ValueError:  # the plan itself needs the backbone
             return True
 

@@ -138,7 +138,7 @@ def requires(unet: nn.Module) -> FeatureRequest:
     return FeatureRequest(hidden_states=(feature_module_path(unet),), early_exit=True)
 
 
-def plan(config: DiffCutConfig, query: Query, backbone: Any) -> Pass:
+def plan(config: DiffCutConfig, query: Query, backbone: Any, resources: Any = None) -> Pass:
     """One UNet pass at `config.timestep` on the noised latent, stopped after the feature module."""
     if backbone is None:
         raise ValueError("DiffCut needs a diffusion backbone; got `backbone=None`.")

@@ -93,7 +93,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def plan(config: DiffSegConfig, query: Query, backbone: Any = None) -> Pass:
+def plan(config: DiffSegConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
     """One UNet pass at `config.timestep` recording every self-attention layer."""
     return Pass(
         request=REQUIRES,

@@ -33,7 +33,7 @@ class KMeansColorConfig:
 
     Attributes:
         num_clusters: k, the number of segments (at most; empty clusters vanish); None = the
-            number of the query's class names (with `diffuseg eval --oracle-classes`, the true
+            number of the query's class names (with `diffuseg eval --classes gt-labels`, the true
             number of classes of each image: an oracle baseline).
         num_iterations: Lloyd iterations (stops early when assignments settle).
         color_space: "lab" (CIELAB, perceptual; scaled to [0, 1]) or "rgb" ([0, 1]).

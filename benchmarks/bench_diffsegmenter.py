@@ -1,0 +1,122 @@
+"""DiffSegmenter benchmark: all class prompts of an image in one batched UNet call vs one call
+per class, on an SD-1.5-shaped model with random weights (speed does not depend on weights).
+
+Both variants run the whole method through `diffuseg.Segmenter` on one 512 x 512 image with 5
+class names, each in a fresh process (so the peak resident memory, VmHWM, is its own):
+
+* ``batched``: one `Segmenter` call with the 5 classes: one VAE encoding, one text-encoder call
+  for 5 prompts and one UNet call at batch 5 (the conditional half only), then the 5 maps.
+* ``sequential``: 5 `Segmenter` calls with one class each, the published code's shape (one UNet
+  call per class; the reference also runs an unconditional half that it discards, which is
+  not counted here, so the baseline is the cheaper one).
+
+Target: batched <= 0.6x the sequential time on CPU.
+
+    ./run python benchmarks/bench_diffsegmenter.py [--size 512] [--classes 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _configs import SD15_UNET, SD_VAE  # noqa: E402
+
+#: CLIP ViT-L/14's text tower (SD 1.x's text encoder), as in its transformers config.
+SD15_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
+CLASSES = ("cat", "sofa", "window", "potted plant", "television", "lamp", "rug", "dog")
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def build_backbone():
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffuseg.backbone import DiffusionBackbone
+    from diffuseg.synthetic.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(0)
+    return DiffusionBackbone(
+        unet=UNet2DConditionModel(**SD15_UNET),
+        vae=AutoencoderKL(**SD_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
+        tokenizer=build_clip_tokenizer(),
+        scheduler=DDIMScheduler(num_train_timesteps=1000),
+        name="sd15-shaped-random",
+    )
+
+
+def child(variant: str, size: int, num_classes: int) -> None:
+    """Time one variant (after a warm-up at 64 px) and print seconds, peak MB, model calls."""
+    from diffuseg.plan import Query
+    from diffuseg.segmenter import Segmenter
+
+    backbone = build_backbone()
+    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(1))
+    classes = CLASSES[:num_classes]
+    seg = Segmenter(backbone, "diffsegmenter", image_size=size)
+    gen = torch.Generator().manual_seed(0)
+    seg(Query(image=image[:, :64, :64], classes=classes[:1]), gen)  # warm-up (small)
+    calls = seg.model_calls
+    t0 = time.perf_counter()
+    if variant == "batched":
+        seg(Query(image=image, classes=classes), gen)
+    else:
+        for c in classes:
+            seg(Query(image=image, classes=(c,)), gen)
+    seconds = time.perf_counter() - t0
+    print(f"{seconds:.3f} {peak_rss_mb():.0f} {seg.model_calls - calls}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--classes", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        child(args.child, args.size, args.classes)
+        return
+    print(
+        f"DiffSegmenter, SD-1.5-shaped UNet + VAE + CLIP text encoder (random weights), "
+        f"{args.size}x{args.size}, {args.classes} classes, {args.threads} threads"
+    )
+    results = {}
+    for variant in ("sequential", "batched"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", variant, "--size", str(args.size), "--classes", str(args.classes),
+             "--threads", str(args.threads)],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        seconds, peak, calls = float(out[0]), float(out[1]), int(out[2])
+        results[variant] = seconds
+        print(f"  {variant:10s}: {seconds:7.2f} s  peak RSS {peak:6.0f} MB  model calls {calls}")
+    ratio = results["batched"] / results["sequential"]
+    print(f"batched / sequential time: {ratio:.2f}x (target <= 0.6x)")
+
+
+if __name__ == "__main__":
+    main()
