@@ -266,3 +266,44 @@ def test_spec_is_open_vocabulary_and_needs_classes():
     spec = get_method("diffsegmenter")
     assert spec.open_vocabulary and spec.needs_classes and spec.preset("toy") == {}
     assert np.isclose(spec.make_config().emphasis, 1.1**2)
+
+
+def test_pass_token_weights_are_row_data():
+    from diffuseg.plan import Pass
+
+    p = Pass(prompts=("a cat", "a dog"), token_weights=(((2, 1.21),), ()))
+    assert p.row_weights() == (((2, 1.21),), ())
+    assert Pass(prompts=("a", "b")).row_weights() == ((), ())
+    assert p.batch_key() == Pass(prompts=("x", "y")).batch_key()  # weights, like prompts, are rows
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        Pass(prompts=("a cat", "a dog"), token_weights=(((2, 1.21),),))
+
+
+class _FakeCaptioner:
+    """Continues a prefix like BLIP's conditional captioning; counts its calls."""
+
+    def __init__(self):
+        self.prefixes = []
+
+    def __call__(self, image, prefix):
+        assert image.mode == "RGB"
+        self.prefixes.append(prefix)
+        return f"{prefix} on a mat"
+
+
+def test_a_captioner_continues_each_class_prompt_when_the_query_has_no_caption(tiny_backbone, quadrant_image):
+    captioner = _FakeCaptioner()
+    seen = []
+    extract = tiny_backbone.extract
+
+    def spy(pixels, request, prompts, *args, **kwargs):
+        seen.append(list(prompts))
+        return extract(pixels, request, prompts, *args, **kwargs)
+
+    tiny_backbone.extract = spy
+    seg = Segmenter(tiny_backbone, "diffsegmenter", template="{class}", resources={"captioner": captioner})
+    seg(Query(image=quadrant_image, classes="cat, dog"), torch.Generator().manual_seed(0))
+    assert captioner.prefixes == ["cat", "dog"]
+    assert seen[-1] == ["cat on a mat", "dog on a mat"]
+    seg(Query(image=quadrant_image, classes="cat", caption="x"), torch.Generator().manual_seed(0))
+    assert captioner.prefixes == ["cat", "dog"] and seen[-1] == ["cat, x"]  # the query's caption wins

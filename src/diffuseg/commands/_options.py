@@ -56,6 +56,7 @@ _GENERAL_FLAGS = {
     "config": "--model-config",
     "overwrite": "--overwrite",
     "resume": "--resume",
+    "tune_background": "--tune-background",
     "out_dir": "--out",
     "out": "--out",
 }
@@ -132,7 +133,10 @@ def add_query_options(parser: argparse.ArgumentParser) -> None:
     """--classes --caption --resource: what the user knows about the images, and extra models."""
     g = parser.add_argument_group("what to look for (open-vocabulary methods)")
     g.add_argument(
-        "--classes", default=None, help="class names, comma-separated; synonyms with '|' (e.g. 'cat,tv|monitor')"
+        "--classes",
+        default=None,
+        help="class names, comma-separated, synonyms with '|' ('cat,sofa,tv|monitor'); a file with one class "
+        "per line; or a dataset's classes ('dataset:voc21'); a class named 'background' gets a constant score",
     )
     g.add_argument("--caption", default=None, help="a caption / prompt for every image")
     add_resource_option(g)

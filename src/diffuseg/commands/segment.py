@@ -98,22 +98,31 @@ def output_names(paths: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..labeling import load_classes
     from ..methods import get_method
-    from ..plan import parse_classes
 
     try:
         spec = get_method(args.method)
         overrides = method_overrides(args, spec.name, args._owners)
         config = spec.make_config(None, **overrides)  # the user's values are valid (preset aside)
         check_runtime(args)
-        classes = parse_classes(args.classes)
+        classes = load_classes(args.classes) if args.classes is not None else ()
+        given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
+        if given and not spec.open_vocabulary:
+            raise ValueError(
+                f"{' and '.join(given)} apply to open-vocabulary methods; {spec.name} is {spec.kind} "
+                "and would ignore them."
+            )
+        if spec.needs_classes and not classes:
+            raise ValueError(
+                f"method {spec.name} needs --classes: names ('cat,sofa,tv|monitor'), a file with one "
+                "class per line, or a dataset's list ('dataset:voc21')."
+            )
         resources = parse_resources(args.resource)
         out_dir = Path(args.out)
         check_out_dir(out_dir)
     except ValueError as e:
         return fail("segment", flag_message(e))
-    if (classes or args.caption) and spec.kind != "open-vocabulary":
-        logger.warning("method %s is %s: --classes and --caption are not used", spec.name, spec.kind)
     inputs = output_names(args.images)
     done_before = []
     todo = []
@@ -140,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
             segmenter = Segmenter(
                 backbone, spec, batch_size=args.batch_size, resources=resources, device=args.device, **overrides
             )
+            if classes:  # the class list itself must suit the model (token budget) before any image
+                from ..plan import Query
+
+                spec.plan(segmenter.config, Query(classes=classes, caption=args.caption), backbone, {})
         except ValueError as e:
             return fail("segment", flag_message(e))
     _segment_all(args, segmenter, todo, classes, out_dir, failed)

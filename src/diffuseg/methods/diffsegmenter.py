@@ -51,7 +51,7 @@ from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, class_prompt, token_spans
 from ..labeling.vocabulary import background_index
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
-from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
+from ..plan import LATENT_MODES, Pass, Query, Resource, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
 
@@ -67,7 +67,7 @@ class DiffSegmenterConfig:
             "a photograph of {c}"; voc10 / coco: "a photography of {c}").
         use_caption: continue each class prompt with the query's caption (", " + caption) when
             it has one (the reference continues the prefix with a BLIP caption).
-        emphasis: weight of the class tokens' embeddings (Compel ``++`` = 1.1^2 = 1.21, l.478).
+        emphasis: weight of the class tokens' embeddings (Compel ``++`` = 1.1^2 = 1.21, l.467-485).
         level_weights: weight of each UNet attention level from the coarsest to the finest
             (reference ``weight = [0.3, 0.5, 0.1, 0.1]`` for 8, 16, 32, 64 on SD 1.x, l.425).
             A model with fewer levels uses the first ones (SDXL: 0.3, 0.5).
@@ -151,11 +151,11 @@ def plan(
     tokenizer = _tokenizer(backbone)
     caption = query.caption if config.use_caption and query.caption else None
     prompts, weights = [], []
+    prompts_in = [class_prompt(tokenizer, config.template, name, caption) for _, name in rows]
     captioner = (resources or {}).get("captioner") if config.use_caption and caption is None else None
-    for _, name in rows:
-        prompt = class_prompt(tokenizer, config.template, name, caption)
-        if captioner is not None and query.image is not None:
-            prompt = _captioned(captioner, query.image, prompt, tokenizer)
+    if captioner is not None and query.image is not None:
+        prompts_in = _captioned(captioner, query.image, prompts_in, tokenizer)
+    for (_, name), prompt in zip(rows, prompts_in, strict=True):
         ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
         (positions,) = token_spans(tokenizer, ids, [name])
         prompts.append(prompt)
@@ -173,19 +173,25 @@ def plan(
     )
 
 
-def _captioned(captioner: Any, image: Any, prefix: str, tokenizer: Any) -> str:
-    """The captioner's continuation of `prefix` for `image` (the caption must start with the
-    prefix, as BLIP's conditional captions do; otherwise it is appended after ", ")."""
+def _captioned(captioner: Any, image: Any, prefixes: list[str], tokenizer: Any) -> list[str]:
+    """The captioner's continuation of each prefix for `image` (a caption must start with its
+    prefix, as BLIP's conditional captions do; otherwise it is appended after ", "), cut to the
+    text encoder's budget."""
     from ..imageio import as_pil
     from ..labeling.spans import token_budget
 
-    text = str(captioner(as_pil(image), prefix)).strip()
-    if not text.lower().startswith(prefix.lower()):
-        text = f"{prefix}, {text}"
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    if len(ids) > token_budget(tokenizer):  # keep the class prompt whole; cut the caption's tail
-        text = tokenizer.decode(ids[: token_budget(tokenizer)])
-    return text
+    pil = as_pil(image)
+    many = getattr(captioner, "caption_many", None)
+    texts = many(pil, prefixes) if many is not None else [captioner(pil, p) for p in prefixes]
+    out = []
+    budget = token_budget(tokenizer)
+    for prefix, text in zip(prefixes, texts, strict=True):
+        text = str(text).strip()
+        if not text.lower().startswith(prefix.lower()):
+            text = f"{prefix}, {text}"
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        out.append(tokenizer.decode(ids[:budget]) if len(ids) > budget else text)  # the prefix fits
+    return out
 
 
 def _row_scores(features: Features, row: int, name: str, config: DiffSegmenterConfig) -> torch.Tensor:
@@ -259,6 +265,22 @@ def segment(
     )
 
 
+def _load_captioner(value: str, device: Any, dtype: Any) -> Any:
+    from ..labeling.captioner import load_captioner
+
+    return load_captioner(value, device, dtype)
+
+
+#: An optional captioner: ``captioner(image, prefix) -> caption`` continuing each class prompt
+#: (a string loads BLIP, `diffuseg.labeling.captioner`). Used when the query has no caption.
+CAPTIONER = Resource(
+    "captioner",
+    "an image captioner that continues each class prompt (a BLIP captioning model: folder or hub id)",
+    load=_load_captioner,
+    required=False,
+)
+
+
 def working_bytes(tokens: int) -> int:
     """Peak memory of `segment` beyond the recording: one row's copy of the finest (N, N)
     self-attention while its scores are refined (the rows are processed one at a time)."""
@@ -274,6 +296,7 @@ SPEC = MethodSpec(
     description="DiffSegmenter (arXiv 2309.02773): class-token cross-attention refined by self-attention; "
     "needs --classes.",
     presets=PRESETS,
+    resources=(CAPTIONER,),
     needs_classes=True,
     working_bytes=working_bytes,
 )
