@@ -10,9 +10,11 @@ class names, each in a fresh process (so the peak resident memory, VmHWM, is its
   call per class; the reference also runs an unconditional half that it discards, which is
   not counted here, so the baseline is the cheaper one).
 
-Target: batched <= 0.6x the sequential time on CPU.
+Target: batched <= 0.6x the sequential time on CPU. On a GPU (``--device cuda --dtype fp16``)
+the peak is the CUDA allocator's (`torch.cuda.max_memory_allocated`) and times are synchronised.
 
     ./run python benchmarks/bench_diffsegmenter.py [--size 512] [--classes 5] [--threads 2]
+                                                  [--device cpu|cuda] [--dtype fp32|fp16|bf16]
 """
 
 from __future__ import annotations
@@ -67,26 +69,39 @@ def build_backbone():
     )
 
 
-def child(variant: str, size: int, num_classes: int) -> None:
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child(variant: str, size: int, num_classes: int, device: str = "cpu", dtype: str = "fp32") -> None:
     """Time one variant (after a warm-up at 64 px) and print seconds, peak MB, model calls."""
     from diffuseg.plan import Query
     from diffuseg.segmenter import Segmenter
 
-    backbone = build_backbone()
+    backbone = build_backbone().to(device, DTYPES[dtype])
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(1))
     classes = CLASSES[:num_classes]
     seg = Segmenter(backbone, "diffsegmenter", image_size=size)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
     seg(Query(image=image[:, :64, :64], classes=classes[:1]), gen)  # warm-up (small)
     calls = seg.model_calls
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
     t0 = time.perf_counter()
     if variant == "batched":
         seg(Query(image=image, classes=classes), gen)
     else:
         for c in classes:
             seg(Query(image=image, classes=(c,)), gen)
+    _sync(device)
     seconds = time.perf_counter() - t0
-    print(f"{seconds:.3f} {peak_rss_mb():.0f} {seg.model_calls - calls}")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
+    print(f"{seconds:.3f} {peak:.0f} {seg.model_calls - calls}")
 
 
 def main() -> None:
@@ -94,26 +109,29 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--classes", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        child(args.child, args.size, args.classes)
+        child(args.child, args.size, args.classes, args.device, args.dtype)
         return
+    memory = "peak CUDA memory" if args.device.startswith("cuda") else "peak RSS"
     print(
         f"DiffSegmenter, SD-1.5-shaped UNet + VAE + CLIP text encoder (random weights), "
-        f"{args.size}x{args.size}, {args.classes} classes, {args.threads} threads"
+        f"{args.size}x{args.size}, {args.classes} classes, {args.device} {args.dtype}, {args.threads} threads"
     )
     results = {}
     for variant in ("sequential", "batched"):
         out = subprocess.run(
             [sys.executable, __file__, "--child", variant, "--size", str(args.size), "--classes", str(args.classes),
-             "--threads", str(args.threads)],
+             "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype],
             capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
         seconds, peak, calls = float(out[0]), float(out[1]), int(out[2])
         results[variant] = seconds
-        print(f"  {variant:10s}: {seconds:7.2f} s  peak RSS {peak:6.0f} MB  model calls {calls}")
+        print(f"  {variant:10s}: {seconds:7.2f} s  {memory} {peak:6.0f} MB  model calls {calls}")
     ratio = results["batched"] / results["sequential"]
     print(f"batched / sequential time: {ratio:.2f}x (target <= 0.6x)")
 

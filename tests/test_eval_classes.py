@@ -150,7 +150,7 @@ def test_cli_classes_and_tune_background(registered, dataset, tmp_path, capsys):
     base = ["eval", "--dataset", "synthetic", "--limit", "1", "--no-progress", "--out", str(tmp_path)]
     assert main([*base, "--method", "slic", "--tune-background"]) == 2
     err = capsys.readouterr().err
-    assert "tune_background" in err and "background_score" in err and "'slic'" in err
+    assert "--tune-background" in err and "background_score" in err and "'slic'" in err
     assert main([*base, "--method", "slic", "--classes", "oracle"]) == 2
     assert "invalid choice: 'oracle'" in capsys.readouterr().err
     assert main([*base, "--method", SPEC.name, "--classes", "gt-labels", "--tune-background"]) == 0

@@ -247,21 +247,21 @@ def segment(
     up = F.interpolate(per_row[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     up = minmax(up)  # (P, H, W) in [0, 1]
     k = len(query.classes)
-    scores = torch.full((k, *size), -math.inf)
+    scores = torch.full((k, *size), -math.inf, device=up.device)
     bg = background_index(query.classes)
     if bg is not None:
         scores[bg] = config.background_score
     for r, (c, _) in enumerate(rows):
         scores[c] = torch.maximum(scores[c], up[r])  # synonyms merge by max
     labels = scores.argmax(0)
-    class_score = torch.zeros(k)
+    class_score = torch.zeros(k, device=up.device)
     for c in labels.unique().tolist():
         class_score[c] = scores[c][labels == c].mean()
     return Segmentation(
-        labels=labels,
+        labels=labels.cpu(),
         names=list(query.class_names),
-        scores=class_score,
-        extras={"class_scores": scores.clamp_min(0)},
+        scores=class_score.cpu(),
+        extras={"class_scores": scores.clamp_min(0).cpu()},
     )
 
 
