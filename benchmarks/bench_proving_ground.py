@@ -10,7 +10,9 @@ in training, with the toy model (or any diffusers folder):
   the query's classes): an oracle baseline;
 * DiffSegmenter with the image-level ground-truth labels (``gt-labels``, the papers' setting) and
   with all 11 classes (true open vocabulary), each with and without the scene's caption as the
-  `Query` caption (the runner passes the dataset's caption; note it names the classes present).
+  `Query` caption (the runner passes the dataset's caption; note it names the classes present);
+* MaskDiffusion with ``gt-labels`` and with all classes; its k-means variant with the silhouette
+  rule for K (the default) and with the reference's oracle K (the number of ground-truth labels).
 
 Unsupervised methods and baselines are scored with per-image Hungarian matching, open-vocabulary
 methods by their class names. ``--tune METHOD`` chooses settings on the *test* split (never on
@@ -49,12 +51,20 @@ EXTRA_ROWS = (
     ("diffsegmenter, all 11 classes", "diffsegmenter", {}, {"classes": "all"}),
     ("diffsegmenter, no caption", "diffsegmenter", {"use_caption": False}, {"classes": "gt-labels"}),
     ("diffsegmenter, all 11 classes, no caption", "diffsegmenter", {"use_caption": False}, {"classes": "all"}),
+    ("maskdiffusion, all 11 classes", "maskdiffusion", {}, {"classes": "all"}),
+    (
+        "maskdiffusion-kmeans (oracle K: number of ground-truth labels)",
+        "maskdiffusion-kmeans",
+        {"k_rule": "query-classes"},
+        {"classes": "gt-labels"},
+    ),
 )
 #: Per-method settings of the default rows: kmeans-color with K = the number of classes in the
 #: ground truth; DiffSegmenter with the image-level ground-truth labels (the papers' setting).
 ROW_SETTINGS = {
     "kmeans-color": ({"num_clusters": None}, {"classes": "gt-labels"}),
     "diffsegmenter": ({}, {"classes": "gt-labels"}),
+    "maskdiffusion": ({}, {"classes": "gt-labels"}),
 }
 
 
@@ -250,6 +260,38 @@ def tune(backbone, method: str, native: int, num_scenes: int = 40) -> tuple[dict
     return best, scores
 
 
+#: Settings tried by ``--tune`` through the eval runner (pass settings included: one model pass
+#: per scene and entry), with the method's row settings (e.g. ``gt-labels`` classes).
+EVAL_TUNE_GRIDS = {
+    "maskdiffusion": [
+        {"timestep": t, "attention_levels": levels} for t in (0, 300) for levels in ((0, 1), (1, 2), (2,))
+    ],
+    "maskdiffusion-kmeans": [{"timestep": t, "image_size": size} for t in (0, 300, 500) for size in (64, 128)],
+}
+
+
+def tune_by_eval(backbone, method: str, num_scenes: int = 40) -> tuple[dict, dict]:
+    """Settings of `method` chosen on the *test* split by running the eval runner for every entry
+    of `EVAL_TUNE_GRIDS`. Returns the best overrides and {"setting": mIoU}."""
+    ds = SyntheticScenes("test", num_scenes)
+    overrides0, options = ROW_SETTINGS.get(method, ({}, {}))
+    scores: dict[str, float] = {}
+    best, best_score = {}, -1.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in EVAL_TUNE_GRIDS[method]:
+            overrides = {**overrides0, **entry}
+            gen = torch.Generator().manual_seed(0)
+            report = evaluate(
+                ds, method, backbone=backbone, config_overrides=overrides, out_dir=tmp, overwrite=True, generator=gen,
+                **options,
+            )  # fmt: skip
+            key = ",".join(f"{k}={_show(v)}" for k, v in entry.items())
+            scores[key] = miou = report["metrics"]["miou"]
+            if miou > best_score:
+                best, best_score = entry, miou
+    return best, scores
+
+
 def segmentation_figure(backbone, methods: dict[str, dict], path: str, num: int = 6) -> None:
     """Image / ground truth / one column per method (its preset) for `num` held-out scenes, as a PNG."""
     from PIL import Image, ImageDraw
@@ -346,7 +388,7 @@ def _classes_cell(row: dict) -> str:
 
 def _show(value) -> str:
     if isinstance(value, (tuple, list)):
-        return f"{value[0]}x{len(value)}" if len(set(value)) == 1 else ",".join(map(str, value))
+        return f"{value[0]}x{len(value)}" if len(value) > 1 and len(set(value)) == 1 else ",".join(map(str, value))
     return "native" if value is None else str(value)
 
 
@@ -405,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tune",
         action="append",
         default=[],
-        choices=sorted(TUNE_GRIDS),
+        choices=sorted({*TUNE_GRIDS, *EVAL_TUNE_GRIDS}),
         help="tune this method's settings on the test split (repeatable); not used for the rows",
     )
     args = parser.parse_args(argv)
@@ -434,7 +476,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(result)
     tuning = {}
     for method in args.tune:
-        best, tuning[method] = tune(backbone, method, native)
+        if method in EVAL_TUNE_GRIDS:
+            best, tuning[method] = tune_by_eval(backbone, method)
+        else:
+            best, tuning[method] = tune(backbone, method, native)
         logger.info("tuned %s on the test split: %s", method, best)
     if args.figure:
         segmentation_figure(

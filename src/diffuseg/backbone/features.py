@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,7 +12,7 @@ import torch
 
 __all__ = ["FeatureRequest", "Features"]
 
-_NORMALIZATIONS = ("softmax", "none")
+_NORMALIZATIONS = ("softmax", "none", "log")
 
 
 def _merge_layers(a: bool | tuple[str, ...], b: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
@@ -35,7 +36,11 @@ class FeatureRequest:
         hidden_states: diffusers module paths whose forward outputs are recorded with forward
             hooks (e.g. ``"down_blocks.2.attentions.1.transformer_blocks.3.attn1"``).
         normalization: ``"softmax"`` records attention probabilities (rows sum to 1);
-            ``"none"`` records exp(QK^T / sqrt(d)) unnormalised (MaskDiffusion).
+            ``"none"`` records exp(QK^T / sqrt(d)) unnormalised (overflows to inf in float32
+            once a logit passes ~88); ``"log"`` records the same unnormalised attention as its
+            logarithm: log of the head mean of exp(QK^T / sqrt(d)) (or each head's logits),
+            with layer means taken in log space (logaddexp), so nothing overflows and exp() of
+            the record is the unnormalised attention (MaskDiffusion).
         average_heads: average heads at record time: (B*heads, N, M) -> (B, N, M).
         per_layer: keep one map per layer; otherwise a running mean per resolution.
         early_exit: stop the UNet as soon as everything requested has been recorded
@@ -45,7 +50,7 @@ class FeatureRequest:
     self_attention: bool | tuple[str, ...] = False
     cross_attention: bool | tuple[str, ...] = False
     hidden_states: tuple[str, ...] = ()
-    normalization: Literal["softmax", "none"] = "softmax"
+    normalization: Literal["softmax", "none", "log"] = "softmax"
     average_heads: bool = True
     per_layer: bool = False
     early_exit: bool = False
@@ -133,7 +138,8 @@ class Features:
             with it, `diffuseg.labeling.spans`), or None.
         latent_size: (h, w) of the VAE latent.
         timestep: the UNet timestep of the pass.
-        normalization: how attention was normalised ("softmax" or "none").
+        normalization: how attention was normalised ("softmax", "none" or "log"; see
+            `FeatureRequest.normalization`).
         meta: per-image JSON-serialisable facts (original size, crop box, file name...).
     """
 
@@ -174,16 +180,24 @@ class Features:
 
         Per-layer maps are combined with equal weight per layer; per-resolution running means
         are weighted by the number of layers they hold, so both modes give the same answer.
+        "log" maps (`FeatureRequest.normalization`) are averaged as exp() and stay logs.
         """
         maps = self.self_attention if kind == "self" else self.cross_attention
+        log = self.normalization == "log"
         sums: dict[tuple[int, int], torch.Tensor] = {}
         counts: dict[tuple[int, int], int] = {}
         for key, value in maps.items():
             size = self.layer_sizes[key]
             n = self.layer_counts.get(key, 1)
-            sums[size] = sums[size] + value * n if size in sums else value * n
+            if log:
+                term = value + math.log(n)
+                sums[size] = torch.logaddexp(sums[size], term) if size in sums else term
+            else:
+                sums[size] = sums[size] + value * n if size in sums else value * n
             counts[size] = counts.get(size, 0) + n
         order = sorted(sums, key=lambda s: s[0] * s[1], reverse=True)
+        if log:
+            return {s: sums[s] - math.log(counts[s]) for s in order}
         return {s: sums[s] / counts[s] for s in order}
 
     def select(self, index: int) -> Features:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["deepest_encoder_self_attention", "attention_grids", "finest_attention_layers"]
+__all__ = ["deepest_encoder_self_attention", "attention_grids", "attention_levels", "finest_attention_layers"]
 
 
 def deepest_encoder_self_attention(unet: nn.Module) -> str:
@@ -62,11 +62,10 @@ def attention_grids(unet: nn.Module, latent_size: tuple[int, int]) -> dict[str, 
     return grids
 
 
-def finest_attention_layers(unet: nn.Module, kind: str = "attn1") -> tuple[str, ...]:
-    """Diffusers paths of the `kind` ("attn1" self / "attn2" cross) attention layers on the
-    finest token grid: the first encoder level with attention and its decoder twin (SD 1.x/2.x:
-    ``down_blocks.0`` and ``up_blocks.3``, 64x64 at 512 px; SDXL: ``down_blocks.1`` and
-    ``up_blocks.1``). The set depends only on the UNet's structure, not on the input size.
+def attention_levels(unet: nn.Module, kind: str = "attn1") -> list[tuple[str, ...]]:
+    """Diffusers paths of the `kind` ("attn1" self / "attn2" cross) attention layers grouped by
+    token grid, from the coarsest level to the finest (SD 1.x at 512 px: 8, 16, 32, 64; the
+    mid block shares the coarsest). The grouping depends only on the UNet's structure.
 
     Raises:
         ValueError: on an unknown `kind` or a UNet without such layers.
@@ -77,8 +76,15 @@ def finest_attention_layers(unet: nn.Module, kind: str = "attn1") -> tuple[str, 
     grids = {k: v for k, v in attention_grids(unet, (side, side)).items() if k.endswith(kind)}
     if not grids:
         raise ValueError(f"this UNet has no {kind} attention layers.")
-    finest = max(h * w for h, w in grids.values())
-    return tuple(k for k, (h, w) in grids.items() if h * w == finest)
+    areas = sorted({h * w for h, w in grids.values()})
+    return [tuple(k for k, (h, w) in grids.items() if h * w == a) for a in areas]
+
+
+def finest_attention_layers(unet: nn.Module, kind: str = "attn1") -> tuple[str, ...]:
+    """The `kind` attention layers on the finest token grid: the first encoder level with
+    attention and its decoder twin (SD 1.x/2.x: ``down_blocks.0`` and ``up_blocks.3``, 64x64 at
+    512 px; SDXL: ``down_blocks.1`` and ``up_blocks.1``). See `attention_levels`."""
+    return attention_levels(unet, kind)[-1]
 
 
 def _name_grid(grids: dict[str, tuple[int, int]], prefix: str, block: nn.Module, grid: tuple[int, int]) -> None:

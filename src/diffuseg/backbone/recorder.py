@@ -53,12 +53,14 @@ class AttentionStore:
     """Buffers filled by the recording processors and hooks of one `record()` scope.
 
     `maps[kind][key]` holds a float32 tensor; in per-resolution mode it is a running mean over
-    `counts[kind][key]` layers. `hidden[path]` holds module outputs (float32).
+    `counts[kind][key]` layers (with `log_space`, of the exp of log maps, kept as a log:
+    ``log((n e^old + e^new) / (n + 1))``). `hidden[path]` holds module outputs (float32).
     """
 
     latent_size: tuple[int, int]
     per_layer: bool
     batch_slice: slice | None = None
+    log_space: bool = False
     maps: dict[str, dict[str, torch.Tensor]] = field(default_factory=lambda: {"self": {}, "cross": {}})
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {"self": {}, "cross": {}})
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -81,7 +83,11 @@ class AttentionStore:
             counts[key] = 1
         else:
             n = counts[key]
-            store[key].mul_(n / (n + 1)).add_(value, alpha=1.0 / (n + 1))  # running mean, in place
+            if self.log_space:  # the mean of exp(maps), as a log: no overflow
+                old = store[key].add_(math.log(n / (n + 1)))
+                torch.logaddexp(old, value + math.log(1.0 / (n + 1)), out=old)
+            else:
+                store[key].mul_(n / (n + 1)).add_(value, alpha=1.0 / (n + 1))  # running mean, in place
             counts[key] = n + 1
         self.sizes[key] = size
         self._tick()
@@ -108,7 +114,8 @@ class RecordingAttnProcessor:
         layer: diffusers path of the layer (``...attn1`` or ``...attn2``).
         store: where maps go.
         normalization: "softmax" records probabilities; "none" records exp(QK^T * scale)
-            (MaskDiffusion's unnormalised attention). The layer output always uses softmax.
+            (MaskDiffusion's unnormalised attention); "log" records its logarithm, the head mean
+            taken as logsumexp - log(heads) (no overflow). The layer output always uses softmax.
         average_heads: record (B, N, M) head means instead of (B, heads, N, M).
     """
 
@@ -159,8 +166,10 @@ class RecordingAttnProcessor:
         if attention_mask is not None:
             attention_mask = attention_mask.view(batch_size, heads, -1, n_k)
         out = v.new_empty(batch_size, heads, n_q, v.shape[-1])  # (B, heads, N, d)
-        record = torch.zeros(
+        log = self.normalization == "log"
+        record = torch.full(
             (batch_size, 1 if self.average_heads else heads, n_q, n_k),
+            -math.inf if log else 0.0,
             dtype=torch.float32,
             device=q.device,
         )
@@ -178,13 +187,15 @@ class RecordingAttnProcessor:
                     scores = scores + attention_mask[:, i, r0:r1].float()
                 probs = scores.softmax(dim=-1)  # rows sum to 1
                 out[:, i, r0:r1] = torch.matmul(probs.to(v.dtype), v[:, i])
-                rec = probs if self.normalization == "softmax" else scores.exp()
-                if self.average_heads:
-                    acc.add_(rec)
-                else:
+                rec = probs if self.normalization == "softmax" else scores if log else scores.exp()
+                if not self.average_heads:
                     record[:, i, r0:r1] = rec
+                elif log:
+                    torch.logaddexp(acc, rec, out=acc)  # log of the sum of exp over heads
+                else:
+                    acc.add_(rec)
         if self.average_heads:
-            record.mul_(1.0 / heads)
+            record.sub_(math.log(heads)) if log else record.mul_(1.0 / heads)
         self.store.add_attention(self.layer, self.kind, record[:, 0] if self.average_heads else record, n_q)
         hidden_states = out.transpose(1, 2).reshape(batch_size, n_q, -1)  # (B, N, heads*d)
         hidden_states = attn.to_out[0](hidden_states)
@@ -233,7 +244,12 @@ def record(
     """
     if unet in _ACTIVE:
         raise RuntimeError("this UNet is already being recorded; nested `record()` scopes are not supported.")
-    store = AttentionStore(latent_size=latent_size, per_layer=request.per_layer, batch_slice=batch_slice)
+    store = AttentionStore(
+        latent_size=latent_size,
+        per_layer=request.per_layer,
+        batch_slice=batch_slice,
+        log_space=request.normalization == "log",
+    )
     original = dict(unet.attn_processors)
     wanted = [n for n in attention_layers(unet) if request.wants_attention(n)]
     for kind, sel in (("attn1", request.self_attention), ("attn2", request.cross_attention)):

@@ -1,4 +1,5 @@
-"""The method registry: every module in `diffuseg.methods` that defines `SPEC` joins it.
+"""The method registry: every module in `diffuseg.methods` that defines `SPEC` joins it (a
+module whose variants share their pass, like MaskDiffusion's, lists the others in `SPECS`).
 
 A method is two functions and a config:
 
@@ -123,11 +124,12 @@ def _discover() -> dict[str, MethodSpec]:
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
-        spec = getattr(module, "SPEC", None)
-        if isinstance(spec, MethodSpec):
-            if spec.name in found:
-                raise RuntimeError(f"two methods register the name {spec.name!r}.")
-            found[spec.name] = spec
+        specs = (getattr(module, "SPEC", None), *getattr(module, "SPECS", ()))
+        for spec in specs:
+            if isinstance(spec, MethodSpec):
+                if spec.name in found:
+                    raise RuntimeError(f"two methods register the name {spec.name!r}.")
+                found[spec.name] = spec
     return found
 
 
