@@ -82,3 +82,39 @@ def test_diffcut_protocol_asks_for_assignment_at_the_scoring_size():
     q = _protocol_query(get_protocol("diffcut"))
     assert (q.size, q.resize_mode, q.label_size) == (1024, "crop", 128)
     assert _protocol_query(get_protocol("diffseg")).label_size is None
+
+
+def test_maskdiffusion_protocol_squashes_at_512_and_scores_at_256_by_352(tmp_path):
+    """The method is told 512 px, squashed; labels and predictions are scored on 256 x 352; a
+    resumed run accepts the (H, W) score grid of its fingerprint."""
+    from diffuseg.eval import ArrayDataset, evaluate
+    from diffuseg.eval.protocols import get_protocol, to_score_grid
+    from diffuseg.types import Sample
+
+    proto = get_protocol("maskdiffusion")
+    assert proto.query_size == 512 and proto.label_size == 352 and proto.resize_mode == "squash"
+    label = np.zeros((64, 128), np.int64)
+    label[:, 64:] = 1
+    assert to_score_grid(label, proto).shape == (256, 352)
+    image = Image.fromarray(np.zeros((64, 128, 3), np.uint8))
+    ds = ArrayDataset("two", ["x", "y"], [Sample("a", image, label)])
+    seen = []
+
+    def factory(*args, **kwargs):
+        from diffuseg.segmenter import Segmenter
+
+        seg = Segmenter(*args, **kwargs)
+        inner = seg.segment_batch
+
+        def spy(queries, *a, **k):
+            seen.extend((q.size, q.resize_mode, q.label_size) for q in queries)
+            return inner(queries, *a, **k)
+
+        seg.segment_batch = spy
+        return seg
+
+    report = evaluate(ds, "single-segment", protocol="maskdiffusion", out_dir=tmp_path, segmenter_factory=factory)
+    assert seen == [(512, "squash", 352)]
+    assert report["metrics"]["num_pixels"] == 256 * 352
+    again = evaluate(ds, "single-segment", protocol="maskdiffusion", out_dir=tmp_path, resume=True)
+    assert again["metrics"] == report["metrics"]

@@ -50,7 +50,8 @@ def register(subparsers: Any) -> None:
         default="full",
         choices=sorted(PROTOCOLS),
         help="crop / resolution preset (default full: the whole image, scored at full resolution; "
-        "diffseg / diffcut fix the model input at 512 / 1024 px, so --size goes with full only)",
+        "diffseg / diffcut / maskdiffusion fix the model input at 512 / 1024 / 512 px, so --size goes "
+        "with full only; maskdiffusion scores at 256 x 352 as its Cityscapes evaluation)",
     )
     p.add_argument(
         "--matching",
@@ -142,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
         overrides = method_overrides(args, spec.name, args._owners)
         config = spec.make_config(None, **overrides)
         protocol = get_protocol(args.protocol)
-        if protocol.input_size is not None and getattr(args, "image_size", None) is not None:
+        if protocol.query_size is not None and getattr(args, "image_size", None) is not None:
             raise ValueError(
-                f"--protocol {protocol.name} fixes the model input at {protocol.input_size} px; "
+                f"--protocol {protocol.name} fixes the model input at {protocol.query_size} px; "
                 "--size applies with --protocol full."
             )
         check_runtime(args)

@@ -16,6 +16,12 @@ Presets:
     ``round((size - side) / 2)``), image resized to 1024 (bilinear, no antialias), label to
     1024 (nearest-exact), then the label is nearest-downsampled to 128 x 128
     (``F.interpolate`` default) and the prediction likewise; scored at 128 x 128.
+``maskdiffusion``
+    MaskDiffusion's Cityscapes evaluation (``scripts/run.py``): the whole image squashed to the
+    model's 512 x 512 input (by the method, ``resize_mode="squash"``), the label resized from
+    full resolution to 256 x 352 with PIL NEAREST (pixel centres), the prediction likewise;
+    scored at 256 x 352. (The reference resizes its score maps bilinearly to 256 x 352 and
+    takes the argmax there; here the labels are resized, nearest.)
 ``full``
     No crop, the label at its full resolution (the default for new numbers). The method sees
     the whole image (``resize_mode="keep_aspect"``) at its own input size, and its labels are
@@ -54,28 +60,56 @@ class Protocol:
         input_size: side of the square image given to the method, or None to keep the size.
         label_nearest: label resize rule to `input_size`: ``"floor"`` (index i * in / out) or
             ``"exact"`` (index (i + 0.5) * in / out; PIL NEAREST, torch nearest-exact).
-        score_size: side of the square grid scored, or None to score at the label's size after
-            crop and resize. Label and prediction are downsampled with ``"floor"`` nearest.
+        score_size: side of the square grid scored, an (H, W) grid, or None to score at the
+            label's size after crop and resize. Label and prediction are downsampled with the
+            `score_nearest` rule.
         resize_mode: how the method fits the prepared image to its input (`Query.resize_mode`;
             the protocols' prepared images are square already for "crop").
+        model_size: the model input side the method is told (`Query.size`) when the protocol
+            does not resize the image itself (`input_size` None); the method fits the image with
+            `resize_mode`.
+        score_nearest: nearest rule of the downsampling to `score_size` ("floor" or "exact").
     """
 
     name: str
     crop: Literal["none", "square", "square-minus-one"] = "none"
     input_size: int | None = None
     label_nearest: Literal["floor", "exact"] = "floor"
-    score_size: int | None = None
+    score_size: int | tuple[int, int] | None = None
     resize_mode: str = "keep_aspect"
+    model_size: int | None = None
+    score_nearest: Literal["floor", "exact"] = "floor"
 
     def __post_init__(self) -> None:
         if self.crop not in _CROPS:
             raise ValueError(f"`crop` must be one of {_CROPS}, got {self.crop!r}.")
-        if self.label_nearest not in _NEAREST:
-            raise ValueError(f"`label_nearest` must be one of {_NEAREST}, got {self.label_nearest!r}.")
-        for name in ("input_size", "score_size"):
+        for name in ("label_nearest", "score_nearest"):
+            if getattr(self, name) not in _NEAREST:
+                raise ValueError(f"`{name}` must be one of {_NEAREST}, got {getattr(self, name)!r}.")
+        if isinstance(self.score_size, (tuple, list)):
+            if len(self.score_size) != 2 or any(not isinstance(v, int) or v < 1 for v in self.score_size):
+                raise ValueError(
+                    f"`score_size` must be a positive int, an (H, W) pair or None, got {self.score_size!r}."
+                )
+            object.__setattr__(self, "score_size", tuple(self.score_size))
+        for name in ("input_size", "model_size") + (() if isinstance(self.score_size, tuple) else ("score_size",)):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"`{name}` must be a positive int or None, got {v!r}.")
+        if self.input_size is not None and self.model_size is not None:
+            raise ValueError("give `input_size` (the protocol resizes) or `model_size` (the method resizes), not both.")
+
+    @property
+    def query_size(self) -> int | None:
+        """The model input side the method is told (`Query.size`), or None."""
+        return self.input_size if self.input_size is not None else self.model_size
+
+    @property
+    def label_size(self) -> int | None:
+        """The longer side of the scoring grid (`Query.label_size`), or None."""
+        if isinstance(self.score_size, tuple):
+            return max(self.score_size)
+        return self.score_size
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -88,6 +122,9 @@ PROTOCOLS: dict[str, Protocol] = {
         label_nearest="exact",
         score_size=128,
         resize_mode="crop",
+    ),
+    "maskdiffusion": Protocol(
+        "maskdiffusion", model_size=512, resize_mode="squash", score_size=(256, 352), score_nearest="exact"
     ),
     "full": Protocol("full", crop="none", resize_mode="keep_aspect"),
 }
@@ -175,4 +212,5 @@ def to_score_grid(array: np.ndarray, protocol: Protocol) -> np.ndarray:
     """Downsample a label or prediction map to the protocol's scoring grid (floor nearest)."""
     if protocol.score_size is None:
         return array
-    return resize_nearest(array, (protocol.score_size, protocol.score_size), "floor")
+    size = protocol.score_size if isinstance(protocol.score_size, tuple) else (protocol.score_size,) * 2
+    return resize_nearest(array, size, protocol.score_nearest)

@@ -367,9 +367,9 @@ def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> 
         classes=tuple((n,) for n in class_names) or None,  # None: no classes (an all-ignore label map)
         caption=sample.meta.get("caption"),
         id=str(sample.id),
-        size=proto.input_size,
+        size=proto.query_size,
         resize_mode=proto.resize_mode,
-        label_size=proto.score_size,
+        label_size=proto.label_size,
     )
 
 
