@@ -53,6 +53,13 @@ EXTRA_ROWS = (
     ("diffsegmenter, all 11 classes, no caption", "diffsegmenter", {"use_caption": False}, {"classes": "all"}),
     ("maskdiffusion, all 11 classes", "maskdiffusion", {}, {"classes": "all"}),
     (
+        "maskdiffusion (paper: t 0, levels 0,1)",
+        "maskdiffusion",
+        {"timestep": 0, "attention_levels": (0, 1)},
+        {"classes": "gt-labels"},
+    ),
+    ("maskdiffusion-kmeans (paper: t 0, native size)", "maskdiffusion-kmeans", {"timestep": 0, "image_size": None}, {}),
+    (
         "maskdiffusion-kmeans (oracle K: number of ground-truth labels)",
         "maskdiffusion-kmeans",
         {"k_rule": "query-classes"},

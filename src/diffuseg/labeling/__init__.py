@@ -26,6 +26,7 @@ from .vocabulary import (
     background_index,
     dataset_vocabularies,
     load_classes,
+    name_rows,
     parse_classes,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "PLACEHOLDER",
     "Vocabulary",
     "background_index",
+    "name_rows",
     "check_template",
     "class_prompt",
     "dataset_vocabularies",

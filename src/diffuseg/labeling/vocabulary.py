@@ -181,3 +181,11 @@ def background_index(classes: Sequence[str | Sequence[str]]) -> int | None:
         if any(str(n).strip().lower() == BACKGROUND for n in names):
             return i
     return None
+
+
+def name_rows(classes: Vocabulary) -> list[tuple[int, str]]:
+    """(class index, name) for every name, synonyms included, of every class except the
+    background class (`background_index`), in class order: the names open-vocabulary methods
+    look for (a class then scores the best of its names)."""
+    bg = background_index(classes)
+    return [(k, name) for k, names in enumerate(classes) if k != bg for name in names]

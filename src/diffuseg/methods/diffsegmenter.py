@@ -39,7 +39,6 @@ prefer there).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,8 +48,9 @@ import torch.nn.functional as F
 
 from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, class_prompt, token_spans
-from ..labeling.vocabulary import background_index
+from ..labeling.vocabulary import background_index, name_rows
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
+from ..ops.masks import class_scores
 from ..plan import LATENT_MODES, Pass, Query, Resource, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
@@ -118,10 +118,8 @@ PRESETS: dict[str, dict[str, Any]] = {}
 
 
 def class_rows(query: Query) -> list[tuple[int, str]]:
-    """The prompt rows of a query: (class index, name) for every name (synonyms included) of
-    every class except a "background" class, in class order."""
-    bg = background_index(query.classes)
-    return [(k, name) for k, names in enumerate(query.classes) if k != bg for name in names]
+    """The prompt rows of a query: one per name of `labeling.vocabulary.name_rows`."""
+    return name_rows(query.classes)
 
 
 def _tokenizer(backbone: Any) -> Any:
@@ -247,12 +245,8 @@ def segment(
     up = F.interpolate(per_row[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     up = minmax(up)  # (P, H, W) in [0, 1]
     k = len(query.classes)
-    scores = torch.full((k, *size), -math.inf, device=up.device)
     bg = background_index(query.classes)
-    if bg is not None:
-        scores[bg] = config.background_score
-    for r, (c, _) in enumerate(rows):
-        scores[c] = torch.maximum(scores[c], up[r])  # synonyms merge by max
+    scores = class_scores(up, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
     labels = scores.argmax(0)
     class_score = torch.zeros(k, device=up.device)
     for c in labels.unique().tolist():

@@ -45,7 +45,6 @@ Departures from the published code, on purpose:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +54,8 @@ import torch.nn.functional as F
 
 from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, joined_prompt, token_spans
-from ..labeling.vocabulary import background_index
+from ..labeling.vocabulary import background_index, name_rows
+from ..ops.masks import class_scores
 from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class_maps
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
@@ -166,12 +166,6 @@ class MaskDiffusionKMeansConfig(_PassSettings):
 # ----------------------------------------------------------------------------- planning
 
 
-def _names(query: Query) -> list[tuple[int, str]]:
-    """(class index, name) for every name (synonyms included) except a background class."""
-    bg = background_index(query.classes)
-    return [(k, name) for k, names in enumerate(query.classes) if k != bg for name in names]
-
-
 def _request(config: _PassSettings, backbone: Any, cross_levels: tuple[int, ...]) -> FeatureRequest:
     from ..backbone.layers import attention_levels
 
@@ -198,7 +192,7 @@ def _request(config: _PassSettings, backbone: Any, cross_levels: tuple[int, ...]
 def plan(config: MaskDiffusionConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
     """One pass at `timestep` on the clean latent with all class names in one prompt, recording
     the coarse levels' log unnormalised cross-attention and the up-block outputs."""
-    rows = _names(query)
+    rows = name_rows(query.classes)
     if not rows:
         raise ValueError(
             "`classes` must name at least one class other than 'background' for MaskDiffusion "
@@ -266,7 +260,7 @@ def segment(
         raise ValueError("`features` holds no log cross-attention; record it with MaskDiffusion's plan.")
     feats = _features(features, config)
     grid = tuple(feats.shape[-2:])
-    rows = _names(query)
+    rows = name_rows(query.classes)
     spans = token_spans(features.tokenizer, features.token_ids[0].tolist(), [n for _, n in rows])
     log_maps = {hw: m[0] for hw, m in features.by_resolution("cross").items()}
     counts: dict[tuple[int, int], int] = {}
@@ -276,13 +270,9 @@ def segment(
     attention = unnormalised_class_maps(log_maps, counts, spans, grid)  # (K', h, w)
     per_name = prototype_scores(feats, attention.to(feats.device))
     k = len(query.classes)
-    scores = torch.full((k, *grid), -math.inf, device=per_name.device)
     bg = background_index(query.classes)
-    if bg is not None:
-        scores[bg] = config.background_score
-    for r, (c, _) in enumerate(rows):
-        scores[c] = torch.maximum(scores[c], per_name[r])  # synonyms merge by max
-    full = _to_image(scores.clamp_min(-1.0), features.image_size)
+    scores = class_scores(per_name, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
+    full = _to_image(scores, features.image_size)
     labels = full.argmax(0)
     class_score = torch.zeros(k, device=full.device)
     for c in labels.unique().tolist():
@@ -291,7 +281,7 @@ def segment(
         labels=labels.cpu(),
         names=list(query.class_names),
         scores=class_score.cpu(),
-        extras={"class_attention": attention.cpu(), "class_scores": scores.clamp_min(-1.0).cpu()},
+        extras={"class_attention": attention.cpu(), "class_scores": scores.cpu()},
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["maps_to_labels", "relabel_sequential", "resize_labels"]
+__all__ = ["maps_to_labels", "relabel_sequential", "resize_labels", "class_scores"]
 
 
 def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
@@ -47,3 +47,32 @@ def maps_to_labels(maps: torch.Tensor, size: tuple[int, int], chunk: int = 16) -
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest-neighbour resize of an (H, W) int label map to `size`."""
     return F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
+
+
+def class_scores(
+    per_name: torch.Tensor,
+    classes: list[int],
+    num_classes: int,
+    background: int | None = None,
+    background_score: float = 0.0,
+) -> torch.Tensor:
+    """Per-class score maps from per-name maps: a class scores the maximum of its names (its
+    synonyms); the `background` class, if any, a constant.
+
+    Args:
+        per_name: (P, H, W) float scores, one map per name.
+        classes: the class index of each of the P names.
+        num_classes: K.
+        background: index of the class that gets the constant `background_score`, or None.
+
+    Returns:
+        (K, H, W) float32; a class with neither names nor the background role scores -inf.
+    """
+    if len(classes) != per_name.shape[0]:
+        raise ValueError(f"`classes` names {len(classes)} classes for {per_name.shape[0]} maps.")
+    out = torch.full((num_classes, *per_name.shape[-2:]), -torch.inf, device=per_name.device)
+    if background is not None:
+        out[background] = background_score
+    for row, c in enumerate(classes):
+        out[c] = torch.maximum(out[c], per_name[row].float())
+    return out
