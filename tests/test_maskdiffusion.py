@@ -192,3 +192,27 @@ def test_feature_blocks_and_levels_must_exist(tiny_backbone, quadrant_image):
         Segmenter(tiny_backbone, "maskdiffusion-kmeans", feature_blocks=(7,), image_size=32)
     with pytest.raises(ValueError, match="levels 0..3"):
         Segmenter(tiny_backbone, "maskdiffusion", attention_levels=(9,), **SHORT)
+
+
+def test_eval_under_the_maskdiffusion_protocol(tiny_backbone, tmp_path):
+    """`diffuseg eval --method maskdiffusion --protocol maskdiffusion`: the tiny model is told
+    its input side through the query (512 on SD; 32 here through a copy of the protocol)."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from diffuseg.eval import ArrayDataset, evaluate
+    from diffuseg.eval.protocols import get_protocol
+    from diffuseg.types import Sample
+
+    proto = dataclasses.replace(get_protocol("maskdiffusion"), name="maskdiffusion-tiny", model_size=32)
+    label = np.zeros((24, 40), np.int64)
+    label[:, 20:] = 1
+    image = np.zeros((24, 40, 3), np.uint8)
+    image[:, 20:] = (200, 40, 40)
+    ds = ArrayDataset("two", ["a", "b"], [Sample("x", Image.fromarray(image), label)])
+    report = evaluate(ds, "maskdiffusion", backbone=tiny_backbone, protocol=proto, out_dir=tmp_path,
+                      config_overrides={"template": "{class}"}, classes="gt-labels")  # fmt: skip
+    assert report["dataset"]["num_evaluated"] == 1 and report["matching"] == "none"
+    assert report["metrics"]["num_pixels"] == 256 * 352
