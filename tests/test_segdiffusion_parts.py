@@ -44,8 +44,8 @@ def test_widened_conv_in_keeps_the_base_function(shape):
 
 
 def test_widened_unet_round_trips_through_save_pretrained(tmp_path):
-    from diffusers import UNet2DConditionModel
     from conftest import sd1_unet_config
+    from diffusers import UNet2DConditionModel
 
     wide = widen_conv_in(_fresh_unet(sd1_unet_config))
     wide.save_pretrained(tmp_path)
@@ -95,3 +95,78 @@ def test_pyramid_noise_is_seeded_unit_variance_and_low_frequency_rich():
     assert pooled > 1.3 * torch.nn.functional.avg_pool2d(plain, 4).var()  # white noise: 1/16 +- 6%
     with pytest.raises(ValueError, match="discount"):
         pyramid_noise(shape, discount=1.0)
+
+
+def _tiny_training_setup():
+    from conftest import sd1_unet_config
+    from diffusers import DDIMScheduler
+
+    unet = widen_conv_in(_fresh_unet(sd1_unet_config)).train()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(3)
+    image = torch.randn(2, 4, 16, 16, generator=g)
+    masks = torch.randn(2, 4, 16, 16, generator=g)
+    text = torch.randn(2, 5, unet.config.cross_attention_dim, generator=g)
+    return unet, scheduler, image, masks, text
+
+
+def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch():
+    from diffuseg.segdiffusion.objective import denoising_loss
+
+    unet, scheduler, image, masks, text = _tiny_training_setup()
+
+    def loss():  # the same t and noise every time: the loss of this fixed batch
+        return denoising_loss(unet, scheduler, image, masks, text, torch.Generator().manual_seed(0))
+
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(25):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.6 * before
+
+
+def test_prediction_target_follows_the_scheduler():
+    from diffusers import DDIMScheduler
+
+    from diffuseg.segdiffusion.objective import prediction_target
+
+    z, n, t = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.tensor([10])
+    eps = DDIMScheduler(prediction_type="epsilon")
+    assert torch.equal(prediction_target(eps, z, n, t), n)
+    v = DDIMScheduler(prediction_type="v_prediction")
+    torch.testing.assert_close(prediction_target(v, z, n, t), v.get_velocity(z, n, t))
+    with pytest.raises(ValueError, match="sample"):
+        prediction_target(DDIMScheduler(prediction_type="sample"), z, n, t)
+
+
+def test_checkpoint_round_trips_bit_exactly_and_rejects_bad_folders(tmp_path):
+    import json
+
+    from diffuseg.segdiffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    unet, *_ = _tiny_training_setup()
+    save_checkpoint(tmp_path / "ck", unet, {"base_model": "tiny", "step": 7, "template": "a photo of a {class}"})
+    again, record = load_checkpoint(tmp_path / "ck")
+    assert record["step"] == 7 and record["base_model"] == "tiny"
+    for (name, a), (_, b) in zip(unet.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="segdiffusion.json not found"):
+        load_checkpoint(tmp_path / "missing")
+    (tmp_path / "ck" / "segdiffusion.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not readable JSON"):
+        load_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / "segdiffusion.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(CheckpointError, match="format 1"):
+        load_checkpoint(tmp_path / "ck")
+    plain = _fresh_unet(__import__("conftest").sd1_unet_config)  # not widened: reads 4 channels
+    save_checkpoint(tmp_path / "plain", plain, {"step": 0})
+    with pytest.raises(CheckpointError, match="reads 4 channels"):
+        load_checkpoint(tmp_path / "plain")
+    (tmp_path / "plain" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot load the mask UNet"):
+        load_checkpoint(tmp_path / "plain")
