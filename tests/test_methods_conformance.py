@@ -22,6 +22,28 @@ def _small_overrides(spec) -> dict:
     return {k: v for k, v in small.items() if k in fields}
 
 
+def _resources(spec, backbone) -> dict:
+    """Stand-ins for the extra models a method requires (tests of the plumbing only)."""
+    out = {}
+    for res in spec.resources:
+        if res.required and res.name == "checkpoint":  # Seg-diffusion: an untrained mask UNet
+            import copy
+
+            from diffuseg.segdiffusion import widen_conv_in
+            from diffuseg.segdiffusion.sampler import MaskModel
+
+            out[res.name] = MaskModel(widen_conv_in(copy.deepcopy(backbone.unet)).eval(), {})
+        elif res.required:
+            raise AssertionError(f"no test stand-in for the required resource {res.name!r} of {spec.name}")
+    return out
+
+
+def _small_overrides_for_run(spec) -> dict:
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    small = {"steps": 2, "ensemble": 2}  # samplers: a short run
+    return {**_small_overrides(spec), **{k: v for k, v in small.items() if k in fields}}
+
+
 def test_registry_lists_the_core_methods():
     names = list_methods()
     assert {"diffseg", "diffcut", "slic", "kmeans-color", "single-segment"} <= set(names)
@@ -48,9 +70,10 @@ def test_method_conformance(name, tiny_backbone, quadrant_image):
     hash(pass_)  # passes are cache and batch keys
     # one-letter names: every open-vocabulary prompt fits the tiny tokenizer's 14 tokens
     image = Query(image=quadrant_image, classes="r, g|l, b") if spec.needs_classes else quadrant_image
-    seg = Segmenter(tiny_backbone, spec, **_small_overrides(spec))
+    resources = _resources(spec, tiny_backbone)
+    seg = Segmenter(tiny_backbone, spec, resources=resources, **_small_overrides_for_run(spec))
     a = seg(image, generator=torch.Generator().manual_seed(0))
-    seg2 = Segmenter(tiny_backbone, spec, **_small_overrides(spec))
+    seg2 = Segmenter(tiny_backbone, spec, resources=resources, **_small_overrides_for_run(spec))
     b = seg2(image, generator=torch.Generator().manual_seed(0))
     labels = a.labels
     assert labels.dtype == torch.int64 and labels.ndim == 2

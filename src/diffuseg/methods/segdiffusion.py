@@ -1,0 +1,140 @@
+"""Seg-diffusion: a fine-tuned diffusion model that denoises one mask per class.
+
+QuantumScriptHub/Seg-diffusion@7e5e3c1 fine-tunes an SD 2 UNet, Marigold-style, to denoise a
+mask latent conditioned on the image latent (``cat[z_image, z_mask]`` at the UNet's input) and
+text. diffuseg's version (`diffuseg.segdiffusion`): `conv_in` widened by duplicating and halving
+the pretrained weights (the reference re-initialises it randomly), one binary mask per class with
+that class's prompt "a photo of a {class}" (the reference averages all classes' embeddings into
+one gray map and has no way back from gray levels to classes), DDIM with N steps over an
+ensemble of E samples per class, all (class, member) pairs of an image in one batch, and the
+label map as the argmax over classes of the decoded mask probabilities (a "background" class
+gets `background_threshold`).
+
+The model is the user's checkpoint (resource ``checkpoint``: a folder made by the trainer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..backbone.features import Features
+from ..labeling.spans import check_template, class_prompt
+from ..labeling.vocabulary import background_index, name_rows
+from ..ops.masks import class_scores
+from ..plan import Pass, Query, Resource, check_positive
+from ..segdiffusion.sampler import PROBABILITIES, MaskModel, SegDiffusionSampler
+from ..types import Segmentation
+from ._registry import MethodSpec
+
+__all__ = ["SegDiffusionConfig", "CHECKPOINT", "plan", "segment", "SPEC"]
+
+
+@dataclass(frozen=True)
+class SegDiffusionConfig:
+    """Settings of Seg-diffusion inference (defaults: the reference pipeline).
+
+    Attributes:
+        template: the class prompt (``run_inference.py`` l.156: "a photo of a {c}").
+        steps: DDIM steps (``denoising_steps=10``).
+        ensemble: samples per class, averaged (``ensemble_size=10``).
+        background_threshold: the constant score of a "background" class against the classes'
+            mask probabilities in [0, 1]; unused without a background class.
+        image_size: model input side (the longer side); None = the base model's native size
+            (512 for SD 2-base, 768 for SD 2; the reference processes at 384).
+    """
+
+    template: str = "a photo of a {class}"
+    steps: int = 10
+    ensemble: int = 10
+    background_threshold: float = 0.5
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_template(self.template)
+        check_positive(self.steps, "steps", integer=True)
+        check_positive(self.ensemble, "ensemble", integer=True)
+        b = self.background_threshold
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b <= 1.0:
+            raise ValueError(f"`background_threshold` must be a number in [0, 1], got {b!r}.")
+        check_positive(self.image_size, "image_size", integer=True, allow_none=True)
+
+
+def _load(value: str, device: Any, dtype: Any) -> MaskModel:
+    from ..segdiffusion.checkpoint import load_checkpoint
+
+    unet, record = load_checkpoint(value, device, dtype)
+    return MaskModel(unet, record)
+
+
+#: The fine-tuned mask UNet: a checkpoint folder (``--resource checkpoint=DIR``) or a `MaskModel`.
+CHECKPOINT = Resource("checkpoint", "a Seg-diffusion checkpoint folder (diffuseg train segdiffusion)", load=_load)
+
+
+def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
+    """One sampler pass per image: one prompt per class name, E samples each."""
+    rows = name_rows(query.classes)
+    if not rows:
+        raise ValueError(
+            "`classes` must name at least one class other than 'background' for Seg-diffusion "
+            f"(got {query.class_names or 'none'})."
+        )
+    if backbone is None:
+        raise ValueError("Seg-diffusion plans its prompts with the backbone's tokenizer; got `backbone=None`.")
+    tokenizer = backbone.tokenizer if backbone.tokenizer is not None else backbone.tokenizer_2
+    prompts = tuple(class_prompt(tokenizer, config.template, name) for _, name in rows)
+    return Pass(
+        size=query.size or config.image_size,
+        resize_mode=query.resize_mode,
+        prompts=prompts,
+        sampler=SegDiffusionSampler(config.steps, config.ensemble, CHECKPOINT.name),
+    )
+
+
+def segment(
+    features: Features,
+    config: SegDiffusionConfig = SegDiffusionConfig(),  # noqa: B008 - frozen
+    query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Segmentation:
+    """Labels from the sampled mask probabilities: argmax over classes (synonyms by max).
+
+    Returns:
+        `Segmentation` with int64 labels (H, W) at the model input size indexing
+        `query.classes`, `names`, `scores` (K,) = each class's mean probability over its pixels
+        and extras["class_scores"] (K, H, W).
+    """
+    if query is None:
+        raise ValueError("Seg-diffusion's `segment` needs the `query` its pass was planned for.")
+    rows = name_rows(query.classes)
+    probs = features.hidden_states.get(PROBABILITIES)
+    if probs is None or probs.shape[0] != len(rows):
+        raise ValueError("`features` lacks one sampled mask per class name; run Seg-diffusion's plan.")
+    probs = probs[:, 0]
+    size = features.image_size
+    if tuple(probs.shape[-2:]) != tuple(size):
+        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    k = len(query.classes)
+    scores = class_scores(probs, [c for c, _ in rows], k, background_index(query.classes), config.background_threshold)
+    labels = scores.argmax(0)
+    per_class = torch.zeros(k)
+    for c in labels.unique().tolist():
+        per_class[c] = scores[c][labels == c].mean()
+    return Segmentation(labels=labels, names=list(query.class_names), scores=per_class, extras={"class_scores": scores})
+
+
+SPEC = MethodSpec(
+    name="segdiffusion",
+    config_cls=SegDiffusionConfig,
+    plan=plan,
+    segment=segment,
+    kind="open-vocabulary",
+    description="Seg-diffusion: a fine-tuned UNet denoises one mask per class; needs --classes and "
+    "--resource checkpoint=DIR.",
+    resources=(CHECKPOINT,),
+    needs_classes=True,
+)

@@ -1,0 +1,100 @@
+"""Seg-diffusion inference: DDIM over the mask latent of every (class, ensemble member) pair of
+an image in one batch, conditioned on the image latent and the class prompt.
+
+Per image: the image latent (VAE mean), the class prompts' text states, a mask latent per
+(class, member) drawn from the caller's generator, N DDIM steps of the mask UNet on
+``cat[z_image, z_mask]``, the VAE decodes every mask, and each class's members are averaged.
+The reference (``semantic_pipeline.py``) runs the members one by one, averages the *mean text
+embedding of all classes* into one gray map, and aligns members with Marigold's affine-invariant
+ensembling: diffuseg has one binary mask per class, so members are averaged directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..backbone.features import Features
+from .masks import decode_masks
+
+__all__ = ["MaskModel", "SegDiffusionSampler", "PROBABILITIES"]
+
+#: The `Features.hidden_states` key of the sampled mask probabilities, (rows, 1, H, W).
+PROBABILITIES = "segdiffusion.probabilities"
+
+
+@dataclass
+class MaskModel:
+    """A loaded Seg-diffusion checkpoint: the widened UNet and its JSON record."""
+
+    unet: Any
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SegDiffusionSampler:
+    """The sampler of a Seg-diffusion `Pass` (hashable: batched and cached by value).
+
+    Attributes:
+        steps: DDIM steps (the reference pipeline's ``denoising_steps=10``).
+        ensemble: samples per class, averaged (``ensemble_size=10``).
+        resource: the name of the `MaskModel` in the resources.
+    """
+
+    steps: int = 10
+    ensemble: int = 10
+    resource: str = "checkpoint"
+
+    @torch.no_grad()
+    def __call__(
+        self, backbone: Any, pixels: torch.Tensor, pass_: Any, resources: dict[str, Any], generator: Any
+    ) -> Features:
+        """Sample the mask probabilities of every prompt of every image.
+
+        Args:
+            pixels: (B, 3, H, W) float32 in [0, 1] at the model input size.
+            pass_: the `Pass`; its P prompts are the class prompts of each image.
+
+        Returns:
+            `Features` with B * P rows (image-major): hidden_states[PROBABILITIES] (B*P, 1, H, W)
+            float32 in [0, 1], the mean over the ensemble of the decoded masks.
+        """
+        from diffusers import DDIMScheduler
+
+        model = resources.get(self.resource)
+        if not isinstance(model, MaskModel):
+            raise ValueError(f"Seg-diffusion needs its checkpoint in `resources[{self.resource!r}]` (a MaskModel).")
+        unet = model.unet
+        scheduler = DDIMScheduler.from_config(backbone.scheduler.config)
+        scheduler.set_timesteps(self.steps, device=backbone.device)
+        prompts = list(pass_.prompts)
+        p, e = len(prompts), self.ensemble
+        text = backbone.encode_prompts(prompts)
+        embeds = text.embeds.to(unet.dtype).repeat_interleave(e, 0)  # (P*E, T, D)
+        image_latents = backbone.encode_images(pixels, "mean").to(unet.dtype)  # (B, C, h, w)
+        out = []
+        for z_image in image_latents:
+            cond = z_image[None].expand(p * e, -1, -1, -1)
+            shape = (p * e, *z_image.shape)
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            z = torch.randn(shape, generator=generator, device=gen_device).to(backbone.device, unet.dtype)
+            for t in scheduler.timesteps:
+                pred = unet(torch.cat([cond, z], 1), t, encoder_hidden_states=embeds).sample
+                z = scheduler.step(pred, t, z).prev_sample
+            probs = decode_masks(backbone, z)  # (P*E, H, W)
+            out.append(probs.view(p, e, *probs.shape[-2:]).mean(1))
+        probabilities = torch.cat(out)[:, None].float().cpu()  # (B*P, 1, H, W)
+        b = pixels.shape[0]
+        return Features(
+            hidden_states={PROBABILITIES: probabilities},
+            images=pixels.repeat_interleave(p, 0).cpu(),
+            prompts=prompts * b,
+            token_ids=text.token_ids.repeat(b, 1),
+            tokens=text.tokens * b,
+            tokenizer=backbone.tokenizer if backbone.tokenizer is not None else backbone.tokenizer_2,
+            latent_size=tuple(image_latents.shape[-2:]),
+            timestep=0,
+            meta=[{} for _ in range(b * p)],
+        )

@@ -1,0 +1,59 @@
+"""Seg-diffusion inference: one batch per image for all (class, member) pairs, the checkpoint
+resource, labels from the sampled masks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from diffuseg.plan import Query
+from diffuseg.segdiffusion import widen_conv_in
+from diffuseg.segdiffusion.checkpoint import CheckpointError, save_checkpoint
+from diffuseg.segdiffusion.sampler import MaskModel
+from diffuseg.segmenter import Segmenter
+
+SHORT = {"template": "{class}", "image_size": 32, "steps": 3, "ensemble": 2}
+
+
+def mask_model(backbone) -> MaskModel:
+    """An untrained mask UNet widened from the backbone's own (tests of the plumbing only)."""
+    return MaskModel(widen_conv_in(copy.deepcopy(backbone.unet)).eval(), {"base_model": "tiny"})
+
+
+def test_all_class_member_pairs_of_an_image_share_each_unet_call(tiny_backbone, quadrant_image):
+    model = mask_model(tiny_backbone)
+    batches = []
+    handle = model.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        seg = Segmenter(tiny_backbone, "segdiffusion", resources={"checkpoint": model}, **SHORT)
+        out = seg(Query(image=quadrant_image, classes="a, b|d, c"), torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert batches == [4 * 2] * 3  # 4 names x 2 members, one call per DDIM step
+    assert out.names == ["a", "b", "c"] and out.labels.max() < 3 and seg.model_calls == 1
+    again = Segmenter(tiny_backbone, "segdiffusion", resources={"checkpoint": model}, **SHORT)
+    same = again(Query(image=quadrant_image, classes="a, b|d, c"), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same.extras["class_scores"], out.extras["class_scores"])
+    assert torch.isfinite(out.extras["class_scores"]).all()
+
+
+def test_checkpoint_resource_from_a_folder_and_its_errors(tiny_backbone, quadrant_image, tmp_path):
+    model = mask_model(tiny_backbone)
+    save_checkpoint(tmp_path / "ck", model.unet, {"base_model": "tiny"})
+    seg = Segmenter(tiny_backbone, "segdiffusion", resources={"checkpoint": str(tmp_path / "ck")}, **SHORT)
+    assert isinstance(seg.resources["checkpoint"], MaskModel)
+    with pytest.raises(ValueError, match="needs the resource 'checkpoint'"):
+        Segmenter(tiny_backbone, "segdiffusion", **SHORT)
+    with pytest.raises(CheckpointError, match="segdiffusion.json not found"):
+        Segmenter(tiny_backbone, "segdiffusion", resources={"checkpoint": str(tmp_path / "nope")}, **SHORT)
+
+
+def test_background_threshold_competes_with_the_masks(tiny_backbone, quadrant_image):
+    seg = Segmenter(
+        tiny_backbone, "segdiffusion", resources={"checkpoint": mask_model(tiny_backbone)}, background_threshold=1.0,
+        **SHORT,
+    )  # fmt: skip
+    out = seg(Query(image=quadrant_image, classes="background, a"), torch.Generator().manual_seed(0))
+    assert (out.labels == 0).all()  # no probability exceeds 1
