@@ -81,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help=f"{owner}.{name} (default: the library default)",
             )
     pg.set_defaults(func=run)
+    from .train_segdiffusion import register as register_segdiffusion
+
+    register_segdiffusion(targets)
 
 
 def _setup_logging(out: Path, filename: str = "train.log") -> None:
