@@ -172,6 +172,12 @@ class DiffusionBackbone:
         return self
 
     @property
+    def prompt_tokenizer(self) -> Any:
+        """The tokenizer whose ids the text encoder sees and `Features.token_ids` hold (the
+        first encoder's; SDXL-family models with only a second encoder use that one)."""
+        return self.tokenizer if self.tokenizer is not None else self.tokenizer_2
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
@@ -303,7 +309,7 @@ class DiffusionBackbone:
 
     def _encode(self, prompts: list[str]) -> PromptEmbeddings:
         """Tokenize and run the text encoder(s); see `encode_prompts`."""
-        tok = self.tokenizer if self.tokenizer is not None else self.tokenizer_2
+        tok = self.prompt_tokenizer
         enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         ids = enc.input_ids
         full = tok(prompts, padding=False, truncation=False).input_ids
@@ -350,7 +356,7 @@ class DiffusionBackbone:
 
         f = self.vae_scale_factor
         grids = attention_grids(self.unet, (-(-model_size[0] // f), -(-model_size[1] // f)))
-        text = (self.tokenizer or self.tokenizer_2).model_max_length
+        text = self.prompt_tokenizer.model_max_length
         kept: dict[str, int] = {}
         largest = 0
         for layer, (h, w) in grids.items():
@@ -484,7 +490,7 @@ class DiffusionBackbone:
             prompts=prompt_list,
             token_ids=prompt.token_ids,
             tokens=prompt.tokens,
-            tokenizer=self.tokenizer if self.tokenizer is not None else self.tokenizer_2,
+            tokenizer=self.prompt_tokenizer,
             latent_size=latent_size,
             timestep=timestep,
             normalization=request.normalization,

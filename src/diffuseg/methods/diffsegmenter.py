@@ -50,7 +50,7 @@ from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, class_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
-from ..ops.masks import class_scores
+from ..ops.masks import class_scores, mean_score_per_label
 from ..plan import LATENT_MODES, Pass, Query, Resource, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
@@ -125,7 +125,7 @@ def class_rows(query: Query) -> list[tuple[int, str]]:
 def _tokenizer(backbone: Any) -> Any:
     if backbone is None:
         raise ValueError("DiffSegmenter plans its prompts with the backbone's tokenizer; got `backbone=None`.")
-    return backbone.tokenizer if backbone.tokenizer is not None else backbone.tokenizer_2
+    return backbone.prompt_tokenizer
 
 
 def plan(
@@ -248,13 +248,11 @@ def segment(
     bg = background_index(query.classes)
     scores = class_scores(up, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
     labels = scores.argmax(0)
-    class_score = torch.zeros(k, device=up.device)
-    for c in labels.unique().tolist():
-        class_score[c] = scores[c][labels == c].mean()
+    class_score = mean_score_per_label(scores, labels)
     return Segmentation(
         labels=labels.cpu(),
         names=list(query.class_names),
-        scores=class_score.cpu(),
+        scores=class_score,
         extras={"class_scores": scores.clamp_min(0).cpu()},
     )
 

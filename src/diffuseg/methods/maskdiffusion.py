@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, joined_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
-from ..ops.masks import class_scores
+from ..ops.masks import class_scores, mean_score_per_label
 from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class_maps
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
@@ -199,7 +199,7 @@ def plan(config: MaskDiffusionConfig, query: Query, backbone: Any = None, resour
             f"(got {query.class_names or 'none'}); e.g. classes='road,car,sky'."
         )
     request = _request(config, backbone, config.attention_levels)
-    tokenizer = backbone.tokenizer if backbone.tokenizer is not None else backbone.tokenizer_2
+    tokenizer = backbone.prompt_tokenizer
     prompt = joined_prompt(tokenizer, config.template, [name for _, name in rows])
     return _pass(config, query, request, prompt)
 
@@ -274,13 +274,11 @@ def segment(
     scores = class_scores(per_name, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
     full = _to_image(scores, features.image_size)
     labels = full.argmax(0)
-    class_score = torch.zeros(k, device=full.device)
-    for c in labels.unique().tolist():
-        class_score[c] = full[c][labels == c].mean()
+    class_score = mean_score_per_label(full, labels)
     return Segmentation(
         labels=labels.cpu(),
         names=list(query.class_names),
-        scores=class_score.cpu(),
+        scores=class_score,
         extras={"class_attention": attention.cpu(), "class_scores": scores.cpu()},
     )
 

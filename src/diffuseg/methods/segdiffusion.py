@@ -19,13 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 
 from ..backbone.features import Features
 from ..labeling.spans import check_template, class_prompt
 from ..labeling.vocabulary import background_index, name_rows
-from ..ops.masks import class_scores
+from ..ops.masks import class_scores, mean_score_per_label
 from ..plan import Pass, Query, Resource, check_positive
 from ..segdiffusion.sampler import PROBABILITIES, MaskModel, SegDiffusionSampler
 from ..types import Segmentation
@@ -85,7 +84,7 @@ def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resourc
         )
     if backbone is None:
         raise ValueError("Seg-diffusion plans its prompts with the backbone's tokenizer; got `backbone=None`.")
-    tokenizer = backbone.tokenizer if backbone.tokenizer is not None else backbone.tokenizer_2
+    tokenizer = backbone.prompt_tokenizer
     prompts = tuple(class_prompt(tokenizer, config.template, name) for _, name in rows)
     return Pass(
         size=query.size or config.image_size,
@@ -121,9 +120,7 @@ def segment(
     k = len(query.classes)
     scores = class_scores(probs, [c for c, _ in rows], k, background_index(query.classes), config.background_threshold)
     labels = scores.argmax(0)
-    per_class = torch.zeros(k)
-    for c in labels.unique().tolist():
-        per_class[c] = scores[c][labels == c].mean()
+    per_class = mean_score_per_label(scores, labels)
     return Segmentation(labels=labels, names=list(query.class_names), scores=per_class, extras={"class_scores": scores})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["maps_to_labels", "relabel_sequential", "resize_labels", "class_scores"]
+__all__ = ["maps_to_labels", "relabel_sequential", "resize_labels", "class_scores", "mean_score_per_label"]
 
 
 def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
@@ -75,4 +75,20 @@ def class_scores(
         out[background] = background_score
     for row, c in enumerate(classes):
         out[c] = torch.maximum(out[c], per_name[row].float())
+    return out
+
+
+def mean_score_per_label(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each class's mean score over the pixels labelled with it.
+
+    Args:
+        scores: (K, H, W) float score maps.
+        labels: (H, W) int64 class indices in [0, K) (e.g. ``scores.argmax(0)``).
+
+    Returns:
+        (K,) float32 on the CPU; 0 for classes no pixel has.
+    """
+    out = torch.zeros(scores.shape[0])
+    for c in labels.unique().tolist():
+        out[c] = scores[c][labels == c].float().mean().cpu()
     return out

@@ -93,7 +93,7 @@ class SegDiffusionSampler:
             prompts=prompts * b,
             token_ids=text.token_ids.repeat(b, 1),
             tokens=text.tokens * b,
-            tokenizer=backbone.tokenizer if backbone.tokenizer is not None else backbone.tokenizer_2,
+            tokenizer=backbone.prompt_tokenizer,
             latent_size=tuple(image_latents.shape[-2:]),
             timestep=0,
             meta=[{} for _ in range(b * p)],
