@@ -217,3 +217,11 @@ def quadrant_image() -> Image.Image:
     img[32:, 32:] = (230, 220, 40)
     img += rng.normal(0, 4, img.shape)
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def photo(tmp_path, quadrant_image) -> str:
+    """A 48x32 (W x H) PNG of the quadrant image: a non-square photo for CLI tests."""
+    path = tmp_path / "photo.png"
+    quadrant_image.resize((48, 32)).save(path)
+    return str(path)

@@ -18,13 +18,6 @@ def _segment(tiny_model_dir, *args):
     return main(["segment", "--model", str(tiny_model_dir), "--size", "32", "--no-progress", "--seed", "0", *args])
 
 
-@pytest.fixture
-def photo(tmp_path, quadrant_image):
-    path = tmp_path / "photo.png"
-    quadrant_image.resize((48, 32)).save(path)
-    return str(path)
-
-
 def test_segment_writes_class_names_scores_and_a_legend(tiny_model_dir, tmp_path, photo):
     out = tmp_path / "out"
     rc = _segment(tiny_model_dir, photo, "--method", "diffsegmenter", "--classes", "red,green|lime,blue", *SHORT,

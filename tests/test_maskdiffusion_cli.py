@@ -15,13 +15,6 @@ def _segment(tiny_model_dir, *args):
     return main(["segment", "--model", str(tiny_model_dir), "--size", "32", "--no-progress", "--seed", "0", *args])
 
 
-@pytest.fixture
-def photo(tmp_path, quadrant_image):
-    path = tmp_path / "photo.png"
-    quadrant_image.resize((48, 32)).save(path)
-    return str(path)
-
-
 def test_open_vocabulary_and_kmeans_variants(tiny_model_dir, tmp_path, photo):
     out = tmp_path / "a"
     assert _segment(tiny_model_dir, photo, "--method", "maskdiffusion", "--classes", "a,b,c", "--template", "{class}",
