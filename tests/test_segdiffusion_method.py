@@ -57,3 +57,41 @@ def test_background_threshold_competes_with_the_masks(tiny_backbone, quadrant_im
     )  # fmt: skip
     out = seg(Query(image=quadrant_image, classes="background, a"), torch.Generator().manual_seed(0))
     assert (out.labels == 0).all()  # no probability exceeds 1
+
+
+def test_a_checkpoint_for_another_base_model_is_refused_by_name(tiny_backbone, quadrant_image):
+    model = mask_model(tiny_backbone)
+    wrong = MaskModel(model.unet, {"base_model": "sd2", "prediction_type": "v_prediction"}, "/runs/sd2/checkpoint")
+    seg = Segmenter(tiny_backbone, "segdiffusion", resources={"checkpoint": wrong}, **SHORT)
+    with pytest.raises(ValueError, match=r"/runs/sd2/checkpoint does not fit .*'sd2'.*'v_prediction' prediction"):
+        seg(Query(image=quadrant_image, classes="a, b"), torch.Generator().manual_seed(0))
+
+
+def test_the_shipped_checkpoint_is_the_default_on_the_toy_model_only(tiny_backbone):
+    from diffuseg.backbone.loading import toy_model_path
+    from diffuseg.segdiffusion.checkpoint import shipped_checkpoint
+
+    assert shipped_checkpoint(tiny_backbone) is None
+    assert shipped_checkpoint(None) is None
+
+    class Toy:
+        name = "toy"
+
+    assert shipped_checkpoint(Toy()) == str(toy_model_path() / "segdiffusion")
+
+
+def test_cli_checkpoint_flag(tiny_model_dir, tiny_backbone, photo, tmp_path, capsys):
+    from diffuseg.cli import main
+
+    model = mask_model(tiny_backbone)
+    save_checkpoint(tmp_path / "ck", model.unet, {"base_model": "tiny"})
+    argv = ["segment", photo, "--model", str(tiny_model_dir), "--method", "segdiffusion", "--classes", "a,b",
+            "--template", "{class}", "--size", "32", "--steps", "2", "--ensemble", "2", "--seed", "0",
+            "--no-progress"]  # fmt: skip
+    assert main([*argv, "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "photo.labels.png").is_file()
+    both = ["--checkpoint", str(tmp_path / "ck"), "--resource", f"checkpoint={tmp_path / 'ck'}"]
+    assert main([*argv, *both, "--out", str(tmp_path / "o2")]) == 2
+    assert "--checkpoint and --resource checkpoint" in capsys.readouterr().err
+    assert main([*argv, "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o3")]) != 0
+    assert "segdiffusion.json not found" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffuseg.eval import ArrayDataset
@@ -70,3 +71,91 @@ def test_cli_trains_resumes_and_refuses_bad_runs(tiny_model_dir, tmp_path, capsy
     assert main([*base, "--steps", "3", "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def _sd2_backbone(tiny_components):
+    """SD 2-shaped: linear projections, head dims per level, v-prediction (the tiny text encoder)."""
+    from conftest import sd1_unet_config
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from diffuseg.backbone import DiffusionBackbone
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**sd1_unet_config(), "use_linear_projection": True,
+                                   "attention_head_dim": (2, 2, 4, 4)})  # fmt: skip
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type="v_prediction", clip_sample=False)  # fmt: skip
+    parts = {**tiny_components, "unet": unet, "scheduler": scheduler}
+    return DiffusionBackbone(**parts, name="tiny-sd2", family="sd2")
+
+
+@pytest.mark.parametrize("shape", ["sd2", "sdxl"])
+def test_a_tiny_model_trains_and_segments_through_the_same_code(
+    shape, tiny_components, tiny_sdxl_backbone, blocks, quadrant_image, tmp_path
+):
+    """The trainer and the sampler on an SD 2-shaped (v-prediction) and an SDXL-shaped (pooled
+    text + time ids) base: a checkpoint folder comes out and segments through `Segmenter`."""
+    from diffuseg.plan import Query
+    from diffuseg.segdiffusion.checkpoint import read_record
+    from diffuseg.segmenter import Segmenter
+
+    backbone = _sd2_backbone(tiny_components) if shape == "sd2" else tiny_sdxl_backbone
+    config = SegTrainConfig(steps=3, batch_size=2, size=32, template="{class}", checkpoint_every=3, lr=1e-3)
+    records = train(backbone, blocks, config, tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
+    record = read_record(tmp_path / "run" / "checkpoint")
+    assert record["prediction_type"] == backbone.scheduler.config.prediction_type
+    seg = Segmenter(backbone, "segdiffusion", resources={"checkpoint": str(tmp_path / "run" / "checkpoint")},
+                    template="{class}", image_size=32, steps=2, ensemble=2)  # fmt: skip
+    out = seg(Query(image=quadrant_image, classes="a, b"), torch.Generator().manual_seed(0))
+    assert out.labels.shape == (32, 32) and out.names == ["a", "b"]
+    assert torch.isfinite(out.extras["class_scores"]).all()
+
+
+def test_mixed_precision_and_gradient_checkpointing_train(tiny_backbone, blocks, tmp_path):
+    """bf16 autocast with gradient checkpointing runs, keeps float32 weights and resumes."""
+    config = SegTrainConfig(**{**CONFIG.__dict__, "mixed_precision": "bf16", "gradient_checkpointing": True})
+    records = train(tiny_backbone, blocks, config, tmp_path / "run", stop_after=3)
+    assert all(np.isfinite(r["loss"]) for r in records)
+    rest = train(tiny_backbone, blocks, config, tmp_path / "run", resume=True)
+    assert [r["step"] for r in rest] == [4, 5, 6]
+    from diffuseg.segdiffusion.checkpoint import load_checkpoint
+
+    unet, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert next(unet.parameters()).dtype == torch.float32
+
+
+def test_cosine_schedule_and_ema_resume_on_the_same_curve(tiny_backbone, blocks, tmp_path):
+    config = SegTrainConfig(**{**CONFIG.__dict__, "lr_schedule": "cosine", "ema_decay": 0.9})
+    full = train(tiny_backbone, blocks, config, tmp_path / "full")
+    train(tiny_backbone, blocks, config, tmp_path / "cut", stop_after=4)
+    rest = train(tiny_backbone, blocks, config, tmp_path / "cut", resume=True)
+    assert [r["loss"] for r in rest] == [r["loss"] for r in full[3:]]
+    from diffuseg.segdiffusion.checkpoint import load_checkpoint
+
+    a, _ = load_checkpoint(tmp_path / "full" / "checkpoint")
+    b, _ = load_checkpoint(tmp_path / "cut" / "checkpoint")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+def test_lr_schedule_is_a_function_of_the_step():
+    from diffuseg.segdiffusion.train import _lr_factor
+
+    cosine = SegTrainConfig(steps=100, lr_schedule="cosine")
+    assert _lr_factor(cosine, 0) == pytest.approx(1.0)
+    assert _lr_factor(cosine, 50) == pytest.approx(0.55)
+    assert _lr_factor(cosine, 100) == pytest.approx(0.1)
+    assert _lr_factor(SegTrainConfig(steps=100), 70) == 1.0
+
+
+def test_bad_training_settings_and_data_are_refused(tiny_backbone, tmp_path):
+    for bad in ({"crop_scale": (0.0, 1.0)}, {"crop_scale": (0.8, 0.5)}, {"lr_schedule": "linear"},
+                {"mixed_precision": "fp8"}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SegTrainConfig(**bad)
+    unlabelled = ArrayDataset(
+        "unlabelled", ["a"], [Sample("0", Image.new("RGB", (32, 32)), np.full((32, 32), 255, np.int64))]
+    )
+    with pytest.raises(ValueError, match="'unlabelled'.*no pixel of any of its 1 classes"):
+        train(tiny_backbone, unlabelled, CONFIG, tmp_path / "run")

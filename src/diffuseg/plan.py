@@ -207,13 +207,16 @@ class Resource:
     passed to `load`), on the backbone's device.
 
     Attributes:
-        name: key in the `resources` mapping (CLI: ``--resource NAME=VALUE``).
+        name: key in the `resources` mapping (CLI: ``--NAME VALUE`` or ``--resource NAME=VALUE``).
         description: one line for help texts.
         load: ``load(value: str, device, dtype) -> object``, or None if only objects are taken.
         required: whether the method cannot run without it.
+        default: ``default(backbone) -> str | None``: the value used when the user gives none
+            (e.g. the checkpoint shipped for the toy model), or None.
     """
 
     name: str
     description: str
     load: Any = None
     required: bool = True
+    default: Any = None

@@ -23,7 +23,7 @@ import torch
 
 from .backbone.backbone import DiffusionBackbone
 from .backbone.features import Features
-from .imageio import ImageInput, ImageLoadError, preprocess, stack_batch
+from .imageio import ImageInput, ImageLoadError, as_pil, preprocess, stack_batch
 from .methods import MethodSpec, get_method
 from .plan import Pass, Query
 from .types import Segmentation
@@ -63,6 +63,10 @@ class Segmenter:
         device: where string resources are loaded (default: the backbone's device, else "cpu").
         preset: the model family whose documented preset applies (`MethodSpec.presets`);
             default the backbone's `family`; "" = none (the paper's defaults).
+        class_filter: which of a query's classes the method gets to see: None (all of them), a
+            name of `diffuseg.labeling.filters.FILTERS` or a filter object
+            (``filter(backbone, image, classes, generator, caption) -> FilterResult``). Each
+            segmentation's ``meta["class_filter"]`` records what was kept.
         **overrides: config fields to change (on top of the preset).
 
     Example:
@@ -80,9 +84,18 @@ class Segmenter:
         resources: Mapping[str, Any] | None = None,
         device: str | torch.device | None = None,
         preset: str | None = None,
+        class_filter: Any = None,
         **overrides: Any,
     ) -> None:
         self.spec = get_method(method)
+        if isinstance(class_filter, str) or class_filter is None:
+            from .labeling.filters import make_filter
+
+            class_filter = make_filter(class_filter)
+        if class_filter is not None and backbone is None and getattr(class_filter, "needs_backbone", True):
+            raise ValueError("`class_filter` needs a diffusion backbone; got `backbone=None`.")
+        self.class_filter = class_filter
+        self._filtered: dict[tuple[Any, ...], Any] = {}
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
         self.batch_size = batch_size
@@ -109,6 +122,8 @@ class Segmenter:
         out: dict[str, Any] = {}
         for name, res in declared.items():
             value = given.get(name)
+            if value is None and res.default is not None:
+                value = res.default(self.backbone)
             if value is None:
                 if res.required:
                     raise ValueError(
@@ -210,6 +225,16 @@ class Segmenter:
         tensors, metas = preprocess([query.image], pass_.size, pass_.resize_mode, multiple=1, min_side=1)
         return _Item(index, query, pass_, tensors[0], metas[0])
 
+    def _filter(self, query: Query, generator: torch.Generator | None) -> tuple[Query, dict[str, Any]]:
+        """`query` with the classes `class_filter` keeps, and the filter's record (cached per
+        image and class list, so re-segmenting does not run the filter again)."""
+        image = as_pil(query.image)
+        key = (hashlib.sha1(image.tobytes()).hexdigest(), image.size, query.classes, query.caption)
+        if key not in self._filtered:
+            self._filtered[key] = self.class_filter(self.backbone, image, query.classes, generator, query.caption)
+        result = self._filtered[key]
+        return dataclasses.replace(query, classes=result.kept), result.record()
+
     def _features(
         self,
         chunk: list[_Item],
@@ -280,8 +305,11 @@ class Segmenter:
         queries = [as_query(q) for q in queries]
         results: list[Segmentation | Exception | None] = [None] * len(queries)
         groups: dict[tuple[Any, ...], list[_Item]] = {}
+        filtered: dict[int, dict[str, Any]] = {}
         for i, query in enumerate(queries):
             try:
+                if self.class_filter is not None and query.classes:
+                    query, filtered[i] = self._filter(query, generator)
                 item = self._prepare(i, query)
             except (ValueError, ImageLoadError) as e:
                 results[i] = e
@@ -316,6 +344,7 @@ class Segmenter:
                         "preset": self.preset,
                         "seconds_model": (t1 - t0) / len(chunk),
                         "seconds_segment": time.perf_counter() - t2,
+                        **({"class_filter": filtered[it.index]} if it.index in filtered else {}),
                     }
                     results[it.index] = seg
         self._cache = cache

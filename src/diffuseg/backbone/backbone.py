@@ -338,7 +338,9 @@ class DiffusionBackbone:
             pooled = out2[0]
         return PromptEmbeddings(embeds.to(self.dtype), None if pooled is None else pooled.to(self.dtype), ids, tokens)
 
-    def _added_cond(self, prompt: PromptEmbeddings, size: tuple[int, int]) -> dict[str, torch.Tensor] | None:
+    def added_cond(self, prompt: PromptEmbeddings, size: tuple[int, int]) -> dict[str, torch.Tensor] | None:
+        """The UNet's `added_cond_kwargs` for `prompt`'s rows at model input `size` (H, W):
+        SDXL-family pooled text + time ids, None for other UNets."""
         if not self.is_sdxl:
             return None
         if prompt.pooled is None:
@@ -385,7 +387,7 @@ class DiffusionBackbone:
         """One plain UNet call; returns the prediction (B, C, h, w)."""
         t = torch.full((latents.shape[0],), timestep, device=self.device, dtype=torch.long)
         return self.unet(
-            latents, t, encoder_hidden_states=prompt.embeds, added_cond_kwargs=self._added_cond(prompt, image_size)
+            latents, t, encoder_hidden_states=prompt.embeds, added_cond_kwargs=self.added_cond(prompt, image_size)
         ).sample
 
     @torch.no_grad()

@@ -23,6 +23,13 @@ __all__ = [
     "add_method_options",
     "add_query_options",
     "add_resource_option",
+    "add_config_options",
+    "config_overrides",
+    "resource_values",
+    "add_filter_option",
+    "check_filter",
+    "build_filter",
+    "parse_resources",
     "show_value",
     "method_overrides",
     "parse_dtype",
@@ -51,6 +58,9 @@ _GENERAL_FLAGS = {
     "batch_size": "--batch-size",
     "classes": "--classes",
     "resources": "--resource",
+    "class_filter": "--filter",
+    "clip": "--clip",
+    "captioner": "--captioner",
     "limit": "--limit",
     "model": "--model",
     "config": "--model-config",
@@ -139,18 +149,129 @@ def add_query_options(parser: argparse.ArgumentParser) -> None:
         "per line; or a dataset's classes ('dataset:voc21'); a class named 'background' gets a constant score",
     )
     g.add_argument("--caption", default=None, help="a caption / prompt for every image")
+    add_filter_option(g)
     add_resource_option(g)
 
 
+def add_filter_option(parser: Any) -> None:
+    """--filter: which of the classes each image gets (`diffuseg.labeling.filters.FILTERS`)."""
+    from ..labeling.filters import FILTERS
+
+    parser.add_argument(
+        "--filter",
+        dest="class_filter",
+        default="none",
+        choices=FILTERS,
+        help="keep only the classes found in each image before segmenting (default none: all of them; "
+        "diffusion: the diffusion model's own cross-attention, no second model; clip: CLIP image-text "
+        "similarity; caption-clip: that or the caption's CLIP text similarity); the JSON lists what was kept",
+    )
+    parser.add_argument(
+        "--clip", default=None, metavar="PATH", help="CLIP model for --filter clip / caption-clip (folder or hub id)"
+    )
+    parser.add_argument(
+        "--label-device",
+        default=None,
+        help="device of the CLIP model and the captioner of the labelling stage (default: --device)",
+    )
+
+
+def check_filter(args: argparse.Namespace, spec: Any) -> Any:
+    """The class filter the user chose, or None; refused for methods without class names.
+
+    Raises:
+        ValueError: naming --filter, for a method that is not open-vocabulary.
+    """
+    if args.class_filter in (None, "none"):
+        return None
+    if not (spec.open_vocabulary or spec.names_segments):
+        raise ValueError(
+            f"--filter applies to methods that use class names; {spec.name} is {spec.kind} and has no --label."
+        )
+    return args.class_filter
+
+
+def build_filter(args: argparse.Namespace, name: str | None, resources: dict[str, str], spec: Any) -> Any:
+    """The class filter object for `name` (loading CLIP and a captioner on --label-device), or
+    None. A --captioner the method does not declare goes to the caption-clip filter.
+
+    Raises:
+        ValueError, OSError: naming --clip / --captioner, for models that are missing or wrong.
+    """
+    from ..labeling.filters import make_filter
+
+    if name is None:
+        return None
+    if name == "diffusion":
+        return make_filter(name)
+    if args.clip is None:
+        raise ValueError(f"--filter {name} needs --clip: a CLIP model folder or a cached hub id.")
+    from ..devices import check_device
+    from ..labeling.clip import load_clip
+
+    device = args.label_device or args.device
+    check_device(device)
+    captioner = None
+    if name == "caption-clip" and "captioner" in resources:
+        from ..labeling.captioner import load_captioner
+
+        value = resources["captioner"]
+        if not any(r.name == "captioner" for r in spec.resources):
+            del resources["captioner"]
+        captioner = load_captioner(value, device)
+    if name == "caption-clip" and captioner is None and hasattr(args, "caption") and not args.caption:
+        raise ValueError("--filter caption-clip needs a caption: --caption TEXT or --captioner PATH.")
+    return make_filter(name, clip=load_clip(args.clip, device), captioner=captioner)
+
+
+def _resources() -> dict[str, tuple[str, list[str]]]:
+    """Resource name -> (description, methods declaring it), over the registered methods."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for spec in _methods():
+        for res in spec.resources:
+            out.setdefault(res.name, (res.description, []))[1].append(spec.name)
+    return out
+
+
 def add_resource_option(parser: Any) -> None:
-    """--resource NAME=VALUE (repeatable): an extra model the method declares."""
+    """--NAME VALUE for each resource a registered method declares (e.g. --checkpoint DIR), and
+    the generic --resource NAME=VALUE (repeatable)."""
+    taken = set(parser._option_string_actions) if hasattr(parser, "_option_string_actions") else set()
+    for name, (description, methods) in _resources().items():
+        flag = "--" + name.replace("_", "-")
+        if flag in taken:
+            continue
+        parser.add_argument(
+            flag,
+            dest=f"resource_{name}",
+            default=None,
+            metavar="PATH",
+            help=f"{description} ({', '.join(methods)})",
+        )
     parser.add_argument(
         "--resource",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an extra model a method declares (path or hub id); repeatable",
+        help="an extra model a method declares (path or hub id), by its name; repeatable",
     )
+
+
+def resource_values(args: argparse.Namespace) -> dict[str, str]:
+    """The resources the user gave: ``--NAME VALUE`` flags and ``--resource NAME=VALUE`` items.
+
+    Raises:
+        ValueError: on a malformed item, or a resource given both ways.
+    """
+    out = parse_resources(getattr(args, "resource", []) or [])
+    for name in _resources():
+        value = getattr(args, f"resource_{name}", None)
+        if value is None:
+            continue
+        if name in out:
+            raise ValueError(f"--{name.replace('_', '-')} and --resource {name}=... both given; give one.")
+        out[name] = value
+    return out
 
 
 def _field_kind(tp: Any) -> tuple[str, Any]:
@@ -318,6 +439,45 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
                 help=(help_ + (" ('none' allowed)" if optional else "")).replace("%", "%%"),
             )
     return owners
+
+
+def add_config_options(parser: Any, config_cls: type, title: str | None = None) -> list[str]:
+    """Add one option per field of the dataclass `config_cls` (default None = the library's
+    default, shown in the help); returns the field names. Read them back with `config_overrides`."""
+    docs = _field_docs(config_cls)
+    group = parser.add_argument_group(title) if title else parser
+    names = []
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_ = f"{docs.get(f.name, '')} (default: {show_value(default)})".replace("%", "%%")
+        kind, elem = _field_kind(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        if kind == "bool":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif kind == "tuple":
+            group.add_argument(flag, dest=f.name, type=_csv(elem), default=None, metavar="V,V,...", help=help_)
+        else:
+            optional = default is None or "None" in str(f.type)
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=_optional(elem) if optional else elem,
+                default=None,
+                choices=f.metadata.get("choices"),
+                help=help_ + (" ('none' allowed)" if optional else ""),
+            )
+        names.append(f.name)
+    return names
+
+
+def config_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The options of `add_config_options` that the user set ('none' -> None)."""
+    out = {}
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = None if value is NONE else value
+    return out
 
 
 def show_value(value: Any) -> str:

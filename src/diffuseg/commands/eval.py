@@ -28,7 +28,14 @@ def register(subparsers: Any) -> None:
     from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
     from ..eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
-    from ._options import HelpFormatter, add_method_options, add_model_options, add_resource_option, method_help
+    from ._options import (
+        HelpFormatter,
+        add_filter_option,
+        add_method_options,
+        add_model_options,
+        add_resource_option,
+        method_help,
+    )
 
     p = subparsers.add_parser(
         "eval",
@@ -91,6 +98,7 @@ def register(subparsers: Any) -> None:
         "gt-labels: the image's ground-truth labels, the papers' weakly supervised setting, an oracle; "
         "reported as such)",
     )
+    add_filter_option(p)
     p.add_argument(
         "--tune-background",
         action="store_true",
@@ -131,7 +139,15 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.runner import BACKGROUND_SWEEP, check_tune_background, evaluate
     from ..eval.store import ResumeMismatchError
     from ..methods import get_method
-    from ._options import check_runtime, load_backbone, make_generator, method_overrides, parse_resources
+    from ._options import (
+        build_filter,
+        check_filter,
+        check_runtime,
+        load_backbone,
+        make_generator,
+        method_overrides,
+        resource_values,
+    )
 
     try:
         if not args.dataset or (not args.root and args.dataset != "synthetic"):
@@ -149,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
                 "--size applies with --protocol full."
             )
         check_runtime(args)
-        resources = parse_resources(args.resource)
+        resources = resource_values(args)
+        class_filter = check_filter(args, spec)
         dataset = load_dataset(args.dataset, args.root, args.split)
     except (ValueError, FileNotFoundError) as e:
         return _fail(e)
@@ -165,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
         model_id = getattr(backbone, "name", None) or args.model
     generator = make_generator(args.seed, args.device) if needs_model else None
     try:
+        class_filter = build_filter(args, class_filter, resources, spec)
+    except (OSError, ValueError) as e:
+        return _fail(e)
+    try:
         report = evaluate(
             dataset,
             spec.name,
@@ -172,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             config_overrides=overrides,
             resources=resources,
             classes=args.classes,
+            class_filter=class_filter,
             tune_background=sweep,
             protocol=args.protocol,
             matching=args.matching,

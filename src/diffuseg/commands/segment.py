@@ -24,6 +24,8 @@ from ._options import (
     add_method_options,
     add_model_options,
     add_query_options,
+    build_filter,
+    check_filter,
     check_runtime,
     fail,
     flag_message,
@@ -31,7 +33,7 @@ from ._options import (
     make_generator,
     method_help,
     method_overrides,
-    parse_resources,
+    resource_values,
 )
 
 __all__ = ["register", "run", "check_out_dir", "output_names"]
@@ -108,17 +110,28 @@ def run(args: argparse.Namespace) -> int:
         check_runtime(args)
         classes = load_classes(args.classes) if args.classes is not None else ()
         given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
+        if spec.names_segments and len(given) == 1:  # an unsupervised method names its segments
+            source = {"--classes": "classes", "--caption": "caption"}[given[0]]
+            if overrides.setdefault("label", source) == source:
+                given = []
         if given and not spec.open_vocabulary:
             raise ValueError(
                 f"{' and '.join(given)} apply to open-vocabulary methods; {spec.name} is {spec.kind} "
                 "and would ignore them."
             )
+        if overrides.get("label") == "classes" and not classes:
+            raise ValueError("--label classes names the segments from --classes; give --classes.")
+        if overrides.get("label") == "caption" and not args.caption:
+            raise ValueError("--label caption names the segments from the nouns of --caption; give --caption.")
         if spec.needs_classes and not classes:
             raise ValueError(
                 f"method {spec.name} needs --classes: names ('cat,sofa,tv|monitor'), a file with one "
                 "class per line, or a dataset's list ('dataset:voc21')."
             )
-        resources = parse_resources(args.resource)
+        resources = resource_values(args)
+        class_filter = check_filter(args, spec)
+        if class_filter and not classes:
+            raise ValueError("--filter chooses among --classes; give --classes.")
         out_dir = Path(args.out)
         check_out_dir(out_dir)
     except ValueError as e:
@@ -146,14 +159,16 @@ def run(args: argparse.Namespace) -> int:
         from ..segmenter import Segmenter
 
         try:
+            class_filter = build_filter(args, class_filter, resources, spec)
             segmenter = Segmenter(
-                backbone, spec, batch_size=args.batch_size, resources=resources, device=args.device, **overrides
-            )
+                backbone, spec, batch_size=args.batch_size, resources=resources, device=args.device,
+                class_filter=class_filter, **overrides,
+            )  # fmt: skip
             if classes:  # the class list itself must suit the model (token budget) before any image
                 from ..plan import Query
 
                 spec.plan(segmenter.config, Query(classes=classes, caption=args.caption), backbone, {})
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             return fail("segment", flag_message(e))
     _segment_all(args, segmenter, todo, classes, out_dir, failed)
     for path, reason in failed.items():

@@ -17,20 +17,6 @@ from typing import Any
 
 __all__ = ["register", "run"]
 
-#: Flags that set `SegTrainConfig` fields (default None: the dataclass holds the defaults).
-_FIELDS = {
-    "steps": int,
-    "batch_size": int,
-    "grad_accumulation": int,
-    "lr": float,
-    "size": int,
-    "template": str,
-    "checkpoint_every": int,
-    "validate_every": int,
-    "ema_decay": float,
-    "seed": int,
-}
-
 
 def register(targets: Any) -> None:
     """Add the ``segdiffusion`` target to ``diffuseg train``."""
@@ -48,11 +34,13 @@ def register(targets: Any) -> None:
     p.add_argument("--val-scenes", type=int, default=50, help="synthetic validation scenes (default: %(default)s)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    for name, kind in _FIELDS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"SegTrainConfig.{name}")
-    p.set_defaults(func=run)
+    from ..segdiffusion.train import SegTrainConfig
+    from ._options import add_config_options
+
+    p.set_defaults(func=run, config_fields=add_config_options(p, SegTrainConfig, "training settings (SegTrainConfig)"))
 
 
 def _validator(backbone: Any, num_scenes: int) -> Any:
@@ -87,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..backbone import DiffusionBackbone
     from ..segdiffusion.train import ConfigMismatchError, SegTrainConfig, train
-    from ._options import fail
+    from ._options import config_overrides, fail
 
-    overrides = {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
+    overrides = config_overrides(args, args.config_fields)
     try:
         config = SegTrainConfig(**overrides)
         if args.threads < 1:
@@ -102,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
             from ..eval.datasets import load_dataset
 
             dataset = load_dataset(args.dataset, args.root, args.split)
-        backbone = DiffusionBackbone.from_pretrained(args.base)
+        from ..devices import check_device
+
+        check_device(args.device)
+        backbone = DiffusionBackbone.from_pretrained(args.base).to(args.device)
     except (ValueError, OSError) as e:
         return fail("train segdiffusion", str(e))
     torch.set_num_threads(args.threads)

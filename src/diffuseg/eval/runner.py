@@ -100,6 +100,15 @@ def check_tune_background(method: Any, values: Sequence[float] | None) -> tuple[
     return tuple(float(v) for v in values)
 
 
+def _describe_filter(class_filter: Any) -> Any:
+    """A class filter as the fingerprint records it: its name, or its dataclass fields."""
+    if isinstance(class_filter, str):
+        return class_filter
+    if dataclasses.is_dataclass(class_filter):
+        return {"name": getattr(class_filter, "name", type(class_filter).__name__), **dataclasses.asdict(class_filter)}
+    return repr(class_filter)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "sample"
 
@@ -128,6 +137,7 @@ def evaluate(
     on_record: Callable[[int, dict[str, Any]], None] | None = None,
     classes: str = "all",
     tune_background: Sequence[float] | None = None,
+    class_filter: Any = None,
 ) -> dict[str, Any]:
     """Score `method` on `dataset` and write ``NAME.jsonl``, ``NAME.json`` and ``NAME.md``.
 
@@ -166,6 +176,10 @@ def evaluate(
             from the recorded features (no model pass) and scored like the main prediction; the
             report's ``background_tuning`` gives each value's mIoU and the best, tuned on the
             evaluated split. The main metrics stay those of the config's value.
+        class_filter: a class filter (a name of `diffuseg.labeling.filters.FILTERS` or a filter
+            object, e.g. `DiffusionFilter(score="attention")`) between each image's
+            classes and the method (with ``classes="all"``: the filter decides which of the
+            dataset's classes each image gets); each record lists the classes it kept.
 
     Returns:
         The report dict (also written as JSON and Markdown).
@@ -201,7 +215,9 @@ def evaluate(
 
     if segmenter_factory is None:
         from ..segmenter import Segmenter as segmenter_factory  # noqa: N813
-    extra = {"resources": resources} if resources else {}
+    extra: dict[str, Any] = {"resources": resources} if resources else {}
+    if class_filter not in (None, "none"):
+        extra["class_filter"] = class_filter
     segmenter = segmenter_factory(backbone, spec, batch_size=batch_size, **extra, **(config_overrides or {}))
     config = segmenter.config
 
@@ -217,6 +233,7 @@ def evaluate(
         "preset": getattr(segmenter, "preset", None),
         "classes": classes,
         "tune_background": list(sweep) if sweep is not None else None,
+        **({"class_filter": _describe_filter(class_filter)} if "class_filter" in extra else {}),
         "protocol": dataclasses.asdict(proto),
         "model": model_id,
     }
@@ -286,6 +303,8 @@ def evaluate(
                 rec = _score_one(i, sample, label, seg, proto, class_names, matching, seconds)
                 if swept is not None:
                     rec["sweep"] = swept[j]
+                if "class_filter" in seg.meta:
+                    rec["class_filter"] = seg.meta["class_filter"]
                 if pred_dir is not None:  # before the record, so a resumed run rewrites it
                     seg.save(pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume)
                 finish(i, rec)

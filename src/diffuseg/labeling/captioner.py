@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -172,26 +171,9 @@ def _not_a_captioner(value: str, path: Path, what: str) -> NotACaptionerError:
 
 def _resolve(value: str) -> Path:
     """A local folder for `value`: an existing path, else a hub id from the cache (or the hub when online)."""
-    path = Path(os.path.expanduser(value))
-    if path.exists():
-        return path
-    looks_like_path = value.startswith((".", "/", "~")) or value.count("/") != 1 or "\\" in value
-    if looks_like_path:
-        raise _not_available(value, f"no such folder: {path}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover - huggingface_hub ships with transformers
-        raise _not_available(value, str(e)) from e
-    try:
-        return Path(snapshot_download(value, local_files_only=True, allow_patterns=_HUB_PATTERNS))
-    except Exception as cache_error:  # noqa: BLE001 - any cache miss means "try the network"
-        if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True", "ON", "on", "yes"):
-            raise _not_available(value, "not in the local Hugging Face cache (offline mode).") from cache_error
-    try:
-        logger.info("downloading %s from the Hugging Face Hub", value)
-        return Path(snapshot_download(value, allow_patterns=_HUB_PATTERNS))
-    except Exception as e:  # noqa: BLE001
-        raise _not_available(value, f"not cached locally and the download failed ({type(e).__name__}).") from e
+    from .hub import resolve_folder
+
+    return resolve_folder(value, _HUB_PATTERNS, _not_available)
 
 
 def _check_folder(value: str, path: Path) -> None:

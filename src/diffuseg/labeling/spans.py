@@ -24,6 +24,8 @@ __all__ = [
     "class_prompt",
     "fill_template",
     "find_spans",
+    "fit_budget",
+    "present_spans",
     "joined_prompt",
     "name_ids",
     "token_budget",
@@ -112,6 +114,11 @@ def _word_starts(tokenizer: Any, token_ids: Sequence[int]) -> list[bool] | None:
     return [k == 0 or ids[k - 1] in special or tokens[k - 1].endswith(_WORD_END) for k in range(len(ids))]
 
 
+def present_spans(tokenizer: Any, token_ids: Sequence[int], names: Sequence[str]) -> list[list[int]]:
+    """Like `token_spans`, but a name that does not occur gets [] instead of an error."""
+    return find_spans(token_ids, [name_ids(tokenizer, n) for n in names], _word_starts(tokenizer, token_ids))
+
+
 def token_spans(tokenizer: Any, token_ids: Sequence[int], names: Sequence[str]) -> list[list[int]]:
     """The positions of each name's tokens in a tokenized prompt (see `find_spans`).
 
@@ -128,8 +135,7 @@ def token_spans(tokenizer: Any, token_ids: Sequence[int], names: Sequence[str]) 
         ValueError: if a name does not occur (it may have been cut off at the text encoder's
             token budget), or a name tokenizes to nothing.
     """
-    ids = [name_ids(tokenizer, n) for n in names]
-    spans = find_spans(token_ids, ids, _word_starts(tokenizer, token_ids))
+    spans = present_spans(tokenizer, token_ids, names)
     missing = [n for n, span in zip(names, spans, strict=True) if not span]
     if missing:
         raise ValueError(
@@ -157,6 +163,16 @@ def check_template(template: str) -> str:
 def fill_template(template: str, name: str) -> str:
     """`template` with ``{class}`` replaced by `name` (plain replacement: other braces stay)."""
     return check_template(template).replace(PLACEHOLDER, name)
+
+
+def fit_budget(tokenizer: Any, text: str) -> str:
+    """`text`, cut to the text encoder's token budget if it is longer (a warning says so)."""
+    budget = token_budget(tokenizer)
+    n = len(_ids(tokenizer, text))
+    if n <= budget:
+        return text
+    logger.warning("the prompt was cut to the text encoder's %d-token budget (it has %d tokens).", budget, n)
+    return _cut(tokenizer, text, budget)
 
 
 def _cut(tokenizer: Any, text: str, keep: int) -> str:

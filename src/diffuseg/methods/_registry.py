@@ -75,6 +75,12 @@ class MethodSpec:
         """True if the method names its segments from the query's class names."""
         return self.kind == "open-vocabulary"
 
+    @property
+    def names_segments(self) -> bool:
+        """True if an unsupervised method can name its segments from class names (its config
+        has a ``label`` field, `diffuseg.labeling.naming.LABELS`)."""
+        return any(f.name == "label" for f in dataclasses.fields(self.config_cls))
+
     def preset(self, family: str | None) -> dict[str, Any]:
         """The documented config overrides for model `family` (empty for the paper's model)."""
         return dict(self.presets.get(family or "", {}))

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,8 @@ from torch import nn
 
 from ..backbone.features import FeatureRequest, Features
 from ..backbone.layers import deepest_encoder_self_attention as feature_module_path
+from ..labeling.naming import LABELS, check_naming, named_labels, naming_classes, naming_prompt
+from ..ops.naming import VOTINGS
 from ..ops.ncut import assign_concepts, recursive_normalized_cut
 from ..ops.pamr import refine_labels
 from ..plan import Pass, Query, check_positive, check_timestep
@@ -92,6 +94,13 @@ class DiffCutConfig:
         median_size: median filter window (`eval_diffcut.py` l.94: 3); 1 disables it.
         num_thresholds: Fiedler thresholds per cut (`recursive_normalized_cut.py` l.35: 100).
         drop_zero_rows: reproduce the reference's exact-zero row dropping in the cut.
+        label: "none" (segment ids, the paper's unsupervised setting), "classes" or "caption":
+            name each segment from the query's class names or its caption's nouns by the
+            cross-attention of their tokens, recorded in the same pass with the naming prompt
+            (training-free; the paper's open-vocabulary labelling uses CLIP instead,
+            `diffuseg.labeling.naming`).
+        voting: how a segment picks its class: "mean" or "majority".
+        label_template: the naming prompt, filled with the class names joined by " and ".
     """
 
     tau: float = 0.5
@@ -108,8 +117,12 @@ class DiffCutConfig:
     median_size: int = 3
     num_thresholds: int = 100
     drop_zero_rows: bool = False
+    label: str = field(default="none", metadata={"choices": LABELS})
+    voting: str = field(default="mean", metadata={"choices": VOTINGS})
+    label_template: str = "a photo of a {class}"
 
     def __post_init__(self) -> None:
+        check_naming(self.label, self.voting, self.label_template)
         check_positive(self.tau, "tau")
         check_positive(self.alpha, "alpha")
         check_timestep(self.timestep)
@@ -142,12 +155,18 @@ def plan(config: DiffCutConfig, query: Query, backbone: Any, resources: Any = No
     """One UNet pass at `config.timestep` on the noised latent, stopped after the feature module."""
     if backbone is None:
         raise ValueError("DiffCut needs a diffusion backbone; got `backbone=None`.")
+    request, prompt = requires(backbone.unet), config.prompt
+    naming = None
+    if config.label != "none":
+        naming = naming_prompt(backbone.prompt_tokenizer, config.label_template, config.label, query)
+    if naming is not None:  # the cross-attention of the whole UNet: no early exit
+        prompt, request = naming, FeatureRequest(hidden_states=request.hidden_states, cross_attention=True)
     return Pass(
-        request=requires(backbone.unet),
+        request=request,
         size=query.size or config.image_size,
         resize_mode=query.resize_mode,
         timestep=config.timestep,
-        prompts=(config.prompt,),
+        prompts=(prompt,),
         add_noise=config.add_noise,
         shared_noise=config.shared_noise,
     )
@@ -204,7 +223,8 @@ def segment(
         features: output of `DiffusionBackbone.extract` with `requires(unet)` recorded;
             `images` (B, 3, H, W) float32 in [0, 1] are used for the output size and PAMR.
         config: hyperparameters (`DiffCutConfig`).
-        query: its `label_size` is the assignment size when `config.assignment_size` is None.
+        query: its `label_size` is the assignment size when `config.assignment_size` is None;
+            its class names or caption name the segments (`config.label`).
         resources: unused.
 
     Returns:
@@ -241,7 +261,13 @@ def segment(
     logger.debug(
         "DiffCut: %d token segments, %d after assignment/refinement.", int(tokens.max()) + 1, int(labels.max()) + 1
     )
-    return Segmentation(labels=labels.cpu(), extras={"token_labels": tokens.cpu()})
+    labels = labels.cpu()
+    if config.label != "none" and query is not None:
+        named = named_labels(labels, features, naming_classes(config.label, query), config.voting)
+        if named is not None:
+            extras = {"token_labels": tokens.cpu(), "segments": labels}
+            return Segmentation(labels=named[0], names=named[1], extras=extras)
+    return Segmentation(labels=labels, extras={"token_labels": tokens.cpu()})
 
 
 SPEC = MethodSpec(

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backbone.features import FeatureRequest, Features
+from ..labeling.naming import LABELS, check_naming, named_labels, naming_classes, naming_prompt
 from ..ops.attention import aggregate_self_attention
 from ..ops.clustering import kmeans_refine, merge_attention
 from ..ops.masks import maps_to_labels
+from ..ops.naming import VOTINGS
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
@@ -60,6 +62,13 @@ class DiffSegConfig:
         add_noise: noise the latent to `timestep` (the reference feeds the clean latent).
         prompt: conditioning text ("" = unconditional context, as the reference).
         latent_mode: VAE posterior "mean" (the reference's ImageEncoder output) or "sample".
+        label: "none" (segment ids, the paper's), "classes" or "caption": name each segment
+            from the query's class names, or from its caption's nouns (the reference's semantic
+            labels), by the cross-attention of their tokens recorded in the same pass; the
+            naming prompt (the names joined, or the caption) replaces `prompt`
+            (`diffuseg.labeling.naming`).
+        voting: how a segment picks its class: "mean" (the reference's) or "majority".
+        label_template: the naming prompt, filled with the class names joined by " and ".
     """
 
     kl_thresholds: tuple[float, ...] = (1.1, 1.1, 1.1)
@@ -70,8 +79,12 @@ class DiffSegConfig:
     add_noise: bool = False
     prompt: str = ""
     latent_mode: str = field(default="mean", metadata={"choices": LATENT_MODES})
+    label: str = field(default="none", metadata={"choices": LABELS})
+    voting: str = field(default="mean", metadata={"choices": VOTINGS})
+    label_template: str = "a photo of a {class}"
 
     def __post_init__(self) -> None:
+        check_naming(self.label, self.voting, self.label_template)
         if isinstance(self.kl_thresholds, (int, float)):
             object.__setattr__(self, "kl_thresholds", (self.kl_thresholds,) * 3)
         thresholds = tuple(self.kl_thresholds)
@@ -94,13 +107,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def plan(config: DiffSegConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
-    """One UNet pass at `config.timestep` recording every self-attention layer."""
+    """One UNet pass at `config.timestep` recording every self-attention layer (and, to name
+    the segments, the cross-attention of a prompt with the query's class names)."""
+    request, prompt = REQUIRES, config.prompt
+    naming = None
+    if config.label != "none" and backbone is not None:
+        naming = naming_prompt(backbone.prompt_tokenizer, config.label_template, config.label, query)
+    if naming is not None:
+        prompt, request = naming, REQUIRES | FeatureRequest(cross_attention=True)
     return Pass(
-        request=REQUIRES,
+        request=request,
         size=query.size or config.image_size,
         resize_mode=query.resize_mode,
         timestep=config.timestep,
-        prompts=(config.prompt,),
+        prompts=(prompt,),
         add_noise=config.add_noise,
         latent_mode=config.latent_mode,
     )
@@ -117,10 +137,13 @@ def segment(
     Args:
         features: `Features` of one image with `REQUIRES` recorded.
         config: hyperparameters.
-        query, resources: unused (DiffSeg needs neither class names nor other models).
+        query: its class names (``label="classes"``) or caption (``"caption"``) name the segments.
+        resources: unused.
 
     Returns:
-        `Segmentation` with int64 labels (H, W) at the model input size, values in [0, K).
+        `Segmentation` with int64 labels (H, W) at the model input size, values in [0, K): segment
+        ids, or with ``label="classes"`` indices into `query.classes` (`names`; the segment ids
+        in extras["segments"]).
 
     Raises:
         ValueError: if `features` holds no self-attention maps or more than one image.
@@ -140,8 +163,14 @@ def segment(
     proposals = merge_attention(aggregated, anchors=anchors, thresholds=config.kl_thresholds)
     if config.refine:
         proposals = kmeans_refine(proposals, aggregated)
-    labels = maps_to_labels(proposals, features.image_size)
-    return Segmentation(labels=labels.cpu(), extras={"proposals": proposals.cpu()})
+    labels = maps_to_labels(proposals, features.image_size).cpu()
+    if config.label != "none" and query is not None:
+        named = named_labels(labels, features, naming_classes(config.label, query), config.voting)
+        if named is not None:
+            return Segmentation(
+                labels=named[0], names=named[1], extras={"proposals": proposals.cpu(), "segments": labels}
+            )
+    return Segmentation(labels=labels, extras={"proposals": proposals.cpu()})
 
 
 def working_bytes(tokens: int) -> int:

@@ -10,7 +10,8 @@ ensemble of E samples per class, all (class, member) pairs of an image in one ba
 label map as the argmax over classes of the decoded mask probabilities (a "background" class
 gets `background_threshold`).
 
-The model is the user's checkpoint (resource ``checkpoint``: a folder made by the trainer).
+The model is the user's checkpoint (resource ``checkpoint``: a folder made by the trainer); on the
+toy model the checkpoint trained in the proving-ground run ships with the package.
 """
 
 from __future__ import annotations
@@ -67,11 +68,23 @@ def _load(value: str, device: Any, dtype: Any) -> MaskModel:
     from ..segdiffusion.checkpoint import load_checkpoint
 
     unet, record = load_checkpoint(value, device, dtype)
-    return MaskModel(unet, record)
+    return MaskModel(unet, record, str(value))
 
 
-#: The fine-tuned mask UNet: a checkpoint folder (``--resource checkpoint=DIR``) or a `MaskModel`.
-CHECKPOINT = Resource("checkpoint", "a Seg-diffusion checkpoint folder (diffuseg train segdiffusion)", load=_load)
+def _default(backbone: Any) -> str | None:
+    from ..segdiffusion.checkpoint import shipped_checkpoint
+
+    return shipped_checkpoint(backbone)
+
+
+#: The fine-tuned mask UNet: a checkpoint folder (``--checkpoint DIR``) or a `MaskModel`; on the
+#: toy model the shipped proving-ground checkpoint when none is given.
+CHECKPOINT = Resource(
+    "checkpoint",
+    "a Seg-diffusion checkpoint folder made by `diffuseg train segdiffusion` (default on --model toy: the shipped one)",
+    load=_load,
+    default=_default,
+)
 
 
 def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
@@ -131,7 +144,7 @@ SPEC = MethodSpec(
     segment=segment,
     kind="open-vocabulary",
     description="Seg-diffusion: a fine-tuned UNet denoises one mask per class; needs --classes and "
-    "--resource checkpoint=DIR.",
+    "--checkpoint DIR (shipped for --model toy).",
     resources=(CHECKPOINT,),
     needs_classes=True,
 )

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_record"]
+__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_record", "shipped_checkpoint"]
 
 FORMAT = 1
 RECORD = "segdiffusion.json"
@@ -94,3 +94,15 @@ def load_checkpoint(directory: str | os.PathLike, device: Any = None, dtype: Any
     if device is not None:
         unet.to(device)
     return unet.eval().requires_grad_(False), record
+
+
+def shipped_checkpoint(backbone: Any) -> str | None:
+    """The proving-ground checkpoint shipped with the package (``data/toy/segdiffusion``,
+    trained from the toy model; its ``TRAINING.md`` says how) when `backbone` is the toy model
+    (``--model toy``); None for any other model."""
+    from ..backbone.loading import toy_model_path
+
+    if backbone is None or getattr(backbone, "name", None) != "toy":
+        return None
+    path = toy_model_path() / "segdiffusion"
+    return str(path) if (path / RECORD).is_file() else None

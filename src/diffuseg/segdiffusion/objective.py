@@ -14,23 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.denoising import prediction_target
 from .noise import pyramid_noise
 
 __all__ = ["denoising_loss", "prediction_target"]
-
-
-def prediction_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet should predict for `scheduler`'s ``prediction_type``.
-
-    Raises:
-        ValueError: for a prediction type other than "epsilon" or "v_prediction".
-    """
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    raise ValueError(f"the base scheduler's prediction type {kind!r} is not supported; use epsilon or v_prediction.")
 
 
 def denoising_loss(
@@ -42,6 +29,7 @@ def denoising_loss(
     generator: torch.Generator | None = None,
     pyramid_levels: int = 6,
     pyramid_discount: float = 0.3,
+    added_cond: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """MSE between the UNet's prediction and the scheduler's target for one batch.
 
@@ -51,6 +39,7 @@ def denoising_loss(
         image_latents, mask_latents: (B, C, h, w).
         text: (B, T, D) text-encoder states of each row's class prompt.
         generator: randomness for t and the noise.
+        added_cond: the UNet's `added_cond_kwargs` (SDXL family), one row per batch row.
 
     Returns:
         A scalar loss tensor (float32).
@@ -64,6 +53,8 @@ def denoising_loss(
         device, mask_latents.dtype
     )
     noisy = scheduler.add_noise(mask_latents, noise, t)
-    pred = unet(torch.cat([image_latents, noisy], 1), t, encoder_hidden_states=text).sample
+    pred = unet(
+        torch.cat([image_latents, noisy], 1), t, encoder_hidden_states=text, added_cond_kwargs=added_cond
+    ).sample
     target = prediction_target(scheduler, mask_latents, noise, t)
     return F.mse_loss(pred.float(), target.float())

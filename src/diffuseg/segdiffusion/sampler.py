@@ -27,10 +27,46 @@ PROBABILITIES = "segdiffusion.probabilities"
 
 @dataclass
 class MaskModel:
-    """A loaded Seg-diffusion checkpoint: the widened UNet and its JSON record."""
+    """A loaded Seg-diffusion checkpoint: the widened UNet, its JSON record and where it came
+    from (a folder, for error messages; None for a model built in memory)."""
 
     unet: Any
     record: dict[str, Any]
+    source: str | None = None
+
+    def check_fits(self, backbone: Any) -> None:
+        """Raise `ValueError` (naming the checkpoint and what was expected) if this mask UNet
+        cannot run on `backbone`: other latent channels, text width, added conditioning or
+        prediction type."""
+        where = self.source or "the Seg-diffusion checkpoint"
+        cfg, base = self.unet.config, backbone.unet.config
+        problems = []
+        if cfg.in_channels != 2 * base.in_channels:
+            problems.append(
+                f"it reads {cfg.in_channels} latent channels, the base model's VAE gives {base.in_channels} (x2)"
+            )
+        if cfg.cross_attention_dim != base.cross_attention_dim:
+            problems.append(f"its text width is {cfg.cross_attention_dim}, the base model's {base.cross_attention_dim}")
+        if cfg.get("addition_embed_type") != base.get("addition_embed_type"):
+            problems.append(
+                f"its added conditioning is {cfg.get('addition_embed_type')!r}, "
+                f"the base model's {base.get('addition_embed_type')!r}"
+            )
+        kind = self.record.get("prediction_type")
+        if kind is not None and kind != backbone.scheduler.config.prediction_type:
+            problems.append(
+                f"it was trained for {kind!r} prediction, the base model's scheduler predicts "
+                f"{backbone.scheduler.config.prediction_type!r}"
+            )
+        if problems:
+            trained = self.record.get("base_model")
+            raise ValueError(
+                f"{where} does not fit the base model {backbone.name!r}"
+                + (f" (it was trained from {trained!r})" if trained else "")
+                + ": "
+                + "; ".join(problems)
+                + "."
+            )
 
 
 @dataclass(frozen=True)
@@ -66,6 +102,7 @@ class SegDiffusionSampler:
         model = resources.get(self.resource)
         if not isinstance(model, MaskModel):
             raise ValueError(f"Seg-diffusion needs its checkpoint in `resources[{self.resource!r}]` (a MaskModel).")
+        model.check_fits(backbone)
         unet = model.unet
         scheduler = DDIMScheduler.from_config(backbone.scheduler.config)
         scheduler.set_timesteps(self.steps, device=backbone.device)
@@ -73,6 +110,9 @@ class SegDiffusionSampler:
         p, e = len(prompts), self.ensemble
         text = backbone.encode_prompts(prompts)
         embeds = text.embeds.to(unet.dtype).repeat_interleave(e, 0)  # (P*E, T, D)
+        added = backbone.added_cond(text, tuple(pixels.shape[-2:]))
+        if added is not None:
+            added = {k: v.to(unet.dtype).repeat_interleave(e, 0) for k, v in added.items()}
         image_latents = backbone.encode_images(pixels, "mean").to(unet.dtype)  # (B, C, h, w)
         out = []
         for z_image in image_latents:
@@ -81,7 +121,7 @@ class SegDiffusionSampler:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             z = torch.randn(shape, generator=generator, device=gen_device).to(backbone.device, unet.dtype)
             for t in scheduler.timesteps:
-                pred = unet(torch.cat([cond, z], 1), t, encoder_hidden_states=embeds).sample
+                pred = unet(torch.cat([cond, z], 1), t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
                 z = scheduler.step(pred, t, z).prev_sample
             probs = decode_masks(backbone, z)  # (P*E, H, W)
             out.append(probs.view(p, e, *probs.shape[-2:]).mean(1))
