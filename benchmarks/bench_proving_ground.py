@@ -70,6 +70,12 @@ EXTRA_ROWS = (
         {"classes": "all", "matching": "none"},
     ),
     (
+        "diffseg, segments named from the scene caption's nouns",
+        "diffseg",
+        {"label": "caption"},
+        {"matching": "none"},
+    ),
+    (
         "diffcut, segments named by cross-attention",
         "diffcut",
         {"label": "classes"},
@@ -415,8 +421,10 @@ def _classes_cell(row: dict) -> str:
     """The class setting of a row: what each image's query was given (eval --classes)."""
     if row["classes"] == "gt-labels":
         return "gt-labels (oracle)"
-    uses_classes = row["kind"] == "open-vocabulary" or row.get("explicit", {}).get("label") == "classes"
-    return "all" if uses_classes else "-"
+    label = row.get("explicit", {}).get("label")
+    if label == "caption":
+        return "caption nouns"
+    return "all" if row["kind"] == "open-vocabulary" or label == "classes" else "-"
 
 
 def _show(value) -> str:

@@ -214,3 +214,23 @@ def test_diffsegmenter_loads_the_captioner_resource_from_a_folder(blip_dir, tiny
     out = seg(Query(image=quadrant_image, classes="cat, sofa"), torch.Generator().manual_seed(0))
     assert out.names == ["cat", "sofa"]
     assert [p.split()[0].rstrip(",") for p in seen[0]] == ["cat", "sofa"]  # each prompt starts with its class
+
+
+def test_diffseg_names_segments_from_a_blip_caption_through_the_cli(
+    blip_dir, tiny_model_dir, photo, tmp_path, monkeypatch
+):
+    """--label caption with --captioner: BLIP captions the image, its nouns name the segments;
+    the captioner is loaded once (on --label-device)."""
+    from diffuseg.cli import main
+    from diffuseg.labeling import captioner as module
+
+    loads = []
+    real = module.load_captioner
+    monkeypatch.setattr(module, "load_captioner", lambda *a, **k: loads.append(a) or real(*a, **k))
+    argv = ["segment", photo, "--model", str(tiny_model_dir), "--method", "diffseg", "--label", "caption",
+            "--captioner", str(blip_dir), "--label-device", "cpu", "--size", "32", "--no-progress",
+            "--out", str(tmp_path / "a")]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "a" / "photo.json").read_text())
+    assert record["config"]["label"] == "caption"
+    assert len(loads) == 1 and loads[0][1] == "cpu"

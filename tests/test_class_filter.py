@@ -107,6 +107,7 @@ def test_eval_records_the_kept_classes(tiny_backbone, tmp_path):
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert report["dataset"]["num_evaluated"] == 2
+    assert report["class_filter"]["kept_per_image"] == 1 and report["class_filter"]["fell_back"] == 0
     (results,) = tmp_path.glob("*.jsonl")
     lines = [json.loads(x) for x in results.read_text().splitlines()]
     images = [x for x in lines if x.get("type") == "image"]

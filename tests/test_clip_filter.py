@@ -116,3 +116,34 @@ def test_clip_filter_through_the_cli(tiny_clip_dir, tiny_model_dir, photo, tmp_p
     assert record["meta"]["class_filter"]["filter"] == "clip"
     assert set(record["meta"]["class_filter"]["scores"]) == {"x", "y"}
     assert make_filter("none") is None
+
+
+def test_diffseg_and_diffcut_name_segments_with_dense_clip_features(tiny_clip_dir, tiny_backbone, quadrant_image):
+    from diffuseg.labeling.clip import load_clip
+    from diffuseg.plan import Query
+    from diffuseg.segmenter import Segmenter
+
+    clip = load_clip(str(tiny_clip_dir))
+    dense = clip.dense_features(quadrant_image)
+    assert dense.shape == (8, 4, 4)  # projection width, 32 px / 8 px patches
+    torch.testing.assert_close(dense.norm(dim=0), torch.ones(4, 4))
+    query = Query(image=quadrant_image, classes="x, y|z, background")
+    for method in ("diffseg", "diffcut"):
+        seg = Segmenter(tiny_backbone, method, label="clip", image_size=32, resources={"clip": clip})
+        out = seg(query, torch.Generator().manual_seed(0))
+        assert out.names == ["x", "y", "background"] and set(out.labels.unique().tolist()) <= {0, 1}
+        assert seg.model_calls == 1
+    with pytest.raises(ValueError, match="'clip' names segments with a CLIP model.*--clip"):
+        Segmenter(tiny_backbone, "diffseg", label="clip", image_size=32)(query, torch.Generator().manual_seed(0))
+
+
+def test_cli_label_clip(tiny_clip_dir, tiny_model_dir, photo, tmp_path, capsys):
+    from diffuseg.cli import main
+
+    base = ["segment", photo, "--model", str(tiny_model_dir), "--method", "diffcut", "--size", "32", "--no-progress"]
+    argv = [*base, "--classes", "x,y", "--label", "clip", "--clip", str(tiny_clip_dir)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    record = json.loads((tmp_path / "a" / "photo.json").read_text())
+    assert {s["name"] for s in record["segments"]} <= {"x", "y"} and record["config"]["label"] == "clip"
+    assert main([*base, "--label", "clip", "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "b")]) == 2
+    assert "--label clip names the segments from --classes" in capsys.readouterr().err

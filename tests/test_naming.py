@@ -79,7 +79,7 @@ def test_cli_names_diffseg_segments_with_classes(tiny_model_dir, photo, tmp_path
     assert main([*base, "--label", "classes", "--out", str(tmp_path / "b")]) == 2
     assert "--label classes names the segments from --classes" in capsys.readouterr().err
     assert main([*base, "--label", "caption", "--out", str(tmp_path / "c")]) == 2
-    assert "--label caption names the segments from the nouns of --caption" in capsys.readouterr().err
+    assert "--label caption names the segments from the nouns of a caption" in capsys.readouterr().err
     assert main([*base, "--caption", "a cat on a mat", "--out", str(tmp_path / "d")]) == 0
     record = json.loads((tmp_path / "d" / "photo.json").read_text())
     assert {s["name"] for s in record["segments"]} <= {"cat", "mat"}
@@ -96,6 +96,17 @@ def test_diffseg_names_segments_from_the_caption_nouns(tiny_backbone, quadrant_i
     with pytest.raises(ValueError, match="caption"):
         seg(Query(image=quadrant_image), torch.Generator().manual_seed(0))
     assert seg(Query(image=quadrant_image, caption="very quickly"), torch.Generator().manual_seed(0)).names is None
+    prefixes = []
+
+    def captioner(image, prefix):
+        prefixes.append(prefix)
+        return "a cat"
+
+    by_captioner = Segmenter(
+        tiny_backbone, "diffseg", label="caption", image_size=32, resources={"captioner": captioner}
+    )
+    assert by_captioner(quadrant_image, torch.Generator().manual_seed(0)).names == ["cat"]
+    assert prefixes and set(prefixes) == {""}
 
 
 def test_diffcut_names_its_segments_from_the_same_pass(tiny_backbone, quadrant_image):

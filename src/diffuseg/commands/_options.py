@@ -29,6 +29,7 @@ __all__ = [
     "add_filter_option",
     "check_filter",
     "build_filter",
+    "load_label_models",
     "parse_resources",
     "show_value",
     "method_overrides",
@@ -167,9 +168,6 @@ def add_filter_option(parser: Any) -> None:
         "similarity; caption-clip: that or the caption's CLIP text similarity); the JSON lists what was kept",
     )
     parser.add_argument(
-        "--clip", default=None, metavar="PATH", help="CLIP model for --filter clip / caption-clip (folder or hub id)"
-    )
-    parser.add_argument(
         "--label-device",
         default=None,
         help="device of the CLIP model and the captioner of the labelling stage (default: --device)",
@@ -191,37 +189,53 @@ def check_filter(args: argparse.Namespace, spec: Any) -> Any:
     return args.class_filter
 
 
-def build_filter(args: argparse.Namespace, name: str | None, resources: dict[str, str], spec: Any) -> Any:
-    """The class filter object for `name` (loading CLIP and a captioner on --label-device), or
-    None. A --captioner the method does not declare goes to the caption-clip filter.
+def load_label_models(args: argparse.Namespace, resources: dict[str, Any]) -> None:
+    """Load the labelling stage's models given by path (--captioner, --clip) once, on
+    --label-device (default --device), in place: the class filter and the method share them.
 
     Raises:
-        ValueError, OSError: naming --clip / --captioner, for models that are missing or wrong.
+        ValueError, OSError: naming --captioner, --clip or --label-device.
+    """
+    device = getattr(args, "label_device", None) or args.device
+    todo = [name for name in ("captioner", "clip") if isinstance(resources.get(name), str)]
+    if not todo:
+        return
+    from ..devices import check_device
+
+    check_device(device)
+    for name in todo:
+        if name == "captioner":
+            from ..labeling.captioner import load_captioner
+
+            resources[name] = load_captioner(resources[name], device)
+        else:
+            from ..labeling.clip import load_clip
+
+            resources[name] = load_clip(resources[name], device)
+
+
+def build_filter(args: argparse.Namespace, name: str | None, resources: dict[str, Any], spec: Any) -> Any:
+    """The class filter object for `name`, or None. It takes the CLIP model and the captioner
+    from `resources` (loaded by `load_label_models`); those the method does not declare are
+    removed from `resources` (they were the filter's).
+
+    Raises:
+        ValueError: naming --clip / --caption / --captioner, for what the filter lacks.
     """
     from ..labeling.filters import make_filter
 
-    if name is None:
-        return None
-    if name == "diffusion":
+    declared = {r.name for r in spec.resources}
+    clip, captioner = resources.get("clip"), resources.get("captioner")
+    for extra in ("clip", "captioner"):
+        if extra in resources and extra not in declared and name in ("clip", "caption-clip"):
+            del resources[extra]
+    if name is None or name == "diffusion":
         return make_filter(name)
-    if args.clip is None:
+    if clip is None:
         raise ValueError(f"--filter {name} needs --clip: a CLIP model folder or a cached hub id.")
-    from ..devices import check_device
-    from ..labeling.clip import load_clip
-
-    device = args.label_device or args.device
-    check_device(device)
-    captioner = None
-    if name == "caption-clip" and "captioner" in resources:
-        from ..labeling.captioner import load_captioner
-
-        value = resources["captioner"]
-        if not any(r.name == "captioner" for r in spec.resources):
-            del resources["captioner"]
-        captioner = load_captioner(value, device)
     if name == "caption-clip" and captioner is None and hasattr(args, "caption") and not args.caption:
         raise ValueError("--filter caption-clip needs a caption: --caption TEXT or --captioner PATH.")
-    return make_filter(name, clip=load_clip(args.clip, device), captioner=captioner)
+    return make_filter(name, clip=clip, captioner=captioner)
 
 
 def _resources() -> dict[str, tuple[str, list[str]]]:

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         check_filter,
         check_runtime,
         load_backbone,
+        load_label_models,
         make_generator,
         method_overrides,
         resource_values,
@@ -182,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         model_id = getattr(backbone, "name", None) or args.model
     generator = make_generator(args.seed, args.device) if needs_model else None
     try:
+        load_label_models(args, resources)
         class_filter = build_filter(args, class_filter, resources, spec)
     except (OSError, ValueError) as e:
         return _fail(e)

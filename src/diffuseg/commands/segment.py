@@ -30,6 +30,7 @@ from ._options import (
     fail,
     flag_message,
     load_backbone,
+    load_label_models,
     make_generator,
     method_help,
     method_overrides,
@@ -110,25 +111,28 @@ def run(args: argparse.Namespace) -> int:
         check_runtime(args)
         classes = load_classes(args.classes) if args.classes is not None else ()
         given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
-        if spec.names_segments and len(given) == 1:  # an unsupervised method names its segments
-            source = {"--classes": "classes", "--caption": "caption"}[given[0]]
-            if overrides.setdefault("label", source) == source:
-                given = []
+        if spec.names_segments and given:  # an unsupervised method names its segments from them
+            if len(given) == 1:
+                overrides.setdefault("label", "caption" if given == ["--caption"] else "classes")
+            used = {"classes": "--classes", "clip": "--classes", "caption": "--caption"}.get(overrides.get("label"))
+            given = [flag for flag in given if flag != used]
         if given and not spec.open_vocabulary:
             raise ValueError(
                 f"{' and '.join(given)} apply to open-vocabulary methods; {spec.name} is {spec.kind} "
                 "and would ignore them."
             )
-        if overrides.get("label") == "classes" and not classes:
-            raise ValueError("--label classes names the segments from --classes; give --classes.")
-        if overrides.get("label") == "caption" and not args.caption:
-            raise ValueError("--label caption names the segments from the nouns of --caption; give --caption.")
+        if overrides.get("label") in ("classes", "clip") and not classes:
+            raise ValueError(f"--label {overrides['label']} names the segments from --classes; give --classes.")
         if spec.needs_classes and not classes:
             raise ValueError(
                 f"method {spec.name} needs --classes: names ('cat,sofa,tv|monitor'), a file with one "
                 "class per line, or a dataset's list ('dataset:voc21')."
             )
         resources = resource_values(args)
+        if overrides.get("label") == "caption" and not args.caption and "captioner" not in resources:
+            raise ValueError(
+                "--label caption names the segments from the nouns of a caption; give --caption or --captioner."
+            )
         class_filter = check_filter(args, spec)
         if class_filter and not classes:
             raise ValueError("--filter chooses among --classes; give --classes.")
@@ -159,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         from ..segmenter import Segmenter
 
         try:
+            load_label_models(args, resources)
             class_filter = build_filter(args, class_filter, resources, spec)
             segmenter = Segmenter(
                 backbone, spec, batch_size=args.batch_size, resources=resources, device=args.device,

@@ -121,10 +121,13 @@ def build_report(
     preset: dict[str, Any] | None = None,
     classes: str = "all",
     background_tuning: dict[str, Any] | None = None,
+    class_filter: Any = None,
 ) -> dict[str, Any]:
     """Assemble the report of one run from its per-image records (dataset order).
 
-    `classes` is the run's class setting (`diffuseg.eval.runner.CLASS_SETTINGS`).
+    `classes` is the run's class setting (`diffuseg.eval.runner.CLASS_SETTINGS`); `class_filter`
+    its class filter as the fingerprint records it (None: none), summarised from the records'
+    ``class_filter`` entries (classes kept per image, images where it kept nothing and fell back).
     `background_tuning` (``{"field", "values", "default"}``, or None) adds the section of the same
     name: each swept value's mIoU from the records' ``sweep`` counts, the best value and `TUNING_NOTE`.
     """
@@ -161,6 +164,7 @@ def build_report(
             "preset": preset,
         },
         "classes": classes,
+        "class_filter": _filter_summary(class_filter, ok),
         "model": model_id,
         "protocol": dataclasses.asdict(protocol),
         "matching": matching,
@@ -200,6 +204,22 @@ def tuning_line(report: dict[str, Any]) -> str | None:
     )
 
 
+def _filter_summary(class_filter: Any, ok: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    if class_filter is None:
+        return None
+    kept = [len(r["class_filter"]["kept"]) for r in ok if "class_filter" in r]
+    return {
+        "filter": class_filter,
+        "kept_per_image": sum(kept) / len(kept) if kept else None,
+        "fell_back": sum(bool(r["class_filter"]["fell_back"]) for r in ok if "class_filter" in r),
+    }
+
+
+def _filter_name(summary: dict[str, Any]) -> str:
+    f = summary["filter"]
+    return f.get("name", "?") if isinstance(f, dict) else str(f)
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """A Markdown summary: one results row, then per-class IoU."""
     d, m, met = report["dataset"], report["method"], report["metrics"]
@@ -208,8 +228,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"# {m['name']} on {d['name']} ({d['split']})",
         "",
         f"protocol **{report['protocol']['name']}**, matching **{report['matching']}**, "
-        f"classes **{report['classes']}**, "
-        f"model {report['model'] or '-'}; {d['num_evaluated']} images scored, "
+        f"classes **{report['classes']}**"
+        + (
+            f" (filter **{_filter_name(report['class_filter'])}**, "
+            f"{report['class_filter']['kept_per_image'] or 0:.2f} kept per image), "
+            if report.get("class_filter")
+            else ", "
+        )
+        + f"model {report['model'] or '-'}; {d['num_evaluated']} images scored, "
         f"{d['num_skipped']} skipped.",
         "",
         "| method | dataset | protocol | matching | mIoU | pixel acc. | s / image |",

@@ -325,6 +325,7 @@ def evaluate(
         results_file=store.path,
         preset=getattr(segmenter, "preset", None),
         classes=classes,
+        class_filter=fingerprint.get("class_filter"),
         background_tuning=(
             None
             if sweep is None

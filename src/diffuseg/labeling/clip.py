@@ -90,6 +90,29 @@ class ClipScorer:
         return (self.names(names) @ img).cpu()
 
     @torch.no_grad()
+    def dense_features(self, image: Any) -> torch.Tensor:
+        """Per-patch image embeddings of the whole image: (D, h, w) float32, unit length.
+
+        The image is resized to the model's square input without a crop (the classifier's
+        centre crop would drop the borders), and each patch token of the last layer goes
+        through the post-layernorm and the visual projection that CLIP applies to its class
+        token. (DiffCut's reference reads a ConvNeXt CLIP's dense trunk features; a ViT's patch
+        tokens are the equivalent here.)
+        """
+        from ..imageio import as_pil
+
+        side = int(self.model.config.vision_config.image_size)
+        enc = self.processor.image_processor(
+            images=as_pil(image), do_center_crop=False, size={"height": side, "width": side}, return_tensors="pt"
+        )
+        pixels = enc["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
+        vision = self.model.vision_model(pixel_values=pixels)
+        tokens = vision.last_hidden_state[0, 1:]  # (N, C) without the class token
+        tokens = self.model.visual_projection(self.model.vision_model.post_layernorm(tokens)).float()
+        grid = side // int(self.model.config.vision_config.patch_size)
+        return torch.nn.functional.normalize(tokens, dim=-1).t().reshape(-1, grid, grid).cpu()
+
+    @torch.no_grad()
     def text_similarity(self, text: str, names: Sequence[str]) -> torch.Tensor:
         """(P,) cosine similarity of `text` (e.g. a caption) to each bare name."""
         emb = self._text([text, *names])

@@ -51,9 +51,10 @@ from ..labeling.spans import check_template, class_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
 from ..ops.masks import class_scores, mean_score_per_label
-from ..plan import LATENT_MODES, Pass, Query, Resource, check_positive, check_timestep
+from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
+from ._resources import CAPTIONER
 
 __all__ = ["DiffSegmenterConfig", "PRESETS", "plan", "segment", "class_rows", "SPEC"]
 
@@ -255,22 +256,6 @@ def segment(
         scores=class_score,
         extras={"class_scores": scores.clamp_min(0).cpu()},
     )
-
-
-def _load_captioner(value: str, device: Any, dtype: Any) -> Any:
-    from ..labeling.captioner import load_captioner
-
-    return load_captioner(value, device, dtype)
-
-
-#: An optional captioner: ``captioner(image, prefix) -> caption`` continuing each class prompt
-#: (a string loads BLIP, `diffuseg.labeling.captioner`). Used when the query has no caption.
-CAPTIONER = Resource(
-    "captioner",
-    "an image captioner that continues each class prompt (a BLIP captioning model: folder or hub id)",
-    load=_load_captioner,
-    required=False,
-)
 
 
 def working_bytes(tokens: int) -> int:
