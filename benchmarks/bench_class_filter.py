@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         lines.append(
             f"| {r['score']} | {r['num_scenes']} | {r['precision']:.3f} | {r['recall']:.3f} "
-            f"| {r['kept_per_image']:.2f} | {r['true_per_image']:.2f} | {r['fallbacks']} | {r['seconds_per_image']:.2f} |"
+            f"| {r['kept_per_image']:.2f} | {r['true_per_image']:.2f} | {r['fallbacks']} "
+            f"| {r['seconds_per_image']:.2f} |"
         )
     lines += ["", "| class | " + " | ".join(f"{r['score']} P / R" for r in results) + " |"]
     lines += ["|---|" + "---:|" * len(results)]
