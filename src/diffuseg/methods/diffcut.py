@@ -15,6 +15,11 @@ Pipeline for one image:
 2. Recursive normalized cut of the token grid (`diffuseg.ops.ncut`).
 3. High-resolution concept assignment at the output resolution (default: the model input's).
 4. Optional refinement: PAMR, then a 3x3 median filter (`diffuseg.ops.pamr`).
+5. Optional names (`label`, `diffuseg.labeling.naming`): ``clip`` is the paper's
+   open-vocabulary recipe (mask-averaged dense CLIP features against the class names' text
+   embeddings, with a CLIP resource); ``classes`` / ``caption`` need no second model: the pass
+   runs with the names (or the caption) as its prompt and each segment takes the class whose
+   cross-attention wins its vote (the UNet then runs whole, no early exit).
 
 Deviations from the reference, on purpose:
 

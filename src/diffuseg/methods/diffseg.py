@@ -8,6 +8,12 @@ maps; they are averaged per resolution (and over heads), aggregated to the highe
 merged by symmetric KL distance from an anchor grid, optionally refined with k-means, and
 upsampled to the image with a per-pixel argmax.
 
+Semantic labels (`label`, `diffuseg.labeling.naming`): with class names or a caption, the same
+pass runs with them as its prompt and records their cross-attention; each segment takes the
+class that wins its vote (mean, the reference's, or a true majority: the reference's "majority"
+is a median) and segments with one name merge. With ``label="clip"`` a CLIP resource names them
+from dense image features instead.
+
 Presets (`SPEC.presets`, by `DiffusionBackbone.family`; any setting overrides them):
 
 * ``toy`` (the proving-ground model shipped with diffuseg, 64 px native, 8x8 latent): its
