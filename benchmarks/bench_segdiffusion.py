@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Seg-diffusion, toy model, {args.num_scenes} held-out synthetic scenes, classes `{args.classes}`, "
         f"matching `none`, {args.threads} CPU threads; "
-        f"checkpoint: {args.checkpoint or 'shipped (data/toy/segdiffusion)'}.",
+        f"checkpoint: {args.checkpoint or 'shipped (data/segdiffusion-toy)'}.",
         "",
         "| DDIM steps N | ensemble E | mIoU | pixel acc. | s / image |",
         "|---:|---:|---:|---:|---:|",

@@ -57,8 +57,9 @@ def test_classes_from_a_file_and_from_a_dataset(tiny_model_dir, tmp_path, photo)
         (["--method", "diffsegmenter", "--classes", "background", *SHORT], "other than 'background'"),
         (["--method", "diffsegmenter", "--classes", "abcdefghijklmnopqrstuvwxyz", *SHORT], "budget"),
         (["--method", "diffsegmenter", "--classes", "dataset:nope", *SHORT], "nope"),
-        (["--method", "diffseg", "--classes", "cat,dog"], "--classes apply to open-vocabulary methods"),
-        (["--method", "diffseg", "--caption", "a cat"], "--caption apply to open-vocabulary methods"),
+        (["--method", "maskdiffusion-kmeans", "--classes", "cat,dog"], "--classes apply to open-vocabulary methods"),
+        (["--method", "maskdiffusion-kmeans", "--caption", "a cat"], "--caption apply to open-vocabulary methods"),
+        (["--method", "diffseg", "--classes", "x", "--caption", "a"], "--classes and --caption apply to open-voc"),
     ],
 )
 def test_bad_class_lists_are_usage_errors(tiny_model_dir, tmp_path, photo, capsys, args, message):

@@ -77,7 +77,7 @@ def test_the_shipped_checkpoint_is_the_default_on_the_toy_model_only(tiny_backbo
     class Toy:
         name = "toy"
 
-    assert shipped_checkpoint(Toy()) == str(toy_model_path() / "segdiffusion")
+    assert shipped_checkpoint(Toy()) == str(toy_model_path().parent / "segdiffusion-toy")
 
 
 def test_cli_checkpoint_flag(tiny_model_dir, tiny_backbone, photo, tmp_path, capsys):
@@ -95,3 +95,19 @@ def test_cli_checkpoint_flag(tiny_model_dir, tiny_backbone, photo, tmp_path, cap
     assert "--checkpoint and --resource checkpoint" in capsys.readouterr().err
     assert main([*argv, "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o3")]) != 0
     assert "segdiffusion.json not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("spacing", "first"), [("trailing", 999), ("leading", 900)])
+def test_ddim_starts_where_the_spacing_says(spacing, first, tiny_backbone, quadrant_image):
+    """Trailing spacing puts the first of 10 steps at T - 1, where the pure noise the sampler
+    starts from belongs; leading (the SD schedulers', steps_offset 0 here) at 900."""
+    model = mask_model(tiny_backbone)
+    steps = []
+    handle = model.unet.register_forward_pre_hook(lambda m, args: steps.append(int(args[1])))
+    try:
+        seg = Segmenter(tiny_backbone, "segdiffusion", resources={"checkpoint": model},
+                        **{**SHORT, "steps": 10, "timestep_spacing": spacing})  # fmt: skip
+        seg(Query(image=quadrant_image, classes="a"), torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert len(steps) == 10 and steps[0] == first and steps == sorted(steps, reverse=True)

@@ -8,7 +8,9 @@ that class's prompt "a photo of a {class}" (the reference averages all classes' 
 one gray map and has no way back from gray levels to classes), DDIM with N steps over an
 ensemble of E samples per class, all (class, member) pairs of an image in one batch, and the
 label map as the argmax over classes of the decoded mask probabilities (a "background" class
-gets `background_threshold`).
+gets `background_threshold`). DDIM runs with "trailing" timesteps, so its first step sees pure
+noise at the noise level it belongs to; the reference's SD 2 scheduler ("leading") starts 10
+steps at t = 901 (``timestep_spacing="leading"`` reproduces it).
 
 The model is the user's checkpoint (resource ``checkpoint``: a folder made by the trainer); on the
 toy model the checkpoint trained in the proving-ground run ships with the package.
@@ -17,7 +19,7 @@ toy model the checkpoint trained in the proving-ground run ships with the packag
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn.functional as F
@@ -31,7 +33,10 @@ from ..segdiffusion.sampler import PROBABILITIES, MaskModel, SegDiffusionSampler
 from ..types import Segmentation
 from ._registry import MethodSpec
 
-__all__ = ["SegDiffusionConfig", "CHECKPOINT", "plan", "segment", "SPEC"]
+#: DDIM timestep spacings (`SegDiffusionConfig.timestep_spacing`).
+TIMESTEP_SPACINGS = ("trailing", "leading")
+
+__all__ = ["SegDiffusionConfig", "TIMESTEP_SPACINGS", "CHECKPOINT", "plan", "segment", "SPEC"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class SegDiffusionConfig:
             mask probabilities in [0, 1]; unused without a background class.
         image_size: model input side (the longer side); None = the base model's native size
             (512 for SD 2-base, 768 for SD 2; the reference processes at 384).
+        timestep_spacing: DDIM timesteps, "trailing" (default: the first step at the noise level
+            of the pure noise it starts from) or "leading" (the reference's SD 2 scheduler: a bug
+            for a sampler that starts from pure noise, `SegDiffusionSampler`).
     """
 
     template: str = "a photo of a {class}"
@@ -53,9 +61,12 @@ class SegDiffusionConfig:
     ensemble: int = 10
     background_threshold: float = 0.5
     image_size: int | None = None
+    timestep_spacing: str = field(default="trailing", metadata={"choices": TIMESTEP_SPACINGS})
 
     def __post_init__(self) -> None:
         check_template(self.template)
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"`timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}.")
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.ensemble, "ensemble", integer=True)
         b = self.background_threshold
@@ -103,7 +114,7 @@ def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resourc
         size=query.size or config.image_size,
         resize_mode=query.resize_mode,
         prompts=prompts,
-        sampler=SegDiffusionSampler(config.steps, config.ensemble, CHECKPOINT.name),
+        sampler=SegDiffusionSampler(config.steps, config.ensemble, CHECKPOINT.name, config.timestep_spacing),
     )
 
 

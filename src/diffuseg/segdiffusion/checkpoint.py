@@ -97,12 +97,12 @@ def load_checkpoint(directory: str | os.PathLike, device: Any = None, dtype: Any
 
 
 def shipped_checkpoint(backbone: Any) -> str | None:
-    """The proving-ground checkpoint shipped with the package (``data/toy/segdiffusion``,
-    trained from the toy model; its ``TRAINING.md`` says how) when `backbone` is the toy model
+    """The proving-ground checkpoint shipped with the package (``data/segdiffusion-toy``,
+    trained from the toy model; its ``TRAINING.json`` says how) when `backbone` is the toy model
     (``--model toy``); None for any other model."""
     from ..backbone.loading import toy_model_path
 
     if backbone is None or getattr(backbone, "name", None) != "toy":
         return None
-    path = toy_model_path() / "segdiffusion"
+    path = toy_model_path().parent / "segdiffusion-toy"
     return str(path) if (path / RECORD).is_file() else None
