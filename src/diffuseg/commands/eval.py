@@ -28,9 +28,9 @@ def register(subparsers: Any) -> None:
     from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
     from ..eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
+    from ._labeling import add_filter_option
     from ._options import (
         HelpFormatter,
-        add_filter_option,
         add_method_options,
         add_model_options,
         add_resource_option,
@@ -139,12 +139,10 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.runner import BACKGROUND_SWEEP, check_tune_background, evaluate
     from ..eval.store import ResumeMismatchError
     from ..methods import get_method
+    from ._labeling import build_filter, check_filter, load_label_models
     from ._options import (
-        build_filter,
-        check_filter,
         check_runtime,
         load_backbone,
-        load_label_models,
         make_generator,
         method_overrides,
         resource_values,

@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from . import COMMANDS
+from ._labeling import build_filter, check_filter, load_label_models
 from ._options import (
     HelpFormatter,
     add_method_options,
     add_model_options,
     add_query_options,
-    build_filter,
-    check_filter,
     check_runtime,
     fail,
     flag_message,
     load_backbone,
-    load_label_models,
     make_generator,
     method_help,
     method_overrides,
