@@ -6,7 +6,7 @@ from typing import Any
 
 from ..plan import Resource
 
-__all__ = ["CAPTIONER", "CLIP", "caption_image", "clip_resource", "pixels_of"]
+__all__ = ["CAPTIONER", "CLIP", "caption_image", "naming_pass_prompt", "segment_names"]
 
 
 def _load_captioner(value: str, device: Any, dtype: Any) -> Any:
@@ -55,27 +55,38 @@ def caption_image(resources: Any, query: Any) -> str | None:
     return captioner(as_pil(query.image), "")
 
 
-def clip_resource(resources: Any) -> Any:
-    """The loaded ``clip`` resource.
+def naming_pass_prompt(config: Any, query: Any, backbone: Any, resources: Any) -> str | None:
+    """The prompt of a pass that names segments (`diffuseg.labeling.naming.naming_prompt`) for a
+    config with ``label``, ``label_template``: None when the segments stay unnamed."""
+    from ..labeling.naming import naming_prompt
+
+    if config.label == "none" or backbone is None:
+        return None
+    caption = caption_image(resources, query) if config.label == "caption" else None
+    return naming_prompt(backbone.prompt_tokenizer, config.label_template, config.label, query, caption)
+
+
+def segment_names(config: Any, labels: Any, features: Any, query: Any, resources: Any) -> tuple[Any, list[str]] | None:
+    """Name the segment ids `labels` (H, W) as the config's ``label`` / ``voting`` say: class
+    indices (H, W) and their names, or None (unnamed).
 
     Raises:
-        ValueError: naming the resource, when there is none (``label="clip"`` needs it).
+        ValueError: ``label="clip"`` without the ``clip`` resource or an image in `features`;
+            ``label="caption"`` without a caption.
     """
+    from ..labeling.naming import clip_named_labels, named_labels, naming_classes
+
+    if config.label == "none" or query is None:
+        return None
+    classes = naming_classes(config.label, query, features)
+    if config.label != "clip":
+        return named_labels(labels, features, classes, config.voting)
     clip = (resources or {}).get(CLIP.name)
     if clip is None:
         raise ValueError(
             "`label` 'clip' names segments with a CLIP model: give the resource `clip` (CLI: --clip PATH or a "
             "cached hub id such as openai/clip-vit-large-patch14)."
         )
-    return clip
-
-
-def pixels_of(features: Any) -> Any:
-    """Image 0 of `features` as the model saw it: (3, H, W) float32 in [0, 1].
-
-    Raises:
-        ValueError: when the features carry no image.
-    """
     if features.images is None:
         raise ValueError("these features carry no image; naming segments with CLIP needs it.")
-    return features.images[0].float().cpu()
+    return clip_named_labels(labels, features.images[0].float().cpu(), classes, clip)

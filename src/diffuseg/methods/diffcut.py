@@ -54,14 +54,14 @@ from torch import nn
 
 from ..backbone.features import FeatureRequest, Features
 from ..backbone.layers import deepest_encoder_self_attention as feature_module_path
-from ..labeling.naming import LABELS, check_naming, clip_named_labels, named_labels, naming_classes, naming_prompt
+from ..labeling.naming import LABELS, check_naming
 from ..ops.naming import VOTINGS
 from ..ops.ncut import assign_concepts, recursive_normalized_cut
 from ..ops.pamr import refine_labels
 from ..plan import Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
-from ._resources import CAPTIONER, CLIP, caption_image, clip_resource, pixels_of
+from ._resources import CAPTIONER, CLIP, naming_pass_prompt, segment_names
 
 __all__ = ["DiffCutConfig", "PRESETS", "feature_module_path", "plan", "requires", "segment", "token_features", "SPEC"]
 
@@ -162,12 +162,7 @@ def plan(config: DiffCutConfig, query: Query, backbone: Any, resources: Any = No
     if backbone is None:
         raise ValueError("DiffCut needs a diffusion backbone; got `backbone=None`.")
     request, prompt = requires(backbone.unet), config.prompt
-    naming = None
-    if config.label != "none":
-        naming = naming_prompt(
-            backbone.prompt_tokenizer, config.label_template, config.label, query,
-            caption_image(resources, query) if config.label == "caption" else None,
-        )  # fmt: skip
+    naming = naming_pass_prompt(config, query, backbone, resources)
     if naming is not None:  # the cross-attention of the whole UNet: no early exit
         prompt, request = naming, FeatureRequest(hidden_states=request.hidden_states, cross_attention=True)
     return Pass(
@@ -271,13 +266,7 @@ def segment(
         "DiffCut: %d token segments, %d after assignment/refinement.", int(tokens.max()) + 1, int(labels.max()) + 1
     )
     labels = labels.cpu()
-    named = None
-    if config.label != "none" and query is not None:
-        classes = naming_classes(config.label, query, features)
-        if config.label == "clip":
-            named = clip_named_labels(labels, pixels_of(features), classes, clip_resource(resources))
-        else:
-            named = named_labels(labels, features, classes, config.voting)
+    named = segment_names(config, labels, features, query, resources)
     if named is not None:
         return Segmentation(labels=named[0], names=named[1], extras={"token_labels": tokens.cpu(), "segments": labels})
     return Segmentation(labels=labels, extras={"token_labels": tokens.cpu()})

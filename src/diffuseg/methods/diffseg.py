@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backbone.features import FeatureRequest, Features
-from ..labeling.naming import LABELS, check_naming, clip_named_labels, named_labels, naming_classes, naming_prompt
+from ..labeling.naming import LABELS, check_naming
 from ..ops.attention import aggregate_self_attention
 from ..ops.clustering import kmeans_refine, merge_attention
 from ..ops.masks import maps_to_labels
@@ -38,7 +38,7 @@ from ..ops.naming import VOTINGS
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
-from ._resources import CAPTIONER, CLIP, caption_image, clip_resource, pixels_of
+from ._resources import CAPTIONER, CLIP, naming_pass_prompt, segment_names
 
 __all__ = ["DiffSegConfig", "REQUIRES", "PRESETS", "plan", "segment", "SPEC"]
 
@@ -117,12 +117,7 @@ def plan(config: DiffSegConfig, query: Query, backbone: Any = None, resources: A
     """One UNet pass at `config.timestep` recording every self-attention layer (and, to name
     the segments, the cross-attention of a prompt with the query's class names)."""
     request, prompt = REQUIRES, config.prompt
-    naming = None
-    if config.label != "none" and backbone is not None:
-        naming = naming_prompt(
-            backbone.prompt_tokenizer, config.label_template, config.label, query,
-            caption_image(resources, query) if config.label == "caption" else None,
-        )  # fmt: skip
+    naming = naming_pass_prompt(config, query, backbone, resources)
     if naming is not None:
         prompt, request = naming, REQUIRES | FeatureRequest(cross_attention=True)
     return Pass(
@@ -174,13 +169,7 @@ def segment(
     if config.refine:
         proposals = kmeans_refine(proposals, aggregated)
     labels = maps_to_labels(proposals, features.image_size).cpu()
-    named = None
-    if config.label != "none" and query is not None:
-        classes = naming_classes(config.label, query, features)
-        if config.label == "clip":
-            named = clip_named_labels(labels, pixels_of(features), classes, clip_resource(resources))
-        else:
-            named = named_labels(labels, features, classes, config.voting)
+    named = segment_names(config, labels, features, query, resources)
     if named is not None:
         return Segmentation(labels=named[0], names=named[1], extras={"proposals": proposals.cpu(), "segments": labels})
     return Segmentation(labels=labels, extras={"proposals": proposals.cpu()})
