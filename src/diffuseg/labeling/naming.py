@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..ops.masks import class_scores
 from ..ops.naming import cross_attention_maps, name_segments
 from .nouns import caption_nouns
 from .spans import fit_budget, joined_prompt, present_spans
@@ -119,9 +120,8 @@ def named_labels(
     if not found:
         return None
     per_name = cross_attention_maps(cross, [span for _, span in found], tuple(labels.shape))
-    per_class = torch.zeros((len(classes), *labels.shape))  # a class without a map (background) gets 0
-    for (k, _), m in zip(found, per_name, strict=True):
-        per_class[k] = torch.maximum(per_class[k], m)
+    # synonyms by max; attention is >= 0, so a class without a map (background) gets 0, not -inf
+    per_class = class_scores(per_name, [k for k, _ in found], len(classes)).clamp_min(0)
     return name_segments(labels, per_class, voting), [c[0] for c in classes]
 
 
