@@ -261,7 +261,7 @@ class Segmentation:
         img.putpalette(palette(256).reshape(-1).tolist())
         return img
 
-    def to_overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5) -> Image.Image:
+    def to_overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5, legend: bool = True) -> Image.Image:
         """Blend label colours over `image` (resized to the label size if needed).
 
         When `names` is set, a legend panel is added to the right of the overlay (which stays
@@ -272,7 +272,9 @@ class Segmentation:
 
         Args:
             image: RGB image, PIL or uint8 array (H, W, 3).
-            alpha: weight of the label colours in [0, 1].
+            alpha: weight of the label colours in [0, 1] (1: the labels' colours alone).
+            legend: add the legend panel when there are names (False: the overlay alone, in
+                the label map's frame).
 
         Returns:
             RGB image of size (W, H) without names; (W + panel width, max(H, panel height)) with.
@@ -285,15 +287,27 @@ class Segmentation:
         h, w = self.size
         if image.size != (w, h):
             image = image.resize((w, h), Image.BILINEAR)
-        colours = palette(max(self.num_segments, 1) + 1)[1:]  # skip black so label 0 is visible
+        colours = self.colours()
         lab = self.labels.cpu().numpy()
         col = colours[lab % len(colours)].astype(np.float32)
         out = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * col
         overlay = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-        if self.names is None or not self.labels.numel():
+        if self.names is None or not self.labels.numel() or not legend:
             return overlay
-        entries = [(self.names[k], tuple(int(v) for v in colours[k % len(colours)])) for k in self.label_ids()]
-        return _with_legend(overlay, entries)
+        return _with_legend(overlay, [(name, rgb) for _, name, rgb in self.legend()])
+
+    def colours(self) -> np.ndarray:
+        """The overlay colour of each label id: uint8 (max(K, 1), 3), the `palette` without its
+        black first entry, so label 0 stays visible."""
+        return palette(max(self.num_segments, 1) + 1)[1:]
+
+    def legend(self) -> list[tuple[int, str | None, tuple[int, int, int]]]:
+        """(label id, name or None, overlay RGB) per label that occurs, ascending."""
+        colours = self.colours()
+        return [
+            (k, self.names[k] if self.names is not None else None, tuple(int(v) for v in colours[k]))
+            for k in self.label_ids()
+        ]
 
     def to_coco_rle(self) -> list[dict[str, Any]]:
         """One COCO RLE annotation per occurring label (pycocotools encoding).

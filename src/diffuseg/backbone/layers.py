@@ -7,6 +7,8 @@ can answer the same question its own way.
 
 from __future__ import annotations
 
+import weakref
+
 from torch import nn
 
 __all__ = ["deepest_encoder_self_attention", "attention_grids", "attention_levels", "finest_attention_layers"]
@@ -87,7 +89,19 @@ def finest_attention_layers(unet: nn.Module, kind: str = "attn1") -> tuple[str, 
     return attention_levels(unet, kind)[-1]
 
 
+#: Block -> the names of its attention layers (walking a block's modules costs more than the
+#: methods' own post-processing on small models, and memory checks run per query).
+_ATTENTION_NAMES: weakref.WeakKeyDictionary[nn.Module, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
 def _name_grid(grids: dict[str, tuple[int, int]], prefix: str, block: nn.Module, grid: tuple[int, int]) -> None:
-    for name, module in block.named_modules():
-        if name.endswith(("attn1", "attn2")) and hasattr(module, "heads"):
-            grids[f"{prefix}.{name}"] = grid
+    names = _ATTENTION_NAMES.get(block)
+    if names is None:
+        names = tuple(
+            name
+            for name, module in block.named_modules()
+            if name.endswith(("attn1", "attn2")) and hasattr(module, "heads")
+        )
+        _ATTENTION_NAMES[block] = names
+    for name in names:
+        grids[f"{prefix}.{name}"] = grid

@@ -10,6 +10,7 @@ COMMANDS = {
     "segment": "segment images and write label maps, overlays and JSON",
     "eval": "score a method on a benchmark dataset (mIoU, pixel accuracy, per-class IoU)",
     "inspect": "picture of what a method sees from one pixel",
+    "demo": "web demo: segment in the browser (needs the demo extra, Gradio)",
     "train": "train models shipped with diffuseg",
     "env": "print versions, devices, methods, model presets and locally available models",
 }

@@ -26,7 +26,17 @@ from PIL import Image, ImageDraw
 
 from . import COMMANDS
 
-__all__ = ["register", "run", "feature_similarity", "attention_map", "query_map", "render", "colorize", "parse_point"]
+__all__ = [
+    "register",
+    "run",
+    "view_picture",
+    "feature_similarity",
+    "attention_map",
+    "query_map",
+    "render",
+    "colorize",
+    "parse_point",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +152,25 @@ def render(
     return canvas
 
 
+def view_picture(image: Image.Image, features: Any, method: str, point: tuple[int, int]) -> Image.Image:
+    """`render` of `method`'s map for the pixel `point` = (y, x) of `image` (as given), from
+    `features` recorded for it (`Segmenter.features`; its ``meta[0]["crop_box"]`` places the
+    model input on the image).
+
+    Raises:
+        ValueError: a point outside the model's view, or features without what `method` needs.
+    """
+    left, top, right, bottom = features.meta[0]["crop_box"]
+    y, x = point
+    if not (top <= y < bottom and left <= x < right):
+        raise ValueError(f"the point {y},{x} lies outside the part of the image the model saw.")
+    rel = ((y - top) / (bottom - top), (x - left) / (right - left))
+    values = query_map(features, method, rel)
+    model_h, model_w = features.images.shape[-2:]
+    view = image.crop((left, top, right, bottom)).resize((model_w, model_h), Image.BILINEAR)
+    return render(view, values, rel, (-1.0, 1.0) if method == "diffcut" else None)
+
+
 def register(subparsers: Any) -> None:
     from ._options import add_method_options, add_model_options
 
@@ -215,15 +244,10 @@ def run(args: argparse.Namespace) -> int:
         features = segmenter.features(Query(image=image), generator=make_generator(args.seed, args.device))
     except (OSError, ValueError) as e:
         return fail("inspect", flag_message(e))
-    left, top, right, bottom = features.meta[0]["crop_box"]
-    rel = ((y - top) / (bottom - top), (x - left) / (right - left))
     try:
-        values = query_map(features, spec.name, rel)
+        picture = view_picture(image, features, spec.name, (y, x))
     except ValueError as e:
         return fail("inspect", str(e))
-    model_h, model_w = features.images.shape[-2:]
-    view = image.crop((left, top, right, bottom)).resize((model_w, model_h), Image.BILINEAR)
-    picture = render(view, values, rel, (-1.0, 1.0) if spec.name == "diffcut" else None)
     import io
 
     buf = io.BytesIO()

@@ -1,0 +1,125 @@
+"""The demo's settings controls, generated from the method config dataclasses.
+
+One `Control` per config field, with the same parsing as the CLI's generated flags
+(`diffuseg.commands._options`: comma-separated tuples, "none" for optional fields, the
+field's ``choices`` metadata) and the same defaults: the method's config for the loaded model,
+its documented preset applied (`MethodSpec.make_config(family)`). Nothing here imports Gradio;
+`diffuseg.demo.app` turns each `Control` into a component of the matching `Control.kind`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..commands._options import NONE, _csv, _field_docs, _field_kind, _optional, show_value
+from ..methods import MethodSpec
+
+__all__ = ["Control", "CONTROL_KINDS", "method_controls", "settings_overrides"]
+
+#: How a control is shown: a checkbox (bool), a dropdown (a field with ``choices``), a number
+#: (a required int / float) or a text box (tuples as "v,v,v"; optional fields, where "none"
+#: is allowed; strings).
+CONTROL_KINDS = ("checkbox", "dropdown", "number", "text")
+
+
+@dataclass(frozen=True)
+class Control:
+    """One config field as a UI control.
+
+    Attributes:
+        method: the method's registry name.
+        name: the config field.
+        kind: one of `CONTROL_KINDS`.
+        default: the UI value of the field in the config for the loaded model (preset applied).
+        info: the first clause of the field's documentation.
+        choices: allowed values of a dropdown, else None.
+        integer: a number control that takes integers.
+    """
+
+    method: str
+    name: str
+    kind: str
+    default: Any
+    info: str = ""
+    choices: tuple[Any, ...] | None = None
+    integer: bool = False
+    _parse: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """The field name as a label ("kl_thresholds" -> "kl thresholds")."""
+        return self.name.replace("_", " ")
+
+    def parse(self, value: Any) -> Any:
+        """The config value of a UI value (a text box's "0.1,0.1" -> (0.1, 0.1); "none" -> None).
+
+        Raises:
+            ValueError: naming the control and the value, and what it takes.
+        """
+        if self.kind in ("checkbox", "dropdown"):
+            return value
+        if self.kind == "number":
+            if value is None or value == "":
+                raise ValueError(f"`{self.name}` needs a number; the box is empty.")
+            number = float(value)
+            if self.integer:
+                if number != int(number):
+                    raise ValueError(f"`{self.name}` takes a whole number, got {value!r}.")
+                return int(number)
+            return number
+        text = "" if value is None else str(value)
+        try:
+            parsed = self._parse(text) if self._parse is not None else text
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"`{self.name}`: cannot read {text!r} ({e}).") from None
+        return None if parsed is NONE else parsed
+
+
+def _control(spec: MethodSpec, f: dataclasses.Field, value: Any, doc: str) -> Control:
+    kind, elem = _field_kind(f.type)
+    choices = f.metadata.get("choices")
+    if kind == "bool":
+        return Control(spec.name, f.name, "checkbox", bool(value), doc)
+    if choices:
+        return Control(spec.name, f.name, "dropdown", value, doc, tuple(choices))
+    optional = value is None or "None" in str(f.type)
+    if kind == "scalar" and elem in (int, float) and not optional:
+        return Control(spec.name, f.name, "number", value, doc, integer=elem is int)
+    if kind == "tuple":
+        parse = _csv(elem)
+    elif optional:
+        parse = _optional(elem)
+    else:
+        parse = None  # a plain string
+    shown = "none" if value is None else (show_value(value) if kind == "tuple" else str(value))
+    return Control(spec.name, f.name, "text", shown, doc, _parse=parse)
+
+
+def method_controls(spec: MethodSpec, family: str | None) -> list[Control]:
+    """One `Control` per config field of `spec`, defaults from its config for model `family`."""
+    config = spec.make_config(family)
+    docs = _field_docs(spec.config_cls)
+    return [
+        _control(spec, f, getattr(config, f.name), docs.get(f.name, "")) for f in dataclasses.fields(spec.config_cls)
+    ]
+
+
+def settings_overrides(controls: list[Control], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The config overrides of the UI `values` (field name -> UI value): only the fields whose
+    value differs from the control's default, so the model's preset stays the only default.
+
+    Raises:
+        ValueError: for a value its control cannot read (naming the field).
+    """
+    out: dict[str, Any] = {}
+    for control in controls:
+        if control.name not in values:
+            continue
+        value = control.parse(values[control.name])
+        if value != control.parse(control.default):
+            out[control.name] = value
+    return out

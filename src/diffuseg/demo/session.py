@@ -1,0 +1,313 @@
+"""What the demo does, without the web page: load the model once, segment, inspect.
+
+`DemoSession` owns the backbone and one `Segmenter` per method, so a request that changes
+only post-processing settings re-segments from the features the last pass recorded (no model
+pass; `DemoResult.model_pass` says which happened). All model work runs under one lock: two
+requests never run passes at once on the device (the web page's queue also runs one request
+at a time). Nothing here imports Gradio; `diffuseg.demo.app` is the page.
+
+Safety: images come in as uploaded bytes (the web server's own temporary upload) or as a
+bundled example by name (`diffuseg.demo.examples`); no path typed by a user is opened, and
+class lists are parsed as names (``dataset:NAME`` allowed, files not). Images larger than
+`max_pixels` are refused before they are decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..methods import KINDS, MethodSpec, get_method, list_methods
+from .controls import Control, method_controls, settings_overrides
+
+__all__ = ["DemoSession", "DemoResult", "DemoInputError", "DEFAULT_MAX_PIXELS", "open_upload", "methods_by_kind"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest upload, in pixels (width x height), unless the demo is started with another limit.
+DEFAULT_MAX_PIXELS = 16_000_000
+#: Result folders kept on disk for the download buttons (older ones are removed).
+_KEEP_RESULTS = 16
+
+Progress = Callable[[float, str], None]
+
+
+class DemoInputError(ValueError):
+    """Something the user gave (an upload, a class list, a setting) that the demo cannot use;
+    its message is shown on the page."""
+
+
+def _page_message(error: BaseException) -> str:
+    """A library error as the page says it: each backticked config field is named by its
+    control's label (`kl_thresholds` -> 'kl thresholds')."""
+    return re.sub(r"`([a-z_][a-z0-9_]*)`", lambda m: "'" + m.group(1).replace("_", " ") + "'", str(error))
+
+
+def methods_by_kind() -> dict[str, list[str]]:
+    """Registered method names grouped by `diffuseg.methods.KINDS`, in that order."""
+    groups: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for name in list_methods():
+        groups[get_method(name).kind].append(name)
+    return {kind: names for kind, names in groups.items() if names}
+
+
+def open_upload(path: str | Path, max_pixels: int) -> Image.Image:
+    """Read an uploaded file as RGB, refusing non-images and images over `max_pixels` (the
+    size is read from the header, before the pixels are decoded).
+
+    Raises:
+        DemoInputError: with a message for the page.
+    """
+    from ..imageio import to_rgb
+
+    name = Path(path).name
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise DemoInputError(
+                    f"{name} is {width}x{height} = {width * height:,} pixels; this demo takes images of at most "
+                    f"{max_pixels:,} pixels (diffuseg demo --max-pixels)."
+                )
+            im.load()
+            from PIL import ImageOps
+
+            return to_rgb(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError:
+        raise DemoInputError(f"{name} is far too large (this demo takes at most {max_pixels:,} pixels).") from None
+    except (UnidentifiedImageError, SyntaxError, OSError) as e:
+        raise DemoInputError(f"{name} is not an image this demo can read (PNG, JPEG, WebP, BMP, TIFF): {e}") from None
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """One segmentation as the page shows it.
+
+    Attributes:
+        overlay: RGB, the labels' colours over the image, at the image's own size.
+        label_map: RGB, the labels' colours alone (the same colours as `overlay`).
+        legend: (label id, name or None, RGB, fraction of the image) per segment.
+        files: the written ``NAME.labels.png`` and ``NAME.json`` (COCO RLE), for the downloads.
+        model_pass: whether this request ran the model (False: re-segmented from cached features).
+        seconds: time of the whole request.
+        model_calls: model passes the session has run so far.
+        segmentation: the `Segmentation`, in the image's frame.
+    """
+
+    overlay: Image.Image
+    label_map: Image.Image
+    legend: list[tuple[int, str | None, tuple[int, int, int], float]]
+    files: list[Path]
+    model_pass: bool
+    seconds: float
+    model_calls: int
+    segmentation: Any
+
+
+class DemoSession:
+    """The demo's model and segmenters.
+
+    Args:
+        load: ``load() -> DiffusionBackbone``; called once, by `load_model`.
+        model_name: what the page calls the model.
+        max_pixels: largest image accepted (width x height), >= 1.
+        seed: seed of each request's noise generator (same image and settings, same result).
+        work_dir: where result files for the download buttons go (default: a temporary folder).
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        model_name: str,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        seed: int = 0,
+        work_dir: str | Path | None = None,
+    ) -> None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"`max_pixels` must be an int >= 1, got {max_pixels!r}.")
+        self._load = load
+        self.model_name = model_name
+        self.max_pixels = max_pixels
+        self.seed = seed
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="diffuseg-demo-"))
+        self.backbone: Any = None
+        self.load_error: str | None = None
+        self._segmenters: dict[str, Any] = {}
+        self._controls: dict[str, list[Control]] = {}
+        self._lock = threading.Lock()
+        self.active = 0  # requests inside the lock (tests check it never exceeds 1)
+        self.max_active = 0
+
+    # ------------------------------------------------------------------ model
+    def load_model(self) -> bool:
+        """Load the backbone; on failure keep the error (`load_error`) for the page. Returns success."""
+        try:
+            self.backbone = self._load()
+            self.load_error = None
+        except Exception as e:  # noqa: BLE001 - any loading failure is shown, the server stays up
+            logger.exception("model failed to load")
+            self.load_error = f"the model {self.model_name!r} failed to load: {type(e).__name__}: {e}"
+        return self.backbone is not None
+
+    @property
+    def family(self) -> str | None:
+        """The loaded model's family (selects method presets); None before a model is loaded."""
+        return getattr(self.backbone, "family", None)
+
+    def controls(self, method: str) -> list[Control]:
+        """The settings controls of `method` for the loaded model (defaults: its preset)."""
+        if method not in self._controls:
+            self._controls[method] = method_controls(get_method(method), self.family)
+        return self._controls[method]
+
+    def _segmenter(self, spec: MethodSpec, overrides: Mapping[str, Any]) -> Any:
+        """The method's segmenter (made once, kept for its cached features), set to the model's
+        preset plus `overrides` (every field is set, so nothing from an earlier request lingers)."""
+        from ..segmenter import Segmenter
+
+        if spec.name not in self._segmenters:
+            needs_model = spec.needs_model(spec.make_config(self.family, **overrides))
+            if needs_model and self.backbone is None:
+                raise DemoInputError(self.load_error or "no model is loaded.")
+            self._segmenters[spec.name] = Segmenter(self.backbone if needs_model else None, spec, **overrides)
+            return self._segmenters[spec.name]
+        segmenter = self._segmenters[spec.name]
+        config = spec.make_config(self.family, **overrides)
+        segmenter.configure(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+        return segmenter
+
+    def _enter(self) -> None:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+
+    # ------------------------------------------------------------------ requests
+    def segment(
+        self,
+        image: Image.Image,
+        method: str,
+        settings: Mapping[str, Any] | None = None,
+        classes: str = "",
+        name: str = "image",
+        progress: Progress | None = None,
+    ) -> DemoResult:
+        """Segment `image` whole, at its own resolution, with `method` and the UI `settings`
+        (field name -> control value; only fields that differ from the defaults are applied).
+
+        Raises:
+            DemoInputError: unknown method, empty classes for an open-vocabulary method,
+                settings or classes the method rejects, no model.
+        """
+        from ..labeling.vocabulary import DATASET_PREFIX, load_classes, parse_classes
+        from ..plan import Query
+
+        report = progress or (lambda fraction, text: None)
+        t0 = time.perf_counter()
+        try:
+            spec = get_method(method)
+            text = (classes or "").strip()
+            if spec.needs_classes and not text:
+                raise ValueError(
+                    f"{spec.name} is open-vocabulary: type the class names to look for in the Classes box, "
+                    "separated by commas (e.g. 'cat, sofa, tv|monitor')."
+                )
+            # names only: "dataset:NAME" is a list shipped with diffuseg; a file path is never opened
+            vocabulary = load_classes(text) if text.startswith(DATASET_PREFIX) else parse_classes(text or None)
+            if vocabulary and not (spec.open_vocabulary or spec.names_segments):
+                vocabulary = ()  # a baseline has no use for names; ignore the box
+            overrides = settings_overrides(self.controls(spec.name), settings or {})
+            if vocabulary and spec.names_segments:  # as on the CLI: class names name the segments
+                overrides.setdefault("label", "classes")
+            with self._lock:
+                self._enter()
+                try:
+                    segmenter = self._segmenter(spec, overrides)
+                    calls = segmenter.model_calls
+                    report(0.2, "segmenting (a model pass unless the features are cached)")
+                    generator = torch.Generator(device=getattr(self.backbone, "device", "cpu")).manual_seed(self.seed)
+                    query = Query(image=image, classes=vocabulary, id=name)
+                    seg = segmenter.segment_batch([query], generator=generator)[0]
+                    model_pass = segmenter.model_calls > calls
+                    total = self.model_calls
+                finally:
+                    self.active -= 1
+        except DemoInputError:
+            raise
+        except ValueError as e:
+            raise DemoInputError(_page_message(e)) from None
+        report(0.8, "drawing")
+        seg = seg.in_input_frame()
+        files = self._save(seg, image, name)
+        counts = torch.bincount(seg.labels.flatten(), minlength=seg.num_segments).tolist()
+        area = max(seg.labels.numel(), 1)
+        legend = [(k, n, rgb, counts[k] / area) for k, n, rgb in seg.legend()]
+        return DemoResult(
+            overlay=seg.to_overlay(image, legend=False),
+            label_map=seg.to_overlay(image, alpha=1.0, legend=False),
+            legend=legend,
+            files=files,
+            model_pass=model_pass,
+            seconds=time.perf_counter() - t0,
+            model_calls=total,
+            segmentation=seg,
+        )
+
+    @property
+    def model_calls(self) -> int:
+        """Model passes run so far, over all methods."""
+        return sum(s.model_calls for s in self._segmenters.values())
+
+    def inspect(
+        self, image: Image.Image, method: str, point: tuple[int, int], settings: Mapping[str, Any] | None = None
+    ) -> Image.Image:
+        """`diffuseg inspect`'s picture for pixel `point` = (y, x) of `image`: DiffSeg's
+        aggregated self-attention or DiffCut's feature similarity (`method`), from the features
+        of `method`'s pass (cached when that method segmented the image last).
+
+        Raises:
+            DemoInputError: a method other than diffseg / diffcut, a point off the image, no model.
+        """
+        from ..commands.inspect import METHODS, view_picture
+        from ..plan import Query
+
+        if method not in METHODS:
+            raise DemoInputError(f"the pixel view shows {' or '.join(METHODS)}; got {method!r}.")
+        y, x = point
+        if not (0 <= y < image.size[1] and 0 <= x < image.size[0]):
+            raise DemoInputError(f"the point {y},{x} lies outside the {image.size[1]}x{image.size[0]} image.")
+        spec = get_method(method)
+        try:
+            with self._lock:
+                self._enter()
+                try:
+                    segmenter = self._segmenter(spec, settings_overrides(self.controls(method), settings or {}))
+                    generator = torch.Generator(device=getattr(self.backbone, "device", "cpu")).manual_seed(self.seed)
+                    features = segmenter.features(Query(image=image), generator=generator)
+                finally:
+                    self.active -= 1
+            return view_picture(image, features, method, (y, x))
+        except DemoInputError:
+            raise
+        except ValueError as e:
+            raise DemoInputError(_page_message(e)) from None
+
+    def _save(self, seg: Any, image: Image.Image, name: str) -> list[Path]:
+        """Write the result files into a fresh folder (the oldest beyond `_KEEP_RESULTS` go)."""
+        out = self.work_dir / uuid.uuid4().hex
+        files = seg.save(out, name)  # the label PNG and the JSON; the page shows the overlay
+        folders = sorted((p for p in self.work_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for old in folders[:-_KEEP_RESULTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return files
