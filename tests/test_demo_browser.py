@@ -177,7 +177,7 @@ def test_demo_in_a_browser(page, tmp_path):
     y, x = (int(v) for v in re.search(r"view of pixel y=(\d+), x=(\d+)", answer).groups())
     assert abs(y - 32) <= 2 and abs(x - 96) <= 2, answer
     expect(page.locator("#inspect img")).to_be_visible()
-    page.screenshot(path=str(os.environ.get("DIFFUSEG_DEMO_SCREENSHOT") or tmp_path / "diffseg.png"), full_page=True)
+    page.screenshot(path=str(tmp_path / "diffseg.png"), full_page=True)
 
     # an open-vocabulary method: an empty class box is refused, class names appear in the legend
     _choose(page, "method", "diffsegmenter")
@@ -187,7 +187,24 @@ def test_demo_in_a_browser(page, tmp_path):
     _segment(page)
     legend = page.locator("#legend .legend-name").all_inner_texts()
     assert {"circle", "grass", "sky"} <= set(legend), legend
-    page.screenshot(path=str(tmp_path / "diffsegmenter.png"), full_page=True)
+    # the README's picture: DIFFUSEG_DEMO_SCREENSHOT=docs/img/demo.png ./run test tests/test_demo_browser.py
+    page.set_viewport_size({"width": 1400, "height": 1400})
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(1000)  # the outputs' fade-in after an answer
+    page.screenshot(path=str(os.environ.get("DIFFUSEG_DEMO_SCREENSHOT") or tmp_path / "diffsegmenter.png"))
+
+    # a second user's request while the first one runs: both are answered, one after the other
+    other = page.context.browser.new_page()
+    other.goto(page.url)
+    _upload(other, EXAMPLE)
+    expect(other.locator("#input-preview img")).to_be_visible()
+    _text_box(other, "diffseg-timestep").fill("250")  # a new pass for this one
+    before, other_before = _answer(page), _answer(other)
+    other.locator("#segment").click()
+    page.locator("#segment").click()
+    assert "model pass" in _await_answer(other, other_before)
+    assert "segments" in _await_answer(page, before)
+    other.close()
 
     # bad uploads: a text file, an image over the pixel limit
     text = tmp_path / "notes.txt"
