@@ -182,3 +182,24 @@ def test_demo_cli_flags(capsys):
     assert main(["demo", "--max-pixels", "0"]) == 2
     assert "--max-pixels" in capsys.readouterr().err
     assert main(["demo", "--device", "tpu"]) == 2
+
+
+def test_demo_cli_serves_despite_a_broken_model_and_warns_off_localhost(monkeypatch, tmp_path, caplog, capsys):
+    pytest.importorskip("gradio")
+    import diffuseg.demo.app as app_module
+
+    served = {}
+
+    def fake_serve(app, session, host, port, max_file_bytes, block=True):
+        served.update(app=app, session=session, host=host, port=port, max_file_bytes=max_file_bytes)
+
+    monkeypatch.setattr(app_module, "serve", fake_serve)
+    missing = tmp_path / "no-model"
+    with caplog.at_level("WARNING"):
+        code = main(["demo", "--model", str(missing), "--host", "0.0.0.0", "--port", "0", "--max-upload-mb", "2"])
+    assert code == 0
+    assert "anyone who can reach this port" in caplog.text
+    session = served["session"]
+    assert session.backbone is None and str(missing) in session.load_error
+    assert "the page shows this" in capsys.readouterr().err
+    assert served["host"] == "0.0.0.0" and 0 < served["port"] < 65536 and served["max_file_bytes"] == 2_000_000
