@@ -10,6 +10,12 @@ alone against the method's own step, from `Segmenter`. Medians over the scenes; 
 of each method is a warm-up and not counted.
 
     ./run python benchmarks/bench_demo.py [--num-scenes 10] [--threads 2] [--out docs/demo_benchmark.md]
+    ./run python benchmarks/bench_demo.py --model sd15-random --methods diffseg,diffcut --num-scenes 3
+
+``--model sd15-random`` puts the scale of a real model behind the same requests: an SD-1.5-shaped
+UNet and VAE with random weights (speed does not depend on weight values; `_configs.py`) with
+the toy model's text encoder and tokenizer (the UNet's cross-attention width follows it), family
+"sd1" (its presets), the scenes enlarged to 512 px.
 """
 
 from __future__ import annotations
@@ -69,12 +75,35 @@ def measure(session, method: str, scenes, field: str, values) -> dict[str, float
     }
 
 
+def sd15_random():
+    """An SD-1.5-shaped backbone with random UNet and VAE weights (see the module doc)."""
+    import os
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from diffuseg.backbone import DiffusionBackbone
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _configs import SD15_UNET, SD_VAE
+
+    toy = DiffusionBackbone.from_pretrained("toy")
+    width = toy.text_encoder.config.hidden_size
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**SD15_UNET, "cross_attention_dim": width})
+    vae = AutoencoderKL(**SD_VAE)
+    return DiffusionBackbone(
+        unet, vae, toy.text_encoder, toy.tokenizer, toy.scheduler, name="sd15-random", family="sd1"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-scenes", type=int, default=10, help="val scenes per method (default 10)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=",".join(CHANGES), help="comma-separated (default all)")
+    parser.add_argument("--model", default="toy", choices=("toy", "sd15-random"))
     parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    parser.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -83,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     from diffuseg.synthetic import SyntheticScenes
 
     scenes = [SyntheticScenes("val", args.num_scenes)[i] for i in range(args.num_scenes)]
-    session = DemoSession(lambda: DiffusionBackbone.from_pretrained("toy"), "toy", work_dir=tempfile.mkdtemp())
+    load = lambda: DiffusionBackbone.from_pretrained("toy")  # noqa: E731
+    if args.model == "sd15-random":
+        load = sd15_random
+        for sample in scenes:
+            sample.image = sample.image.resize((512, 512))
+    session = DemoSession(load, args.model, work_dir=tempfile.mkdtemp())
     if not session.load_model():
         print(session.load_error, file=sys.stderr)
         return 1
@@ -105,18 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     text = (
-        "# Web demo: re-segmentation from cached features\n\n"
-        f"Toy model, {args.num_scenes - 1} held-out synthetic scenes (128 px) after one warm-up, "
+        f"## {args.model}\n\n"
+        f"Model {args.model}, {args.num_scenes - 1} held-out synthetic scenes "
+        f"({'512' if args.model == 'sd15-random' else '128'} px) after one warm-up, "
         f"{args.threads} CPU threads, medians. A request is `DemoSession.segment`: the demo's whole "
         "request without the page's transport. The second request changes only the named setting, "
         "so no model pass runs. Printed by:\n\n"
-        f"    python benchmarks/bench_demo.py --num-scenes {args.num_scenes} --threads {args.threads}\n\n"
+        f"    python benchmarks/bench_demo.py --model {args.model} --methods {args.methods} "
+        f"--num-scenes {args.num_scenes} --threads {args.threads}\n\n"
         f"{table}\n"
     )
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        title = "# Web demo: re-segmentation from cached features (`benchmarks/bench_demo.py`)\n\n"
+        with open(args.out, "a" if args.append else "w") as f:
+            f.write(("\n" if args.append else title) + text)
     return 0
 
 
