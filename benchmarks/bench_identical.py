@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import diffuseg.eval.runner as runner
+import diffuseg.eval.units as scoring  # the module that calls `contingency` per image
 from diffuseg import DiffusionBackbone
 from diffuseg.eval import ArrayDataset, Sample, class_info, evaluate
 from diffuseg.synthetic.dataset import SyntheticScenes
@@ -76,14 +76,14 @@ def _dataset(name: str):
 
 def run(cases, backbone, save: str | None = None) -> dict[str, list[str]]:
     hashes: list[str] = []
-    original = runner.contingency
+    original = scoring.contingency
 
     def recording(pred, gt, *args, **kwargs):
         arr = np.ascontiguousarray(np.asarray(pred, dtype=np.int64))
         hashes.append(f"{arr.shape[0]}x{arr.shape[1]}:" + hashlib.sha1(arr.tobytes()).hexdigest()[:16])
         return original(pred, gt, *args, **kwargs)
 
-    runner.contingency = recording
+    scoring.contingency = recording
     out: dict[str, list[str]] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +109,7 @@ def run(cases, backbone, save: str | None = None) -> dict[str, list[str]]:
                     Path(save).write_text(json.dumps(out, indent=1) + "\n")
                 print(f"{key}: {len(hashes)} images, {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     finally:
-        runner.contingency = original
+        scoring.contingency = original
     return out
 
 

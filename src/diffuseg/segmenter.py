@@ -238,7 +238,7 @@ class Segmenter:
     def _features(
         self,
         chunk: list[_Item],
-        generator: torch.Generator | None,
+        generator: torch.Generator | list[torch.Generator] | None,
         refresh: bool,
         cache: dict[tuple[Any, ...], Features],
     ) -> Features:
@@ -286,7 +286,7 @@ class Segmenter:
     def segment_batch(
         self,
         queries: Sequence[Query | ImageInput],
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         *,
         return_errors: bool = False,
     ) -> list[Segmentation | Exception]:
@@ -298,18 +298,31 @@ class Segmenter:
 
         Args:
             queries: `Query` objects or bare images.
-            generator: randomness for noise (drawn per model call, in order).
+            generator: randomness for noise: one generator (drawn per model call, in order), or
+                one generator per query, each query's noise (and class filter) drawn from its
+                own, so a query's result does not depend on the other queries or their order
+                (`diffuseg.engine.seeding` seeds them from a global seed and the query's id).
+                Batched model calls on CPU/GPU are not bit-identical to single-image calls
+                (float summation order), so byte-identical results need equal `batch_size`.
             return_errors: put a failed query's exception (`ValueError`, `ImageLoadError`) in its
                 slot and go on; otherwise the first failure is raised after the batch.
         """
         queries = [as_query(q) for q in queries]
+        per_query = None
+        if generator is not None and not isinstance(generator, torch.Generator):
+            per_query = list(generator)
+            if len(per_query) != len(queries):
+                raise ValueError(
+                    f"`generator` must be one torch.Generator or one per query ({len(queries)}), got {len(per_query)}."
+                )
         results: list[Segmentation | Exception | None] = [None] * len(queries)
         groups: dict[tuple[Any, ...], list[_Item]] = {}
         filtered: dict[int, dict[str, Any]] = {}
         for i, query in enumerate(queries):
             try:
                 if self.class_filter is not None and query.classes:
-                    query, filtered[i] = self._filter(query, generator)
+                    own = per_query[i] if per_query is not None else generator
+                    query, filtered[i] = self._filter(query, own)
                 item = self._prepare(i, query)
             except (ValueError, ImageLoadError) as e:
                 results[i] = e
@@ -321,7 +334,8 @@ class Segmenter:
                 chunk = items[start : start + self.batch_size]
                 t0 = time.perf_counter()
                 try:
-                    features = self._features(chunk, generator, False, cache)
+                    gens = [per_query[it.index] for it in chunk] if per_query is not None else generator
+                    features = self._features(chunk, gens, False, cache)
                 except ValueError as e:
                     for it in chunk:
                         results[it.index] = e

@@ -40,6 +40,20 @@ def model_family(unet: nn.Module) -> str:
 logger = logging.getLogger(__name__)
 
 
+def _per_image_generators(generator: Any, batch: int) -> list[torch.Generator] | None:
+    """The per-image generators of a `generator` argument (None when it is one generator or None).
+
+    Raises:
+        ValueError: naming `generator`, if a sequence does not hold one generator per image.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    gens = list(generator)
+    if len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(f"`generator` must be a torch.Generator or one per image ({batch}), got {len(gens)} item(s).")
+    return gens
+
+
 @dataclass
 class PromptEmbeddings:
     """Encoded prompts.
@@ -250,13 +264,14 @@ class DiffusionBackbone:
         self,
         pixels: torch.Tensor,
         sample: Literal["mean", "sample"] = "mean",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """VAE-encode images.
 
         Args:
             pixels: (B, 3, H, W) float in [0, 1]; H, W multiples of `vae_scale_factor`.
             sample: "mean" (posterior mean, DiffSeg/DiffCut) or "sample" (a posterior draw).
+            generator: for "sample": one generator, or B generators (one per image).
 
         Returns:
             (B, C_latent, H/f, W/f) latents times the VAE's `scaling_factor`, in `self.dtype`.
@@ -403,7 +418,7 @@ class DiffusionBackbone:
         add_noise: bool = False,
         shared_noise: bool = False,
         latent_mode: Literal["mean", "sample"] = "mean",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         prompts_per_image: int = 1,
         token_weights: Sequence[Sequence[tuple[int, float]]] | None = None,
     ) -> Features:
@@ -422,7 +437,11 @@ class DiffusionBackbone:
             shared_noise: one noise draw for the whole batch (DiffCut's reference behaviour)
                 instead of one per image.
             latent_mode: VAE posterior "mean" or "sample".
-            generator: randomness for noise and posterior samples.
+            generator: randomness for noise and posterior samples: one generator for the batch
+                (drawn in order), or a sequence of B generators, one per image, each image's
+                draws coming from its own (so an image's noise does not depend on its batch;
+                `shared_noise` then has no effect across images, as a draw shared by a batch
+                would tie each image's result to its neighbours).
             prompts_per_image: P; each image's latent (and noise) is repeated for its P prompts
                 in the same UNet call.
             token_weights: None, or per prompt row (token position, weight) pairs that emphasise
@@ -456,19 +475,21 @@ class DiffusionBackbone:
         prompt_list = [prompts] * rows if isinstance(prompts, str) else list(prompts)
         if len(prompt_list) != rows:
             raise ValueError(f"got {len(prompt_list)} prompts for {b} images x {prompts_per_image} prompts each.")
-        latents = self.encode_images(pixels, latent_mode, generator)
+        generators = _per_image_generators(generator, b)
+        latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
         if add_noise:
-            shape = (1, *latents.shape[1:]) if shared_noise else latents.shape
-            noise = (
-                torch.randn(
+            if generators is not None:  # each image's noise from its own generator
+                draws = [torch.randn((1, *latents.shape[1:]), generator=g, device=g.device) for g in generators]
+                noise = torch.cat([d.to(self.device) for d in draws])
+            else:
+                shape = (1, *latents.shape[1:]) if shared_noise else latents.shape
+                noise = torch.randn(
                     shape,
                     generator=generator,
                     device=generator.device if generator else self.device,
                     dtype=torch.float32,
                 )
-                .to(self.device, latents.dtype)
-                .expand_as(latents)
-            )
+            noise = noise.to(self.device, latents.dtype).expand_as(latents)
             latents = self.scheduler.add_noise(latents, noise, torch.tensor([timestep] * b, device=self.device))
         if prompts_per_image > 1:
             latents = latents.repeat_interleave(prompts_per_image, dim=0)

@@ -3,7 +3,9 @@
 Scores a method on a benchmark and writes ``DIR/<dataset>_<method>_<protocol>.{jsonl,json,md}``.
 Per-image results are appended durably as they are computed; ``--resume`` continues an
 interrupted run without recomputing anything. ``diffuseg eval --compare results/*.json``
-prints the reports side by side.
+prints the reports side by side. ``--engine ray`` (``--address``, ``--actors`` ...: see
+``diffuseg batch``) scores on a Ray actor pool into the same store; with ``--seed`` each image's
+noise comes from its own generator on either engine, so both give the same records and report.
 
 Exit codes: 0 done, 1 done but some images were unreadable (skipped, listed in the report),
 2 bad usage, a wrong dataset root, or a model that cannot be loaded.
@@ -109,6 +111,9 @@ def register(subparsers: Any) -> None:
     )
     add_resource_option(p)
     add_model_options(p)
+    from .batch import add_engine_options
+
+    add_engine_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
 
 
@@ -167,8 +172,20 @@ def run(args: argparse.Namespace) -> int:
         resources = resource_values(args)
         class_filter = check_filter(args, spec)
         dataset = load_dataset(args.dataset, args.root, args.split)
+        from .batch import engine_options
+
+        ray_options = engine_options(args)
+        if ray_options is not None:
+            import ray  # noqa: F401
     except (ValueError, FileNotFoundError) as e:
         return _fail(e)
+    except ImportError:
+        return _fail("--engine ray needs Ray: pip install 'diffuseg[ray]'.")
+
+    if ray_options is None and args.threads is not None:  # the local engine's torch threads
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     needs_model = spec.needs_model(config)
     backbone = None
@@ -179,7 +196,17 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             return _fail(f"cannot load the model: {e}")
         model_id = getattr(backbone, "name", None) or args.model
+    # --seed: each image's noise from its own generator, seeded from (--seed, image id), on any
+    # engine; without it the local engine draws from one randomly seeded generator
     generator = make_generator(args.seed, args.device) if needs_model else None
+    loader = None
+    if needs_model and ray_options is not None:  # each actor loads its own model
+        import functools
+
+        model_args = argparse.Namespace(
+            model=args.model, model_config=args.model_config, device=args.device, dtype=args.dtype
+        )
+        loader = functools.partial(load_backbone, model_args)
     try:
         load_label_models(args, resources)
         class_filter = build_filter(args, class_filter, resources, spec)
@@ -208,8 +235,14 @@ def run(args: argparse.Namespace) -> int:
             model_id=model_id,
             progress=not args.no_progress,
             generator=generator,
+            seed=args.seed,
+            engine=args.engine,
+            ray_options=ray_options,
+            backbone_loader=loader,
         )
-    except (FileExistsError, ResumeMismatchError, ValueError) as e:
+    except (FileExistsError, ResumeMismatchError, ValueError, ConnectionError) as e:
+        return _fail(str(e).replace("`address`", "--address"))
+    except RuntimeError as e:  # the Ray pipeline broke (WorkerDiedError)
         return _fail(e)
     m, d = report["metrics"], report["dataset"]
     print(

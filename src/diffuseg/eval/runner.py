@@ -14,24 +14,26 @@ each value: tuned on the evaluated split, as the reference's evaluation scripts 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import numbers
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .base import IGNORE_INDEX, SegmentationDataset
-from .folder import SampleReadError
-from .metrics import MATCHINGS, ImageCounts, MetricAccumulator, contingency
-from .protocols import Protocol, get_protocol, prepare, resize_nearest, to_score_grid
-from .report import build_report, sweep_key, write_report
+from .base import SegmentationDataset
+from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
+from .protocols import Protocol, get_protocol
+from .report import build_report, write_report
 from .store import ResultStore
+from .units import BACKGROUND_FIELD as _BACKGROUND_FIELD
+from .units import (
+    UnitContext,
+    _query,  # noqa: F401 (moved to units; importable from here as before)
+    load_unit,
+    score_unit,
+)
 
 __all__ = [
     "evaluate",
@@ -53,10 +55,6 @@ CLASS_SETTINGS = ("all", "gt-labels")
 #: hundredths): 0.30, 0.31, ..., 0.74.
 BACKGROUND_SWEEP = tuple(v / 100 for v in range(30, 75))
 
-#: The config field `tune_background` sweeps: the constant score of the background class that
-#: competes in the per-pixel argmax.
-_BACKGROUND_FIELD = "background_score"
-
 
 def default_matching(open_vocabulary: bool) -> str:
     """``none`` for open-vocabulary methods (labels are class names), else per-image Hungarian."""
@@ -66,14 +64,6 @@ def default_matching(open_vocabulary: bool) -> str:
 def run_name(dataset: str, method: str, protocol: str) -> str:
     """File stem of a run's results: ``<dataset>_<method>_<protocol>``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{dataset}_{method}_{protocol}")
-
-
-def _names_to_classes(seg: Any, class_names: list[str]) -> np.ndarray | None:
-    """Lookup label id -> class id for a segmentation that names its labels (-1: unknown name)."""
-    if not seg.names:
-        return None
-    index = {n.strip().lower(): i for i, n in enumerate(class_names)}
-    return np.array([index.get(str(n).strip().lower(), -1) for n in seg.names], dtype=np.int64)
 
 
 def check_tune_background(method: Any, values: Sequence[float] | None) -> tuple[float, ...] | None:
@@ -109,10 +99,6 @@ def _describe_filter(class_filter: Any) -> Any:
     return repr(class_filter)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "sample"
-
-
 def evaluate(
     dataset: SegmentationDataset,
     method: str,
@@ -138,6 +124,10 @@ def evaluate(
     classes: str = "all",
     tune_background: Sequence[float] | None = None,
     class_filter: Any = None,
+    seed: int | None = None,
+    engine: str = "local",
+    ray_options: Any = None,
+    backbone_loader: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Score `method` on `dataset` and write ``NAME.jsonl``, ``NAME.json`` and ``NAME.md``.
 
@@ -161,7 +151,21 @@ def evaluate(
         save_predictions: folder for per-image label PNG / overlay / JSON, or None.
         model_id: model name written into the report.
         progress: show a tqdm progress bar with ETA and the running mIoU.
-        generator: torch.Generator for methods that add noise.
+        generator: torch.Generator for methods that add noise (drawn per model call, in order;
+            ignored when `seed` is given).
+        seed: per-image noise: each image's generator is seeded from (`seed`, its id)
+            (`diffuseg.engine.seeding`), so results do not depend on the engine, the batch an
+            image lands in or a resume (recorded in the fingerprint). Engine ``ray`` without a
+            seed uses `diffuseg.engine.seeding.DEFAULT_SEED`.
+        engine: one of `diffuseg.engine.ENGINES`: ``local`` (this process) or ``ray`` (an actor
+            pool on a Ray cluster, `ray_options`: the batches of ``batch_size`` images are those
+            of the local engine, so with equal `batch_size` the records, and the report, are
+            the local engine's, timings aside). The records go to the same resumable store.
+        ray_options: a `diffuseg.engine.ray_engine.RayOptions` (default: one actor on a local
+            Ray instance).
+        backbone_loader: engine ``ray``: a picklable zero-argument callable each actor loads its
+            backbone with (default: the actors get a copy of `backbone`, through Ray's object
+            store).
         segmenter_factory: ``(backbone, method, batch_size=..., **overrides) -> segmenter``;
             default `diffuseg.segmenter.Segmenter`.
         on_record: called with (index, record) after each image is stored (tests use it to
@@ -198,6 +202,13 @@ def evaluate(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     if classes not in CLASS_SETTINGS:
         raise ValueError(f"`classes` must be one of {CLASS_SETTINGS}, got {classes!r}.")
+    from ..engine import ENGINES
+    from ..engine.seeding import resolve_seed
+
+    if engine not in ENGINES:
+        raise ValueError(f"`engine` must be one of {ENGINES}, got {engine!r}.")
+    if seed is not None or engine == "ray":
+        seed = resolve_seed(seed)
     n_total = len(dataset)
     if n_total == 0:
         raise ValueError(f"dataset {dataset.name!r} is empty; nothing to evaluate.")
@@ -218,7 +229,10 @@ def evaluate(
     extra: dict[str, Any] = {"resources": resources} if resources else {}
     if class_filter not in (None, "none"):
         extra["class_filter"] = class_filter
-    segmenter = segmenter_factory(backbone, spec, batch_size=batch_size, **extra, **(config_overrides or {}))
+    kwargs = {"batch_size": batch_size, **extra, **(config_overrides or {})}
+    # the local engine's segmenter; with ray it checks the config and fingerprints the run, and
+    # each actor builds its own
+    segmenter = segmenter_factory(backbone, spec, **kwargs)
     config = segmenter.config
 
     n = n_total if limit is None else min(limit, n_total)
@@ -236,6 +250,7 @@ def evaluate(
         **({"class_filter": _describe_filter(class_filter)} if "class_filter" in extra else {}),
         "protocol": dataclasses.asdict(proto),
         "model": model_id,
+        **({"seed": seed} if seed is not None else {}),
     }
     store = ResultStore(out_dir / f"{name}.jsonl", fingerprint, resume=resume, overwrite=overwrite)
     acc = MetricAccumulator(num_classes, matching, background_class)
@@ -248,17 +263,20 @@ def evaluate(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, desc=name, unit="img")
-    pred_dir = Path(save_predictions) if save_predictions is not None else None
+    unit_ctx = UnitContext(
+        proto=proto,
+        class_names=class_names,
+        matching=matching,
+        classes=classes,
+        sweep=sweep,
+        pred_dir=str(save_predictions) if save_predictions is not None else None,
+        overwrite_predictions=overwrite or resume,
+        generator=generator,
+        seed=seed,
+    )
 
-    def sweep_counts(loaded: list[Any], j: int, seg: Any) -> dict[str, Any] | None:
-        """The counts record of `seg`, a re-segmentation of `loaded[j]` (None if it failed)."""
-        if isinstance(seg, Exception):
-            logger.warning("re-segmenting sample %d failed: %s", loaded[j][0], seg)
-            return None
-        i, sample, _, label = loaded[j]
-        return _score_one(i, sample, label, seg, proto, class_names, matching, 0.0)["counts"]
-
-    def finish(i: int, rec: dict[str, Any]) -> None:
+    def finish(rec: dict[str, Any]) -> None:
+        i = rec["index"]
         store.add(rec)
         if rec["status"] == "ok":
             acc.add(ImageCounts.from_record(rec["counts"], num_classes))
@@ -269,45 +287,19 @@ def evaluate(
         if on_record is not None:
             on_record(i, rec)
 
+    from ..engine.work import make_units
+
+    units = [[int(i) for i in unit] for unit in make_units(todo, batch_size)] if todo else []
     try:
-        for start in range(0, len(todo), batch_size):
-            loaded = []
-            for i in todo[start : start + batch_size]:
-                try:
-                    loaded.append((i, *_load(dataset, i, proto)))
-                except SampleReadError as e:
-                    logger.warning("skipping sample %d: %s", i, e)
-                    finish(
-                        i,
-                        {
-                            "index": i,
-                            "id": _sample_id(dataset, i),
-                            "status": "skipped",
-                            "error": str(e),
-                        },
-                    )
-            queries = [
-                _query(sample, image, proto, _query_classes(classes, class_names, label))
-                for _, sample, image, label in loaded
-            ]
-            t0 = time.perf_counter()
-            segs = segmenter.segment_batch(queries, generator=generator, return_errors=True)
-            seconds = (time.perf_counter() - t0) / max(len(loaded), 1)
-            ok = [not isinstance(seg, Exception) for seg in segs]
-            swept = _sweep(segmenter, queries, ok, sweep, functools.partial(sweep_counts, loaded)) if sweep else None
-            for j, ((i, sample, image, label), seg) in enumerate(zip(loaded, segs, strict=True)):
-                if isinstance(seg, Exception):  # this image failed alone (too small, rejected...)
-                    logger.warning("skipping sample %d: %s", i, seg)
-                    finish(i, {"index": i, "id": str(sample.id), "status": "skipped", "error": str(seg)})
-                    continue
-                rec = _score_one(i, sample, label, seg, proto, class_names, matching, seconds)
-                if swept is not None:
-                    rec["sweep"] = swept[j]
-                if "class_filter" in seg.meta:
-                    rec["class_filter"] = seg.meta["class_filter"]
-                if pred_dir is not None:  # before the record, so a resumed run rewrites it
-                    seg.save(pred_dir, _safe(sample.id), image=image, overwrite=overwrite or resume)
-                finish(i, rec)
+        if engine == "local":
+            for unit in units:
+                for rec in score_unit(segmenter, unit_ctx, load_unit(dataset, proto, unit)):
+                    finish(rec)
+        elif units:
+            from ..engine.eval_ray import run_eval_units
+
+            worker = (segmenter_factory, backbone_loader or backbone, spec.name, kwargs)
+            run_eval_units(units, dataset, worker, unit_ctx, ray_options, lambda recs: [finish(r) for r in recs])
     finally:
         bar.close()
 
@@ -334,116 +326,3 @@ def evaluate(
     )
     write_report(report, out_dir / f"{name}.json", out_dir / f"{name}.md")
     return report
-
-
-def _query_classes(setting: str, class_names: list[str], label: np.ndarray) -> list[str]:
-    """The class names the `Query` of an image with ground truth `label` carries under `setting`
-    (one of `CLASS_SETTINGS`, validated by `evaluate`)."""
-    if setting == "all":
-        return class_names
-    if setting == "gt-labels":
-        present = np.unique(label[label != IGNORE_INDEX])
-        return [class_names[int(i)] for i in present if 0 <= int(i) < len(class_names)]
-    raise AssertionError(f"class setting {setting!r} has no branch in `_query_classes`")
-
-
-def _sweep(
-    segmenter: Any,
-    queries: list[Any],
-    ok: list[bool],
-    values: Sequence[float],
-    score: Callable[[int, Any], dict[str, Any] | None],
-) -> list[dict[str, Any]]:
-    """Re-segment the last batch at each background score in `values`, from the features the
-    segmenter recorded for it (no model pass), then restore the config's own score.
-
-    Returns, per query, ``{sweep_key(v): score(j, segmentation)}`` (empty for queries whose main
-    segmentation failed, `ok[j]` False).
-    """
-    out: list[dict[str, Any]] = [{} for _ in queries]
-    original = getattr(segmenter.config, _BACKGROUND_FIELD)
-    calls = getattr(segmenter, "model_calls", None)
-    try:
-        for v in values:
-            # segment_batch, not resegment: one failing query must fail alone, as in the main pass
-            segmenter.configure(**{_BACKGROUND_FIELD: v})
-            segs = segmenter.segment_batch(queries, return_errors=True)
-            for j, seg in enumerate(segs):
-                if ok[j]:
-                    out[j][sweep_key(v)] = score(j, seg)
-    finally:
-        segmenter.configure(**{_BACKGROUND_FIELD: original})
-    if calls is not None and getattr(segmenter, "model_calls", calls) != calls:
-        logger.warning("re-segmenting with other `%s` values ran the model again", _BACKGROUND_FIELD)
-    return out
-
-
-def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> Any:
-    """The `Query` of one prepared sample: the protocol's framing and `class_names`."""
-    from ..plan import Query
-
-    return Query(
-        image=image,
-        classes=tuple((n,) for n in class_names) or None,  # None: no classes (an all-ignore label map)
-        caption=sample.meta.get("caption"),
-        id=str(sample.id),
-        size=proto.query_size,
-        resize_mode=proto.resize_mode,
-        label_size=proto.label_size,
-    )
-
-
-def _sample_id(dataset: Any, index: int) -> str:
-    ids = getattr(dataset, "ids", None)
-    return str(ids[index]) if ids is not None else str(index)
-
-
-def _load(dataset: Any, index: int, proto: Protocol) -> tuple[Any, Any, np.ndarray]:
-    """Sample `index`, its image and label after the protocol's crop and resize."""
-    sample = dataset[index]
-    label = np.asarray(sample.label)
-    if label.shape != (sample.image.height, sample.image.width):
-        where = sample.meta.get("label_path", f"sample {sample.id!r}")
-        raise ValueError(
-            f"{where}: label is {label.shape[0]}x{label.shape[1]} but the image is "
-            f"{sample.image.height}x{sample.image.width} (H x W)."
-        )
-    image, label = prepare(sample.image, label, proto)
-    return sample, image, label
-
-
-def _score_one(
-    index: int,
-    sample: Any,
-    label: np.ndarray,
-    seg: Any,
-    proto: Protocol,
-    class_names: list[str],
-    matching: str,
-    seconds: float,
-) -> dict[str, Any]:
-    """One image's record: the prediction mapped onto the label's frame, reduced to counts."""
-    pred = seg.to_input_frame(fill=-1).cpu().numpy()  # (H, W) int64, -1 outside the crop box
-    if matching == "none":
-        lut = _names_to_classes(seg, class_names)
-        if lut is not None:
-            pred = np.where(pred >= 0, lut[np.clip(pred, 0, len(lut) - 1)], -1)
-    if pred.shape != label.shape:  # a method that ignores the requested size
-        logger.debug("resizing prediction %s to label %s", pred.shape, label.shape)
-        pred = resize_nearest(pred, label.shape, "floor")
-    pred = to_score_grid(pred, proto)
-    gt = to_score_grid(label, proto)
-    try:
-        counts = contingency(pred, gt, len(class_names), IGNORE_INDEX)
-    except ValueError as e:
-        where = sample.meta.get("label_path", f"sample {sample.id!r}")
-        raise ValueError(f"{where}: {e}") from e
-    return {
-        "index": index,
-        "id": str(sample.id),
-        "status": "ok",
-        "size": [int(label.shape[0]), int(label.shape[1])],
-        "num_segments": int(len(counts.pred_ids)),
-        "seconds": round(float(seconds), 6),
-        "counts": counts.to_record(),
-    }

@@ -121,11 +121,12 @@ class SegDiffusionSampler:
             added = {k: v.to(unet.dtype).repeat_interleave(e, 0) for k, v in added.items()}
         image_latents = backbone.encode_images(pixels, "mean").to(unet.dtype)  # (B, C, h, w)
         out = []
-        for z_image in image_latents:
+        per_image = generator if isinstance(generator, (list, tuple)) else [generator] * len(image_latents)
+        for z_image, gen in zip(image_latents, per_image, strict=True):  # a list: each image's own generator
             cond = z_image[None].expand(p * e, -1, -1, -1)
             shape = (p * e, *z_image.shape)
-            gen_device = generator.device if generator is not None else torch.device("cpu")
-            z = torch.randn(shape, generator=generator, device=gen_device).to(backbone.device, unet.dtype)
+            gen_device = gen.device if gen is not None else torch.device("cpu")
+            z = torch.randn(shape, generator=gen, device=gen_device).to(backbone.device, unet.dtype)
             for t in scheduler.timesteps:
                 pred = unet(torch.cat([cond, z], 1), t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
                 z = scheduler.step(pred, t, z).prev_sample

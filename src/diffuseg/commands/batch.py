@@ -1,0 +1,264 @@
+"""``diffuseg batch INPUT --out DIR --method M [--engine local|ray] [--address A] [--actors N] ...``.
+
+Segments many images with one method, on this machine (``--engine local``, default) or on a
+Ray cluster (``--engine ray``: a local Ray instance, or ``--address auto|[ray://]HOST:PORT``).
+INPUT is a folder, a glob, a text file of paths, one image, or ``dataset:NAME`` (``--root``).
+Outputs are those of ``diffuseg segment`` (``NAME.labels.png``, ``NAME.overlay.png``,
+``NAME.json``); images whose outputs all exist are skipped, so rerunning an interrupted run
+completes it. Each image's noise comes from a generator seeded from (--seed, its name): the
+outputs do not depend on the engine, the number of actors or the order; byte-identical outputs
+need the same --batch-size (batched model calls round differently) and --device.
+Failed images are listed in ``DIR/failures.jsonl``.
+
+Exit codes: 0 all done, 1 some images failed (or the output folder filled up, or workers kept
+dying), 2 bad usage, an unreachable --address or a model that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from . import COMMANDS
+
+__all__ = ["register", "run", "make_job", "add_engine_options", "engine_options"]
+
+logger = logging.getLogger(__name__)
+
+#: Library arguments of the engine -> their flags (for error messages).
+_ENGINE_FLAGS = {
+    "input": "INPUT",
+    "address": "--address",
+    "actors": "--actors",
+    "gpus_per_actor": "--gpus-per-actor",
+    "cpus_per_actor": "--cpus-per-actor",
+    "num_cpus": "--num-cpus",
+    "seed": "--seed",
+    "root": "--root",
+    "split": "--split",
+}
+
+
+def _message(error: BaseException) -> str:
+    from ._options import flag_message
+
+    text = flag_message(error)
+    for name, flag in _ENGINE_FLAGS.items():
+        text = text.replace(f"`{name}`", flag)
+    return text
+
+
+def register(subparsers: Any) -> None:
+    from ._options import HelpFormatter, add_method_options, add_model_options, add_query_options, method_help
+
+    p = subparsers.add_parser(
+        "batch",
+        help=COMMANDS["batch"],
+        formatter_class=HelpFormatter,
+        description="Segment many images, here or on a Ray cluster; per image writes NAME.labels.png, "
+        "NAME.overlay.png and NAME.json into --out; rerun the same command to resume.",
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a folder of images, a glob ('photos/**/*.jpg'), a text file of paths (one per line), "
+        "one image, or dataset:NAME (with --root; dataset:synthetic needs none)",
+    )
+    p.add_argument("--root", default=None, help="dataset root folder (INPUT dataset:NAME)")
+    p.add_argument("--split", default=None, help="dataset split (INPUT dataset:NAME; default the papers')")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of INPUT")
+    p.add_argument("--method", default="diffseg", help=f"segmentation method (default diffseg):\n{method_help()}")
+    p.add_argument("--out", default="out", help="output folder (default ./out)")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist (default: skip them)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_engine_options(p)
+    add_model_options(p)
+    add_query_options(p)
+    p.set_defaults(func=run, _owners=add_method_options(p))
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """--engine --address --actors --gpus-per-actor --cpus-per-actor --num-cpus --threads."""
+    from ..engine import ENGINES
+
+    g = parser.add_argument_group("engine")
+    g.add_argument("--engine", default="local", choices=ENGINES, help="where to run (default local)")
+    g.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: 'auto' (the cluster of `ray start` on this machine) or [ray://]HOST:PORT "
+        "(default: start a local Ray instance); --engine ray only",
+    )
+    g.add_argument("--actors", type=int, default=None, help="actors, one model each (default 1); --engine ray only")
+    g.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor, e.g. 1 or 0.5 (default 0: CPU)")
+    g.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=None,
+        help="CPUs per actor (default: 1 with GPUs; CPU-only: an equal share of the cluster's CPUs, at most 1)",
+    )
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default all)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: local engine torch's; Ray CPU actors the cluster's CPUs "
+        "divided by --actors, at least 1; Ray GPU actors 1)",
+    )
+
+
+def engine_options(args: argparse.Namespace) -> Any:
+    """The `RayOptions` of the engine flags (None for the local engine).
+
+    Raises:
+        ValueError: naming a Ray-only flag given with --engine local, or a bad value.
+    """
+    ray_flags = {
+        "--address": args.address,
+        "--actors": args.actors,
+        "--gpus-per-actor": args.gpus_per_actor,
+        "--cpus-per-actor": args.cpus_per_actor,
+        "--num-cpus": args.num_cpus,
+    }
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    if args.engine == "local":
+        given = [flag for flag, value in ray_flags.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --engine ray; got --engine local.")
+        return None
+    if args.address is not None and args.num_cpus is not None:
+        raise ValueError("--num-cpus sizes a local Ray instance; with --address the cluster has its own.")
+    from ..engine.ray_engine import RayOptions
+
+    return RayOptions(
+        actors=1 if args.actors is None else args.actors,
+        gpus_per_actor=args.gpus_per_actor or 0.0,
+        cpus_per_actor=args.cpus_per_actor,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        threads=args.threads,
+    )
+
+
+def make_job(args: argparse.Namespace) -> Any:
+    """The `Job` of the flags, checked as ``diffuseg segment`` checks them.
+
+    Raises:
+        ValueError: naming the flag.
+    """
+    from ..engine.seeding import resolve_seed
+    from ..engine.work import Job
+    from ..labeling import load_classes
+    from ..methods import get_method
+    from ._labeling import check_filter
+    from ._options import check_runtime, method_overrides, resource_values
+
+    spec = get_method(args.method)
+    overrides = method_overrides(args, spec.name, args._owners)
+    spec.make_config(None, **overrides)
+    check_runtime(args)
+    classes = load_classes(args.classes) if args.classes is not None else ()
+    given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
+    if spec.names_segments and given:  # an unsupervised method names its segments from them
+        if len(given) == 1:
+            overrides.setdefault("label", "caption" if given == ["--caption"] else "classes")
+        used = {"classes": "--classes", "clip": "--classes", "caption": "--caption"}.get(overrides.get("label"))
+        given = [flag for flag in given if flag != used]
+    if given and not spec.open_vocabulary:
+        raise ValueError(
+            f"{' and '.join(given)} apply to open-vocabulary methods; {spec.name} is {spec.kind} and would ignore them."
+        )
+    if overrides.get("label") in ("classes", "clip") and not classes:
+        raise ValueError(f"--label {overrides['label']} names the segments from --classes; give --classes.")
+    if spec.needs_classes and not classes:
+        raise ValueError(
+            f"method {spec.name} needs --classes: names ('cat,sofa,tv|monitor'), a file with one "
+            "class per line, or a dataset's list ('dataset:voc21')."
+        )
+    resources = resource_values(args)
+    class_filter = check_filter(args, spec)
+    if class_filter and not classes:
+        raise ValueError("--filter chooses among --classes; give --classes.")
+    return Job(
+        method=spec.name,
+        out_dir=args.out,
+        overrides=overrides,
+        seed=resolve_seed(args.seed),
+        batch_size=args.batch_size,
+        model=args.model,
+        model_config=args.model_config,
+        device=args.device,
+        dtype=args.dtype,
+        classes=tuple(classes),
+        caption=args.caption,
+        resources=resources,
+        class_filter=class_filter,
+        label_device=getattr(args, "label_device", None),
+        threads=args.threads,
+    )
+
+
+def _needs_model(job: Any) -> bool:
+    from ..methods import get_method
+
+    spec = get_method(job.method)
+    return spec.needs_model(spec.make_config(None, **job.overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``diffuseg batch``; returns the exit code."""
+    from pathlib import Path
+
+    from ..engine.inputs import resolve_inputs
+    from ..engine.progress import FAILURES_FILE
+    from ..engine.runner import run_batch
+    from ..engine.work import OutputFullError
+    from ._options import fail
+    from .segment import check_out_dir
+
+    try:
+        options = engine_options(args)
+        job = make_job(args)
+        items = resolve_inputs(args.input, root=args.root, split=args.split, limit=args.limit)
+        check_out_dir(Path(args.out))
+    except (ValueError, FileNotFoundError) as e:
+        return fail("batch", _message(e))
+    if options is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            return fail("batch", "--engine ray needs Ray: pip install 'diffuseg[ray]'.")
+        if options.address is None and _needs_model(job):  # actors on this machine: find the model once, here
+            from ..backbone import DEFAULT_MODEL
+            from ..backbone.loading import resolve_model
+
+            try:
+                resolve_model(job.model or DEFAULT_MODEL)
+            except (OSError, ValueError) as e:
+                return fail("batch", _message(e))
+    try:
+        summary = run_batch(
+            job, items, engine=args.engine, ray_options=options, progress=not args.no_progress, overwrite=args.overwrite
+        )
+    except (ValueError, ConnectionError) as e:
+        return fail("batch", _message(e))
+    except OutputFullError as e:
+        return fail("batch", f"{e}; free some space and rerun the same command to finish", code=1)
+    except OSError as e:  # a model that cannot be loaded (ModelNotFoundError ...)
+        return fail("batch", _message(e))
+    except RuntimeError as e:  # WorkerDiedError
+        return fail("batch", str(e), code=1)
+    for rec in summary.failures:
+        print(f"failed: {rec['source']}: {rec['error']}", file=sys.stderr)
+    skipped = f" ({summary.done_before} already done)" if summary.done_before else ""
+    rate = f", {summary.images_per_second:.2f} img/s" if summary.segmented else ""
+    listed = f"; failures listed in {Path(args.out) / FAILURES_FILE}" if summary.failures else ""
+    print(
+        f"{summary.total - len(summary.failures)} of {summary.total} image(s) segmented into {args.out}/"
+        f"{skipped} [{summary.engine}{rate}]{listed}",
+        file=sys.stderr,
+    )
+    return 1 if summary.failures else 0

@@ -1,0 +1,186 @@
+"""`run_batch`: segment items with one job on an engine, skipping what is done, logging failures.
+
+The run is resumable at any point: an item is done when all its outputs exist (each written
+atomically, the JSON last). Units are cut from the whole INPUT (`make_units`), and a rerun of
+the same command skips the units whose items are all done and redoes the others whole
+(rewriting a done item of an interrupted unit with the same bytes, and replacing an interrupted
+item's partial files), so every model call sees the images it would have seen in an
+uninterrupted run; with each image's noise from its own seeded generator, the outputs are
+byte-identical to an uninterrupted run's, for any ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import ENGINES
+from .inputs import Item
+from .progress import FailureLog, Progress
+from .work import Job, Outcome, OutputFullError, Worker, decode_unit, is_done, make_units, write_outcome
+
+__all__ = ["run_batch", "BatchSummary", "write_outcomes"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BatchSummary:
+    """What a run did.
+
+    Attributes:
+        total: items in INPUT.
+        done_before: items whose outputs already existed (skipped).
+        segmented: items segmented and written by this run.
+        failures: the records of the items that failed (also in ``failures.jsonl``).
+        seconds: wall time of the work (model loading included).
+        engine: the engine used.
+    """
+
+    total: int
+    done_before: int
+    segmented: int = 0
+    failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    engine: str = "local"
+
+    @property
+    def images_per_second(self) -> float:
+        n = self.segmented + len(self.failures)
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+
+def write_outcomes(out_dir: str, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """Write a unit's outcomes (`write_outcome`); a full folder ends the unit with a record of
+    status ``full`` (the rest of the unit stays undone)."""
+    records = []
+    for outcome in outcomes:
+        try:
+            records.append(write_outcome(out_dir, outcome))
+        except OutputFullError as e:
+            records.append({"index": outcome.item.index, "name": outcome.item.name, "status": "full", "error": str(e)})
+            break
+    return records
+
+
+def _run_local(job: Job, units: list[list[Item]], on_result: Callable[[list[dict[str, Any]]], None]) -> None:
+    worker = Worker(job)
+    for unit in units:
+        on_result(write_outcomes(job.out_dir, worker(decode_unit(unit))))
+
+
+def _run_ray(
+    job: Job,
+    units: list[list[Item]],
+    on_result: Callable[[list[dict[str, Any]]], None],
+    options: Any,
+    cpus: float,
+) -> None:
+    from .ray_engine import run_units
+
+    if job.threads is None:
+        job = dataclasses.replace(job, threads=options.actor_threads(cpus))
+    run_units(
+        units,
+        decode=decode_unit,
+        worker=(Worker, (job,)),
+        write=functools.partial(write_outcomes, job.out_dir),
+        on_result=on_result,
+        options=options,
+    )
+
+
+def run_batch(
+    job: Job,
+    items: Sequence[Item],
+    *,
+    engine: str = "local",
+    ray_options: Any = None,
+    progress: bool = False,
+    overwrite: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> BatchSummary:
+    """Segment `items` with `job` on `engine` into ``job.out_dir``.
+
+    Args:
+        job: the `Job`.
+        items: the resolved INPUT (`inputs.resolve_inputs`).
+        engine: one of `ENGINES`.
+        ray_options: a `ray_engine.RayOptions` (engine ``ray``; default one local actor).
+        progress: show images/s and the ETA on stderr.
+        overwrite: redo items whose outputs exist (default: skip units whose items are all done).
+        on_record: called on each image's record as it is logged (monitoring, benchmarks).
+
+    Returns:
+        The `BatchSummary`; failed images are listed in ``OUT/failures.jsonl``.
+
+    Raises:
+        ValueError: naming `engine`, or a setting a worker refuses.
+        OutputFullError: the output folder filled up (no partial file looks complete).
+        ConnectionError: an unreachable Ray address.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"`engine` must be one of {ENGINES}, got {engine!r}.")
+    os.makedirs(job.out_dir, exist_ok=True)
+    units = make_units(items, job.batch_size)
+    if not overwrite:
+        units = [u for u in units if not all(is_done(job.out_dir, it.name) for it in u)]
+    todo = sum(len(u) for u in units)
+    summary = BatchSummary(total=len(items), done_before=len(items) - todo, engine=engine)
+    if not units:
+        return summary
+    with contextlib.ExitStack() as stack:
+        cpus = None
+        if engine == "ray":  # connect (or fail) before the progress bar shows
+            from .ray_engine import RayOptions, session
+
+            ray_options = ray_options or RayOptions()
+            cpus = stack.enter_context(session(ray_options))
+        _run(job, units, summary, engine, ray_options, cpus, progress, on_record)
+    logger.info("%d image(s) in %.1f s (%.2f img/s)", summary.segmented, summary.seconds, summary.images_per_second)
+    return summary
+
+
+def _run(
+    job: Job,
+    units: list[list[Item]],
+    summary: BatchSummary,
+    engine: str,
+    ray_options: Any,
+    cpus: float | None,
+    progress: bool,
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Run the units on the engine (Ray connected), logging records into `summary`."""
+    failures = FailureLog(job.out_dir)
+    bar = Progress(sum(len(u) for u in units), done_before=summary.done_before, enabled=progress)
+
+    def on_result(records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            if rec["status"] == "full":
+                raise OutputFullError(rec["error"])
+            if rec["status"] == "ok":
+                summary.segmented += 1
+            else:
+                failures.add(rec)
+                summary.failures.append(rec)
+            bar.update(1)
+            if on_record is not None:
+                on_record(rec)
+
+    t0 = time.perf_counter()
+    try:
+        if engine == "local":
+            _run_local(job, units, on_result)
+        else:
+            _run_ray(job, units, on_result, ray_options, cpus)
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        bar.close()
+        failures.close()

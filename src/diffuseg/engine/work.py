@@ -1,0 +1,261 @@
+"""The work of one job, shared by every engine: units, the segmenting worker and the writer.
+
+A `Job` is everything a worker needs to build its own backbone and `Segmenter` (plain data, so
+it pickles to Ray actors). `make_units` cuts INPUT's items into units of up to ``batch_size``
+in input order; a unit is the images of one `Segmenter.segment_batch` call, on every engine
+and in every rerun, so batched model calls see the same images whatever runs them (CPU and GPU
+batched calls are not bit-identical to single-image calls: byte-identical outputs need equal
+``batch_size``). `Worker` segments a decoded unit, each image with its own generator
+(`seeding.image_generator`); `write_outcome` writes one image's outputs atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from .inputs import Item, decode
+from .seeding import image_generators, image_seed
+
+__all__ = [
+    "Job",
+    "Outcome",
+    "Worker",
+    "OUTPUTS",
+    "OutputFullError",
+    "make_units",
+    "is_done",
+    "decode_unit",
+    "write_outcome",
+    "CRASH_ENV",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The files written per image (those of ``diffuseg segment``); an item is done when all exist.
+OUTPUTS = (".labels.png", ".overlay.png", ".json")
+#: errno values that mean the output folder is full: the run stops instead of failing every image.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: Test hook: ``NAME:ARM_FILE`` makes a worker that segments the image named NAME while the file
+#: ARM_FILE exists delete it and exit hard (``os._exit``): one simulated worker loss per arming.
+CRASH_ENV = "DIFFUSEG_TEST_CRASH_ON"
+#: Per-image timings `Segmenter` puts in `Segmentation.meta`; they go to the run's log, not the
+#: JSON output, so outputs are byte-identical across runs and engines.
+_TIMINGS = ("seconds_model", "seconds_segment")
+
+
+class OutputFullError(OSError):
+    """The output folder has no room left (ENOSPC / EDQUOT / EFBIG)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What to do to every image: method, model and query settings (plain data).
+
+    Attributes:
+        method: registry name of the method.
+        overrides: config fields the user set.
+        seed: the run's seed; image noise comes from ``image_seed(seed, item.name)``.
+        batch_size: images per `segment_batch` call (one unit).
+        model, model_config, device, dtype: the backbone, as the CLI's --model ... flags.
+        classes: the query's class names (parsed), or () for none.
+        caption: the query's caption, or None.
+        resources: the method's extra models by name (path / hub id strings).
+        class_filter: a name of `diffuseg.labeling.filters.FILTERS`, or None.
+        label_device: device of the labelling models (None: `device`).
+        out_dir: output folder.
+        threads: torch threads per worker (None: torch's default).
+    """
+
+    method: str
+    out_dir: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = 1
+    model: str | None = None
+    model_config: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    classes: tuple[Any, ...] = ()
+    caption: str | None = None
+    resources: dict[str, str] = dataclasses.field(default_factory=dict)
+    class_filter: str | None = None
+    label_device: str | None = None
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One image's result: its segmentation (in the image's frame) and image, or an error."""
+
+    item: Item
+    seg: Any = None
+    image: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def output_paths(out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """The output files of image `name` (`OUTPUTS`)."""
+    return [Path(out_dir) / f"{name}{ext}" for ext in OUTPUTS]
+
+
+def is_done(out_dir: str | os.PathLike, name: str) -> bool:
+    """Whether all outputs of image `name` exist (the JSON is written last)."""
+    return all(p.exists() for p in output_paths(out_dir, name))
+
+
+def make_units(items: Sequence[Item], batch_size: int) -> list[list[Item]]:
+    """`items` cut into consecutive units of up to `batch_size` (input order)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+    return [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def decode_unit(unit: Iterable[Item]) -> list[tuple[Item, Any]]:
+    """(item, RGB PIL image or the load error's message) per item."""
+    from ..imageio import ImageLoadError
+
+    out: list[tuple[Item, Any]] = []
+    for item in unit:
+        try:
+            out.append((item, decode(item)))
+        except (ImageLoadError, OSError, ValueError) as e:
+            out.append((item, f"cannot read: {e}" if not str(e).startswith("cannot read") else str(e)))
+    return out
+
+
+class Worker:
+    """Builds the job's backbone and `Segmenter` once; segments decoded units.
+
+    Args:
+        job: the `Job`.
+
+    Raises:
+        ValueError, OSError: a model or setting that cannot be used (the CLI's flags named).
+    """
+
+    def __init__(self, job: Job) -> None:
+        import torch
+
+        from ..commands._labeling import build_filter, load_label_models
+        from ..commands._options import load_backbone
+        from ..methods import get_method
+        from ..segmenter import Segmenter
+
+        if job.threads is not None:
+            torch.set_num_threads(job.threads)
+        self.job = job
+        spec = get_method(job.method)
+        args = SimpleNamespace(
+            model=job.model,
+            model_config=job.model_config,
+            device=job.device,
+            dtype=job.dtype,
+            label_device=job.label_device,
+            caption=job.caption,
+        )
+        config = spec.make_config(None, **job.overrides)
+        backbone = load_backbone(args) if spec.needs_model(config) else None
+        resources: dict[str, Any] = dict(job.resources)
+        load_label_models(args, resources)
+        class_filter = build_filter(args, job.class_filter, resources, spec)
+        self.segmenter = Segmenter(
+            backbone, spec, batch_size=job.batch_size, resources=resources, device=job.device,
+            class_filter=class_filter, **job.overrides,
+        )  # fmt: skip
+
+    def __call__(self, decoded: Sequence[tuple[Item, Any]]) -> list[Outcome]:
+        """Segment one decoded unit (see `decode_unit`); one `Outcome` per item, in order."""
+        from ..commands._options import flag_message
+        from ..plan import Query
+
+        _maybe_crash(decoded)
+        job = self.job
+        out = [Outcome(item, error=image) for item, image in decoded if isinstance(image, str)]
+        good = [(item, image) for item, image in decoded if not isinstance(image, str)]
+        if not good:
+            return _in_order(decoded, out)
+        queries = [Query(image=im, classes=job.classes, caption=job.caption, id=item.name) for item, im in good]
+        generators = image_generators(job.seed, [item.name for item, _ in good], job.device)
+        t0 = time.perf_counter()
+        results = self.segmenter.segment_batch(queries, generator=generators, return_errors=True)
+        seconds = (time.perf_counter() - t0) / len(good)
+        for (item, image), seg in zip(good, results, strict=True):
+            if isinstance(seg, Exception):
+                out.append(Outcome(item, error=flag_message(seg), seconds=seconds))
+                continue
+            seg = seg.in_input_frame()
+            for key in _TIMINGS:
+                seg.meta.pop(key, None)
+            seg.meta["source"] = item.source
+            seg.meta["seed"] = {"run": job.seed, "image": image_seed(job.seed, item.name)}
+            out.append(Outcome(item, seg=seg, image=image, seconds=seconds))
+        return _in_order(decoded, out)
+
+
+def _in_order(decoded: Sequence[tuple[Item, Any]], outcomes: list[Outcome]) -> list[Outcome]:
+    rank = {item.index: k for k, (item, _) in enumerate(decoded)}
+    return sorted(outcomes, key=lambda o: rank[o.item.index])
+
+
+def _maybe_crash(decoded: Sequence[tuple[Item, Any]]) -> None:
+    """The `CRASH_ENV` test hook."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    name, _, arm = spec.partition(":")
+    if not arm or not any(item.name == name for item, _ in decoded):
+        return
+    try:
+        os.unlink(arm)  # only one worker disarms it
+    except FileNotFoundError:
+        return
+    logger.warning("test hook %s: worker %d exits on %s", CRASH_ENV, os.getpid(), name)
+    os._exit(1)
+
+
+def render(outcome: Outcome) -> list[bytes]:
+    """The bytes of `OUTPUTS` for a successful outcome (as `Segmentation.save` writes them)."""
+    from ..types import _png_bytes
+
+    seg = outcome.seg
+    return [
+        _png_bytes(seg.to_label_image()),
+        _png_bytes(seg.to_overlay(outcome.image)),
+        json.dumps(seg.to_json_dict(), indent=1).encode(),
+    ]
+
+
+def write_outcome(out_dir: str | os.PathLike, outcome: Outcome) -> dict[str, Any]:
+    """Write one image's outputs atomically (each file through a temp file and a rename; the
+    JSON last, so an item is done only when all are there); returns its log record
+    ``{"index", "name", "source", "status": "ok"|"failed", "error", "seconds"}``.
+
+    Raises:
+        OutputFullError: the folder has no room left (no temp file is left behind; files this
+            item already wrote stay, and the item counts as not done).
+    """
+    from ..types import atomic_write
+
+    item = outcome.item
+    record = {"index": item.index, "name": item.name, "source": item.source, "status": "ok", "error": None}
+    record["seconds"] = round(outcome.seconds, 6)
+    if outcome.error is not None:
+        return {**record, "status": "failed", "error": outcome.error}
+    try:
+        for path, blob in zip(output_paths(out_dir, item.name), render(outcome), strict=True):
+            atomic_write(path, blob, overwrite=True)
+    except OSError as e:
+        if e.errno in _FULL:
+            raise OutputFullError(e.errno, f"the output folder {out_dir} is full ({e.strerror})") from e
+        return {**record, "status": "failed", "error": f"cannot write: {e}"}
+    return record

@@ -1,0 +1,233 @@
+"""Scoring images in units: the per-unit work of `evaluate`, shared by its engines.
+
+A unit is the images of one `segment_batch` call (``batch_size`` of them, in dataset order):
+`load_unit` reads and frames them (the protocol's crop and resize), `score_unit` segments them,
+reduces each prediction to contingency counts against its label and returns the records the
+`ResultStore` keeps. The local engine calls both in the driver; the ray engine calls
+`load_unit` on CPU tasks and `score_unit` in its actors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import IGNORE_INDEX
+from .folder import SampleReadError
+from .metrics import contingency
+from .protocols import Protocol, prepare, resize_nearest, to_score_grid
+from .report import sweep_key
+
+__all__ = ["UnitContext", "load_unit", "score_unit", "BACKGROUND_FIELD"]
+
+logger = logging.getLogger(__name__)
+
+#: The config field `tune_background` sweeps: the constant score of the background class that
+#: competes in the per-pixel argmax.
+BACKGROUND_FIELD = "background_score"
+
+
+def _names_to_classes(seg: Any, class_names: list[str]) -> np.ndarray | None:
+    """Lookup label id -> class id for a segmentation that names its labels (-1: unknown name)."""
+    if not seg.names:
+        return None
+    index = {n.strip().lower(): i for i, n in enumerate(class_names)}
+    return np.array([index.get(str(n).strip().lower(), -1) for n in seg.names], dtype=np.int64)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "sample"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitContext:
+    """What scoring a unit of images needs besides the segmenter (plain data: Ray ships it)."""
+
+    proto: Protocol
+    class_names: list[str]
+    matching: str
+    classes: str
+    sweep: tuple[float, ...] | None
+    pred_dir: str | None
+    overwrite_predictions: bool
+    generator: Any
+    seed: int | None
+
+
+def load_unit(dataset: Any, proto: Protocol, unit: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Per index: (index, sample, image, label) after the protocol, or (index, record) of an
+    unreadable sample."""
+    out: list[tuple[Any, ...]] = []
+    for i in unit:
+        try:
+            out.append((i, *_load(dataset, i, proto)))
+        except SampleReadError as e:
+            logger.warning("skipping sample %d: %s", i, e)
+            out.append((i, {"index": i, "id": _sample_id(dataset, i), "status": "skipped", "error": str(e)}))
+    return out
+
+
+def score_unit(segmenter: Any, ctx: UnitContext, decoded: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The records of one unit of images (`_load_unit`): segment them in one `segment_batch`
+    call, score each, sweep the background score, save the predictions."""
+    records = [entry[1] for entry in decoded if len(entry) == 2]
+    loaded = [entry for entry in decoded if len(entry) == 4]
+    if not loaded:
+        return records
+
+    def sweep_counts(j: int, seg: Any) -> dict[str, Any] | None:
+        """The counts record of `seg`, a re-segmentation of `loaded[j]` (None if it failed)."""
+        if isinstance(seg, Exception):
+            logger.warning("re-segmenting sample %d failed: %s", loaded[j][0], seg)
+            return None
+        i, sample, _, label = loaded[j]
+        return _score_one(i, sample, label, seg, ctx.proto, ctx.class_names, ctx.matching, 0.0)["counts"]
+
+    queries = [
+        _query(sample, image, ctx.proto, _query_classes(ctx.classes, ctx.class_names, label))
+        for _, sample, image, label in loaded
+    ]
+    generator = ctx.generator
+    if ctx.seed is not None:
+        from ..engine.seeding import image_generators
+
+        device = getattr(getattr(segmenter, "backbone", None), "device", "cpu")
+        generator = image_generators(ctx.seed, [q.id for q in queries], device)
+    t0 = time.perf_counter()
+    segs = segmenter.segment_batch(queries, generator=generator, return_errors=True)
+    seconds = (time.perf_counter() - t0) / len(loaded)
+    ok = [not isinstance(seg, Exception) for seg in segs]
+    swept = _sweep(segmenter, queries, ok, ctx.sweep, sweep_counts) if ctx.sweep else None
+    for j, ((i, sample, image, label), seg) in enumerate(zip(loaded, segs, strict=True)):
+        if isinstance(seg, Exception):  # this image failed alone (too small, rejected...)
+            logger.warning("skipping sample %d: %s", i, seg)
+            records.append({"index": i, "id": str(sample.id), "status": "skipped", "error": str(seg)})
+            continue
+        rec = _score_one(i, sample, label, seg, ctx.proto, ctx.class_names, ctx.matching, seconds)
+        if swept is not None:
+            rec["sweep"] = swept[j]
+        if "class_filter" in seg.meta:
+            rec["class_filter"] = seg.meta["class_filter"]
+        if ctx.pred_dir is not None:  # before the record, so a resumed run rewrites it
+            seg.save(ctx.pred_dir, _safe(sample.id), image=image, overwrite=ctx.overwrite_predictions)
+        records.append(rec)
+    return records
+
+
+def _query_classes(setting: str, class_names: list[str], label: np.ndarray) -> list[str]:
+    """The class names the `Query` of an image with ground truth `label` carries under `setting`
+    (one of `CLASS_SETTINGS`, validated by `evaluate`)."""
+    if setting == "all":
+        return class_names
+    if setting == "gt-labels":
+        present = np.unique(label[label != IGNORE_INDEX])
+        return [class_names[int(i)] for i in present if 0 <= int(i) < len(class_names)]
+    raise AssertionError(f"class setting {setting!r} has no branch in `_query_classes`")
+
+
+def _sweep(
+    segmenter: Any,
+    queries: list[Any],
+    ok: list[bool],
+    values: Sequence[float],
+    score: Callable[[int, Any], dict[str, Any] | None],
+) -> list[dict[str, Any]]:
+    """Re-segment the last batch at each background score in `values`, from the features the
+    segmenter recorded for it (no model pass), then restore the config's own score.
+
+    Returns, per query, ``{sweep_key(v): score(j, segmentation)}`` (empty for queries whose main
+    segmentation failed, `ok[j]` False).
+    """
+    out: list[dict[str, Any]] = [{} for _ in queries]
+    original = getattr(segmenter.config, BACKGROUND_FIELD)
+    calls = getattr(segmenter, "model_calls", None)
+    try:
+        for v in values:
+            # segment_batch, not resegment: one failing query must fail alone, as in the main pass
+            segmenter.configure(**{BACKGROUND_FIELD: v})
+            segs = segmenter.segment_batch(queries, return_errors=True)
+            for j, seg in enumerate(segs):
+                if ok[j]:
+                    out[j][sweep_key(v)] = score(j, seg)
+    finally:
+        segmenter.configure(**{BACKGROUND_FIELD: original})
+    if calls is not None and getattr(segmenter, "model_calls", calls) != calls:
+        logger.warning("re-segmenting with other `%s` values ran the model again", BACKGROUND_FIELD)
+    return out
+
+
+def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> Any:
+    """The `Query` of one prepared sample: the protocol's framing and `class_names`."""
+    from ..plan import Query
+
+    return Query(
+        image=image,
+        classes=tuple((n,) for n in class_names) or None,  # None: no classes (an all-ignore label map)
+        caption=sample.meta.get("caption"),
+        id=str(sample.id),
+        size=proto.query_size,
+        resize_mode=proto.resize_mode,
+        label_size=proto.label_size,
+    )
+
+
+def _sample_id(dataset: Any, index: int) -> str:
+    ids = getattr(dataset, "ids", None)
+    return str(ids[index]) if ids is not None else str(index)
+
+
+def _load(dataset: Any, index: int, proto: Protocol) -> tuple[Any, Any, np.ndarray]:
+    """Sample `index`, its image and label after the protocol's crop and resize."""
+    sample = dataset[index]
+    label = np.asarray(sample.label)
+    if label.shape != (sample.image.height, sample.image.width):
+        where = sample.meta.get("label_path", f"sample {sample.id!r}")
+        raise ValueError(
+            f"{where}: label is {label.shape[0]}x{label.shape[1]} but the image is "
+            f"{sample.image.height}x{sample.image.width} (H x W)."
+        )
+    image, label = prepare(sample.image, label, proto)
+    return sample, image, label
+
+
+def _score_one(
+    index: int,
+    sample: Any,
+    label: np.ndarray,
+    seg: Any,
+    proto: Protocol,
+    class_names: list[str],
+    matching: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """One image's record: the prediction mapped onto the label's frame, reduced to counts."""
+    pred = seg.to_input_frame(fill=-1).cpu().numpy()  # (H, W) int64, -1 outside the crop box
+    if matching == "none":
+        lut = _names_to_classes(seg, class_names)
+        if lut is not None:
+            pred = np.where(pred >= 0, lut[np.clip(pred, 0, len(lut) - 1)], -1)
+    if pred.shape != label.shape:  # a method that ignores the requested size
+        logger.debug("resizing prediction %s to label %s", pred.shape, label.shape)
+        pred = resize_nearest(pred, label.shape, "floor")
+    pred = to_score_grid(pred, proto)
+    gt = to_score_grid(label, proto)
+    try:
+        counts = contingency(pred, gt, len(class_names), IGNORE_INDEX)
+    except ValueError as e:
+        where = sample.meta.get("label_path", f"sample {sample.id!r}")
+        raise ValueError(f"{where}: {e}") from e
+    return {
+        "index": index,
+        "id": str(sample.id),
+        "status": "ok",
+        "size": [int(label.shape[0]), int(label.shape[1])],
+        "num_segments": int(len(counts.pred_ids)),
+        "seconds": round(float(seconds), 6),
+        "counts": counts.to_record(),
+    }
