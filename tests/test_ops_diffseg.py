@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from diffuseg.ops.attention import aggregate_self_attention, resolution_weights
-from diffuseg.ops.clustering import anchor_grid, kmeans_refine, merge_attention, symmetric_kl
+from diffuseg.ops.clustering import anchor_distances, anchor_grid, kmeans_refine, merge_attention, symmetric_kl
 from diffuseg.ops.masks import maps_to_labels
 
 
@@ -125,6 +125,41 @@ def test_merge_matches_reference_port():
         ours = merge_attention(torch.from_numpy(agg.reshape(256, 16, 16)), anchors=8, thresholds=thresholds)
         assert ours.shape == ref.shape
         np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+
+
+def test_merge_with_precomputed_anchor_distances_is_identical():
+    rng = np.random.default_rng(2)
+    agg = torch.from_numpy(ref_aggregate(_random_maps(rng, [16, 8, 4, 2], sharp=30.0), 16).reshape(256, 16, 16))
+    kl = anchor_distances(agg, 8)
+    assert kl.shape == (64, 256) and torch.all(kl >= 0)
+    for thresholds in [(1.1, 1.1, 1.1), (0.5, 0.9)]:
+        fresh = merge_attention(agg, anchors=8, thresholds=thresholds)
+        assert torch.equal(merge_attention(agg, anchors=8, thresholds=thresholds, anchor_kl=kl), fresh)
+    with pytest.raises(ValueError, match="anchor_kl"):
+        merge_attention(agg, anchors=4, thresholds=(1.0,), anchor_kl=kl)
+
+
+def test_diffseg_keeps_threshold_free_work_with_the_features(monkeypatch):
+    """Re-segmenting cached features with other thresholds reuses the aggregated maps and the
+    anchors' distances (`Features.derive`), shared by the row views of one pass."""
+    import diffuseg.methods.diffseg as diffseg
+    from diffuseg.backbone.features import Features
+
+    agg, _ = _quadrant_attention()
+    n = agg.shape[0]
+    features = Features(
+        self_attention={"attn1@16x16": agg.reshape(1, n, n)},
+        layer_sizes={"attn1@16x16": (16, 16)},
+        images=torch.zeros(1, 3, 32, 32),
+        prompts=[""],
+    )
+    calls = []
+    real = diffseg.aggregate_self_attention
+    monkeypatch.setattr(diffseg, "aggregate_self_attention", lambda maps: calls.append(1) or real(maps))
+    first = diffseg.segment(features.rows(0, 1), diffseg.DiffSegConfig(num_anchors_per_side=4))
+    again = diffseg.segment(features.rows(0, 1), diffseg.DiffSegConfig(num_anchors_per_side=4, kl_thresholds=(2.0,)))
+    assert len(calls) == 1 and first.num_segments == 4 and again.num_segments >= 1
+    assert ("diffseg", "anchor_kl", 4) in features.derived[("rows", 0, 1)]
 
 
 def _quadrant_attention(R=16):

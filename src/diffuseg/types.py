@@ -4,6 +4,7 @@ and `Sample` (one labelled image of a dataset)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -30,8 +31,13 @@ def palette(num_colors: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map: a distinct, stable colour per label id.
 
     Returns:
-        uint8 array of shape (num_colors, 3).
+        uint8 array of shape (num_colors, 3) (a new array; the map is computed once per size).
     """
+    return _palette(max(num_colors, 256))[:num_colors].copy()  # colour i does not depend on the size
+
+
+@functools.lru_cache(maxsize=4)
+def _palette(num_colors: int) -> np.ndarray:
     cmap = np.zeros((num_colors, 3), dtype=np.uint8)
     for i in range(num_colors):
         c, r, g, b = i, 0, 0, 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -141,6 +141,9 @@ class Features:
         normalization: how attention was normalised ("softmax", "none" or "log"; see
             `FeatureRequest.normalization`).
         meta: per-image JSON-serialisable facts (original size, crop box, file name...).
+        derived: values methods compute from these maps that no setting of theirs changes
+            (`derive`), kept with the features: re-segmenting from cached features with other
+            post-processing settings does not compute them again. Views from `rows` share them.
     """
 
     self_attention: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -157,6 +160,19 @@ class Features:
     timestep: int = 0
     normalization: str = "softmax"
     meta: list[dict[str, Any]] = field(default_factory=list)
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def derive(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per `key` for these features (see `derived`).
+
+        Args:
+            key: hashable; name the method and every input the value depends on, e.g.
+                ``("diffseg", "anchor_kl", 16)``.
+            compute: the function of these features.
+        """
+        if key not in self.derived:
+            self.derived[key] = compute()
+        return self.derived[key]
 
     @property
     def batch_size(self) -> int:
@@ -230,4 +246,5 @@ class Features:
             timestep=self.timestep,
             normalization=self.normalization,
             meta=self.meta[sl],
+            derived=self.derived.setdefault(("rows", start, stop), {}),
         )

@@ -29,10 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..backbone.features import FeatureRequest, Features
 from ..labeling.naming import LABELS, check_naming
 from ..ops.attention import aggregate_self_attention
-from ..ops.clustering import kmeans_refine, merge_attention
+from ..ops.clustering import anchor_distances, kmeans_refine, merge_attention
 from ..ops.masks import maps_to_labels
 from ..ops.naming import VOTINGS
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
@@ -157,15 +159,17 @@ def segment(
         raise ValueError("`features` holds no self-attention maps; extract with diffseg.REQUIRES.")
     if features.batch_size != 1:
         raise ValueError(f"`segment` takes the features of one image, got a batch of {features.batch_size}.")
-    maps = {size: m[0] for size, m in features.by_resolution("self").items()}  # (h, w) -> (N, N)
-    aggregated = aggregate_self_attention(maps)  # (R*R, R, R)
+    # the aggregated maps and the anchors' KL distances depend on no threshold: kept with the
+    # features, so re-segmenting from cached features with other thresholds skips them
+    aggregated = features.derive(("diffseg", "aggregated"), lambda: _aggregated(features))  # (R*R, R, R)
     side = min(aggregated.shape[1:])
     anchors = min(config.num_anchors_per_side, side)
     if anchors < config.num_anchors_per_side:
         logger.warning(
             "%d anchors per side do not fit a %d-token grid; using %d.", config.num_anchors_per_side, side, anchors
         )
-    proposals = merge_attention(aggregated, anchors=anchors, thresholds=config.kl_thresholds)
+    anchor_kl = features.derive(("diffseg", "anchor_kl", anchors), lambda: anchor_distances(aggregated, anchors))
+    proposals = merge_attention(aggregated, anchors=anchors, thresholds=config.kl_thresholds, anchor_kl=anchor_kl)
     if config.refine:
         proposals = kmeans_refine(proposals, aggregated)
     labels = maps_to_labels(proposals, features.image_size).cpu()
@@ -173,6 +177,11 @@ def segment(
     if named is not None:
         return Segmentation(labels=named[0], names=named[1], extras={"proposals": proposals.cpu(), "segments": labels})
     return Segmentation(labels=labels, extras={"proposals": proposals.cpu()})
+
+
+def _aggregated(features: Features) -> torch.Tensor:
+    maps = {size: m[0] for size, m in features.by_resolution("self").items()}  # (h, w) -> (N, N)
+    return aggregate_self_attention(maps)
 
 
 def working_bytes(tokens: int) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["anchor_grid", "symmetric_kl", "merge_attention", "kmeans_refine"]
+__all__ = ["anchor_grid", "symmetric_kl", "anchor_distances", "merge_attention", "kmeans_refine"]
 
 _EPS = 1e-30  # clamp before log: float32 keeps 1e-30 (fp16 does not, see merge_attention)
 
@@ -59,8 +59,30 @@ def _group_means(members: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     return (m @ maps) / m.sum(1, keepdim=True)
 
 
+def anchor_distances(aggregated: torch.Tensor, anchors: int) -> torch.Tensor:
+    """Symmetric KL distance of each anchor's map to every map: what `merge_attention`'s first
+    iteration thresholds, and the same for any threshold (so callers that re-merge one image
+    with other thresholds can compute it once).
+
+    Args:
+        aggregated: (R*R', R, R') aggregated maps, float.
+        anchors: anchors per side, in [1, min(R, R')].
+
+    Returns:
+        (anchors**2, R*R') float32 (or float64) distances, anchors in row-major grid order.
+    """
+    n, h, w = aggregated.shape
+    flat = aggregated.reshape(n, h * w).to(torch.promote_types(aggregated.dtype, torch.float32))
+    rows, cols = anchor_grid(h, anchors), anchor_grid(w, anchors)
+    idx = (rows[:, None] * w + cols[None, :]).reshape(-1).to(flat.device)  # ij indexing
+    return symmetric_kl(flat[idx], flat)
+
+
 def merge_attention(
-    aggregated: torch.Tensor, anchors: int = 16, thresholds: Sequence[float] = (1.1, 1.1, 1.1)
+    aggregated: torch.Tensor,
+    anchors: int = 16,
+    thresholds: Sequence[float] = (1.1, 1.1, 1.1),
+    anchor_kl: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Iteratively merge attention maps whose symmetric KL distance is below a threshold.
 
@@ -79,6 +101,7 @@ def merge_attention(
         aggregated: (R*R, R, R) aggregated maps (`aggregate_self_attention`), float.
         anchors: anchors per side, in [1, R].
         thresholds: one KL threshold (> 0) per iteration; len(thresholds) iterations.
+        anchor_kl: `anchor_distances(aggregated, anchors)` if already computed, else None.
 
     Returns:
         (K, R, R) merged proposal maps, float32, K <= anchors**2.
@@ -94,10 +117,12 @@ def merge_attention(
     n, h, w = aggregated.shape
     dtype = torch.promote_types(aggregated.dtype, torch.float32)
     flat = aggregated.reshape(n, h * w).to(dtype)  # (N, D)
-    rows, cols = anchor_grid(h, anchors), anchor_grid(w, anchors)
-    idx = (rows[:, None] * w + cols[None, :]).reshape(-1).to(flat.device)  # ij indexing
+    if anchor_kl is None:
+        anchor_kl = anchor_distances(aggregated, anchors)
+    elif anchor_kl.shape != (anchors * anchors, n):
+        raise ValueError(f"`anchor_kl` must have shape ({anchors * anchors}, {n}), got {tuple(anchor_kl.shape)}.")
     # iteration 0: anchors against all maps, groups overlap
-    members = symmetric_kl(flat[idx], flat) < thresholds[0]  # (A, N); each anchor matches itself
+    members = anchor_kl < thresholds[0]  # (A, N); each anchor matches itself
     proposals = _group_means(members, flat)
     for tau in thresholds[1:]:
         dist = symmetric_kl(proposals, proposals) < tau  # (K, K)
