@@ -25,6 +25,7 @@ from .backbone.backbone import DiffusionBackbone
 from .backbone.features import Features
 from .imageio import ImageInput, ImageLoadError, as_pil, preprocess, stack_batch
 from .methods import MethodSpec, get_method
+from .ops.noise import per_item_generators
 from .plan import Pass, Query
 from .types import Segmentation
 
@@ -308,13 +309,7 @@ class Segmenter:
                 slot and go on; otherwise the first failure is raised after the batch.
         """
         queries = [as_query(q) for q in queries]
-        per_query = None
-        if generator is not None and not isinstance(generator, torch.Generator):
-            per_query = list(generator)
-            if len(per_query) != len(queries):
-                raise ValueError(
-                    f"`generator` must be one torch.Generator or one per query ({len(queries)}), got {len(per_query)}."
-                )
+        per_query = per_item_generators(generator, len(queries), "query")
         results: list[Segmentation | Exception | None] = [None] * len(queries)
         groups: dict[tuple[Any, ...], list[_Item]] = {}
         filtered: dict[int, dict[str, Any]] = {}

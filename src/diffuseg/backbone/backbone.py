@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..imageio import ImageInput, preprocess, stack_batch
+from ..ops.noise import batch_noise, per_item_generators
 from .features import FeatureRequest, Features
 from .loading import (
     DEFAULT_MODEL,
@@ -38,20 +39,6 @@ def model_family(unet: nn.Module) -> str:
 
 
 logger = logging.getLogger(__name__)
-
-
-def _per_image_generators(generator: Any, batch: int) -> list[torch.Generator] | None:
-    """The per-image generators of a `generator` argument (None when it is one generator or None).
-
-    Raises:
-        ValueError: naming `generator`, if a sequence does not hold one generator per image.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        return None
-    gens = list(generator)
-    if len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
-        raise ValueError(f"`generator` must be a torch.Generator or one per image ({batch}), got {len(gens)} item(s).")
-    return gens
 
 
 @dataclass
@@ -475,21 +462,10 @@ class DiffusionBackbone:
         prompt_list = [prompts] * rows if isinstance(prompts, str) else list(prompts)
         if len(prompt_list) != rows:
             raise ValueError(f"got {len(prompt_list)} prompts for {b} images x {prompts_per_image} prompts each.")
-        generators = _per_image_generators(generator, b)
+        generators = per_item_generators(generator, b)  # checked before any work
         latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
         if add_noise:
-            if generators is not None:  # each image's noise from its own generator
-                draws = [torch.randn((1, *latents.shape[1:]), generator=g, device=g.device) for g in generators]
-                noise = torch.cat([d.to(self.device) for d in draws])
-            else:
-                shape = (1, *latents.shape[1:]) if shared_noise else latents.shape
-                noise = torch.randn(
-                    shape,
-                    generator=generator,
-                    device=generator.device if generator else self.device,
-                    dtype=torch.float32,
-                )
-            noise = noise.to(self.device, latents.dtype).expand_as(latents)
+            noise = batch_noise(latents.shape, generator, self.device, shared=shared_noise).to(latents.dtype)
             latents = self.scheduler.add_noise(latents, noise, torch.tensor([timestep] * b, device=self.device))
         if prompts_per_image > 1:
             latents = latents.repeat_interleave(prompts_per_image, dim=0)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..backbone.features import Features
+from ..ops.noise import per_item_generators
 from .masks import decode_masks
 
 __all__ = ["MaskModel", "SegDiffusionSampler", "PROBABILITIES"]
@@ -121,7 +122,7 @@ class SegDiffusionSampler:
             added = {k: v.to(unet.dtype).repeat_interleave(e, 0) for k, v in added.items()}
         image_latents = backbone.encode_images(pixels, "mean").to(unet.dtype)  # (B, C, h, w)
         out = []
-        per_image = generator if isinstance(generator, (list, tuple)) else [generator] * len(image_latents)
+        per_image = per_item_generators(generator, len(image_latents)) or [generator] * len(image_latents)
         for z_image, gen in zip(image_latents, per_image, strict=True):  # a list: each image's own generator
             cond = z_image[None].expand(p * e, -1, -1, -1)
             shape = (p * e, *z_image.shape)
