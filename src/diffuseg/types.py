@@ -23,6 +23,11 @@ __all__ = ["Segmentation", "Sample", "palette", "atomic_write", "OutputExistsErr
 logger = logging.getLogger(__name__)
 
 
+#: The files `Segmentation.save` writes per image, by suffix, in writing order (the overlay
+#: only when given the image); `diffuseg segment` and `diffuseg batch` write all three.
+OUTPUTS = (".labels.png", ".overlay.png", ".json")
+
+
 class OutputExistsError(FileExistsError):
     """An output file exists and overwriting was not allowed."""
 
@@ -372,9 +377,7 @@ class Segmentation:
             The paths written.
         """
         out_dir = Path(out_dir)
-        targets = [out_dir / f"{name}.labels.png", out_dir / f"{name}.json"]
-        if image is not None:
-            targets.insert(1, out_dir / f"{name}.overlay.png")
+        targets = [Path(out_dir) / f"{name}{ext}" for ext in OUTPUTS if image is not None or ext != ".overlay.png"]
         if not overwrite:
             existing = [str(p) for p in targets if p.exists()]
             if existing:

@@ -4,9 +4,10 @@ class filter and the methods share (loaded once, on --label-device)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["add_filter_option", "check_filter", "load_label_models", "build_filter"]
+__all__ = ["add_filter_option", "check_filter", "load_label_models", "build_filter", "QueryFlags", "query_flags"]
 
 
 def add_filter_option(parser: Any) -> None:
@@ -91,3 +92,71 @@ def build_filter(args: argparse.Namespace, name: str | None, resources: dict[str
     if name == "caption-clip" and captioner is None and hasattr(args, "caption") and not args.caption:
         raise ValueError("--filter caption-clip needs a caption: --caption TEXT or --captioner PATH.")
     return make_filter(name, clip=clip, captioner=captioner)
+
+
+@dataclass
+class QueryFlags:
+    """What the method and query flags of ``segment`` / ``batch`` ask for, checked.
+
+    Attributes:
+        spec: the method's `MethodSpec`.
+        overrides: the config fields the user set, plus ``label`` when --classes or --caption
+            turn on segment naming for an unsupervised method.
+        config: the config of the user's own settings (no preset), for `MethodSpec.needs_model`.
+        classes: the class vocabulary of --classes (``()`` without).
+        resources: the extra models by name (--checkpoint, --clip, --resource NAME=VALUE...).
+        class_filter: the --filter name, or None.
+    """
+
+    spec: Any
+    overrides: dict[str, Any]
+    config: Any
+    classes: tuple[Any, ...]
+    resources: dict[str, str]
+    class_filter: str | None
+
+
+def query_flags(args: argparse.Namespace) -> QueryFlags:
+    """Check --method, its options, the runtime flags, --classes, --caption, the resources and
+    --filter together, before anything is loaded.
+
+    Raises:
+        ValueError: naming the flag: options of another method, class names or a caption for a
+            method that would ignore them, a method or --label that needs --classes (or a
+            caption source) without them, --filter without --classes.
+    """
+    from ..labeling import load_classes
+    from ..methods import get_method
+    from ._options import check_runtime, method_overrides, resource_values
+
+    spec = get_method(args.method)
+    overrides = method_overrides(args, spec.name, args._owners)
+    config = spec.make_config(None, **overrides)  # the user's values are valid (preset aside)
+    check_runtime(args)
+    classes = load_classes(args.classes) if args.classes is not None else ()
+    given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
+    if spec.names_segments and given:  # an unsupervised method names its segments from them
+        if len(given) == 1:
+            overrides.setdefault("label", "caption" if given == ["--caption"] else "classes")
+        used = {"classes": "--classes", "clip": "--classes", "caption": "--caption"}.get(overrides.get("label"))
+        given = [flag for flag in given if flag != used]
+    if given and not spec.open_vocabulary:
+        raise ValueError(
+            f"{' and '.join(given)} apply to open-vocabulary methods; {spec.name} is {spec.kind} and would ignore them."
+        )
+    if overrides.get("label") in ("classes", "clip") and not classes:
+        raise ValueError(f"--label {overrides['label']} names the segments from --classes; give --classes.")
+    if spec.needs_classes and not classes:
+        raise ValueError(
+            f"method {spec.name} needs --classes: names ('cat,sofa,tv|monitor'), a file with one "
+            "class per line, or a dataset's list ('dataset:voc21')."
+        )
+    resources = resource_values(args)
+    if overrides.get("label") == "caption" and not args.caption and "captioner" not in resources:
+        raise ValueError(
+            "--label caption names the segments from the nouns of a caption; give --caption or --captioner."
+        )
+    class_filter = check_filter(args, spec)
+    if class_filter and not classes:
+        raise ValueError("--filter chooses among --classes; give --classes.")
+    return QueryFlags(spec, overrides, config, tuple(classes), resources, class_filter)

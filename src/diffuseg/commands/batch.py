@@ -144,58 +144,30 @@ def engine_options(args: argparse.Namespace) -> Any:
 
 
 def make_job(args: argparse.Namespace) -> Any:
-    """The `Job` of the flags, checked as ``diffuseg segment`` checks them.
+    """The `Job` of the flags, checked as ``diffuseg segment`` checks them (`query_flags`).
 
     Raises:
         ValueError: naming the flag.
     """
     from ..engine.seeding import resolve_seed
     from ..engine.work import Job
-    from ..labeling import load_classes
-    from ..methods import get_method
-    from ._labeling import check_filter
-    from ._options import check_runtime, method_overrides, resource_values
+    from ._labeling import query_flags
 
-    spec = get_method(args.method)
-    overrides = method_overrides(args, spec.name, args._owners)
-    spec.make_config(None, **overrides)
-    check_runtime(args)
-    classes = load_classes(args.classes) if args.classes is not None else ()
-    given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
-    if spec.names_segments and given:  # an unsupervised method names its segments from them
-        if len(given) == 1:
-            overrides.setdefault("label", "caption" if given == ["--caption"] else "classes")
-        used = {"classes": "--classes", "clip": "--classes", "caption": "--caption"}.get(overrides.get("label"))
-        given = [flag for flag in given if flag != used]
-    if given and not spec.open_vocabulary:
-        raise ValueError(
-            f"{' and '.join(given)} apply to open-vocabulary methods; {spec.name} is {spec.kind} and would ignore them."
-        )
-    if overrides.get("label") in ("classes", "clip") and not classes:
-        raise ValueError(f"--label {overrides['label']} names the segments from --classes; give --classes.")
-    if spec.needs_classes and not classes:
-        raise ValueError(
-            f"method {spec.name} needs --classes: names ('cat,sofa,tv|monitor'), a file with one "
-            "class per line, or a dataset's list ('dataset:voc21')."
-        )
-    resources = resource_values(args)
-    class_filter = check_filter(args, spec)
-    if class_filter and not classes:
-        raise ValueError("--filter chooses among --classes; give --classes.")
+    flags = query_flags(args)
     return Job(
-        method=spec.name,
+        method=flags.spec.name,
         out_dir=args.out,
-        overrides=overrides,
+        overrides=flags.overrides,
         seed=resolve_seed(args.seed),
         batch_size=args.batch_size,
         model=args.model,
         model_config=args.model_config,
         device=args.device,
         dtype=args.dtype,
-        classes=tuple(classes),
+        classes=flags.classes,
         caption=args.caption,
-        resources=resources,
-        class_filter=class_filter,
+        resources=flags.resources,
+        class_filter=flags.class_filter,
         label_device=getattr(args, "label_device", None),
         threads=args.threads,
     )

@@ -19,27 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from . import COMMANDS
-from ._labeling import build_filter, check_filter, load_label_models
+from ._labeling import build_filter, load_label_models, query_flags
 from ._options import (
     HelpFormatter,
     add_method_options,
     add_model_options,
     add_query_options,
-    check_runtime,
     fail,
     flag_message,
     load_backbone,
     make_generator,
     method_help,
-    method_overrides,
-    resource_values,
 )
 
 __all__ = ["register", "run", "check_out_dir", "output_names"]
 
 logger = logging.getLogger(__name__)
-
-OUTPUTS = (".labels.png", ".overlay.png", ".json")
 
 
 def register(subparsers: Any) -> None:
@@ -99,41 +94,12 @@ def output_names(paths: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..labeling import load_classes
-    from ..methods import get_method
+    from ..types import OUTPUTS
 
     try:
-        spec = get_method(args.method)
-        overrides = method_overrides(args, spec.name, args._owners)
-        config = spec.make_config(None, **overrides)  # the user's values are valid (preset aside)
-        check_runtime(args)
-        classes = load_classes(args.classes) if args.classes is not None else ()
-        given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
-        if spec.names_segments and given:  # an unsupervised method names its segments from them
-            if len(given) == 1:
-                overrides.setdefault("label", "caption" if given == ["--caption"] else "classes")
-            used = {"classes": "--classes", "clip": "--classes", "caption": "--caption"}.get(overrides.get("label"))
-            given = [flag for flag in given if flag != used]
-        if given and not spec.open_vocabulary:
-            raise ValueError(
-                f"{' and '.join(given)} apply to open-vocabulary methods; {spec.name} is {spec.kind} "
-                "and would ignore them."
-            )
-        if overrides.get("label") in ("classes", "clip") and not classes:
-            raise ValueError(f"--label {overrides['label']} names the segments from --classes; give --classes.")
-        if spec.needs_classes and not classes:
-            raise ValueError(
-                f"method {spec.name} needs --classes: names ('cat,sofa,tv|monitor'), a file with one "
-                "class per line, or a dataset's list ('dataset:voc21')."
-            )
-        resources = resource_values(args)
-        if overrides.get("label") == "caption" and not args.caption and "captioner" not in resources:
-            raise ValueError(
-                "--label caption names the segments from the nouns of a caption; give --caption or --captioner."
-            )
-        class_filter = check_filter(args, spec)
-        if class_filter and not classes:
-            raise ValueError("--filter chooses among --classes; give --classes.")
+        flags = query_flags(args)
+        spec, overrides, config, classes = flags.spec, flags.overrides, flags.config, flags.classes
+        resources, class_filter = flags.resources, flags.class_filter
         out_dir = Path(args.out)
         check_out_dir(out_dir)
     except ValueError as e:

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ..types import OUTPUTS
 from .inputs import Item, decode
 from .seeding import image_generators, image_seed
 
@@ -40,8 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The files written per image (those of ``diffuseg segment``); an item is done when all exist.
-OUTPUTS = (".labels.png", ".overlay.png", ".json")
 #: errno values that mean the output folder is full: the run stops instead of failing every image.
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 #: Test hook: ``NAME:ARM_FILE`` makes a worker that segments the image named NAME while the file
