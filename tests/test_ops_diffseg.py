@@ -120,11 +120,28 @@ def test_merge_matches_reference_port():
     rng = np.random.default_rng(1)
     maps = _random_maps(rng, [16, 8, 4, 2], sharp=30.0)
     agg = ref_aggregate(maps, 16)
-    for thresholds in [(1.1, 1.1, 1.1), (0.5, 0.9), (2.0, 1.5, 1.0)]:
+    for thresholds in [(1.1, 1.1, 1.1), (0.5, 0.9), (2.0, 1.5, 1.0), (1.1,), (0.3,)]:
         ref = ref_generate_masks(agg, thresholds, 8)
         ours = merge_attention(torch.from_numpy(agg.reshape(256, 16, 16)), anchors=8, thresholds=thresholds)
         assert ours.shape == ref.shape
         np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+
+
+def test_merge_averages_each_distinct_anchor_group_once_with_its_multiplicity():
+    """Anchors with equal iteration-0 groups are averaged once and weighted by their count; the
+    result is the reference's, duplicates included when there is no later iteration."""
+    noise = ref_aggregate(_random_maps(np.random.default_rng(3), [16, 8, 4, 2], sharp=30.0), 16)
+    flat = 0.9 * _quadrant_attention()[0].double() + 0.1 * torch.from_numpy(noise.reshape(256, 16, 16))
+    agg = flat.numpy().reshape(16, 16, 16, 16)
+    members = anchor_distances(flat, 8) < 0.2
+    distinct = torch.unique(members, dim=0)
+    assert 1 < len(distinct) < len(members)  # the case under test: repeated groups
+    for thresholds in [(0.2, 0.1), (0.2, 0.5, 0.5), (0.2, 1.1)]:
+        ours = merge_attention(flat, anchors=8, thresholds=thresholds)
+        np.testing.assert_allclose(ours.numpy(), ref_generate_masks(agg, thresholds, 8), atol=1e-5)
+    single = merge_attention(flat, anchors=8, thresholds=(0.2,))
+    assert single.shape[0] == 64 and len(torch.unique(single.flatten(1), dim=0)) == len(distinct)
+    np.testing.assert_allclose(single.numpy(), ref_generate_masks(agg, (0.2,), 8), atol=1e-5)
 
 
 def test_merge_with_precomputed_anchor_distances_is_identical():

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..ops.masks import argmax0
 from .spans import check_template, class_prompt, joined_prompt, token_spans
 from .vocabulary import Vocabulary, background_index
 
@@ -180,7 +181,7 @@ class DiffusionFilter:
         for (h, w), cross in maps.items():
             per_name = torch.stack([cross[0][:, pos].float().sum(-1) for pos in spans]).view(1, -1, h, w).cpu()
             total += F.interpolate(per_name, size=grid, mode="bilinear", align_corners=False)[0]
-        winner = owners[total.argmax(0)]  # (h, w): the class whose tokens draw the most attention
+        winner = owners[argmax0(total)]  # (h, w): the class whose tokens draw the most attention
         return [float((winner == j).float().mean()) for j in range(len(scored))]
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..backbone.features import Features
 from ..labeling.spans import check_template, class_prompt
 from ..labeling.vocabulary import background_index, name_rows
-from ..ops.masks import class_scores, mean_score_per_label
+from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..plan import Pass, Query, Resource, check_positive
 from ..segdiffusion.sampler import PROBABILITIES, MaskModel, SegDiffusionSampler
 from ..types import Segmentation
@@ -143,7 +143,7 @@ def segment(
         probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
     k = len(query.classes)
     scores = class_scores(probs, [c for c, _ in rows], k, background_index(query.classes), config.background_threshold)
-    labels = scores.argmax(0)
+    labels = argmax0(scores)
     per_class = mean_score_per_label(scores, labels)
     return Segmentation(labels=labels, names=list(query.class_names), scores=per_class, extras={"class_scores": scores})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["anchor_grid", "symmetric_kl", "anchor_distances", "merge_attention", "kmeans_refine"]
@@ -54,9 +55,42 @@ def symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (0.5 * (hp[:, None] + hq[None, :] - cross)).clamp_min_(0)
 
 
-def _group_means(members: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+def _group_means(members: torch.Tensor, maps: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(G, D) means of the (N, D) `maps` in each of the (G, N) boolean groups, each map counted
+    `weights[n]` times (None: once)."""
     m = members.to(maps.dtype)
+    if weights is not None:
+        m = m * weights.to(maps.dtype)[None, :]
     return (m @ maps) / m.sum(1, keepdim=True)
+
+
+def _unique_rows(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of a (A, N) boolean matrix in order of first occurrence, and for
+    each row of `members` the index of its distinct row: ((U, N), (A,) int64)."""
+    first: dict[bytes, int] = {}
+    keep, inverse = [], []
+    for i, row in enumerate(np.packbits(members.cpu().numpy(), axis=1)):
+        key = row.tobytes()
+        if key not in first:
+            first[key] = len(keep)
+            keep.append(i)
+        inverse.append(first[key])
+    device = members.device
+    return members[torch.tensor(keep, device=device)], torch.tensor(inverse, dtype=torch.long, device=device)
+
+
+def _greedy_groups(close: torch.Tensor) -> torch.Tensor:
+    """The reference's greedy grouping (`mask_merge`): in row order, each row not yet matched
+    takes every column close to it as its group and marks them matched. (K, K) bool -> (G, K)."""
+    rows = close.cpu().numpy()
+    matched = np.zeros(rows.shape[1], dtype=bool)
+    groups = []
+    for i, row in enumerate(rows):
+        if matched[i]:
+            continue
+        matched |= row
+        groups.append(i)
+    return close[torch.tensor(groups, dtype=torch.long, device=close.device)]
 
 
 def anchor_distances(aggregated: torch.Tensor, anchors: int) -> torch.Tensor:
@@ -121,20 +155,18 @@ def merge_attention(
         anchor_kl = anchor_distances(aggregated, anchors)
     elif anchor_kl.shape != (anchors * anchors, n):
         raise ValueError(f"`anchor_kl` must have shape ({anchors * anchors}, {n}), got {tuple(anchor_kl.shape)}.")
-    # iteration 0: anchors against all maps, groups overlap
-    members = anchor_kl < thresholds[0]  # (A, N); each anchor matches itself
+    # iteration 0: anchors against all maps, groups overlap. Anchors with the same group give
+    # the same mean: each distinct group is averaged once and counted as often as it occurs.
+    members, inverse = _unique_rows(anchor_kl < thresholds[0])  # (U, N); each anchor matches itself
     proposals = _group_means(members, flat)
+    if len(thresholds) == 1:
+        proposals = proposals[inverse]  # one proposal per anchor, as the reference returns
+    weights = torch.bincount(inverse, minlength=len(members))
     for tau in thresholds[1:]:
-        dist = symmetric_kl(proposals, proposals) < tau  # (K, K)
-        matched = torch.zeros(len(proposals), dtype=torch.bool, device=flat.device)
-        groups = []
-        for i in range(len(proposals)):
-            if matched[i]:
-                continue
-            group = dist[i]
-            matched |= group
-            groups.append(group)
-        proposals = _group_means(torch.stack(groups), proposals)
+        close = symmetric_kl(proposals, proposals) < tau  # (K, K)
+        close.fill_diagonal_(True)  # a proposal is in its own group (KL(p, p) = 0 up to rounding)
+        proposals = _group_means(_greedy_groups(close), proposals, weights)
+        weights = None
     return proposals.reshape(-1, h, w).float()
 
 

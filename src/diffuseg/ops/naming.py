@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .masks import argmax0
+
 __all__ = ["VOTINGS", "segment_votes", "name_segments", "cross_attention_maps"]
 
 #: How a segment chooses its class.
@@ -53,7 +55,7 @@ def segment_votes(labels: torch.Tensor, class_maps: torch.Tensor, voting: str = 
         maps = maps / maps.norm(dim=1, keepdim=True).clamp_min(1e-12)
         values = maps.t()  # (P, K)
     else:
-        values = torch.nn.functional.one_hot(maps.argmax(0), k).float()  # (P, K)
+        values = torch.nn.functional.one_hot(argmax0(maps), k).float()  # (P, K)
     sums = torch.zeros(s, k).index_add_(0, flat, values)
     counts = torch.bincount(flat, minlength=s).clamp_min(1).unsqueeze(1).float()
     return sums / counts

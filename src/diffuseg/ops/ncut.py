@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .masks import argmax0
+
 __all__ = [
     "affinity_matrix",
     "bipartition",
@@ -298,6 +300,6 @@ def assign_concepts(features: torch.Tensor, labels: torch.Tensor, size: tuple[in
     scores = F.interpolate(token_scores[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[
         0
     ]  # (K, H, W)
-    assigned = scores.argmax(dim=0)  # (H, W)
+    assigned = argmax0(scores)  # (H, W)
     _, dense = torch.unique(assigned, return_inverse=True)
     return dense.reshape(out_h, out_w).long()

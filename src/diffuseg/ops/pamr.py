@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .filters import median_filter
+from .masks import argmax0
 
 __all__ = ["pamr", "refine_labels"]
 
@@ -139,7 +140,7 @@ def refine_labels(
     dtype = image.dtype if image.is_floating_point() else torch.float32
     one_hot = F.one_hot(ids, num_classes=num).permute(2, 0, 1)[None].to(dtype)  # (1, K, h, w)
     refined = pamr(image[None].to(dtype), one_hot, num_iter=num_iter, dilations=dilations)
-    out = refined[0].argmax(dim=0)  # (H, W)
+    out = argmax0(refined[0])  # (H, W)
     if median_size > 1:
         out = median_filter(out, median_size)
     _, dense = torch.unique(out, return_inverse=True)
