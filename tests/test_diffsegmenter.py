@@ -307,3 +307,20 @@ def test_a_captioner_continues_each_class_prompt_when_the_query_has_no_caption(t
     assert seen[-1] == ["cat on a mat", "dog on a mat"]
     seg(Query(image=quadrant_image, classes="cat", caption="x"), torch.Generator().manual_seed(0))
     assert captioner.prefixes == ["cat", "dog"] and seen[-1] == ["cat, x"]  # the query's caption wins
+
+
+def test_resegmenting_reuses_each_rows_attention(tiny_backbone, quadrant_image, monkeypatch):
+    """Other refinement or background settings re-segment the cached features without
+    averaging each row's attention again, with the result of a fresh run."""
+    import diffuseg.methods.diffsegmenter as ds
+
+    calls = []
+    real = ds._row_maps
+    monkeypatch.setattr(ds, "_row_maps", lambda *a: calls.append(1) or real(*a))
+    query = Query(image=quadrant_image, classes="cat, sofa")
+    seg = Segmenter(tiny_backbone, "diffsegmenter", template=TINY_TEMPLATE)
+    seg(query, torch.Generator().manual_seed(0))
+    again = seg.resegment(refine_iterations=0, background_score=0.2)
+    assert len(calls) == 2 and seg.model_calls == 1  # one per class row, once
+    fresh = Segmenter(tiny_backbone, "diffsegmenter", template=TINY_TEMPLATE, refine_iterations=0, background_score=0.2)
+    torch.testing.assert_close(fresh(query, torch.Generator().manual_seed(0)).extras, again.extras, rtol=0, atol=0)

@@ -50,6 +50,19 @@ def test_multi_token_names(tok, name):
     assert tok.decode([ids[i] for i in span]) == name
 
 
+def test_name_ids_follow_tokens_added_to_the_tokenizer():
+    """Names are tokenized once per tokenizer (memo), but a token added since (textual
+    inversion) changes their ids."""
+    from diffuseg.synthetic.tokenizer import build_clip_tokenizer
+
+    tok = build_clip_tokenizer()
+    before = name_ids(tok, "a zzqxv cat")
+    assert name_ids(tok, "a zzqxv cat") == before
+    tok.add_tokens(["zzqxv"])
+    after = name_ids(tok, "a zzqxv cat")
+    assert after != before and len(tok) - 1 in after
+
+
 def test_bpe_splits_single_words(tok):
     assert _tokens(tok, name_ids(tok, "diningtable")) == ["din", "ing", "table</w>"]
     assert _tokens(tok, name_ids(tok, "tvmonitor")) == ["tv", "monitor</w>"]

@@ -216,3 +216,21 @@ def test_eval_under_the_maskdiffusion_protocol(tiny_backbone, tmp_path):
                       config_overrides={"template": "{class}"}, classes="gt-labels")  # fmt: skip
     assert report["dataset"]["num_evaluated"] == 1 and report["matching"] == "none"
     assert report["metrics"]["num_pixels"] == 256 * 352
+
+
+def test_resegmenting_reuses_the_names_prototype_scores(tiny_backbone, quadrant_image, monkeypatch):
+    """Another `background_score` re-segments the cached features without computing the
+    attention and prototype scores again, with the result of a fresh run."""
+    import diffuseg.methods.maskdiffusion as md
+
+    calls = []
+    real = md.prototype_scores
+    monkeypatch.setattr(md, "prototype_scores", lambda *a: calls.append(1) or real(*a))
+    query = Query(image=quadrant_image, classes="background, a, b")
+    seg = Segmenter(tiny_backbone, "maskdiffusion", **SHORT)
+    seg(query, torch.Generator().manual_seed(0))
+    again = seg.resegment(background_score=1.0)
+    assert len(calls) == 1 and seg.model_calls == 1 and (again.labels == 0).all()
+    fresh = Segmenter(tiny_backbone, "maskdiffusion", background_score=1.0, **SHORT)
+    assert torch.equal(fresh(query, torch.Generator().manual_seed(0)).labels, again.labels)
+    torch.testing.assert_close(seg.resegment(background_score=0.5).extras, fresh.resegment(background_score=0.5).extras)

@@ -47,6 +47,41 @@ def test_no_overwrite_and_nothing_half_written(tmp_path):
         atomic_write(tmp_path / "img.json", b"x")
 
 
+def test_unsynced_saves_skip_fsync_only(tmp_path, monkeypatch):
+    """`sync=False` (a web page's short-lived downloads) writes the same files, atomically,
+    without waiting for the disk."""
+    import os
+
+    seg = _seg()
+    synced = seg.save(tmp_path / "a", "img")
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    unsynced = seg.save(tmp_path / "b", "img", sync=False)
+    assert not calls and [p.read_bytes() for p in unsynced] == [p.read_bytes() for p in synced]
+    seg.save(tmp_path / "c", "img")
+    assert len(calls) == len(synced)
+
+
+def test_label_ids_are_the_occurring_ids():
+    labels = torch.tensor([[0, 5], [5, 2]])
+    assert Segmentation(labels=labels).label_ids() == [0, 2, 5]
+    assert Segmentation(labels=torch.zeros(0, 3, dtype=torch.long)).label_ids() == []
+
+
+def test_argmax0_is_argmax_over_dim_0():
+    """First index on ties, NaN wins, any trailing shape and float dtype."""
+    from diffuseg.ops.masks import argmax0
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for shape in [(4, 32, 48), (7, 5), (1, 3, 3), (300, 9)]:
+            x = torch.randint(0, 3, shape, generator=g).to(dtype)  # many ties
+            assert torch.equal(argmax0(x), x.argmax(0))
+            x = torch.rand(shape, generator=g).to(dtype)
+            x.view(shape[0], -1)[-1, 0] = float("nan")
+            assert torch.equal(argmax0(x), x.argmax(0))
+
+
 def test_input_frame_and_validation():
     seg = _seg()
     frame = seg.to_input_frame(fill=255)

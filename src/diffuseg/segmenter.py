@@ -205,7 +205,10 @@ class Segmenter:
     def configure(self, **overrides: Any) -> Segmenter:
         """Change config fields in place (validated; the config is unchanged on error); returns self."""
         self.spec.check_fields(overrides)
-        old, self.config = self.config, dataclasses.replace(self.config, **overrides)
+        new = dataclasses.replace(self.config, **overrides)
+        if new == self.config:
+            return self  # checked when it was set
+        old, self.config = self.config, new
         try:
             self._check()
         except ValueError:

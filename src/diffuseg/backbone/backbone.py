@@ -103,6 +103,7 @@ class DiffusionBackbone:
         if family is not None and family not in FAMILIES:
             raise ValueError(f"`family` must be one of {FAMILIES} or None, got {family!r}.")
         self.family = family or model_family(unet)
+        self._record_bytes: dict[tuple[Any, ...], int] = {}  # record_bytes by its arguments
         for m in self._modules():
             m.requires_grad_(False)
 
@@ -356,6 +357,14 @@ class DiffusionBackbone:
         """Bytes of float32 attention maps that recording `request` for `rows` images of model
         input `model_size` (H, W) allocates: the kept maps (per layer or per resolution) plus the
         largest map being recorded. Computed from the UNet's structure; no pass is run."""
+        key = (request, tuple(model_size), rows)
+        if key not in self._record_bytes:
+            if len(self._record_bytes) >= 1024:  # many input sizes: start afresh
+                self._record_bytes.clear()
+            self._record_bytes[key] = self._count_record_bytes(request, model_size, rows)
+        return self._record_bytes[key]
+
+    def _count_record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int) -> int:
         from .layers import attention_grids
 
         f = self.vae_scale_factor

@@ -14,6 +14,7 @@ class lists are parsed as names (``dataset:NAME`` allowed, files not). Images la
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import re
@@ -148,6 +149,7 @@ class DemoSession:
         self._segmenters: dict[str, Any] = {}
         self._controls: dict[str, list[Control]] = {}
         self._lock = threading.Lock()
+        self._results: collections.deque[Path] = collections.deque()  # result folders, oldest first
         self.active = 0  # requests inside the lock (tests check it never exceeds 1)
         self.max_active = 0
 
@@ -306,8 +308,8 @@ class DemoSession:
     def _save(self, seg: Any, image: Image.Image, name: str) -> list[Path]:
         """Write the result files into a fresh folder (the oldest beyond `_KEEP_RESULTS` go)."""
         out = self.work_dir / uuid.uuid4().hex
-        files = seg.save(out, name)  # the label PNG and the JSON; the page shows the overlay
-        folders = sorted((p for p in self.work_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-        for old in folders[:-_KEEP_RESULTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        files = seg.save(out, name, sync=False)  # the label PNG and JSON, for this page's downloads only
+        self._results.append(out)
+        while len(self._results) > _KEEP_RESULTS:
+            shutil.rmtree(self._results.popleft(), ignore_errors=True)
         return files

@@ -15,6 +15,7 @@ and a match that starts right after a word-final token cannot be the tail of a l
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +41,23 @@ PLACEHOLDER = "{class}"
 _WORD_END = "</w>"
 
 
+#: tokenizer -> {(vocabulary size, text): ids}: names and prompts are tokenized again on every
+#: plan and segmentation of a query; the vocabulary size keys out tokens added since.
+_IDS: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], tuple[int, ...]]] = weakref.WeakKeyDictionary()
+_IDS_KEPT = 4096  # texts per tokenizer; the memo starts afresh beyond
+
+
 def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+    try:
+        memo = _IDS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced
+        memo = {}
+    key = (len(tokenizer), text)
+    if key not in memo:
+        if len(memo) >= _IDS_KEPT:
+            memo.clear()
+        memo[key] = tuple(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+    return list(memo[key])
 
 
 def name_ids(tokenizer: Any, name: str) -> list[int]:

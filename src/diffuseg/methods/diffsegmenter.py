@@ -50,7 +50,7 @@ from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, class_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
-from ..ops.masks import class_scores, mean_score_per_label
+from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
@@ -196,19 +196,28 @@ def _captioned(captioner: Any, image: Any, prefixes: list[str], tokenizer: Any) 
 def _row_scores(features: Features, row: int, name: str, config: DiffSegmenterConfig) -> torch.Tensor:
     """The refined score map (h, w) of one prompt row at the finest attention grid."""
     one = features.rows(row, row + 1)
-    (positions,) = token_spans(features.tokenizer, one.token_ids[0].tolist(), [name])
-    cross = one.by_resolution("cross")  # (h, w) -> (1, N, T), finest first
-    levels = sorted(cross, key=lambda hw: hw[0] * hw[1])  # coarsest first
+    # the name's attention per level and the self-attention depend on no setting: kept with the
+    # features, so re-segmenting from cached features with other settings skips them
+    maps, fine, self_attention = one.derive(("diffsegmenter", "maps", name), lambda: _row_maps(one, name))
+    levels = list(maps)  # coarsest first
     if len(levels) > len(config.level_weights):
         raise ValueError(
             f"`level_weights` has {len(config.level_weights)} weights but this model has {len(levels)} "
             "cross-attention levels; give one weight per level, coarsest first."
         )
-    maps = {hw: span_maps(cross[hw][0], hw, [positions]) for hw in levels}
     weights = dict(zip(levels, config.level_weights, strict=False))
+    return diffsegmenter_scores(maps, self_attention, weights, config.refine_iterations, grid=fine)[0]
+
+
+def _row_maps(one: Features, name: str) -> tuple[dict[tuple[int, int], torch.Tensor], tuple[int, int], torch.Tensor]:
+    """One prompt row's `name` attention per cross-attention grid (coarsest first), the finest
+    self-attention grid and its (N, N) map (only the finest is recorded)."""
+    (positions,) = token_spans(one.tokenizer, one.token_ids[0].tolist(), [name])
+    cross = one.by_resolution("cross")  # (h, w) -> (1, N, T), finest first
+    maps = {hw: span_maps(cross[hw][0], hw, [positions]) for hw in sorted(cross, key=lambda hw: hw[0] * hw[1])}
     selfs = one.by_resolution("self")
-    fine = next(iter(selfs))  # the finest grid (only it is recorded)
-    return diffsegmenter_scores(maps, selfs[fine][0], weights, config.refine_iterations, grid=fine)[0]
+    fine = next(iter(selfs))
+    return maps, fine, selfs[fine][0]
 
 
 def segment(
@@ -248,7 +257,7 @@ def segment(
     k = len(query.classes)
     bg = background_index(query.classes)
     scores = class_scores(up, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
-    labels = scores.argmax(0)
+    labels = argmax0(scores)
     class_score = mean_score_per_label(scores, labels)
     return Segmentation(
         labels=labels.cpu(),

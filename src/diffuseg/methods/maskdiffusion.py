@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, joined_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
-from ..ops.masks import class_scores, mean_score_per_label
+from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class_maps
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
@@ -237,6 +237,22 @@ def _features(features: Features, config: _PassSettings) -> torch.Tensor:
     return feature_stack(maps, grid)
 
 
+def _prototype_scores(
+    features: Features, config: MaskDiffusionConfig, spans: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each name's max-normalised unnormalised attention (K', h, w) and its prototype's score
+    map (K', h, w), on the finest feature grid."""
+    feats = _features(features, config)
+    grid = tuple(feats.shape[-2:])
+    log_maps = {hw: m[0] for hw, m in features.by_resolution("cross").items()}
+    counts: dict[tuple[int, int], int] = {}
+    for key, n in features.layer_counts.items():
+        if key in features.cross_attention:
+            counts[features.layer_sizes[key]] = counts.get(features.layer_sizes[key], 0) + n
+    attention = unnormalised_class_maps(log_maps, counts, spans, grid)  # (K', h, w)
+    return attention, prototype_scores(feats, attention.to(feats.device))
+
+
 def _to_image(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
 
@@ -258,22 +274,17 @@ def segment(
         raise ValueError("MaskDiffusion's `segment` needs the `query` its pass was planned for.")
     if not features.cross_attention or features.normalization != "log":
         raise ValueError("`features` holds no log cross-attention; record it with MaskDiffusion's plan.")
-    feats = _features(features, config)
-    grid = tuple(feats.shape[-2:])
     rows = name_rows(query.classes)
     spans = token_spans(features.tokenizer, features.token_ids[0].tolist(), [n for _, n in rows])
-    log_maps = {hw: m[0] for hw, m in features.by_resolution("cross").items()}
-    counts: dict[tuple[int, int], int] = {}
-    for key, n in features.layer_counts.items():
-        if key in features.cross_attention:
-            counts[features.layer_sizes[key]] = counts.get(features.layer_sizes[key], 0) + n
-    attention = unnormalised_class_maps(log_maps, counts, spans, grid)  # (K', h, w)
-    per_name = prototype_scores(feats, attention.to(feats.device))
+    # no post-processing setting changes the names' attention and prototype scores: kept with
+    # the features, so re-segmenting from cached features with another `background_score` skips them
+    key = ("maskdiffusion", "prototype_scores", config.feature_blocks, tuple(tuple(p) for p in spans))
+    attention, per_name = features.derive(key, lambda: _prototype_scores(features, config, spans))
     k = len(query.classes)
     bg = background_index(query.classes)
     scores = class_scores(per_name, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
     full = _to_image(scores, features.image_size)
-    labels = full.argmax(0)
+    labels = argmax0(full)
     class_score = mean_score_per_label(full, labels)
     return Segmentation(
         labels=labels.cpu(),
@@ -318,7 +329,7 @@ def segment_kmeans(
         raise ValueError(f"`k` {k} exceeds the {h * w} feature pixels of this image.")
     labels, centres = kmeans(x, k, generator=gen)
     closeness = -torch.cdist(x.float(), centres.to(x.device).float()).T.reshape(k, h, w)
-    full = _to_image(closeness, features.image_size).argmax(0)
+    full = argmax0(_to_image(closeness, features.image_size))
     _, dense = torch.unique(full, return_inverse=True)  # ids 0..K'-1 in order of appearance
     meta["k"] = int(k)
     return Segmentation(labels=dense.cpu(), meta=meta, extras={"grid_labels": labels.reshape(h, w).cpu()})
