@@ -86,6 +86,18 @@ def test_segment_invariants_and_determinism(fixture, request, quadrant_image):
     assert torch.equal(seg.labels, again.labels)
 
 
+def test_resegmenting_with_another_tau_reuses_the_cuts_and_the_image_affinity(tiny_sdxl_backbone, quadrant_image):
+    """The cuts and PAMR's image affinity are kept with the features (`Features.derive`): a
+    re-segmentation with another tau or PAMR setting gives a fresh run's labels."""
+    feats = _extract(tiny_sdxl_backbone, quadrant_image)
+    for config in (DiffCutConfig(tau=0.9, alpha=2.0), DiffCutConfig(tau=0.3, alpha=2.0, pamr_iterations=3)):
+        cached = diffcut.segment(feats, config)
+        fresh = diffcut.segment(_extract(tiny_sdxl_backbone, quadrant_image), config)
+        assert torch.equal(cached.labels, fresh.labels)
+    keys = {k[:2] for k in feats.derived}
+    assert keys == {("diffcut", "cuts"), ("diffcut", "pamr")}
+
+
 def test_assignment_size_and_no_refine(tiny_sdxl_backbone, quadrant_image):
     feats = _extract(tiny_sdxl_backbone, quadrant_image)
     seg = diffcut.segment(feats, DiffCutConfig(assignment_size=8, refine=False, tau=0.9, alpha=2.0))

@@ -95,6 +95,26 @@ def test_drop_zero_rows_reproduces_reference_quirk():
     assert _same_partition(compat.reshape(-1)[keep], clean.reshape(-1)[keep])
 
 
+@pytest.mark.parametrize("drop_zero_rows", [False, True])
+def test_cut_memo_solves_each_cut_once_whatever_tau(monkeypatch, drop_zero_rows):
+    """A cut does not depend on tau: with one memo, cutting again at another tau solves only
+    the cuts not seen yet, and gives the labels of a fresh run."""
+    feats, _ = _clustered_features(5, h=9, w=11, seed=2)
+    calls = []
+    real = ncut.bipartition
+    monkeypatch.setattr(ncut, "bipartition", lambda *a, **k: calls.append(1) or real(*a, **k))
+    memo: dict = {}
+    kwargs = {"drop_zero_rows": drop_zero_rows}
+    solved = []
+    for tau in (0.9, 0.2, 0.5, 0.9):
+        before = len(calls)
+        labels = recursive_normalized_cut(feats, tau, cuts=memo, **kwargs)
+        solved.append(len(calls) - before)
+        assert torch.equal(labels, recursive_normalized_cut(feats, tau, **kwargs))
+    # every cut of a smaller or repeated tau was solved at tau 0.9, each once
+    assert solved[0] > 2 and solved[1:] == [0, 0, 0] and len(memo) == solved[0]
+
+
 def test_non_square_grid_and_tau_controls_granularity():
     feats, truth = _clustered_features(3, h=7, w=13)
     assert _same_partition(recursive_normalized_cut(feats), truth)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from diffuseg.ops.filters import median_filter
-from diffuseg.ops.pamr import pamr, refine_labels
+from diffuseg.ops.pamr import pamr, pamr_affinity, propagate, refine_labels
 
 _ORDER8 = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
 _ORDER9 = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
@@ -89,6 +89,22 @@ def test_median_filter_matches_scipy(size):
     if size == 3:
         expected_3d = ndimage.median_filter(labels.numpy()[None], 3)[0]
         assert np.array_equal(median_filter(labels, 3).numpy(), expected_3d)
+
+
+def test_a_computed_affinity_gives_the_same_refinement():
+    """The image affinity is computed once per image and reused (`affinity=`)."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 24, 20, generator=g)
+    affinity = pamr_affinity(image[None], (1, 2))
+    assert affinity.weights.shape == (1, 1, 16, 24, 20) and len(affinity.offsets) == 16
+    torch.testing.assert_close(affinity.weights.sum(2), torch.ones(1, 1, 24, 20))
+    for labels in (torch.randint(0, 3, (24, 20), generator=g), torch.randint(0, 5, (6, 5), generator=g)):
+        plain = refine_labels(image, labels, num_iter=4, dilations=(1, 2))
+        assert torch.equal(refine_labels(image, labels, num_iter=4, dilations=(1, 2), affinity=affinity), plain)
+    with pytest.raises(ValueError, match="masks"):
+        propagate(torch.rand(1, 2, 12, 10), affinity)
+    with pytest.raises(ValueError, match="num_iter"):
+        propagate(torch.rand(1, 2, 24, 20), affinity, -1)
 
 
 def test_bad_arguments_raise():

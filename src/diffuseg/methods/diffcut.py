@@ -57,7 +57,7 @@ from ..backbone.layers import deepest_encoder_self_attention as feature_module_p
 from ..labeling.naming import LABELS, check_naming
 from ..ops.naming import VOTINGS
 from ..ops.ncut import assign_concepts, recursive_normalized_cut
-from ..ops.pamr import refine_labels
+from ..ops.pamr import pamr_affinity, refine_labels
 from ..plan import Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec
@@ -245,12 +245,16 @@ def segment(
     image_hw = tuple(image.shape[-2:]) if image is not None else (h, w)
     if image_hw[0] < h or image_hw[1] < w:
         raise ValueError(f"the image ({image_hw[0]}x{image_hw[1]}) is smaller than the feature grid ({h}x{w}).")
+    # the cuts and the image affinity depend on no threshold: kept with the features, so
+    # re-segmenting from cached features with another `tau` or PAMR setting skips them
+    cuts = features.derive(("diffcut", "cuts", config.alpha, config.num_thresholds), dict)
     tokens = recursive_normalized_cut(
         feats,
         config.tau,
         config.alpha,
         num_thresholds=config.num_thresholds,
         drop_zero_rows=config.drop_zero_rows,
+        cuts=cuts,
     )  # (h, w)
     size = _output_size(image_hw, config.assignment_size or (query.label_size if query is not None else None))
     labels = assign_concepts(feats, tokens, size)  # (H', W')
@@ -259,7 +263,12 @@ def segment(
         if tuple(guide.shape[-2:]) != size:
             # The reference downsamples the [0, 1] image bilinearly to the label size (l.146).
             guide = F.interpolate(guide[None], size=size, mode="bilinear", align_corners=False)[0]
-        labels = refine_labels(guide, labels, config.pamr_iterations, config.pamr_dilations, config.median_size)
+        affinity = features.derive(
+            ("diffcut", "pamr", size, config.pamr_dilations), lambda: pamr_affinity(guide[None], config.pamr_dilations)
+        )
+        labels = refine_labels(
+            guide, labels, config.pamr_iterations, config.pamr_dilations, config.median_size, affinity=affinity
+        )
     elif config.refine:
         logger.warning("DiffCut: features carry no image; refinement skipped.")
     logger.debug(

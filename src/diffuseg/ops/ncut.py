@@ -159,6 +159,7 @@ def recursive_ncut_affinity(
     *,
     num_thresholds: int = 100,
     drop_zero_rows: bool = False,
+    cuts: dict[bytes, tuple[torch.Tensor, float] | None] | None = None,
 ) -> torch.Tensor:
     """Recursive two-way normalized cut of a graph given by its affinity matrix.
 
@@ -173,6 +174,10 @@ def recursive_ncut_affinity(
         num_thresholds: thresholds tried per cut (reference: 100).
         drop_zero_rows: reproduce the reference: below the root, tokens whose affinity row
             holds an exact 0 are left out of every further cut.
+        cuts: a memo of each token set's best cut (`bipartition`), filled here. A cut does not
+            depend on `tau` (only whether it is accepted does), so passing the same dict when
+            cutting the same affinity with another `tau` solves no cut twice. Give one dict
+            per affinity and `num_thresholds`.
 
     Returns:
         int64 tensor (N,) of labels in [0, K).
@@ -195,7 +200,13 @@ def recursive_ncut_affinity(
             active = active[~has_zero[active]]
         if active.numel() < 2:
             continue
-        cut = bipartition(affinity[active][:, active], num_thresholds=num_thresholds)
+        key = active.cpu().numpy().tobytes()
+        if cuts is None or key not in cuts:
+            cut = bipartition(affinity[active][:, active], num_thresholds=num_thresholds)
+            if cuts is not None:
+                cuts[key] = cut
+        else:
+            cut = cuts[key]
         if cut is None or not cut[1] < tau:
             continue
         side, _ = cut
@@ -221,6 +232,7 @@ def recursive_normalized_cut(
     *,
     num_thresholds: int = 100,
     drop_zero_rows: bool = False,
+    cuts: dict[bytes, tuple[torch.Tensor, float] | None] | None = None,
 ) -> torch.Tensor:
     """Segment a feature map by recursive normalized cut (DiffCut, Couairon et al. 2024).
 
@@ -230,6 +242,8 @@ def recursive_normalized_cut(
         alpha: affinity exponent, > 0 (reference default 10, `eval_diffcut.py` l.183).
         num_thresholds: thresholds tried per cut (reference: 100).
         drop_zero_rows: reproduce the reference's exact-zero row dropping (module docstring).
+        cuts: memo of cuts (`recursive_ncut_affinity`); one dict per features, `alpha` and
+            `num_thresholds`.
 
     Returns:
         int64 tensor (h, w) of labels in [0, K), on the features' device. Fewer than 2 tokens
@@ -253,7 +267,9 @@ def recursive_normalized_cut(
     affinity = affinity_matrix(features.reshape(c, h * w), alpha)  # (N, N)
     if affinity is None:
         return torch.zeros((h, w), dtype=torch.long, device=features.device)
-    labels = recursive_ncut_affinity(affinity, tau, num_thresholds=num_thresholds, drop_zero_rows=drop_zero_rows)
+    labels = recursive_ncut_affinity(
+        affinity, tau, num_thresholds=num_thresholds, drop_zero_rows=drop_zero_rows, cuts=cuts
+    )
     return labels.reshape(h, w)
 
 

@@ -15,6 +15,7 @@ affinity-weighted sum of its neighbours' values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from .filters import median_filter
 from .masks import argmax0
 
-__all__ = ["pamr", "refine_labels"]
+__all__ = ["PamrAffinity", "pamr", "pamr_affinity", "propagate", "refine_labels"]
 
 # Neighbour offsets (dy, dx) in the order of the reference's 3x3 shift kernels.
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -36,13 +37,99 @@ def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     return dil
 
 
+@dataclass(frozen=True)
+class PamrAffinity:
+    """PAMR's image affinity: what `propagate` weights each neighbour by.
+
+    Attributes:
+        weights: (B, 1, P, H, W) softmax-normalised over the P = 8 * len(dilations) neighbours.
+        offsets: the P neighbour offsets (dy, dx), in the order of `weights`.
+    """
+
+    weights: torch.Tensor
+    offsets: tuple[tuple[int, int], ...]
+
+
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8)) -> PamrAffinity:
+    """The local image affinity of every pixel to its neighbours (see the module docstring).
+
+    It depends on the image alone, so refining several label maps of one image (e.g. a web
+    page re-segmenting with other settings) can compute it once.
+
+    Args:
+        image: float tensor (B, C, H, W), e.g. RGB in [0, 1].
+        dilations: neighbourhood dilations, ints >= 1 (DiffCut eval: 1, 2, 4, 8).
+
+    Raises:
+        ValueError: on an image that is not 4-D or bad `dilations`.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"`image` must be (B, C, H, W), got {tuple(image.shape)}.")
+    dil = _check_dilations(dilations)
+    x = image if image.is_floating_point() else image.float()
+    # (B, 1, P, H, W), built view by view so the peak memory is the P affinity planes, not
+    # C * P difference planes.
+    r = max(dil)
+    h, w = x.shape[-2:]
+    padded = F.pad(x, [r, r, r, r], mode="replicate")  # (B, C, H+2r, W+2r)
+
+    def view(oy: int, ox: int) -> torch.Tensor:
+        return padded[:, :, r + oy : r + oy + h, r + ox : r + ox + w]  # (B, C, H, W)
+
+    window = [(dy * d, dx * d) for d in dil for dy, dx in _WINDOW]  # centre once per dilation
+    mean = sum(view(oy, ox) for oy, ox in window) / len(window)
+    var = sum((view(oy, ox) - mean) ** 2 for oy, ox in window) / (len(window) - 1)
+    scale = 1e-8 + 0.1 * var.sqrt()  # (B, C, H, W); unbiased std like torch.std
+    offsets = tuple((dy * d, dx * d) for d in dil for dy, dx in _NEIGHBOURS)
+    aff = torch.stack(
+        [(-(x - view(oy, ox)).abs() / scale).mean(dim=1, keepdim=True) for oy, ox in offsets], dim=2
+    )  # (B, 1, P, H, W)
+    return PamrAffinity(F.softmax(aff, dim=2), offsets)
+
+
+def propagate(masks: torch.Tensor, affinity: PamrAffinity, num_iter: int = 10) -> torch.Tensor:
+    """Replace `masks` `num_iter` times by the affinity-weighted sum of their neighbours.
+
+    Args:
+        masks: float tensor (B, K, H, W) on the affinity's grid, device and dtype.
+        affinity: `pamr_affinity` of the image.
+        num_iter: propagation steps, >= 0.
+
+    Returns:
+        tensor (B, K, H, W).
+    """
+    if num_iter < 0:
+        raise ValueError(f"`num_iter` must be >= 0, got {num_iter}.")
+    weights = affinity.weights
+    if masks.ndim != 4 or masks.shape[0] != weights.shape[0] or masks.shape[-2:] != weights.shape[-2:]:
+        raise ValueError(
+            f"`masks` must be (B, K, H, W) on the affinity's {weights.shape[0]} x {tuple(weights.shape[-2:])} "
+            f"grid, got {tuple(masks.shape)}."
+        )
+    # One replicate pad by the largest offset per step, then each neighbour is a view of it;
+    # accumulating view by view keeps memory at two mask-sized buffers.
+    r = max(max(abs(oy), abs(ox)) for oy, ox in affinity.offsets)
+    h, w = masks.shape[-2:]
+    planes = [weights[:, :, p] for p in range(weights.shape[2])]  # P tensors (B, 1, H, W)
+    for _ in range(num_iter):
+        padded_masks = F.pad(masks, [r, r, r, r], mode="replicate")  # (B, K, H+2r, W+2r)
+        out = torch.zeros_like(masks)
+        for (oy, ox), weight in zip(affinity.offsets, planes, strict=True):
+            out.addcmul_(padded_masks[:, :, r + oy : r + oy + h, r + ox : r + ox + w], weight)
+        masks = out
+    return masks
+
+
 def pamr(
     image: torch.Tensor,
     masks: torch.Tensor,
     num_iter: int = 10,
     dilations: Sequence[int] = (1, 2, 4, 8),
+    *,
+    affinity: PamrAffinity | None = None,
 ) -> torch.Tensor:
-    """Refine soft masks by propagating them along local image affinities.
+    """Refine soft masks by propagating them along local image affinities
+    (`pamr_affinity`, then `propagate`).
 
     Args:
         image: float tensor (B, 3, H, W) (any channel count), e.g. RGB in [0, 1].
@@ -50,6 +137,7 @@ def pamr(
             (align_corners=True, as the reference) to (H, W) if needed.
         num_iter: propagation steps, >= 0 (DiffCut eval: 10; demo notebook: 30).
         dilations: neighbourhood dilations (DiffCut eval: 1, 2, 4, 8).
+        affinity: `pamr_affinity(image, dilations)` if already computed, else None.
 
     Returns:
         tensor (B, K, H, W) in the dtype of `masks` (floating) on the image's device.
@@ -64,7 +152,7 @@ def pamr(
         )
     if num_iter < 0:
         raise ValueError(f"`num_iter` must be >= 0, got {num_iter}.")
-    dil = _check_dilations(dilations)
+    _check_dilations(dilations)
     dtype = masks.dtype if masks.is_floating_point() else image.dtype
     if not torch.empty((), dtype=dtype).is_floating_point():
         dtype = torch.float32
@@ -72,36 +160,7 @@ def pamr(
     x = image.to(dtype)
     if masks.shape[-2:] != x.shape[-2:]:
         masks = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=True)
-
-    # Image affinity, (B, 1, P, H, W) with P = 8 * len(dilations), built view by view so the
-    # peak memory is the P affinity planes, not C * P difference planes.
-    r = max(dil)
-    h, w = x.shape[-2:]
-    padded = F.pad(x, [r, r, r, r], mode="replicate")  # (B, C, H+2r, W+2r)
-
-    def view(oy: int, ox: int) -> torch.Tensor:
-        return padded[:, :, r + oy : r + oy + h, r + ox : r + ox + w]  # (B, C, H, W)
-
-    window = [(dy * d, dx * d) for d in dil for dy, dx in _WINDOW]  # centre once per dilation
-    mean = sum(view(oy, ox) for oy, ox in window) / len(window)
-    var = sum((view(oy, ox) - mean) ** 2 for oy, ox in window) / (len(window) - 1)
-    scale = 1e-8 + 0.1 * var.sqrt()  # (B, C, H, W); unbiased std like torch.std
-    offsets = [(dy * d, dx * d) for d in dil for dy, dx in _NEIGHBOURS]
-    aff = torch.stack(
-        [(-(x - view(oy, ox)).abs() / scale).mean(dim=1, keepdim=True) for oy, ox in offsets], dim=2
-    )  # (B, 1, P, H, W)
-    aff = F.softmax(aff, dim=2)
-
-    # Propagation: one replicate pad by the largest dilation per step, then each neighbour is a
-    # view of it; accumulating view by view keeps memory at two mask-sized buffers.
-    weights = [aff[:, :, p] for p in range(aff.shape[2])]  # P tensors (B, 1, H, W)
-    for _ in range(num_iter):
-        padded_masks = F.pad(masks, [r, r, r, r], mode="replicate")  # (B, K, H+2r, W+2r)
-        out = torch.zeros_like(masks)
-        for (oy, ox), weight in zip(offsets, weights, strict=True):
-            out.addcmul_(padded_masks[:, :, r + oy : r + oy + h, r + ox : r + ox + w], weight)
-        masks = out
-    return masks
+    return propagate(masks, affinity if affinity is not None else pamr_affinity(x, dilations), num_iter)
 
 
 def refine_labels(
@@ -110,6 +169,8 @@ def refine_labels(
     num_iter: int = 10,
     dilations: Sequence[int] = (1, 2, 4, 8),
     median_size: int = 3,
+    *,
+    affinity: PamrAffinity | None = None,
 ) -> torch.Tensor:
     """DiffCut's refinement: one-hot labels -> PAMR -> argmax -> median filter.
 
@@ -125,6 +186,7 @@ def refine_labels(
         num_iter: PAMR iterations.
         dilations: PAMR dilations.
         median_size: odd median window side; 1 (or 0) disables the filter.
+        affinity: `pamr_affinity(image[None], dilations)` if already computed, else None.
 
     Returns:
         int64 tensor (H, W) with values in [0, K'), relabelled to consecutive ids
@@ -139,7 +201,7 @@ def refine_labels(
     num = int(ids.max()) + 1
     dtype = image.dtype if image.is_floating_point() else torch.float32
     one_hot = F.one_hot(ids, num_classes=num).permute(2, 0, 1)[None].to(dtype)  # (1, K, h, w)
-    refined = pamr(image[None].to(dtype), one_hot, num_iter=num_iter, dilations=dilations)
+    refined = pamr(image[None].to(dtype), one_hot, num_iter=num_iter, dilations=dilations, affinity=affinity)
     out = argmax0(refined[0])  # (H, W)
     if median_size > 1:
         out = median_filter(out, median_size)
