@@ -122,6 +122,29 @@ def test_a_killed_worker_loses_no_image(ray_cluster, tiny_model_dir, images, ref
     assert not (out / "failures.jsonl").exists()
 
 
+def test_an_image_that_always_kills_its_worker_fails_alone(
+    ray_cluster, tiny_model_dir, images, reference, tmp_path, arm_file
+):
+    """Every worker that segments img05 dies: its batch (img04, img05 at batch size 2) is given
+    up after MAX_ATTEMPTS starts and listed as failed; the other images are written, and the
+    next run (nothing crashing now) retries the two."""
+    from diffuseg.engine.ray_engine import MAX_ATTEMPTS
+
+    out = tmp_path / "ray"
+    arm_file.write_text("always")
+    try:
+        assert main(_args(tiny_model_dir, images, out, "--engine", "ray", "--limit", "8")) == 1
+    finally:
+        arm_file.unlink(missing_ok=True)
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert sorted(f["name"] for f in failures) == ["img04", "img05"]
+    assert all(f"died {MAX_ATTEMPTS} times" in f["error"] for f in failures)
+    first8 = {k: v for k, v in reference.items() if int(k[3:5]) < 8}
+    assert _outputs(out) == {k: v for k, v in first8.items() if k[:5] not in ("img04", "img05")}
+    assert main(_args(tiny_model_dir, images, out, "--engine", "ray", "--limit", "8")) == 0
+    assert _outputs(out) == first8
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

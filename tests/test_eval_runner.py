@@ -352,3 +352,20 @@ def test_synthetic_scenes_need_no_root(tmp_path):
     assert report["dataset"]["num_evaluated"] == 2
     with pytest.raises(ValueError, match="root"):
         load_dataset("voc21", None)
+
+
+def test_a_given_up_unit_skips_each_sample_with_the_reason():
+    """What the ray engine records for a unit whose worker kept dying (`skip_unit`): every
+    sample skipped with the reason; an unreadable sample keeps its own record."""
+    from types import SimpleNamespace
+
+    from diffuseg.eval.units import skip_unit
+
+    unreadable = {"index": 1, "id": "b", "status": "skipped", "error": "cannot read"}
+    decoded = [(0, SimpleNamespace(id="a"), None, None), (1, unreadable), (2, SimpleNamespace(id=7), None, None)]
+    records = skip_unit(decoded, "the worker died")
+    assert records == [
+        {"index": 0, "id": "a", "status": "skipped", "error": "the worker died"},
+        unreadable,
+        {"index": 2, "id": "7", "status": "skipped", "error": "the worker died"},
+    ]

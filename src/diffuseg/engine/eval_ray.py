@@ -57,7 +57,7 @@ def run_eval_units(
     Raises:
         ConnectionError: an unreachable address; `WorkerDiedError`: a broken pipeline.
     """
-    from ..eval.units import load_unit
+    from ..eval.units import load_unit, skip_unit
     from .ray_engine import RayOptions, run_units, session
 
     options = options or RayOptions()
@@ -70,4 +70,5 @@ def run_eval_units(
             write=None,
             on_result=on_result,
             options=options,
+            give_up=skip_unit,
         )

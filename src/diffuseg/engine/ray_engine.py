@@ -5,7 +5,9 @@ engine cuts them) -> decode on CPU tasks -> an actor pool, one worker (backbone 
 per actor, built once in the actor's constructor -> a writer on CPU tasks -> the driver, which
 logs each unit's records and shows progress. Actors are restarted and their unit retried when
 a worker process dies (``max_restarts`` / ``max_task_retries``): nothing is lost, and as every
-write is atomic and every image's noise is its own, a retried unit writes the same bytes.
+write is atomic and every image's noise is its own, a retried unit writes the same bytes. A
+unit that kills its worker every time is started at most `MAX_ATTEMPTS` times (counted by a
+small ledger actor); then its items fail with that reason (`give_up`) and the others go on.
 
 Ray is imported here only; `diffuseg` works without it. Without an address a local Ray
 instance is started (and shut down at the end); ``auto`` or ``[ray://]HOST:PORT`` connects to a
@@ -25,7 +27,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["connect", "session", "cluster_cpus", "run_units", "RayOptions", "CONNECT_TIMEOUT_S", "WorkerDiedError"]
+__all__ = [
+    "connect", "session", "cluster_cpus", "run_units", "RayOptions", "CONNECT_TIMEOUT_S", "MAX_ATTEMPTS",
+    "WorkerDiedError",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,9 @@ CONNECT_TIMEOUT_S = 5.0
 #: of each run at once as there are actors, and CPU-only actors leave them their CPUs (so a
 #: writer is never starved by the actors and the decoders).
 IO_TASK_CPUS = 0.1
+#: Times a unit may be started on a worker; a unit whose worker process died this often (out of
+#: memory, a crash in native code) is given up: its items fail alone and the run goes on.
+MAX_ATTEMPTS = 3
 #: Environment of the actors: no download / weight-loading progress bars in the driver's log.
 _QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 
@@ -222,16 +230,43 @@ def _decode_row(row: dict[str, Any], decode: Callable[[Any], Any]) -> dict[str, 
     return {"unit": row["unit"], "payload": pickle.dumps(decode(pickle.loads(row["payload"])))}
 
 
-class _UnitActor:
-    """Holds one worker (built once); turns a decoded unit into its outcomes."""
+class _AttemptLedger:
+    """How many times each unit has been started on a worker (a Ray actor, one per run)."""
 
-    def __init__(self, factory: Callable[..., Any], args: Sequence[Any]) -> None:
+    def __init__(self) -> None:
+        self.started: dict[int, int] = {}
+
+    def begin(self, unit: int) -> int:
+        """Count a start of `unit`; returns how many there have been, this one included."""
+        self.started[unit] = self.started.get(unit, 0) + 1
+        return self.started[unit]
+
+
+class _UnitActor:
+    """Holds one worker (built once); turns a decoded unit into its outcomes, or gives the unit
+    up when its workers died on it `MAX_ATTEMPTS` times already."""
+
+    def __init__(
+        self, factory: Callable[..., Any], args: Sequence[Any], ledger: Any, give_up: Callable[[Any, str], Any]
+    ) -> None:
         for var, value in _QUIET_ENV.items():
             os.environ.setdefault(var, value)
         self.worker = factory(*args)
+        self.ledger, self.give_up = ledger, give_up
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"unit": row["unit"], "payload": pickle.dumps(self.worker(pickle.loads(row["payload"])))}
+        import ray
+
+        decoded = pickle.loads(row["payload"])
+        attempt = ray.get(self.ledger.begin.remote(row["unit"]))
+        if attempt > MAX_ATTEMPTS:
+            reason = (
+                f"the worker process died {MAX_ATTEMPTS} times segmenting this image's batch (out of memory, or a "
+                "crash in native code); left out, retried on the next run"
+            )
+            logger.error("unit %d: %s", row["unit"], reason)
+            return {"unit": row["unit"], "payload": pickle.dumps(self.give_up(decoded, reason))}
+        return {"unit": row["unit"], "payload": pickle.dumps(self.worker(decoded))}
 
 
 def _write_row(row: dict[str, Any], write: Callable[[Any], Any]) -> dict[str, Any]:
@@ -246,6 +281,7 @@ def run_units(
     write: Callable[[Any], Any] | None,
     on_result: Callable[[Any], None],
     options: RayOptions,
+    give_up: Callable[[Any, str], Any],
 ) -> None:
     """Run `units` through decode -> actor pool -> write, calling `on_result` on the driver with
     each unit's written result, in completion order. All callables must pickle (module-level).
@@ -258,6 +294,8 @@ def run_units(
         write: outcomes -> result (CPU tasks); None: the outcomes go to `on_result`.
         on_result: called on the driver per unit; an exception it raises stops the run.
         options: the pool (`RayOptions`); Ray must be connected (`connect`).
+        give_up: (decoded unit, reason) -> the outcomes of a unit that is not segmented
+            because its worker died on it `MAX_ATTEMPTS` times (each item failed, with reason).
 
     Raises:
         WorkerDiedError: a unit that failed after the actor restarts and retries.
@@ -273,9 +311,15 @@ def run_units(
     size = min(options.actors, len(units))  # more actors than units would idle (and Ray warns)
     io = ray.data.TaskPoolStrategy(size=size)  # as many decoders / writers as actors: few processes
     ds = ds.map(_decode_row, fn_kwargs={"decode": decode}, num_cpus=IO_TASK_CPUS, compute=io)
+    ledger = ray.remote(_AttemptLedger).options(num_cpus=0).remote()
     ds = ds.map(  # Ray Data restarts a dead actor and retries its task (max_restarts = max_task_retries = -1)
         _UnitActor,
-        fn_constructor_kwargs={"factory": worker[0], "args": tuple(worker[1])},
+        fn_constructor_kwargs={
+            "factory": worker[0],
+            "args": tuple(worker[1]),
+            "ledger": ledger,
+            "give_up": give_up,
+        },  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=actor_cpus,
         num_gpus=options.gpus_per_actor or None,

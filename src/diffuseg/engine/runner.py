@@ -23,7 +23,7 @@ from typing import Any
 from . import ENGINES
 from .inputs import Item
 from .progress import FailureLog, Progress
-from .work import Job, Outcome, OutputFullError, Worker, decode_unit, is_done, make_units, write_outcome
+from .work import Job, Outcome, OutputFullError, Worker, decode_unit, give_up, is_done, make_units, write_outcome
 
 __all__ = ["run_batch", "BatchSummary", "write_outcomes"]
 
@@ -93,6 +93,7 @@ def _run_ray(
         write=functools.partial(write_outcomes, job.out_dir),
         on_result=on_result,
         options=options,
+        give_up=give_up,
     )
 
 

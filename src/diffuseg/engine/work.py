@@ -36,6 +36,7 @@ __all__ = [
     "is_done",
     "decode_unit",
     "write_outcome",
+    "give_up",
     "CRASH_ENV",
 ]
 
@@ -44,7 +45,8 @@ logger = logging.getLogger(__name__)
 #: errno values that mean the output folder is full: the run stops instead of failing every image.
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 #: Test hook: ``NAME:ARM_FILE`` makes a worker that segments the image named NAME while the file
-#: ARM_FILE exists delete it and exit hard (``os._exit``): one simulated worker loss per arming.
+#: ARM_FILE exists delete it and exit hard (``os._exit``): one simulated worker loss per arming;
+#: an ARM_FILE holding "always" stays, so every worker that tries NAME dies.
 CRASH_ENV = "DIFFUSEG_TEST_CRASH_ON"
 #: Per-image timings `Segmenter` puts in `Segmentation.meta`; they go to the run's log, not the
 #: JSON output, so outputs are byte-identical across runs and engines.
@@ -201,6 +203,11 @@ class Worker:
         return _in_order(decoded, out)
 
 
+def give_up(decoded: Sequence[tuple[Item, Any]], reason: str) -> list[Outcome]:
+    """The outcomes of a unit left out (`ray_engine.MAX_ATTEMPTS`): each item failed with `reason`."""
+    return [Outcome(item, error=reason) for item, _ in decoded]
+
+
 def _in_order(decoded: Sequence[tuple[Item, Any]], outcomes: list[Outcome]) -> list[Outcome]:
     rank = {item.index: k for k, (item, _) in enumerate(decoded)}
     return sorted(outcomes, key=lambda o: rank[o.item.index])
@@ -215,7 +222,10 @@ def _maybe_crash(decoded: Sequence[tuple[Item, Any]]) -> None:
     if not arm or not any(item.name == name for item, _ in decoded):
         return
     try:
-        os.unlink(arm)  # only one worker disarms it
+        with open(arm) as f:
+            always = f.read().strip() == "always"
+        if not always:
+            os.unlink(arm)  # only one worker disarms it
     except FileNotFoundError:
         return
     logger.warning("test hook %s: worker %d exits on %s", CRASH_ENV, os.getpid(), name)

@@ -24,7 +24,7 @@ from .metrics import contingency
 from .protocols import Protocol, prepare, resize_nearest, to_score_grid
 from .report import sweep_key
 
-__all__ = ["UnitContext", "load_unit", "score_unit", "BACKGROUND_FIELD"]
+__all__ = ["UnitContext", "load_unit", "score_unit", "skip_unit", "BACKGROUND_FIELD"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,17 @@ def load_unit(dataset: Any, proto: Protocol, unit: Sequence[int]) -> list[tuple[
             logger.warning("skipping sample %d: %s", i, e)
             out.append((i, {"index": i, "id": _sample_id(dataset, i), "status": "skipped", "error": str(e)}))
     return out
+
+
+def skip_unit(decoded: list[tuple[Any, ...]], reason: str) -> list[dict[str, Any]]:
+    """The records of a unit that is not scored (its worker kept dying): each sample skipped
+    with `reason`."""
+    return [
+        entry[1]
+        if len(entry) == 2
+        else {"index": entry[0], "id": str(entry[1].id), "status": "skipped", "error": reason}
+        for entry in decoded
+    ]
 
 
 def score_unit(segmenter: Any, ctx: UnitContext, decoded: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
