@@ -77,6 +77,64 @@ def test_post_processing_change_reuses_the_pass(session, quadrant_image):
     assert session.model_calls == 3
 
 
+def test_pass_fields_are_the_fields_a_plan_reads():
+    """A field is a pass field when the plan uses it in any way (stored, compared, tested for
+    truth, in a branch) or changes with it; the others are post-processing."""
+    from types import SimpleNamespace
+
+    from diffuseg.demo.controls import pass_fields
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        size: int = 64
+        flag: bool = True
+        mode: str = "a"
+        threshold: float = 0.5
+
+    def plan(config, query, backbone, resources):
+        out = {"size": config.size}
+        if config.flag:
+            out["mode"] = "x" if config.mode == "b" else "y"
+        return out
+
+    spec = SimpleNamespace(plan=plan)
+    assert pass_fields(spec, Config(), None, None, {}) == {"size", "flag", "mode"}
+    assert pass_fields(spec, Config(flag=False), None, None, {}) == {"size", "flag"}  # mode unread then
+
+    def broken(config, query, backbone, resources):
+        raise ValueError("needs a backbone")
+
+    assert pass_fields(SimpleNamespace(plan=broken), Config(), None, None, {}) is None
+
+
+@pytest.mark.parametrize(
+    "method, classes, post, pass_setting",
+    [
+        ("diffseg", "", ("kl_thresholds", "0.5,0.5,0.5"), ("timestep", 200)),
+        ("maskdiffusion", "red, blue", ("background_score", 0.9), ("timestep", 100)),
+        ("slic", "", ("n_segments", 20), None),
+    ],
+)
+def test_the_page_tells_pass_settings_from_post_processing_truly(
+    session, quadrant_image, method, classes, post, pass_setting
+):
+    """What `DemoSession.pass_fields` calls post-processing re-segments without a pass; what
+    it calls a pass setting runs the model again (the page groups the controls so)."""
+    fields = session.pass_fields(method)
+    assert post[0] not in fields
+    base = {"template": "{class}"} if method == "maskdiffusion" else {}
+    session.segment(quadrant_image, method, base, classes=classes)
+    calls = session.model_calls
+    assert not session.segment(quadrant_image, method, {**base, post[0]: post[1]}, classes=classes).model_pass
+    if pass_setting is None:
+        assert not fields and session.model_calls == calls == 0
+        return
+    assert pass_setting[0] in fields
+    assert session.segment(
+        quadrant_image, method, {**base, pass_setting[0]: pass_setting[1]}, classes=classes
+    ).model_pass
+
+
 def test_open_vocabulary_names_and_empty_classes(session, quadrant_image):
     with pytest.raises(DemoInputError, match="Classes box"):
         session.segment(quadrant_image, "diffsegmenter", TINY, classes="  ")

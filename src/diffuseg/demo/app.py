@@ -75,6 +75,25 @@ def _enlarged(image: Image.Image, side: int = _DISPLAY_SIDE) -> tuple[Image.Imag
     return (image.resize((image.width * k, image.height * k), Image.NEAREST) if k > 1 else image), k
 
 
+#: The headings of a method's two kinds of settings (`DemoSession.pass_fields`).
+_PASS_HEADING = "**Model pass**: a change runs the model again"
+_POST_HEADING = "**Post-processing**: a change re-segments the cached features, without a model pass"
+
+
+def _settings(controls: list[Control], pass_fields: frozenset[str]) -> list[tuple[Control, Any]]:
+    """A method's controls as components, post-processing first (the settings one tries most),
+    each kind under its heading; returns (control, component) pairs."""
+    out = []
+    for heading, part in (
+        (_POST_HEADING, [c for c in controls if c.name not in pass_fields]),
+        (_PASS_HEADING, [c for c in controls if c.name in pass_fields]),
+    ):
+        if part:
+            gr.Markdown(heading)
+            out += [(c, _component(c)) for c in part]
+    return out
+
+
 def _component(control: Control) -> Any:
     common = {"label": control.label, "info": control.info or None, "elem_id": f"{control.method}-{control.name}"}
     if control.kind == "checkbox":
@@ -118,7 +137,7 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
                     with gr.Accordion(
                         f"{name} settings", open=name == DEFAULT_METHOD, visible=name == DEFAULT_METHOD
                     ) as group:
-                        controls[name] = [(c, _component(c)) for c in session.controls(name)]
+                        controls[name] = _settings(session.controls(name), session.pass_fields(name))
                     method_groups[name] = group
             with gr.Column(scale=2):
                 status = gr.HTML("", elem_id="status")

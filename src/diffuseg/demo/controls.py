@@ -10,6 +10,7 @@ its documented preset applied (`MethodSpec.make_config(family)`). Nothing here i
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 from ..commands._options import NONE, _csv, _field_docs, _field_kind, _optional, show_value
 from ..methods import MethodSpec
 
-__all__ = ["Control", "CONTROL_KINDS", "method_controls", "settings_overrides"]
+__all__ = ["Control", "CONTROL_KINDS", "method_controls", "pass_fields", "settings_overrides"]
 
 #: How a control is shown: a checkbox (bool), a dropdown (a field with ``choices``), a number
 #: (a required int / float) or a text box (tuples as "v,v,v"; optional fields, where "none"
@@ -106,6 +107,54 @@ def method_controls(spec: MethodSpec, family: str | None) -> list[Control]:
     return [
         _control(spec, f, getattr(config, f.name), docs.get(f.name, "")) for f in dataclasses.fields(spec.config_cls)
     ]
+
+
+class _Unread:
+    """Stands in for a config field to find out whether a plan reads it: any use raises."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise _FieldRead
+
+    __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = _refuse
+    __iter__ = __len__ = __index__ = __int__ = __float__ = __str__ = __format__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
+    __floordiv__ = __mod__ = __pow__ = __neg__ = __getitem__ = __contains__ = __call__ = _refuse
+
+
+class _FieldRead(Exception):
+    pass
+
+
+def pass_fields(
+    spec: MethodSpec, config: Any, query: Any, backbone: Any, resources: Mapping[str, Any]
+) -> frozenset[str] | None:
+    """The fields of `config` that `query`'s model pass depends on: a change to one of them
+    runs the model again, a change to any other re-segments the cached features.
+
+    Found by planning `query` with each field in turn replaced by a stand-in that refuses every
+    use: a field is a pass field when the plan then fails or differs from the plan of `config`
+    (`MethodSpec.plan` is the only place that turns settings into a pass).
+
+    Returns:
+        the field names, or None when `config` itself cannot be planned for `query` (e.g. no
+        backbone): then nothing can be told.
+    """
+    names = [f.name for f in dataclasses.fields(config)]
+    try:
+        reference = spec.plan(config, query, backbone, resources)
+    except Exception:  # noqa: BLE001 - any failure: nothing can be told
+        return None
+    found = set()
+    for name in names:
+        probe = copy.copy(config)
+        object.__setattr__(probe, name, _Unread())
+        try:
+            same = spec.plan(probe, query, backbone, resources) == reference
+        except Exception:  # noqa: BLE001 - the plan used the field (_FieldRead, or a failure it caused)
+            same = False
+        if not same:
+            found.add(name)
+    return frozenset(found)
 
 
 def settings_overrides(controls: list[Control], values: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..methods import KINDS, MethodSpec, get_method, list_methods
-from .controls import Control, method_controls, settings_overrides
+from .controls import Control, method_controls, pass_fields, settings_overrides
 
 __all__ = ["DemoSession", "DemoResult", "DemoInputError", "DEFAULT_MAX_PIXELS", "open_upload", "methods_by_kind"]
 
@@ -148,6 +148,7 @@ class DemoSession:
         self.load_error: str | None = None
         self._segmenters: dict[str, Any] = {}
         self._controls: dict[str, list[Control]] = {}
+        self._pass_fields: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._results: collections.deque[Path] = collections.deque()  # result folders, oldest first
         self.active = 0  # requests inside the lock (tests check it never exceeds 1)
@@ -174,6 +175,24 @@ class DemoSession:
         if method not in self._controls:
             self._controls[method] = method_controls(get_method(method), self.family)
         return self._controls[method]
+
+    def pass_fields(self, method: str) -> frozenset[str]:
+        """The settings of `method` whose change runs the model again (`controls.pass_fields`,
+        for the loaded model's defaults, and with class names naming the segments when the
+        method can); a change to any other re-segments the cached features. Every setting
+        when neither can be planned (no model)."""
+        if method not in self._pass_fields:
+            from ..plan import Query
+
+            spec = get_method(method)
+            cases = [(spec.make_config(self.family), spec.probe_query())]
+            if spec.names_segments:  # a Classes box sets label="classes" (see `segment`)
+                cases.append((spec.make_config(self.family, label="classes"), Query(classes=(("object",),))))
+            found = [pass_fields(spec, config, query, self.backbone, {}) for config, query in cases]
+            known = [fields for fields in found if fields is not None]
+            everything = frozenset(f.name for f in dataclasses.fields(spec.config_cls))
+            self._pass_fields[method] = frozenset().union(*known) if known else everything
+        return self._pass_fields[method]
 
     def _segmenter(self, spec: MethodSpec, overrides: Mapping[str, Any]) -> Any:
         """The method's segmenter (made once, kept for its cached features), set to the model's
