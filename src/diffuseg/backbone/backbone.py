@@ -14,6 +14,7 @@ from torch import nn
 from ..imageio import ImageInput, preprocess, stack_batch
 from ..ops.noise import batch_noise, per_item_generators
 from .features import FeatureRequest, Features
+from .layers import recorded_bytes
 from .loading import (
     DEFAULT_MODEL,
     NotADiffusionModelError,
@@ -361,28 +362,11 @@ class DiffusionBackbone:
         if key not in self._record_bytes:
             if len(self._record_bytes) >= 1024:  # many input sizes: start afresh
                 self._record_bytes.clear()
-            self._record_bytes[key] = self._count_record_bytes(request, model_size, rows)
+            f = self.vae_scale_factor
+            latent = (-(-model_size[0] // f), -(-model_size[1] // f))
+            text = self.prompt_tokenizer.model_max_length
+            self._record_bytes[key] = recorded_bytes(self.unet, request, latent, text, rows)
         return self._record_bytes[key]
-
-    def _count_record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int) -> int:
-        from .layers import attention_grids
-
-        f = self.vae_scale_factor
-        grids = attention_grids(self.unet, (-(-model_size[0] // f), -(-model_size[1] // f)))
-        text = self.prompt_tokenizer.model_max_length
-        kept: dict[str, int] = {}
-        largest = 0
-        for layer, (h, w) in grids.items():
-            if not request.wants_attention(layer):
-                continue
-            n = h * w
-            size = rows * n * (n if layer.endswith("attn1") else text) * 4
-            if not request.average_heads:
-                size *= self.unet.get_submodule(layer).heads
-            key = layer if request.per_layer else f"{layer[-5:]}@{h}x{w}"
-            kept[key] = size
-            largest = max(largest, size)
-        return sum(kept.values()) + largest
 
     def check_timestep(self, timestep: int) -> int:
         """Validate `timestep` against the scheduler's range [0, num_train_timesteps)."""

@@ -8,10 +8,17 @@ can answer the same question its own way.
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-__all__ = ["deepest_encoder_self_attention", "attention_grids", "attention_levels", "finest_attention_layers"]
+if TYPE_CHECKING:
+    from .features import FeatureRequest
+
+__all__ = [
+    "deepest_encoder_self_attention", "attention_grids", "attention_levels", "finest_attention_layers",
+    "recorded_bytes",
+]  # fmt: skip
 
 
 def deepest_encoder_self_attention(unet: nn.Module) -> str:
@@ -62,6 +69,27 @@ def attention_grids(unet: nn.Module, latent_size: tuple[int, int]) -> dict[str, 
         if getattr(block, "upsamplers", None):
             level = max(level - 1, 0)
     return grids
+
+
+def recorded_bytes(
+    unet: nn.Module, request: FeatureRequest, latent_size: tuple[int, int], text_tokens: int, rows: int = 1
+) -> int:
+    """Bytes of float32 attention maps that recording `request` for `rows` images with a latent
+    of `latent_size` (h, w) and prompts of `text_tokens` tokens allocates: the kept maps (per
+    layer or per resolution) plus the largest map being recorded. No forward pass is run."""
+    kept: dict[str, int] = {}
+    largest = 0
+    for layer, (h, w) in attention_grids(unet, latent_size).items():
+        if not request.wants_attention(layer):
+            continue
+        n = h * w
+        size = rows * n * (n if layer.endswith("attn1") else text_tokens) * 4
+        if not request.average_heads:
+            size *= unet.get_submodule(layer).heads
+        key = layer if request.per_layer else f"{layer[-5:]}@{h}x{w}"
+        kept[key] = size
+        largest = max(largest, size)
+    return sum(kept.values()) + largest
 
 
 def attention_levels(unet: nn.Module, kind: str = "attn1") -> list[tuple[str, ...]]:
