@@ -94,6 +94,11 @@ def _settings(controls: list[Control], pass_fields: frozenset[str]) -> list[tupl
     return out
 
 
+def _picture(label: str, elem_id: str) -> Any:
+    """An output picture of the page (PIL, not editable, `_VIEW_HEIGHT` high)."""
+    return gr.Image(label=label, type="pil", interactive=False, elem_id=elem_id, height=_VIEW_HEIGHT)
+
+
 def _component(control: Control) -> Any:
     common = {"label": control.label, "info": control.info or None, "elem_id": f"{control.method}-{control.name}"}
     if control.kind == "checkbox":
@@ -142,26 +147,12 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
             with gr.Column(scale=2):
                 status = gr.HTML("", elem_id="status")
                 with gr.Row():
-                    overlay = gr.Image(
-                        label="Overlay: click a pixel to see what the model sees from it",
-                        type="pil",
-                        interactive=False,
-                        elem_id="overlay",
-                        height=_VIEW_HEIGHT,
-                    )
-                    label_map = gr.Image(
-                        label="Label map", type="pil", interactive=False, elem_id="label-map", height=_VIEW_HEIGHT
-                    )
+                    overlay = _picture("Overlay: click a pixel to see what the model sees from it", "overlay")
+                    label_map = _picture("Label map", "label-map")
                 legend = gr.HTML("", elem_id="legend")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
                 view = gr.Radio(list(VIEW_METHODS), value="diffseg", label="Pixel view", elem_id="view")
-                inspected = gr.Image(
-                    label="Pixel view: the image and the map of the clicked pixel",
-                    type="pil",
-                    interactive=False,
-                    elem_id="inspect",
-                    height=_VIEW_HEIGHT,
-                )
+                inspected = _picture("Pixel view: the image and the map of the clicked pixel", "inspect")
 
         all_controls = [comp for pairs in controls.values() for _, comp in pairs]
 

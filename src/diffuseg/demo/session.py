@@ -43,6 +43,8 @@ DEFAULT_MAX_PIXELS = 16_000_000
 _KEEP_RESULTS = 16
 
 Progress = Callable[[float, str], None]
+#: What a filled Classes box sets for a method whose segments can be named (DiffSeg, DiffCut).
+_NAMING = {"label": "classes"}
 
 
 class DemoInputError(ValueError):
@@ -186,8 +188,8 @@ class DemoSession:
 
             spec = get_method(method)
             cases = [(spec.make_config(self.family), spec.probe_query())]
-            if spec.names_segments:  # a Classes box sets label="classes" (see `segment`)
-                cases.append((spec.make_config(self.family, label="classes"), Query(classes=(("object",),))))
+            if spec.names_segments:  # what a filled Classes box sets (see `segment`)
+                cases.append((spec.make_config(self.family, **_NAMING), Query(classes=(("object",),))))
             found = [pass_fields(spec, config, query, self.backbone, {}) for config, query in cases]
             known = [fields for fields in found if fields is not None]
             everything = frozenset(f.name for f in dataclasses.fields(spec.config_cls))
@@ -250,7 +252,7 @@ class DemoSession:
                 vocabulary = ()  # a baseline has no use for names; ignore the box
             overrides = settings_overrides(self.controls(spec.name), settings or {})
             if vocabulary and spec.names_segments:  # as on the CLI: class names name the segments
-                overrides.setdefault("label", "classes")
+                overrides = {**_NAMING, **overrides}
             with self._lock:
                 self._enter()
                 try:
