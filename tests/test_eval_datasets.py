@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffuseg.eval import IGNORE_INDEX, SampleReadError, class_info, dataset_names, load_dataset
+from diffuseg.datasets import IGNORE_INDEX, SampleReadError, class_info, dataset_names, load_dataset
 
 
 def _img(path: Path, h: int = 6, w: int = 8) -> None:

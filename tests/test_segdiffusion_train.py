@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffuseg.eval import ArrayDataset
+from diffuseg.datasets import ArrayDataset
 from diffuseg.segdiffusion.train import ConfigMismatchError, SegTrainConfig, train
 from diffuseg.types import Sample
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffuseg.eval.base import Sample, SegmentationDataset
+from diffuseg.datasets import Sample, SegmentationDataset
 from diffuseg.synthetic.dataset import SyntheticScenes, scene_rng
 from diffuseg.synthetic.scenes import (
     BACKGROUND_NAMES,

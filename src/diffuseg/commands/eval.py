@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from ..eval.datasets import dataset_names
+    from ..datasets import dataset_names
     from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
     from ..eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``diffuseg eval``; returns the exit code."""
     if args.compare:
         return _compare(args.compare)
-    from ..eval.datasets import load_dataset
+    from ..datasets import load_dataset
     from ..eval.protocols import get_protocol
     from ..eval.report import tuning_line
     from ..eval.runner import BACKGROUND_SWEEP, check_tune_background, evaluate

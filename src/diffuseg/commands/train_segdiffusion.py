@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
             dataset = SyntheticScenes(args.split, args.num_scenes)
         else:
-            from ..eval.datasets import load_dataset
+            from ..datasets import load_dataset
 
             dataset = load_dataset(args.dataset, args.root, args.split)
         from ..devices import check_device

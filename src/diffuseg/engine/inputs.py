@@ -128,7 +128,7 @@ def resolve_inputs(
 
 @functools.lru_cache(maxsize=4)
 def _open_dataset(name: str, root: str | None, split: str | None) -> Any:
-    from ..eval.datasets import load_dataset
+    from ..datasets import load_dataset
 
     return load_dataset(name, root, split)
 

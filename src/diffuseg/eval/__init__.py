@@ -1,4 +1,7 @@
-"""Evaluation: benchmark datasets, metrics and matching protocols, the runner and reports.
+"""Evaluation: metrics and matching protocols, the runner and reports.
+
+The benchmark datasets live in `diffuseg.datasets`; their names are re-exported here for
+convenience.
 
 Example:
     >>> from diffuseg.eval import load_dataset, evaluate
@@ -7,9 +10,18 @@ Example:
     >>> report["metrics"]["miou"]
 """
 
-from .base import IGNORE_INDEX, Sample, SegmentationDataset
-from .datasets import DATASETS, dataset_names, load_dataset
-from .folder import ArrayDataset, FolderDataset, SampleReadError, class_info
+from ..datasets import (
+    DATASETS,
+    IGNORE_INDEX,
+    ArrayDataset,
+    FolderDataset,
+    Sample,
+    SampleReadError,
+    SegmentationDataset,
+    class_info,
+    dataset_names,
+    load_dataset,
+)
 from .metrics import (
     MATCHINGS,
     ImageCounts,

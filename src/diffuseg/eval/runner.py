@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import SegmentationDataset
+from ..datasets import SegmentationDataset
 from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
 from .protocols import Protocol, get_protocol
 from .report import build_report, write_report

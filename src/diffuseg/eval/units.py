@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import IGNORE_INDEX
-from .folder import SampleReadError
+from ..datasets import IGNORE_INDEX, SampleReadError
 from .metrics import contingency
 from .protocols import Protocol, prepare, resize_nearest, to_score_grid
 from .report import sweep_key

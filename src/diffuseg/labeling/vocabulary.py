@@ -102,12 +102,10 @@ def parse_classes(classes: str | Iterable[str | Iterable[str]] | None) -> Vocabu
 
 def dataset_vocabularies() -> list[str]:
     """The dataset names `load_classes` accepts after ``"dataset:"``, sorted: the class lists
-    shipped in ``diffuseg/data/classes`` plus ``"synthetic"``."""
-    from importlib import resources
+    shipped in ``diffuseg/data/classes`` (`diffuseg.datasets.class_lists`) plus ``"synthetic"``."""
+    from ..datasets.classes import class_lists
 
-    folder = resources.files("diffuseg").joinpath("data", "classes")
-    names = [p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json")]
-    return sorted({*names, _SYNTHETIC})
+    return sorted({*class_lists(), _SYNTHETIC})
 
 
 def _dataset_classes(name: str) -> Vocabulary:
@@ -118,7 +116,7 @@ def _dataset_classes(name: str) -> Vocabulary:
         from ..synthetic.scenes import CLASS_NAMES
 
         return parse_classes(CLASS_NAMES)
-    from ..eval.folder import class_info
+    from ..datasets.classes import class_info
 
     return parse_classes(class_info(name)["names"])
 

@@ -1,5 +1,5 @@
-"""The dataset interface shared by the eval datasets and the synthetic scenes (`Sample` lives in
-`diffuseg.types`, below both)."""
+"""The dataset interface shared by the benchmark datasets and the synthetic scenes (`Sample` lives
+in `diffuseg.types`, below both)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Dataset building blocks: a folder-backed dataset with a raw-label lookup table, an in-memory one.
 
 Every dataset yields `Sample` (id, RGB image, int64 label map with 255 = ignore) and
-carries its class names (package data, ``diffuseg/data/classes``).
+carries its class names (package data, ``diffuseg/data/classes``, read by
+`diffuseg.datasets.classes`).
 
 Raw label values are mapped through a lookup table; a raw value that the dataset does not
 define raises `ValueError` naming the file. An image or label file that cannot be read raises
@@ -10,12 +11,9 @@ define raises `ValueError` naming the file. An image or label file that cannot b
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +22,13 @@ from PIL import Image
 
 from .base import Sample
 
-__all__ = ["ArrayDataset", "FolderDataset", "SampleReadError", "class_info"]
+__all__ = ["ArrayDataset", "FolderDataset", "SampleReadError"]
 
 logger = logging.getLogger(__name__)
 
 
 class SampleReadError(OSError):
     """An image or label file exists in the index but cannot be read."""
-
-
-@cache
-def _data_json(*parts: str) -> dict[str, Any]:
-    ref = resources.files("diffuseg").joinpath("data", *parts)
-    return json.loads(ref.read_text())
-
-
-def class_info(name: str) -> dict[str, Any]:
-    """Class names (and palette where the dataset has an official one) for dataset `name`."""
-    return _data_json("classes", f"{name}.json")
 
 
 def _lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:

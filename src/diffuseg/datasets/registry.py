@@ -31,15 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from .base import IGNORE_INDEX, SegmentationDataset
+from .classes import _data_json, class_info
 from .folder import (
     FolderDataset,
     _check_split,
-    _data_json,
     _list_file,
     _lut,
     _nonempty,
     _require,
-    class_info,
 )
 
 __all__ = ["DATASETS", "load_dataset", "dataset_names"]
