@@ -296,7 +296,7 @@ def evaluate(
                 for rec in score_unit(segmenter, unit_ctx, load_unit(dataset, proto, unit)):
                     finish(rec)
         elif units:
-            from ..engine.eval_ray import run_eval_units
+            from .ray_units import run_eval_units
 
             worker = (segmenter_factory, backbone_loader or backbone, spec.name, kwargs)
             run_eval_units(units, dataset, worker, unit_ctx, ray_options, lambda recs: [finish(r) for r in recs])

@@ -38,7 +38,7 @@ class EvalWorker:
         self.ctx = ctx
 
     def __call__(self, decoded: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        from ..eval.units import score_unit
+        from .units import score_unit
 
         return score_unit(self.segmenter, self.ctx, decoded)
 
@@ -57,8 +57,8 @@ def run_eval_units(
     Raises:
         ConnectionError: an unreachable address; `WorkerDiedError`: a broken pipeline.
     """
-    from ..eval.units import load_unit, skip_unit
-    from .ray_engine import RayOptions, run_units, session
+    from ..engine.ray_engine import RayOptions, run_units, session
+    from .units import load_unit, skip_unit
 
     options = options or RayOptions()
     ctx = dataclasses.replace(ctx, generator=None)  # every image has its own (ctx.seed)
