@@ -15,8 +15,9 @@ import argparse
 import dataclasses
 import re
 import sys
-import typing
 from typing import Any
+
+from ..config_fields import NONE, csv_parser, field_docs, field_kind, optional_parser, show_value
 
 __all__ = [
     "add_model_options",
@@ -202,75 +203,19 @@ def resource_values(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def _field_kind(tp: Any) -> tuple[str, Any]:
-    """('bool'|'scalar'|'tuple', element type) for a dataclass field annotation."""
-    if isinstance(tp, str):
-        t = tp.replace(" ", "")
-        if t.startswith("bool"):
-            return "bool", bool
-        base = t.split("|")[0]
-        elem = {"int": int, "float": float, "str": str}
-        if base.startswith("tuple["):
-            inner = base[len("tuple[") :].split(",")[0].rstrip("]")
-            return "tuple", elem.get(inner, str)
-        return "scalar", elem.get(base, str)
-    if tp is bool:
-        return "bool", bool
-    if typing.get_origin(tp) is tuple:
-        return "tuple", typing.get_args(tp)[0]
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return "scalar", (args[0] if args else tp)
-
-
-class _NoneValue:
-    """What ``--option none`` parses to for a field that may be None (argparse's None means unset)."""
-
-    def __repr__(self) -> str:
-        return "none"
-
-
-NONE = _NoneValue()
-
-
-def _optional(elem: type) -> Any:
-    def parse(text: str) -> Any:
-        return NONE if text.strip().lower() == "none" else elem(text)
-
-    parse.__name__ = elem.__name__
-    return parse
-
-
 def _csv(elem: type) -> Any:
+    """`csv_parser` as an argparse ``type``: its ValueError becomes an ArgumentTypeError, so
+    argparse prints the message as it is ("expected comma-separated float values, got '0.5,x'")."""
+    parse_values = csv_parser(elem)
+
     def parse(text: str) -> tuple[Any, ...]:
-        parts = [p.strip() for p in text.split(",")]
-        if not all(parts):
-            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
         try:
-            return tuple(elem(p) for p in parts)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {elem.__name__} values, got {text!r}") from None
+            return parse_values(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
-    parse.__name__ = f"comma-separated {elem.__name__}"
+    parse.__name__ = parse_values.__name__
     return parse
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """First sentence of each attribute in a config's "Attributes:" docstring section."""
-    doc = cls.__doc__ or ""
-    out: dict[str, str] = {}
-    for m in re.finditer(r"^\s{8}(\w+): (.+?)(?=^\s{8}\w+: |\Z|^\s*$)", doc, re.S | re.M):
-        out[m.group(1)] = _first_clause(" ".join(m.group(2).split()))
-    return out
-
-
-def _first_clause(text: str) -> str:
-    """Text up to the first ". " or "; " outside parentheses."""
-    depth = 0
-    for i, ch in enumerate(text):
-        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
-        if depth == 0 and ch in ".;" and (i + 1 == len(text) or text[i + 1] == " "):
-            return text[:i]
-    return text
 
 
 def _methods() -> list[Any]:
@@ -299,13 +244,13 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     owners: dict[str, list[str]] = {}
     info: dict[str, dict[str, Any]] = {}
     for spec in _methods():
-        docs = _field_docs(spec.config_cls)
+        docs = field_docs(spec.config_cls)
         for f in dataclasses.fields(spec.config_cls):
             owners.setdefault(f.name, []).append(spec.name)
             entry = info.setdefault(
                 f.name,
                 {
-                    "kind": _field_kind(f.type),
+                    "kind": field_kind(f.type),
                     "doc": docs.get(f.name, ""),
                     "choices": f.metadata.get("choices"),
                     "type": f.type,
@@ -361,7 +306,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
             g.add_argument(
                 *flags,
                 dest=field_name,
-                type=_optional(elem) if optional else elem,
+                type=optional_parser(elem) if optional else elem,
                 default=None,
                 choices=entry["choices"],
                 help=(help_ + (" ('none' allowed)" if optional else "")).replace("%", "%%"),
@@ -372,13 +317,13 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
 def add_config_options(parser: Any, config_cls: type, title: str | None = None) -> list[str]:
     """Add one option per field of the dataclass `config_cls` (default None = the library's
     default, shown in the help); returns the field names. Read them back with `config_overrides`."""
-    docs = _field_docs(config_cls)
+    docs = field_docs(config_cls)
     group = parser.add_argument_group(title) if title else parser
     names = []
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_ = f"{docs.get(f.name, '')} (default: {show_value(default)})".replace("%", "%%")
-        kind, elem = _field_kind(f.type)
+        kind, elem = field_kind(f.type)
         flag = "--" + f.name.replace("_", "-")
         if kind == "bool":
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
@@ -389,7 +334,7 @@ def add_config_options(parser: Any, config_cls: type, title: str | None = None) 
             group.add_argument(
                 flag,
                 dest=f.name,
-                type=_optional(elem) if optional else elem,
+                type=optional_parser(elem) if optional else elem,
                 default=None,
                 choices=f.metadata.get("choices"),
                 help=help_ + (" ('none' allowed)" if optional else ""),
@@ -406,15 +351,6 @@ def config_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, An
         if value is not None:
             out[name] = None if value is NONE else value
     return out
-
-
-def show_value(value: Any) -> str:
-    """A config value as the CLI writes it (tuples comma-separated)."""
-    if value == "":
-        return '""'
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return "none (see the method)" if value is None else str(value)
 
 
 def method_overrides(args: argparse.Namespace, method: str, owners: dict[str, list[str]]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The demo's settings controls, generated from the method config dataclasses.
 
 One `Control` per config field, with the same parsing as the CLI's generated flags
-(`diffuseg.commands._options`: comma-separated tuples, "none" for optional fields, the
+(`diffuseg.config_fields`: comma-separated tuples, "none" for optional fields, the
 field's ``choices`` metadata) and the same defaults: the method's config for the loaded model,
 its documented preset applied (`MethodSpec.make_config(family)`). Nothing here imports Gradio;
 `diffuseg.demo.app` turns each `Control` into a component of the matching `Control.kind`.
@@ -9,14 +9,13 @@ its documented preset applied (`MethodSpec.make_config(family)`). Nothing here i
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..commands._options import NONE, _csv, _field_docs, _field_kind, _optional, show_value
+from ..config_fields import NONE, csv_parser, field_docs, field_kind, optional_parser, show_value
 from ..methods import MethodSpec
 
 __all__ = ["Control", "CONTROL_KINDS", "method_controls", "pass_fields", "settings_overrides"]
@@ -75,13 +74,13 @@ class Control:
         text = "" if value is None else str(value)
         try:
             parsed = self._parse(text) if self._parse is not None else text
-        except (ValueError, argparse.ArgumentTypeError) as e:
+        except ValueError as e:
             raise ValueError(f"`{self.name}`: cannot read {text!r} ({e}).") from None
         return None if parsed is NONE else parsed
 
 
 def _control(spec: MethodSpec, f: dataclasses.Field, value: Any, doc: str) -> Control:
-    kind, elem = _field_kind(f.type)
+    kind, elem = field_kind(f.type)
     choices = f.metadata.get("choices")
     if kind == "bool":
         return Control(spec.name, f.name, "checkbox", bool(value), doc)
@@ -91,9 +90,9 @@ def _control(spec: MethodSpec, f: dataclasses.Field, value: Any, doc: str) -> Co
     if kind == "scalar" and elem in (int, float) and not optional:
         return Control(spec.name, f.name, "number", value, doc, integer=elem is int)
     if kind == "tuple":
-        parse = _csv(elem)
+        parse = csv_parser(elem)
     elif optional:
-        parse = _optional(elem)
+        parse = optional_parser(elem)
     else:
         parse = None  # a plain string
     shown = "none" if value is None else (show_value(value) if kind == "tuple" else str(value))
@@ -103,7 +102,7 @@ def _control(spec: MethodSpec, f: dataclasses.Field, value: Any, doc: str) -> Co
 def method_controls(spec: MethodSpec, family: str | None) -> list[Control]:
     """One `Control` per config field of `spec`, defaults from its config for model `family`."""
     config = spec.make_config(family)
-    docs = _field_docs(spec.config_cls)
+    docs = field_docs(spec.config_cls)
     return [
         _control(spec, f, getattr(config, f.name), docs.get(f.name, "")) for f in dataclasses.fields(spec.config_cls)
     ]
