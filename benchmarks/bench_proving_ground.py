@@ -378,7 +378,7 @@ def attention_figure(backbone, native: int, path: str, num: int = 5, timestep: i
     from PIL import Image, ImageDraw
 
     from diffuseg.backbone.features import FeatureRequest
-    from diffuseg.commands.inspect import colorize
+    from diffuseg.inspection import colorize
 
     ds = SyntheticScenes("val", num)
     palette = np.random.default_rng(3).integers(40, 255, size=(256, 3), dtype=np.uint8)

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from diffuseg.cli import main
-from diffuseg.commands.inspect import feature_similarity, parse_point, render
+from diffuseg.commands.inspect import parse_point
+from diffuseg.inspection import feature_similarity, render
 
 
 def test_feature_similarity_known_answer():

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..commands.inspect import METHODS as VIEW_METHODS
+from ..inspection import METHODS as VIEW_METHODS
 from .controls import Control
 from .examples import Example
 from .session import DemoInputError, DemoSession, methods_by_kind, open_upload

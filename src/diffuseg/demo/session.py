@@ -302,7 +302,7 @@ class DemoSession:
         Raises:
             DemoInputError: a method other than diffseg / diffcut, a point off the image, no model.
         """
-        from ..commands.inspect import METHODS, view_picture
+        from ..inspection import METHODS, view_picture
         from ..plan import Query
 
         if method not in METHODS:
