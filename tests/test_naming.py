@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffuseg.ops.naming import name_segments, segment_votes
+from diffuseg.ops.votes import name_segments, segment_votes
 
 
 def test_each_segment_takes_its_class_and_segments_with_one_name_merge():

@@ -1,4 +1,4 @@
-"""Tests for diffuseg.ops.pamr (PAMR) and diffuseg.ops.filters.median_filter."""
+"""Tests for diffuseg.ops.pamr (PAMR) and diffuseg.ops.median.median_filter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from diffuseg.ops.filters import median_filter
+from diffuseg.ops.median import median_filter
 from diffuseg.ops.pamr import pamr, pamr_affinity, propagate, refine_labels
 
 _ORDER8 = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]

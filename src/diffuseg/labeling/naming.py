@@ -2,7 +2,7 @@
 
 The method's one UNet pass runs with a naming prompt and records the cross-attention of its
 tokens beside what the method itself reads; each segment then takes the class whose attention
-wins its vote (`diffuseg.ops.naming`), and segments with the same class merge. Two sources of
+wins its vote (`diffuseg.ops.votes`), and segments with the same class merge. Two sources of
 names (`LABELS`):
 
 * ``classes``: the query's class names, all in one prompt (`label_template` filled with the
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..ops.masks import class_scores
-from ..ops.naming import cross_attention_maps, name_segments
+from ..ops.votes import cross_attention_maps, name_segments
 from .nouns import caption_nouns
 from .spans import fit_budget, joined_prompt, present_spans
 from .vocabulary import Vocabulary, name_rows
@@ -42,7 +42,7 @@ LABELS = ("none", "classes", "caption", "clip")
 
 def check_naming(label: str, voting: str, template: str) -> None:
     """Validate the naming settings of a method config (`label`, `voting`, `label_template`)."""
-    from ..ops.naming import VOTINGS
+    from ..ops.votes import VOTINGS
     from .spans import check_template
 
     if label not in LABELS:
@@ -99,7 +99,7 @@ def named_labels(
         labels: (H, W) int64 segment ids at the model input size.
         features: the one-image `Features` of a pass run with `naming_prompt` and cross-attention.
         classes: the naming classes (`naming_classes`; label id = position).
-        voting: see `diffuseg.ops.naming.VOTINGS`.
+        voting: see `diffuseg.ops.votes.VOTINGS`.
 
     Returns:
         ((H, W) int64 class indices into `classes`, the class display names), or None (with a

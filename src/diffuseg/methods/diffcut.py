@@ -55,9 +55,9 @@ from torch import nn
 from ..backbone.features import FeatureRequest, Features
 from ..backbone.layers import deepest_encoder_self_attention as feature_module_path
 from ..labeling.naming import LABELS, check_naming
-from ..ops.naming import VOTINGS
 from ..ops.ncut import assign_concepts, recursive_normalized_cut
 from ..ops.pamr import pamr_affinity, refine_labels
+from ..ops.votes import VOTINGS
 from ..plan import Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec

@@ -36,7 +36,7 @@ from ..labeling.naming import LABELS, check_naming
 from ..ops.attention import aggregate_self_attention
 from ..ops.clustering import anchor_distances, kmeans_refine, merge_attention
 from ..ops.masks import maps_to_labels
-from ..ops.naming import VOTINGS
+from ..ops.votes import VOTINGS
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._registry import MethodSpec

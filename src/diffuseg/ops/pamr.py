@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .filters import median_filter
 from .masks import argmax0
+from .median import median_filter
 
 __all__ = ["PamrAffinity", "pamr", "pamr_affinity", "propagate", "refine_labels"]
 

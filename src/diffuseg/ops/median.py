@@ -1,4 +1,4 @@
-"""Small image filters on tensors (any device, no scipy)."""
+"""A median filter on tensors (any device, no scipy); `diffuseg.ops.pamr.refine_labels` smooths labels with it."""
 
 from __future__ import annotations
 
