@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from diffuseg.types import OutputExistsError, Segmentation, atomic_write
+from diffuseg.outputs import OutputExistsError, atomic_write
+from diffuseg.types import Segmentation
 
 
 def _seg():

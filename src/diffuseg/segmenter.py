@@ -68,6 +68,9 @@ class Segmenter:
             name of `diffuseg.labeling.filters.FILTERS` or a filter object
             (``filter(backbone, image, classes, generator, caption) -> FilterResult``). Each
             segmentation's ``meta["class_filter"]`` records what was kept.
+        probe: a `Query` without an image that stands for the queries to come (their class
+            names and caption): the dry plan checks it against the model (e.g. the class list's
+            token budget) before any image is read. Default `MethodSpec.probe_query()`.
         **overrides: config fields to change (on top of the preset).
 
     Example:
@@ -86,9 +89,13 @@ class Segmenter:
         device: str | torch.device | None = None,
         preset: str | None = None,
         class_filter: Any = None,
+        probe: Query | None = None,
         **overrides: Any,
     ) -> None:
         self.spec = get_method(method)
+        if probe is not None and probe.image is not None:
+            raise ValueError("`probe` stands for the queries to come: give it without an image.")
+        self.probe = probe if probe is not None else self.spec.probe_query()
         if isinstance(class_filter, str) or class_filter is None:
             from .labeling.filters import make_filter
 
@@ -156,9 +163,9 @@ class Segmenter:
             raise ValueError(f"`image_size` must be a multiple of {multiple} for this model, got {pass_.size}.")
 
     def _check(self) -> None:
-        """A dry plan: the config's pass must suit the backbone before any image is read (the
-        memory check assumes a square image, the largest input at that size)."""
-        pass_ = self.spec.plan(self.config, self.spec.probe_query(), self.backbone, self.resources)
+        """A dry plan of `probe`: the config's pass must suit the backbone before any image is
+        read (the memory check assumes a square image, the largest input at that size)."""
+        pass_ = self.spec.plan(self.config, self.probe, self.backbone, self.resources)
         self._check_pass(pass_)
         if pass_.uses_model:
             side = pass_.size or self.backbone.native_size

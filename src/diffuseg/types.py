@@ -1,14 +1,13 @@
-"""Types shared across the package: `Segmentation` (every method's result, with its file writers)
-and `Sample` (one labelled image of a dataset)."""
+"""Types shared across the package: `Segmentation` (every method's result and its pictures:
+label map, overlay, COCO RLE, JSON) and `Sample` (one labelled image of a dataset). The files
+a result is written to belong to `diffuseg.outputs`."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["Segmentation", "Sample", "palette", "atomic_write", "OutputExistsError"]
+__all__ = ["Segmentation", "Sample", "palette"]
 
 logger = logging.getLogger(__name__)
-
-
-#: The files `Segmentation.save` writes per image, by suffix, in writing order (the overlay
-#: only when given the image); `diffuseg segment` and `diffuseg batch` write all three.
-OUTPUTS = (".labels.png", ".overlay.png", ".json")
-
-
-class OutputExistsError(FileExistsError):
-    """An output file exists and overwriting was not allowed."""
 
 
 def palette(num_colors: int = 256) -> np.ndarray:
@@ -117,51 +107,6 @@ def _with_legend(overlay: Image.Image, entries: list[tuple[str, tuple[int, int, 
         draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=colour)
         _draw_text(draw, (x + swatch + pad, y), text, font)
     return canvas
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, data: bytes, *, overwrite: bool = False, sync: bool = True) -> Path:
-    """Write `data` to `path` through a temp file in the same folder and a rename.
-
-    A reader never sees a half-written file, and an existing file is kept unless `overwrite`.
-    With `sync` the data reaches the disk before the rename (a crash leaves the old file or the
-    whole new one); without, only other readers are protected (for short-lived files).
-
-    Raises:
-        OutputExistsError: if `path` exists and `overwrite` is False.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass `overwrite=True` to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual 0644
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _config_dict(config: Any) -> Any:
@@ -375,26 +320,16 @@ class Segmentation:
         overwrite: bool = False,
         sync: bool = True,
     ) -> list[Path]:
-        """Write `NAME.labels.png`, `NAME.overlay.png` (if `image`) and `NAME.json` atomically.
-
-        Existing files are never replaced unless `overwrite`; the check happens for all files
-        before any is written, so a refused save leaves nothing half-done. `sync`: see
-        `atomic_write` (False for short-lived files, e.g. a web page's downloads).
+        """Write `NAME.labels.png`, `NAME.overlay.png` (if `image`) and `NAME.json` atomically
+        (`diffuseg.outputs.write_outputs`: nothing is replaced unless `overwrite`; `sync` as in
+        `diffuseg.outputs.atomic_write`).
 
         Returns:
             The paths written.
         """
-        out_dir = Path(out_dir)
-        targets = [Path(out_dir) / f"{name}{ext}" for ext in OUTPUTS if image is not None or ext != ".overlay.png"]
-        if not overwrite:
-            existing = [str(p) for p in targets if p.exists()]
-            if existing:
-                raise OutputExistsError(f"output exists: {', '.join(existing)}; pass `overwrite=True` to replace.")
-        blobs = [_png_bytes(self.to_label_image())]
-        if image is not None:
-            blobs.append(_png_bytes(self.to_overlay(image)))
-        blobs.append(json.dumps(self.to_json_dict(), indent=1).encode())
-        return [atomic_write(p, b, overwrite=overwrite, sync=sync) for p, b in zip(targets, blobs, strict=False)]
+        from .outputs import write_outputs
+
+        return write_outputs(self, out_dir, name, image, overwrite=overwrite, sync=sync)
 
 
 @dataclass

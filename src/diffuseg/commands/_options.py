@@ -30,7 +30,7 @@ __all__ = [
     "parse_resources",
     "show_value",
     "method_overrides",
-    "parse_dtype",
+    "add_filter_option",
     "make_generator",
     "load_backbone",
     "flag_message",
@@ -39,14 +39,6 @@ __all__ = [
     "HelpFormatter",
 ]
 
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
 #: Extra flags of some config fields.
 _ALIASES = {"image_size": ["--size"]}
 #: Library argument -> CLI flag, for arguments that are not method options.
@@ -57,6 +49,8 @@ _GENERAL_FLAGS = {
     "classes": "--classes",
     "resources": "--resource",
     "class_filter": "--filter",
+    "caption": "--caption",
+    "label_device": "--label-device",
     "clip": "--clip",
     "captioner": "--captioner",
     "limit": "--limit",
@@ -106,19 +100,12 @@ def flag_message(error: BaseException | str) -> str:
     return re.sub(r"`([a-z_][a-z0-9_]*)(=[^`]*)?`", flag, str(error))
 
 
-def parse_dtype(name: str | None) -> Any:
-    """Map a CLI dtype name to a torch dtype (None -> None)."""
-    if name is None:
-        return None
-    if name not in _DTYPES:
-        raise ValueError(f"`dtype` must be one of {sorted(_DTYPES)}, got {name!r}.")
-    import torch
+def add_model_options(
+    parser: argparse.ArgumentParser, seed_help: str = "seed of the torch.Generator for noise"
+) -> None:
+    """--model --model-config --device --dtype --seed (`seed_help`) --batch-size."""
+    from ..backbone.load import DTYPES
 
-    return getattr(torch, _DTYPES[name])
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model --model-config --device --dtype --seed --batch-size."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -132,8 +119,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="for single-file checkpoints: a diffusers folder/hub id with the matching configs",
     )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default cpu)")
-    g.add_argument("--dtype", default=None, choices=sorted(_DTYPES), help="weights dtype (default float32)")
-    g.add_argument("--seed", type=int, default=None, help="seed of the torch.Generator for noise")
+    g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights dtype (default float32)")
+    g.add_argument("--seed", type=int, default=None, help=seed_help)
     g.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
 
 
@@ -147,10 +134,29 @@ def add_query_options(parser: argparse.ArgumentParser) -> None:
         "per line; or a dataset's classes ('dataset:voc21'); a class named 'background' gets a constant score",
     )
     g.add_argument("--caption", default=None, help="a caption / prompt for every image")
-    from ._labeling import add_filter_option
-
     add_filter_option(g)
     add_resource_option(g)
+
+
+def add_filter_option(parser: Any) -> None:
+    """--filter and --label-device: which of the classes each image gets
+    (`diffuseg.labeling.filters.FILTERS`), and where the labelling models run."""
+    from ..labeling.filters import FILTERS
+
+    parser.add_argument(
+        "--filter",
+        dest="class_filter",
+        default="none",
+        choices=FILTERS,
+        help="keep only the classes found in each image before segmenting (default none: all of them; "
+        "diffusion: the diffusion model's own cross-attention, no second model; clip: CLIP image-text "
+        "similarity; caption-clip: that or the caption's CLIP text similarity); the JSON lists what was kept",
+    )
+    parser.add_argument(
+        "--label-device",
+        default=None,
+        help="device of the CLIP model and the captioner of the labelling stage (default: --device)",
+    )
 
 
 def _resources() -> dict[str, tuple[str, list[str]]]:
@@ -410,6 +416,7 @@ def check_runtime(args: argparse.Namespace) -> None:
     Raises:
         ValueError: naming the bad argument.
     """
+    from ..backbone.load import parse_dtype
     from ..devices import check_device
 
     check_device(args.device)
@@ -419,11 +426,8 @@ def check_runtime(args: argparse.Namespace) -> None:
 
 
 def load_backbone(args: argparse.Namespace) -> Any:
-    """Load and move the backbone named by --model/--device/--dtype."""
-    from ..backbone import DEFAULT_MODEL, DiffusionBackbone
+    """The backbone named by --model, --model-config, --device and --dtype
+    (`diffuseg.backbone.load_backbone`)."""
+    from ..backbone.load import load_backbone as load
 
-    dtype = parse_dtype(args.dtype)
-    backbone = DiffusionBackbone.from_pretrained(
-        args.model or DEFAULT_MODEL, torch_dtype=dtype, config=getattr(args, "model_config", None)
-    )
-    return backbone.to(args.device, dtype)
+    return load(args.model, config=getattr(args, "model_config", None), device=args.device, dtype=args.dtype)

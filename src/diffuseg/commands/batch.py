@@ -23,10 +23,12 @@ from typing import Any
 
 from . import COMMANDS
 
-__all__ = ["register", "run", "make_job", "add_engine_options", "engine_options"]
+__all__ = ["register", "run", "make_job", "message", "add_engine_options", "engine_options", "SEED_HELP"]
 
 logger = logging.getLogger(__name__)
 
+#: --seed of ``segment`` and ``batch``.
+SEED_HELP = "the run's seed: each image's noise comes from (seed, its output name) (default 0)"
 #: Library arguments of the engine -> their flags (for error messages).
 _ENGINE_FLAGS = {
     "input": "INPUT",
@@ -41,7 +43,8 @@ _ENGINE_FLAGS = {
 }
 
 
-def _message(error: BaseException) -> str:
+def message(error: BaseException) -> str:
+    """A library error in the words of ``segment`` / ``batch``: flags instead of arguments."""
     from ._options import flag_message
 
     text = flag_message(error)
@@ -74,7 +77,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist (default: skip them)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_engine_options(p)
-    add_model_options(p)
+    add_model_options(p, seed_help=SEED_HELP)
     add_query_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
 
@@ -143,17 +146,15 @@ def engine_options(args: argparse.Namespace) -> Any:
     )
 
 
-def make_job(args: argparse.Namespace) -> Any:
-    """The `Job` of the flags, checked as ``diffuseg segment`` checks them (`query_flags`).
+def make_job(args: argparse.Namespace, flags: Any) -> Any:
+    """The `Job` of the flags of ``segment`` / ``batch``, checked by `query_flags` (`flags`).
 
     Raises:
-        ValueError: naming the flag.
+        ValueError: naming `seed`, if it is negative.
     """
     from ..engine.seeding import resolve_seed
     from ..engine.work import Job
-    from ._labeling import query_flags
 
-    flags = query_flags(args)
     return Job(
         method=flags.spec.name,
         out_dir=args.out,
@@ -169,15 +170,9 @@ def make_job(args: argparse.Namespace) -> Any:
         resources=flags.resources,
         class_filter=flags.class_filter,
         label_device=getattr(args, "label_device", None),
-        threads=args.threads,
+        threads=getattr(args, "threads", None),
+        needs_model=flags.spec.needs_model(flags.config),
     )
-
-
-def _needs_model(job: Any) -> bool:
-    from ..methods import get_method
-
-    spec = get_method(job.method)
-    return spec.needs_model(spec.make_config(None, **job.overrides))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,39 +183,41 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.progress import FAILURES_FILE
     from ..engine.runner import run_batch
     from ..engine.work import OutputFullError
+    from ..outputs import check_out_dir
+    from ._labeling import query_flags
     from ._options import fail
-    from .segment import check_out_dir
 
     try:
         options = engine_options(args)
-        job = make_job(args)
+        job = make_job(args, query_flags(args))
         items = resolve_inputs(args.input, root=args.root, split=args.split, limit=args.limit)
-        check_out_dir(Path(args.out))
+        check_out_dir(args.out)
     except (ValueError, FileNotFoundError) as e:
-        return fail("batch", _message(e))
+        return fail("batch", message(e))
     if options is not None:
         try:
             import ray  # noqa: F401
         except ImportError:
             return fail("batch", "--engine ray needs Ray: pip install 'diffuseg[ray]'.")
-        if options.address is None and _needs_model(job):  # actors on this machine: find the model once, here
+        if options.address is None and job.needs_model:  # actors on this machine: find the model once, here
             from ..backbone import DEFAULT_MODEL
             from ..backbone.loading import resolve_model
 
             try:
                 resolve_model(job.model or DEFAULT_MODEL)
             except (OSError, ValueError) as e:
-                return fail("batch", _message(e))
+                return fail("batch", message(e))
     try:
         summary = run_batch(
-            job, items, engine=args.engine, ray_options=options, progress=not args.no_progress, overwrite=args.overwrite
-        )
+            job, items, engine=args.engine, ray_options=options, progress=not args.no_progress,
+            overwrite=args.overwrite, wording=message,
+        )  # fmt: skip
     except (ValueError, ConnectionError) as e:
-        return fail("batch", _message(e))
+        return fail("batch", message(e))
     except OutputFullError as e:
         return fail("batch", f"{e}; free some space and rerun the same command to finish", code=1)
     except OSError as e:  # a model that cannot be loaded (ModelNotFoundError ...)
-        return fail("batch", _message(e))
+        return fail("batch", message(e))
     except RuntimeError as e:  # WorkerDiedError
         return fail("batch", str(e), code=1)
     for rec in summary.failures:

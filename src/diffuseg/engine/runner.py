@@ -69,8 +69,13 @@ def write_outcomes(out_dir: str, outcomes: Sequence[Outcome]) -> list[dict[str, 
     return records
 
 
-def _run_local(job: Job, units: list[list[Item]], on_result: Callable[[list[dict[str, Any]]], None]) -> None:
-    worker = Worker(job)
+def _run_local(
+    job: Job,
+    units: list[list[Item]],
+    on_result: Callable[[list[dict[str, Any]]], None],
+    wording: Callable[[BaseException], str],
+) -> None:
+    worker = Worker(job, wording)
     for unit in units:
         on_result(write_outcomes(job.out_dir, worker(decode_unit(unit))))
 
@@ -81,6 +86,7 @@ def _run_ray(
     on_result: Callable[[list[dict[str, Any]]], None],
     options: Any,
     cpus: float,
+    wording: Callable[[BaseException], str],
 ) -> None:
     from .ray_engine import run_units
 
@@ -89,7 +95,7 @@ def _run_ray(
     run_units(
         units,
         decode=decode_unit,
-        worker=(Worker, (job,)),
+        worker=(Worker, (job, wording)),
         write=functools.partial(write_outcomes, job.out_dir),
         on_result=on_result,
         options=options,
@@ -106,6 +112,9 @@ def run_batch(
     progress: bool = False,
     overwrite: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    wording: Callable[[BaseException], str] = str,
+    failure_log: bool = True,
+    desc: str = "batch",
 ) -> BatchSummary:
     """Segment `items` with `job` on `engine` into ``job.out_dir``.
 
@@ -117,6 +126,10 @@ def run_batch(
         progress: show images/s and the ETA on stderr.
         overwrite: redo items whose outputs exist (default: skip units whose items are all done).
         on_record: called on each image's record as it is logged (monitoring, benchmarks).
+        wording: the message of a failed image's error (default ``str``; the CLI names its flags).
+        failure_log: list the failed images in ``OUT/failures.jsonl`` (``diffuseg segment``
+            prints them instead).
+        desc: the progress bar's label.
 
     Returns:
         The `BatchSummary`; failed images are listed in ``OUT/failures.jsonl``.
@@ -143,9 +156,21 @@ def run_batch(
 
             ray_options = ray_options or RayOptions()
             cpus = stack.enter_context(session(ray_options))
-        _run(job, units, summary, engine, ray_options, cpus, progress, on_record)
+        reporting = _Reporting(progress, on_record, wording, failure_log, desc)
+        _run(job, units, summary, engine, ray_options, cpus, reporting)
     logger.info("%d image(s) in %.1f s (%.2f img/s)", summary.segmented, summary.seconds, summary.images_per_second)
     return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reporting:
+    """How a run reports: its progress bar, record callback, error wording and failure log."""
+
+    progress: bool
+    on_record: Callable[[dict[str, Any]], None] | None
+    wording: Callable[[BaseException], str]
+    failure_log: bool
+    desc: str
 
 
 def _run(
@@ -155,12 +180,14 @@ def _run(
     engine: str,
     ray_options: Any,
     cpus: float | None,
-    progress: bool,
-    on_record: Callable[[dict[str, Any]], None] | None,
+    reporting: _Reporting,
 ) -> None:
     """Run the units on the engine (Ray connected), logging records into `summary`."""
-    failures = FailureLog(job.out_dir)
-    bar = Progress(sum(len(u) for u in units), done_before=summary.done_before, enabled=progress)
+    failures = FailureLog(job.out_dir) if reporting.failure_log else None
+    bar = Progress(
+        sum(len(u) for u in units), done_before=summary.done_before, enabled=reporting.progress, desc=reporting.desc
+    )
+    on_record = reporting.on_record
 
     def on_result(records: list[dict[str, Any]]) -> None:
         for rec in records:
@@ -169,7 +196,8 @@ def _run(
             if rec["status"] == "ok":
                 summary.segmented += 1
             else:
-                failures.add(rec)
+                if failures is not None:
+                    failures.add(rec)
                 summary.failures.append(rec)
             bar.update(1)
             if on_record is not None:
@@ -178,10 +206,11 @@ def _run(
     t0 = time.perf_counter()
     try:
         if engine == "local":
-            _run_local(job, units, on_result)
+            _run_local(job, units, on_result, reporting.wording)
         else:
-            _run_ray(job, units, on_result, ray_options, cpus)
+            _run_ray(job, units, on_result, ray_options, cpus, reporting.wording)
     finally:
         summary.seconds = time.perf_counter() - t0
         bar.close()
-        failures.close()
+        if failures is not None:
+            failures.close()

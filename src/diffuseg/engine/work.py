@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from ..types import OUTPUTS
+from ..outputs import OUTPUTS, atomic_write, existing_outputs, render_outputs
 from .inputs import Item, decode
 from .seeding import image_generators, image_seed
 
@@ -74,6 +72,8 @@ class Job:
         label_device: device of the labelling models (None: `device`).
         out_dir: output folder.
         threads: torch threads per worker (None: torch's default).
+        needs_model: whether the method's passes run the diffusion model (the CLI's
+            `MethodSpec.needs_model` of the user's settings; False: no backbone is loaded).
     """
 
     method: str
@@ -91,6 +91,7 @@ class Job:
     class_filter: str | None = None
     label_device: str | None = None
     threads: int | None = None
+    needs_model: bool = True
 
 
 @dataclasses.dataclass
@@ -104,14 +105,9 @@ class Outcome:
     seconds: float = 0.0
 
 
-def output_paths(out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """The output files of image `name` (`OUTPUTS`)."""
-    return [Path(out_dir) / f"{name}{ext}" for ext in OUTPUTS]
-
-
 def is_done(out_dir: str | os.PathLike, name: str) -> bool:
     """Whether all outputs of image `name` exist (the JSON is written last)."""
-    return all(p.exists() for p in output_paths(out_dir, name))
+    return len(existing_outputs(out_dir, name)) == len(OUTPUTS)
 
 
 def make_units(items: Sequence[Item], batch_size: int) -> list[list[Item]]:
@@ -139,44 +135,44 @@ class Worker:
 
     Args:
         job: the `Job`.
+        wording: the message of a failed image's error, as the caller words it (the CLI names
+            its flags); default ``str``.
 
     Raises:
-        ValueError, OSError: a model or setting that cannot be used (the CLI's flags named).
+        ValueError, OSError: a model or setting that cannot be used (library arguments named).
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, wording: Callable[[BaseException], str] = str) -> None:
         import torch
 
-        from ..commands._labeling import build_filter, load_label_models
-        from ..commands._options import load_backbone
+        from ..backbone.load import load_backbone
+        from ..labeling.stage import build_filter, load_label_models
         from ..methods import get_method
+        from ..plan import Query
         from ..segmenter import Segmenter
 
         if job.threads is not None:
             torch.set_num_threads(job.threads)
         self.job = job
+        self.wording = wording
         spec = get_method(job.method)
-        args = SimpleNamespace(
-            model=job.model,
-            model_config=job.model_config,
-            device=job.device,
-            dtype=job.dtype,
-            label_device=job.label_device,
-            caption=job.caption,
-        )
-        config = spec.make_config(None, **job.overrides)
-        backbone = load_backbone(args) if spec.needs_model(config) else None
+        backbone = None
+        if job.needs_model:
+            backbone = load_backbone(job.model, config=job.model_config, device=job.device, dtype=job.dtype)
         resources: dict[str, Any] = dict(job.resources)
-        load_label_models(args, resources)
-        class_filter = build_filter(args, job.class_filter, resources, spec)
+        load_label_models(resources, job.label_device or job.device)
+        class_filter = build_filter(
+            job.class_filter, resources, {r.name for r in spec.resources}, has_caption=bool(job.caption)
+        )
+        # the dry plan checks the job's own query (its class list's token budget) before any image
+        probe = Query(classes=job.classes, caption=job.caption) if job.classes or job.caption else None
         self.segmenter = Segmenter(
             backbone, spec, batch_size=job.batch_size, resources=resources, device=job.device,
-            class_filter=class_filter, **job.overrides,
+            class_filter=class_filter, probe=probe, **job.overrides,
         )  # fmt: skip
 
     def __call__(self, decoded: Sequence[tuple[Item, Any]]) -> list[Outcome]:
         """Segment one decoded unit (see `decode_unit`); one `Outcome` per item, in order."""
-        from ..commands._options import flag_message
         from ..plan import Query
 
         _maybe_crash(decoded)
@@ -192,7 +188,7 @@ class Worker:
         seconds = (time.perf_counter() - t0) / len(good)
         for (item, image), seg in zip(good, results, strict=True):
             if isinstance(seg, Exception):
-                out.append(Outcome(item, error=flag_message(seg), seconds=seconds))
+                out.append(Outcome(item, error=self.wording(seg), seconds=seconds))
                 continue
             seg = seg.in_input_frame()
             for key in _TIMINGS:
@@ -232,18 +228,6 @@ def _maybe_crash(decoded: Sequence[tuple[Item, Any]]) -> None:
     os._exit(1)
 
 
-def render(outcome: Outcome) -> list[bytes]:
-    """The bytes of `OUTPUTS` for a successful outcome (as `Segmentation.save` writes them)."""
-    from ..types import _png_bytes
-
-    seg = outcome.seg
-    return [
-        _png_bytes(seg.to_label_image()),
-        _png_bytes(seg.to_overlay(outcome.image)),
-        json.dumps(seg.to_json_dict(), indent=1).encode(),
-    ]
-
-
 def write_outcome(out_dir: str | os.PathLike, outcome: Outcome) -> dict[str, Any]:
     """Write one image's outputs atomically (each file through a temp file and a rename; the
     JSON last, so an item is done only when all are there); returns its log record
@@ -253,16 +237,14 @@ def write_outcome(out_dir: str | os.PathLike, outcome: Outcome) -> dict[str, Any
         OutputFullError: the folder has no room left (no temp file is left behind; files this
             item already wrote stay, and the item counts as not done).
     """
-    from ..types import atomic_write
-
     item = outcome.item
     record = {"index": item.index, "name": item.name, "source": item.source, "status": "ok", "error": None}
     record["seconds"] = round(outcome.seconds, 6)
     if outcome.error is not None:
         return {**record, "status": "failed", "error": outcome.error}
     try:
-        for path, blob in zip(output_paths(out_dir, item.name), render(outcome), strict=True):
-            atomic_write(path, blob, overwrite=True)
+        for suffix, blob in render_outputs(outcome.seg, outcome.image):
+            atomic_write(Path(out_dir) / f"{item.name}{suffix}", blob, overwrite=True)
     except OSError as e:
         if e.errno in _FULL:
             raise OutputFullError(e.errno, f"the output folder {out_dir} is full ({e.strerror})") from e

@@ -39,7 +39,7 @@ def save_checkpoint(directory: str | os.PathLike, unet: nn.Module, record: dict[
     Returns:
         The folder.
     """
-    from ..types import atomic_write
+    from ..outputs import atomic_write
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
