@@ -216,12 +216,6 @@ class Features:
             return {s: sums[s] - math.log(counts[s]) for s in order}
         return {s: sums[s] / counts[s] for s in order}
 
-    def select(self, index: int) -> Features:
-        """The features of row `index` alone (a batch of one)."""
-        if not 0 <= index < self.batch_size:
-            raise IndexError(f"`index` {index} out of range for a batch of {self.batch_size}.")
-        return self.rows(index, index + 1)
-
     def rows(self, start: int, stop: int) -> Features:
         """Rows [start, stop) (e.g. the P prompt rows of one image of a multi-prompt pass)."""
         if not 0 <= start < stop <= self.batch_size:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["argmax0", "maps_to_labels", "relabel_sequential", "resize_labels", "class_scores", "mean_score_per_label"]
+__all__ = ["argmax0", "maps_to_labels", "relabel_sequential", "class_scores", "mean_score_per_label"]
 
 
 def argmax0(scores: torch.Tensor) -> torch.Tensor:
@@ -55,11 +55,6 @@ def maps_to_labels(maps: torch.Tensor, size: tuple[int, int], chunk: int = 16) -
         best = torch.where(better, value, best)
         labels = torch.where(better, index + start, labels)
     return relabel_sequential(labels)
-
-
-def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of an (H, W) int label map to `size`."""
-    return F.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
 def class_scores(

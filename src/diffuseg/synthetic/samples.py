@@ -1,4 +1,4 @@
-"""Sample images from the toy model for a list of captions, and grids of scenes (docs, README).
+"""Sample images from the toy model for a list of captions, laid out as a caption-by-sample grid (docs, README).
 
 python -m diffuseg.synthetic.samples --out docs/img/toy_samples.png
 """
@@ -9,13 +9,10 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from diffuseg.synthetic.dataset import SyntheticScenes
-
-__all__ = ["DEFAULT_CAPTIONS", "sample_images", "scene_grid", "grid"]
+__all__ = ["DEFAULT_CAPTIONS", "sample_images", "grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +91,6 @@ def grid(rows: list[list[Image.Image]], labels: list[str] | None = None, scale: 
             for k, text in enumerate(lines):
                 draw.text((6, i * cell + 6 + 14 * k), text, fill="black")
     return canvas
-
-
-def scene_grid(num: int = 8, split: str = "test", size: int = 128) -> tuple[Image.Image, list[str]]:
-    """Scenes with their label maps below them (colourised), and their captions."""
-    from diffuseg.synthetic.scenes import SceneConfig
-
-    ds = SyntheticScenes(split, num, config=SceneConfig(size=size))
-    rng = np.random.default_rng(0)
-    palette = rng.integers(0, 255, size=(len(ds.class_names), 3), dtype=np.uint8)
-    top, bottom, captions = [], [], []
-    for sample in ds:
-        top.append(sample.image)
-        bottom.append(Image.fromarray(palette[sample.label]))
-        captions.append(sample.meta["caption"])
-    return grid([top, bottom], scale=1), captions
 
 
 def main(argv: list[str] | None = None) -> int:
