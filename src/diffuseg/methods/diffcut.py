@@ -1,9 +1,9 @@
 """DiffCut: zero-shot segmentation by recursive normalized cut of diffusion features.
 
 Couairon et al., "DiffCut: Catalyzing Zero-Shot Semantic Segmentation with Diffusion Features
-and Recursive Normalized Cut", NeurIPS 2024. Ported from PaulCouairon/DiffCut@aa16df4
-(`tools/ldm.py`, `diffcut/recursive_normalized_cut.py`, `eval_diffcut.py`); reference notes:
-../shared/reference/diffseg_diffcut.md §4-5.
+and Recursive Normalized Cut", NeurIPS 2024. Ported from the authors' code,
+https://github.com/PaulCouairon/DiffCut at commit aa16df4 (`tools/ldm.py`,
+`diffcut/recursive_normalized_cut.py`, `eval_diffcut.py`).
 
 Pipeline for one image:
 

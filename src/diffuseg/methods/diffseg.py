@@ -1,7 +1,8 @@
 """DiffSeg: unsupervised zero-shot segmentation by iteratively merging self-attention maps.
 
 Tian et al., "Diffuse, Attend, and Segment: Unsupervised Zero-Shot Segmentation using Stable
-Diffusion", CVPR 2024. Ported from google/diffseg@77ea596 (TensorFlow/KerasCV) to diffusers.
+Diffusion", CVPR 2024. Ported from the authors' code, https://github.com/google/diffseg at
+commit 77ea596 (TensorFlow/KerasCV), to diffusers.
 
 One UNet pass at t=300 on the clean VAE latent with the empty prompt records all self-attention
 maps; they are averaged per resolution (and over heads), aggregated to the highest resolution,

@@ -1,7 +1,8 @@
 """Recursive two-way normalized cut (Shi & Malik) and DiffCut's concept assignment.
 
-Ported from PaulCouairon/DiffCut@aa16df4 `diffcut/recursive_normalized_cut.py` (class
-`DiffCut`, l.7-173); see ../shared/reference/diffseg_diffcut.md §4.3-4.4. What changed:
+DiffCut: Couairon et al., NeurIPS 2024. Ported from https://github.com/PaulCouairon/DiffCut
+at commit aa16df4, `diffcut/recursive_normalized_cut.py` (class `DiffCut`, l.7-173). What
+changed:
 
 * The 100-threshold Shi-Malik search is one batched quadratic form instead of a Python loop
   with a `.item()` sync per threshold (reference `get_bipartition`, l.35-54).

@@ -1,9 +1,10 @@
 """PAMR: pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), and DiffCut's use of it.
 
-Re-implemented from the description and code of visinf/1-stage-wseg `models/mods/pamr.py`, as
-vendored by PaulCouairon/DiffCut@aa16df4 `tools/pamr.py` (l.127-146), without convolutions
-or hard-coded CUDA: neighbours are read from replicate-padded shifted views, so the op runs
-on any device and in the dtype of its inputs. See ../shared/reference/diffseg_diffcut.md §4.4.
+Re-implemented from the paper and the authors' code, https://github.com/visinf/1-stage-wseg
+`models/mods/pamr.py`, as vendored by DiffCut (Couairon et al., NeurIPS 2024,
+https://github.com/PaulCouairon/DiffCut at commit aa16df4, `tools/pamr.py` l.127-146),
+without convolutions or hard-coded CUDA: neighbours are read from replicate-padded shifted
+views, so the op runs on any device and in the dtype of its inputs.
 
 For every pixel i and each of the 8 neighbours j at every dilation d, the image affinity is
 ``-|x_i - x_j| / (1e-8 + 0.1 * std_i)`` (std over the 3x3 window of every dilation, centre
