@@ -1,6 +1,7 @@
-"""`diffuseg` command line: ``diffuseg segment | eval | train | inspect | env``.
+"""`diffuseg` command line: ``diffuseg segment | batch | eval | inspect | demo | train | env``.
 
-Every subcommand in `diffuseg.commands.COMMANDS` is a module there with ``register(subparsers)``.
+Every subcommand in `diffuseg.commands.COMMANDS` (those above, in ``diffuseg --help`` order) is
+a module there with ``register(subparsers)``.
 `main` returns the exit code: 0 success, 1 some inputs failed, 2 bad usage or missing model.
 """
 
