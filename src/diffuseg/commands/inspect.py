@@ -87,9 +87,9 @@ def check_out_path(out: str, overwrite: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..imageio import ImageLoadError, load_image
     from ..methods import get_method
+    from ..outputs import OutputExistsError, atomic_write
     from ..plan import Query
     from ..segmenter import Segmenter
-    from ..types import OutputExistsError, atomic_write
     from ._options import check_runtime, fail, flag_message, load_backbone, make_generator, method_overrides
 
     try:
