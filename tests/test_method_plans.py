@@ -254,3 +254,21 @@ def test_query_and_pass_validate_once_with_teaching_errors():
         Pass(prompts=())
     assert Pass(prompts="a cat").prompts == ("a cat",)
     assert hash(Pass()) == hash(Pass()) and Pass(size=32) != Pass(size=64)
+
+
+def test_a_query_size_overrides_the_method_image_size_in_every_plan(tiny_backbone):
+    """One rule (`Pass.for_query`): a pass takes the query's size (an evaluation protocol's) if it
+    has one, else the method's `image_size`, and always the query's framing."""
+    assert Pass.for_query(Query(), 64, timestep=5) == Pass(size=64, timestep=5)
+    assert Pass.for_query(Query(size=32, resize_mode="crop"), 64) == Pass(size=32, resize_mode="crop")
+    assert Pass.for_query(Query()) == Pass()
+    for name in list_methods():
+        spec = METHODS[name]
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        small = {k: v for k, v in {"image_size": 64, "template": "{class}"}.items() if k in fields}
+        config = spec.make_config(tiny_backbone.family, **small)
+        probe = spec.probe_query()
+        own = spec.plan(config, probe, tiny_backbone, {})
+        assert (own.size, own.resize_mode) == (small.get("image_size"), "keep_aspect"), name
+        fixed = spec.plan(config, dataclasses.replace(probe, size=48, resize_mode="crop"), tiny_backbone, {})
+        assert (fixed.size, fixed.resize_mode) == (48, "crop"), name

@@ -81,7 +81,8 @@ class Query:
         caption: a caption or prompt for the image, or None.
         id: the caller's name for the image (file stem, dataset id), copied into results.
         size: the model input side the caller fixes (evaluation protocols: 512 for DiffSeg's,
-            1024 for DiffCut's), overriding the method's own size; None = the method's choice.
+            1024 for DiffCut's), overriding the method's own size (`Pass.for_query`); None = the
+            method's choice.
         resize_mode: how the image is fitted to the model input (`diffuseg.imageio.RESIZE_MODES`):
             "keep_aspect" (default: the whole image, longer side = the size, each side rounded to
             the model's multiple), "squash" or "crop" (square centre crop).
@@ -127,7 +128,8 @@ class Pass:
     Attributes:
         request: what to record (`FeatureRequest`); empty = no model call (image-only methods).
         size: model input side (longer side for "keep_aspect"); None = the image's own size
-            for image-only passes. Model passes get a size from the method's plan.
+            for image-only passes, the model's native size for model passes. Plans set it (and
+            `resize_mode`) with `for_query`: the query's size, else the method's.
         resize_mode: see `Query.resize_mode`.
         timestep: UNet timestep of the recorded call.
         prompts: the prompt(s) per image; with P prompts the image's latent runs P times in one
@@ -169,6 +171,14 @@ class Pass:
         if self.sampler is not None:
             hash(self.sampler)  # a TypeError here means the sampler is not a frozen dataclass
 
+    @classmethod
+    def for_query(cls, query: Query, image_size: int | None = None, **work: Any) -> Pass:
+        """The pass for `query` with model work `work` (the other `Pass` fields): the model
+        input is the query's size (`Query.size`, fixed by an evaluation protocol) if it has one,
+        else the method's `image_size`, framed as the query says (`Query.resize_mode`). Every
+        plan builds its pass here, so the rule lives in one place."""
+        return cls(size=query.size or image_size, resize_mode=query.resize_mode, **work)
+
     @property
     def uses_model(self) -> bool:
         """Whether this pass runs the diffusion model at all."""
@@ -196,7 +206,7 @@ class Pass:
 def image_only(config: Any, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
     """The plan of methods that read only the pixels (baselines): no model work, the image at
     the caller's size (`Query.size`) or its own, framed as the query says."""
-    return Pass(size=query.size, resize_mode=query.resize_mode)
+    return Pass.for_query(query)
 
 
 @dataclass(frozen=True)

@@ -165,10 +165,10 @@ def plan(config: DiffCutConfig, query: Query, backbone: Any, resources: Any = No
     naming = naming_pass_prompt(config, query, backbone, resources)
     if naming is not None:  # the cross-attention of the whole UNet: no early exit
         prompt, request = naming, FeatureRequest(hidden_states=request.hidden_states, cross_attention=True)
-    return Pass(
+    return Pass.for_query(
+        query,
+        config.image_size,
         request=request,
-        size=query.size or config.image_size,
-        resize_mode=query.resize_mode,
         timestep=config.timestep,
         prompts=(prompt,),
         add_noise=config.add_noise,

@@ -123,10 +123,10 @@ def plan(config: DiffSegConfig, query: Query, backbone: Any = None, resources: A
     naming = naming_pass_prompt(config, query, backbone, resources)
     if naming is not None:
         prompt, request = naming, REQUIRES | FeatureRequest(cross_attention=True)
-    return Pass(
+    return Pass.for_query(
+        query,
+        config.image_size,
         request=request,
-        size=query.size or config.image_size,
-        resize_mode=query.resize_mode,
         timestep=config.timestep,
         prompts=(prompt,),
         add_noise=config.add_noise,

@@ -160,10 +160,10 @@ def plan(
         prompts.append(prompt)
         weights.append(tuple((p, config.emphasis) for p in positions) if config.emphasis != 1.0 else ())
     request = FeatureRequest(self_attention=finest_attention_layers(backbone.unet, "attn1"), cross_attention=True)
-    return Pass(
+    return Pass.for_query(
+        query,
+        config.image_size,
         request=request,
-        size=query.size or config.image_size,
-        resize_mode=query.resize_mode,
         timestep=config.timestep,
         prompts=tuple(prompts),
         token_weights=tuple(weights) if any(weights) else (),

@@ -210,10 +210,10 @@ def plan_kmeans(config: MaskDiffusionKMeansConfig, query: Query, backbone: Any =
 
 
 def _pass(config: _PassSettings, query: Query, request: FeatureRequest, prompt: str) -> Pass:
-    return Pass(
+    return Pass.for_query(
+        query,
+        config.image_size,
         request=request,
-        size=query.size or config.image_size,
-        resize_mode=query.resize_mode,
         timestep=config.timestep,
         prompts=(prompt,),
         latent_mode=config.latent_mode,

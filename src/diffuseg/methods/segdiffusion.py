@@ -110,9 +110,9 @@ def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resourc
         raise ValueError("Seg-diffusion plans its prompts with the backbone's tokenizer; got `backbone=None`.")
     tokenizer = backbone.prompt_tokenizer
     prompts = tuple(class_prompt(tokenizer, config.template, name) for _, name in rows)
-    return Pass(
-        size=query.size or config.image_size,
-        resize_mode=query.resize_mode,
+    return Pass.for_query(
+        query,
+        config.image_size,
         prompts=prompts,
         sampler=SegDiffusionSampler(config.steps, config.ensemble, CHECKPOINT.name, config.timestep_spacing),
     )
