@@ -21,10 +21,11 @@ import functools
 import glob
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Item", "IMAGE_EXTENSIONS", "DATASET_PREFIX", "resolve_inputs", "decode"]
+__all__ = ["Item", "IMAGE_EXTENSIONS", "DATASET_PREFIX", "resolve_inputs", "file_items", "output_names", "decode"]
 
 #: File extensions a folder or glob INPUT picks up (lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -54,9 +55,26 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "sample"
 
 
-def _file_items(paths: list[str]) -> list[Item]:
-    from ..commands.segment import output_names
+def output_names(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(path, output stem) per distinct input, in order: a path given twice (the same file by
+    its real path) is one input; distinct files with the same stem get ``stem``, ``stem-2``, ..."""
+    seen_paths: set[str] = set()
+    stems: dict[str, int] = {}
+    out = []
+    for p in paths:
+        key = os.path.realpath(p)
+        if key in seen_paths:
+            continue
+        seen_paths.add(key)
+        stem = Path(p).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        out.append((p, stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"))
+    return out
 
+
+def file_items(paths: Sequence[str]) -> list[Item]:
+    """The items of image files given one by one (``diffuseg segment IMAGE...``), named by
+    `output_names`."""
     return [Item(i, name, path) for i, (path, name) in enumerate(output_names(paths))]
 
 
@@ -120,7 +138,7 @@ def resolve_inputs(
                 f"`input` {input!r} is not a folder, a file or a glob that matches anything; give a folder of "
                 f"images, a glob, a text file of paths or {DATASET_PREFIX}NAME."
             )
-        items = _file_items(paths)
+        items = file_items(paths)
     if not items:
         raise ValueError(f"`input` {input!r} holds no images: {what} is empty.")
     return items[:limit] if limit is not None else items
