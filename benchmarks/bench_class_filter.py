@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffuseg.eval import evaluate
+from diffuseg.eval import OutputOptions, evaluate
 from diffuseg.labeling.filters import DIFFUSION_SCORES, DiffusionFilter
 from diffuseg.synthetic.dataset import SyntheticScenes
 
@@ -63,7 +63,7 @@ def presence(backbone, dataset, flt: DiffusionFilter) -> dict:
 def segment_miou(backbone, dataset, method: str, classes: str, class_filter) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         report = evaluate(
-            dataset, method, backbone=backbone, classes=classes, class_filter=class_filter, out_dir=tmp,
+            dataset, method, backbone=backbone, classes=classes, class_filter=class_filter, output=OutputOptions(tmp),
             generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
     return report["metrics"]["miou"]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffuseg.eval import evaluate
+from diffuseg.eval import OutputOptions, evaluate
 from diffuseg.eval.metrics import MetricAccumulator, contingency
 from diffuseg.methods import get_method, list_methods
 from diffuseg.plan import Query
@@ -122,9 +122,7 @@ def evaluate_row(row: str, method: str, backbone, dataset, overrides: dict, opti
         backbone=backbone,
         config_overrides=overrides,
         protocol="full",
-        out_dir=out_dir,
-        name=row.replace(" ", "_"),
-        overwrite=True,
+        output=OutputOptions(out_dir, name=row.replace(" ", "_"), overwrite=True),
         generator=torch.Generator().manual_seed(0),
         **options,
     )
@@ -326,8 +324,8 @@ def tune_by_eval(backbone, method: str, num_scenes: int = 40) -> tuple[dict, dic
             overrides = {**overrides0, **entry}
             gen = torch.Generator().manual_seed(0)
             report = evaluate(
-                ds, method, backbone=backbone, config_overrides=overrides, out_dir=tmp, overwrite=True, generator=gen,
-                **options,
+                ds, method, backbone=backbone, config_overrides=overrides, generator=gen,
+                output=OutputOptions(tmp, overwrite=True), **options,
             )  # fmt: skip
             key = ",".join(f"{k}={_show(v)}" for k, v in entry.items())
             scores[key] = miou = report["metrics"]["miou"]

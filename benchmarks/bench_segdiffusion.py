@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffuseg.eval import evaluate
+from diffuseg.eval import OutputOptions, evaluate
 from diffuseg.synthetic.dataset import SyntheticScenes
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             report = evaluate(
                 dataset, "segdiffusion", backbone=backbone, resources=resources, classes=args.classes,
-                config_overrides={"steps": steps, "ensemble": ensemble}, out_dir=tmp,
+                config_overrides={"steps": steps, "ensemble": ensemble}, output=OutputOptions(tmp),
                 generator=torch.Generator().manual_seed(0),
             )  # fmt: skip
             seconds = (time.perf_counter() - t0) / max(report["dataset"]["num_evaluated"], 1)

@@ -98,12 +98,12 @@ def test_segmenter_filter_by_name_and_without_a_backbone():
 
 
 def test_eval_records_the_kept_classes(tiny_backbone, tmp_path):
-    from diffuseg.eval import evaluate
+    from diffuseg.eval import OutputOptions, evaluate
     from diffuseg.synthetic.dataset import SyntheticScenes
 
     report = evaluate(
         SyntheticScenes("val", 2), "diffsegmenter", backbone=tiny_backbone, class_filter=_KeepFirst(),
-        config_overrides={"image_size": 32, "template": "{class}"}, out_dir=tmp_path,
+        config_overrides={"image_size": 32, "template": "{class}"}, output=OutputOptions(tmp_path),
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert report["dataset"]["num_evaluated"] == 2

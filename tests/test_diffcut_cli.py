@@ -101,7 +101,8 @@ def _tiny_voc(root, n=2):
 def test_diffcut_under_the_diffcut_eval_protocol(tiny_sdxl_backbone, tmp_path):
     """The reference protocol (square crop side - 1, many-to-one background), shrunk to a tiny
     model: input 64 instead of 1024, scored and assigned at 16 instead of 128."""
-    from diffuseg.eval import evaluate, load_dataset
+    from diffuseg.datasets import load_dataset
+    from diffuseg.eval import OutputOptions, evaluate
     from diffuseg.eval.protocols import Protocol
 
     protocol = Protocol(
@@ -124,7 +125,7 @@ def test_diffcut_under_the_diffcut_eval_protocol(tiny_sdxl_backbone, tmp_path):
         matching="diffcut-background",
         background_class=0,
         config_overrides={"assignment_size": 16, "tau": 0.9, "alpha": 2.0},
-        out_dir=tmp_path / "r",
+        output=OutputOptions(tmp_path / "r"),
     )
     assert report["dataset"]["num_evaluated"] == 2
     assert seen == [(64, 64)] * 2  # the protocol fixes the model input (through the Query), not the config

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from diffuseg.cli import main
-from diffuseg.eval import ArrayDataset, Sample, evaluate
+from diffuseg.datasets import ArrayDataset, Sample
+from diffuseg.eval import OutputOptions, evaluate
 from diffuseg.eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
 from diffuseg.methods import METHODS, MethodSpec, list_methods
 from diffuseg.plan import Query, image_only
@@ -89,23 +90,23 @@ def dataset() -> ArrayDataset:
 
 def test_class_settings_all_and_gt_labels(registered, dataset, tmp_path):
     assert CLASS_SETTINGS == ("all", "gt-labels")
-    report = evaluate(dataset, SPEC.name, out_dir=tmp_path / "a")
+    report = evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "a"))
     assert SEEN == [CLASS_NAMES] * 3 and report["classes"] == "all"
     SEEN.clear()
     unlabelled = _scene(3, 1)
     unlabelled.label[:] = 255
     dataset.samples.append(unlabelled)  # no class present: a query without classes
-    report = evaluate(dataset, SPEC.name, out_dir=tmp_path / "g", classes="gt-labels")
+    report = evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "g"), classes="gt-labels")
     assert SEEN == [["background", "red"], ["background", "green"], ["background", "red"], []]
     assert report["classes"] == "gt-labels" and report["background_tuning"] is None
     assert "classes **gt-labels**" in (tmp_path / "g" / "channels_channel-threshold_full.md").read_text()
     with pytest.raises(ValueError, match=r"`classes` must be one of \('all', 'gt-labels'\), got 'oracle'"):
-        evaluate(dataset, SPEC.name, out_dir=tmp_path / "x", classes="oracle")
+        evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "x"), classes="oracle")
 
 
 def test_background_sweep_finds_the_known_best_value(registered, dataset, tmp_path):
     assert BACKGROUND_SWEEP[0] == 0.3 and BACKGROUND_SWEEP[-1] == 0.74 and len(BACKGROUND_SWEEP) == 45
-    report = evaluate(dataset, SPEC.name, out_dir=tmp_path, tune_background=BACKGROUND_SWEEP)
+    report = evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path), tune_background=BACKGROUND_SWEEP)
     t = report["background_tuning"]
     assert t["field"] == "background_score" and t["values"] == list(BACKGROUND_SWEEP)
     assert t["best"] == 0.51 and t["best_miou"] == pytest.approx(1.0) and t["default"] == 0.5
@@ -113,7 +114,7 @@ def test_background_sweep_finds_the_known_best_value(registered, dataset, tmp_pa
     # the main metrics are those of the config's own value, and equal the sweep's at that value
     assert report["metrics"]["miou"] < 1.0
     assert t["miou"][t["values"].index(0.5)] == pytest.approx(report["metrics"]["miou"])
-    plain = evaluate(dataset, SPEC.name, out_dir=tmp_path / "plain")
+    plain = evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "plain"))
     assert plain["metrics"] == report["metrics"]
     on_disk = json.loads((tmp_path / "channels_channel-threshold_full.json").read_text())
     assert on_disk["background_tuning"] == t
@@ -122,9 +123,9 @@ def test_background_sweep_finds_the_known_best_value(registered, dataset, tmp_pa
     records = [json.loads(line) for line in (tmp_path / "channels_channel-threshold_full.jsonl").open()][1:]
     assert all(float(k) in BACKGROUND_SWEEP for k in records[0]["sweep"])  # keys round-trip
     with pytest.raises(ValueError, match="`tune_background` must be a non-empty"):
-        evaluate(dataset, SPEC.name, out_dir=tmp_path / "e", tune_background=[])
+        evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "e"), tune_background=[])
     with pytest.raises(ValueError, match="`tune_background`.*'slic'"):
-        evaluate(dataset, "slic", out_dir=tmp_path / "e", tune_background=BACKGROUND_SWEEP)
+        evaluate(dataset, "slic", output=OutputOptions(tmp_path / "e"), tune_background=BACKGROUND_SWEEP)
 
 
 class _Interrupt(RuntimeError):
@@ -133,15 +134,15 @@ class _Interrupt(RuntimeError):
 
 def test_resumed_run_gives_the_same_tuning(registered, dataset, tmp_path):
     kw = {"tune_background": (0.45, 0.5, 0.51, 0.6)}
-    full = evaluate(dataset, SPEC.name, out_dir=tmp_path / "a", **kw)
+    full = evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "a"), **kw)
 
     def stop(i, rec):
         if i == 1:
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        evaluate(dataset, SPEC.name, out_dir=tmp_path / "b", on_record=stop, **kw)
-    resumed = evaluate(dataset, SPEC.name, out_dir=tmp_path / "b", resume=True, **kw)
+        evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "b", on_record=stop), **kw)
+    resumed = evaluate(dataset, SPEC.name, output=OutputOptions(tmp_path / "b", resume=True), **kw)
     assert resumed["background_tuning"] == full["background_tuning"]
     assert resumed["background_tuning"]["best"] == 0.51 and resumed["metrics"] == full["metrics"]
 

@@ -87,7 +87,8 @@ def test_diffcut_protocol_asks_for_assignment_at_the_scoring_size():
 def test_maskdiffusion_protocol_squashes_at_512_and_scores_at_256_by_352(tmp_path):
     """The method is told 512 px, squashed; labels and predictions are scored on 256 x 352; a
     resumed run accepts the (H, W) score grid of its fingerprint."""
-    from diffuseg.eval import ArrayDataset, evaluate
+    from diffuseg.datasets import ArrayDataset
+    from diffuseg.eval import EngineOptions, OutputOptions, evaluate
     from diffuseg.eval.protocols import get_protocol, to_score_grid
     from diffuseg.types import Sample
 
@@ -113,8 +114,14 @@ def test_maskdiffusion_protocol_squashes_at_512_and_scores_at_256_by_352(tmp_pat
         seg.segment_batch = spy
         return seg
 
-    report = evaluate(ds, "single-segment", protocol="maskdiffusion", out_dir=tmp_path, segmenter_factory=factory)
+    report = evaluate(
+        ds,
+        "single-segment",
+        protocol="maskdiffusion",
+        output=OutputOptions(tmp_path),
+        engine=EngineOptions(segmenter_factory=factory),
+    )
     assert seen == [(512, "squash", 352)]
     assert report["metrics"]["num_pixels"] == 256 * 352
-    again = evaluate(ds, "single-segment", protocol="maskdiffusion", out_dir=tmp_path, resume=True)
+    again = evaluate(ds, "single-segment", protocol="maskdiffusion", output=OutputOptions(tmp_path, resume=True))
     assert again["metrics"] == report["metrics"]

@@ -14,14 +14,8 @@ import pytest
 from PIL import Image
 
 from diffuseg.cli import main
-from diffuseg.eval import (
-    ArrayDataset,
-    ResumeMismatchError,
-    Sample,
-    evaluate,
-    hungarian_per_image,
-    load_dataset,
-)
+from diffuseg.datasets import ArrayDataset, Sample, load_dataset
+from diffuseg.eval import EngineOptions, OutputOptions, ResumeMismatchError, evaluate, hungarian_per_image
 from diffuseg.segmenter import Segmenter
 
 
@@ -67,7 +61,7 @@ def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
     assert np.array_equal(ds[0].label, data["class_label"])
     out = tmp_path / "results"
     for method in ("slic", "kmeans-color", "single-segment"):
-        report = evaluate(ds, method, protocol="full", out_dir=out)
+        report = evaluate(ds, method, protocol="full", output=OutputOptions(out))
         assert report["dataset"]["num_evaluated"] == 1 and report["protocol"]["name"] == "full"
         assert 0.0 < report["metrics"]["miou"] <= 1.0
         assert len(report["metrics"]["iou"]) == 21
@@ -90,7 +84,7 @@ def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
 @pytest.mark.parametrize("protocol", ["diffseg", "diffcut"])
 def test_paper_protocols_score_at_their_resolution(tmp_path, protocol):
     root = _synthetic_voc(tmp_path, n=1)
-    report = evaluate(load_dataset("voc21", root), "single-segment", protocol=protocol, out_dir=tmp_path)
+    report = evaluate(load_dataset("voc21", root), "single-segment", protocol=protocol, output=OutputOptions(tmp_path))
     rec = json.loads((tmp_path / f"voc21_single-segment_{protocol}.jsonl").read_text().splitlines()[1])
     assert rec["size"] == ([512, 512] if protocol == "diffseg" else [1024, 1024])
     expected = 512 * 512 if protocol == "diffseg" else 128 * 128
@@ -105,14 +99,14 @@ class _Interrupt(RuntimeError):
 def test_interrupted_run_resumes_to_the_same_report(tmp_path):
     ds = load_dataset("voc21", _synthetic_voc(tmp_path))
     kw = {"protocol": "full", "config_overrides": {"n_segments": 6}}
-    full = evaluate(ds, "slic", out_dir=tmp_path / "a", **kw)
+    full = evaluate(ds, "slic", output=OutputOptions(tmp_path / "a"), **kw)
 
     def stop_after_three(index, record):
         if index == 2:
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        evaluate(ds, "slic", out_dir=tmp_path / "b", on_record=stop_after_three, **kw)
+        evaluate(ds, "slic", output=OutputOptions(tmp_path / "b", on_record=stop_after_three), **kw)
     computed = []
 
     def counting(*args, **kwargs):
@@ -122,22 +116,29 @@ def test_interrupted_run_resumes_to_the_same_report(tmp_path):
         return seg
 
     with pytest.raises(FileExistsError):
-        evaluate(ds, "slic", out_dir=tmp_path / "b", **kw)
-    resumed = evaluate(ds, "slic", out_dir=tmp_path / "b", resume=True, segmenter_factory=counting, **kw)
+        evaluate(ds, "slic", output=OutputOptions(tmp_path / "b"), **kw)
+    resumed = evaluate(
+        ds,
+        "slic",
+        output=OutputOptions(tmp_path / "b", resume=True),
+        engine=EngineOptions(segmenter_factory=counting),
+        **kw,
+    )
     assert len(computed) == len(ds) - 3  # nothing recomputed
     assert _stable(resumed) == _stable(full)
     with pytest.raises(ResumeMismatchError, match="config"):
-        evaluate(ds, "slic", out_dir=tmp_path / "b", resume=True, protocol="full")
+        evaluate(ds, "slic", output=OutputOptions(tmp_path / "b", resume=True), protocol="full")
 
 
 _CHILD = """
 import os, signal, sys
-from diffuseg.eval import evaluate, load_dataset
+from diffuseg.datasets import load_dataset
+from diffuseg.eval import OutputOptions, evaluate
 ds = load_dataset("voc21", sys.argv[1])
 def kill(index, record):
     if index == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-evaluate(ds, "kmeans-color", out_dir=sys.argv[2], on_record=kill, protocol="full",
+evaluate(ds, "kmeans-color", output=OutputOptions(sys.argv[2], on_record=kill), protocol="full",
          config_overrides={"num_clusters": 4, "max_fit_pixels": 2000})
 """
 
@@ -160,8 +161,8 @@ def test_killed_process_resumes_to_the_same_report(tmp_path):
         f.write(b'{"type":"image","index":4,"id":"img0')  # a torn line, as if killed mid-write
     ds = load_dataset("voc21", root)
     kw = {"protocol": "full", "config_overrides": {"num_clusters": 4, "max_fit_pixels": 2000}}
-    resumed = evaluate(ds, "kmeans-color", out_dir=out, resume=True, **kw)
-    fresh = evaluate(ds, "kmeans-color", out_dir=tmp_path / "fresh", **kw)
+    resumed = evaluate(ds, "kmeans-color", output=OutputOptions(out, resume=True), **kw)
+    fresh = evaluate(ds, "kmeans-color", output=OutputOptions(tmp_path / "fresh"), **kw)
     assert _stable(resumed) == _stable(fresh)
     assert resumed["dataset"]["num_evaluated"] == 6
 
@@ -170,7 +171,7 @@ def test_unreadable_images_are_skipped_logged_and_counted(tmp_path, caplog):
     root = _synthetic_voc(tmp_path, n=3)
     (root / "VOC2012" / "JPEGImages" / "img001.jpg").write_bytes(b"\x00garbage")
     ds = load_dataset("voc21", root)
-    report = evaluate(ds, "single-segment", out_dir=tmp_path / "r")
+    report = evaluate(ds, "single-segment", output=OutputOptions(tmp_path / "r"))
     assert report["dataset"]["num_evaluated"] == 2 and report["dataset"]["num_skipped"] == 1
     assert report["dataset"]["skipped"][0]["id"] == "img001"
     assert "img001.jpg" in caplog.text
@@ -196,20 +197,28 @@ def test_bad_runner_input(tmp_path):
     img = Image.new("RGB", (8, 6))
     good = Sample("s0", img, np.zeros((6, 8), np.int64))
     with pytest.raises(ValueError, match="empty"):
-        evaluate(ArrayDataset("none", ["a"], []), "single-segment", out_dir=tmp_path)
+        evaluate(ArrayDataset("none", ["a"], []), "single-segment", output=OutputOptions(tmp_path))
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="limit"):
-            evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, limit=bad)
+            evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", output=OutputOptions(tmp_path), limit=bad)
     wrong = Sample("s1", img, np.zeros((5, 8), np.int64))
     with pytest.raises(ValueError, match="s1"):
-        evaluate(ArrayDataset("d", ["a"], [good, wrong]), "single-segment", out_dir=tmp_path / "x")
+        evaluate(ArrayDataset("d", ["a"], [good, wrong]), "single-segment", output=OutputOptions(tmp_path / "x"))
     out_of_range = Sample("s2", img, np.full((6, 8), 3, np.int64))
     with pytest.raises(ValueError, match=r"s2.*\[3\]"):
-        evaluate(ArrayDataset("d", ["a", "b"], [out_of_range]), "single-segment", out_dir=tmp_path / "y")
+        evaluate(ArrayDataset("d", ["a", "b"], [out_of_range]), "single-segment", output=OutputOptions(tmp_path / "y"))
     with pytest.raises(ValueError, match="matching"):
-        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, matching="x")
+        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", output=OutputOptions(tmp_path), matching="x")
     with pytest.raises(ValueError, match="protocol"):
-        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", out_dir=tmp_path, protocol="x")
+        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", output=OutputOptions(tmp_path), protocol="x")
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer, got 0"):
+        EngineOptions(batch_size=0)
+    with pytest.raises(ValueError, match=r"`engine` must be one of \('local', 'ray'\), got 'gpu'"):
+        EngineOptions(engine="gpu")
+    with pytest.raises(ValueError, match="`output` must be a diffuseg.eval.OutputOptions or None, got '"):
+        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", output=str(tmp_path))
+    with pytest.raises(ValueError, match="`engine` must be a diffuseg.eval.EngineOptions or None, got 'ray'"):
+        evaluate(ArrayDataset("d", ["a"], [good]), "single-segment", output=OutputOptions(tmp_path), engine="ray")
 
 
 def test_cli_usage_errors_and_compare(tmp_path, capsys):
@@ -262,12 +271,12 @@ def test_batches_of_mixed_sizes_match_single_images(tmp_path):
         img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
         samples.append(Sample(f"s{k}", img, rng.integers(0, 3, (h, w))))
     ds = ArrayDataset("mixed", ["a", "b", "c"], samples)
-    one = evaluate(ds, "kmeans-color", out_dir=tmp_path / "one", config_overrides={"num_clusters": 3})
+    one = evaluate(ds, "kmeans-color", output=OutputOptions(tmp_path / "one"), config_overrides={"num_clusters": 3})
     many = evaluate(
         ds,
         "kmeans-color",
-        out_dir=tmp_path / "many",
-        batch_size=3,
+        output=OutputOptions(tmp_path / "many"),
+        engine=EngineOptions(batch_size=3),
         config_overrides={"num_clusters": 3},
     )
     assert _stable(one) == _stable(many)
@@ -304,7 +313,7 @@ def test_open_vocabulary_names_map_to_classes_without_matching(tmp_path, monkeyp
     label = np.zeros((4, 8), np.int64)
     label[:, 4:] = 2
     ds = ArrayDataset("toy", ["background", "cat", "Dog"], [Sample("t", Image.new("RGB", (8, 4)), label)])
-    report = evaluate(ds, "fake-vocab", out_dir=tmp_path)
+    report = evaluate(ds, "fake-vocab", output=OutputOptions(tmp_path))
     assert seen["names"] == ("background", "cat", "Dog")
     assert report["matching"] == "none" and "none" not in report["other_matchings"]
     assert report["metrics"]["iou"][2] == 1.0  # "dog" matches class "Dog" by name
@@ -321,7 +330,7 @@ def test_diffusion_method_on_a_tiny_backbone(tmp_path, tiny_backbone):
         model_id="tiny-sd1",
         protocol="full",
         config_overrides={"image_size": 32},
-        out_dir=tmp_path / "r",
+        output=OutputOptions(tmp_path / "r"),
     )
     assert report["model"] == "tiny-sd1" and report["dataset"]["num_evaluated"] == 1
     assert report["protocol"]["resize_mode"] == "keep_aspect"

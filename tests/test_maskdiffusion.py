@@ -202,7 +202,8 @@ def test_eval_under_the_maskdiffusion_protocol(tiny_backbone, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from diffuseg.eval import ArrayDataset, evaluate
+    from diffuseg.datasets import ArrayDataset
+    from diffuseg.eval import OutputOptions, evaluate
     from diffuseg.eval.protocols import get_protocol
     from diffuseg.types import Sample
 
@@ -212,7 +213,7 @@ def test_eval_under_the_maskdiffusion_protocol(tiny_backbone, tmp_path):
     image = np.zeros((24, 40, 3), np.uint8)
     image[:, 20:] = (200, 40, 40)
     ds = ArrayDataset("two", ["a", "b"], [Sample("x", Image.fromarray(image), label)])
-    report = evaluate(ds, "maskdiffusion", backbone=tiny_backbone, protocol=proto, out_dir=tmp_path,
+    report = evaluate(ds, "maskdiffusion", backbone=tiny_backbone, protocol=proto, output=OutputOptions(tmp_path),
                       config_overrides={"template": "{class}"}, classes="gt-labels")  # fmt: skip
     assert report["dataset"]["num_evaluated"] == 1 and report["matching"] == "none"
     assert report["metrics"]["num_pixels"] == 256 * 352

@@ -14,6 +14,7 @@ Exit codes: 0 done, 1 done but some images were unreadable (skipped, listed in t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from typing import Any
@@ -30,9 +31,9 @@ def register(subparsers: Any) -> None:
     from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
     from ..eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
-    from ._labeling import add_filter_option
     from ._options import (
         HelpFormatter,
+        add_filter_option,
         add_method_options,
         add_model_options,
         add_resource_option,
@@ -134,116 +135,75 @@ def _compare(paths: list[str]) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``diffuseg eval``; returns the exit code."""
-    if args.compare:
-        return _compare(args.compare)
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What the flags ask for, checked before any model is loaded."""
+
+    spec: Any
+    sweep: tuple[float, ...] | None
+    overrides: dict[str, Any]
+    config: Any
+    resources: dict[str, Any]
+    class_filter: Any
+    dataset: Any
+    ray_options: Any
+
+
+def _setup(args: argparse.Namespace) -> _Setup:
+    """Check the flags and open the dataset.
+
+    Raises:
+        ValueError / FileNotFoundError: a bad flag or dataset root; ImportError: --engine ray without Ray.
+    """
     from ..datasets import load_dataset
     from ..eval.protocols import get_protocol
-    from ..eval.report import tuning_line
-    from ..eval.runner import BACKGROUND_SWEEP, check_tune_background, evaluate
-    from ..eval.store import ResumeMismatchError
+    from ..eval.runner import BACKGROUND_SWEEP, check_tune_background
     from ..methods import get_method
-    from ._labeling import build_filter, check_filter, load_label_models
-    from ._options import (
-        check_runtime,
-        load_backbone,
-        make_generator,
-        method_overrides,
-        resource_values,
+    from ._labeling import check_filter
+    from ._options import check_runtime, method_overrides, resource_values
+
+    if not args.dataset or (not args.root and args.dataset != "synthetic"):
+        raise ValueError("`--dataset` and `--root` are required (or use --compare).")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"`limit` must be a positive integer, got {args.limit}.")
+    spec = get_method(args.method)
+    sweep = check_tune_background(spec, BACKGROUND_SWEEP if args.tune_background else None)
+    overrides = method_overrides(args, spec.name, args._owners)
+    config = spec.make_config(None, **overrides)
+    protocol = get_protocol(args.protocol)
+    if protocol.query_size is not None and getattr(args, "image_size", None) is not None:
+        raise ValueError(
+            f"--protocol {protocol.name} fixes the model input at {protocol.query_size} px; "
+            "--size applies with --protocol full."
+        )
+    check_runtime(args)
+    resources = resource_values(args)
+    class_filter = check_filter(args, spec)
+    dataset = load_dataset(args.dataset, args.root, args.split)
+    from .batch import engine_options
+
+    ray_options = engine_options(args)
+    if ray_options is not None:
+        import ray  # noqa: F401
+    return _Setup(spec, sweep, overrides, config, resources, class_filter, dataset, ray_options)
+
+
+def _actor_loader(args: argparse.Namespace) -> Any:
+    """A picklable zero-argument callable each Ray actor loads its own model with."""
+    import functools
+
+    from ._options import load_backbone
+
+    model_args = argparse.Namespace(
+        model=args.model, model_config=args.model_config, device=args.device, dtype=args.dtype
     )
+    return functools.partial(load_backbone, model_args)
 
-    try:
-        if not args.dataset or (not args.root and args.dataset != "synthetic"):
-            raise ValueError("`--dataset` and `--root` are required (or use --compare).")
-        if args.limit is not None and args.limit < 1:
-            raise ValueError(f"`limit` must be a positive integer, got {args.limit}.")
-        spec = get_method(args.method)
-        sweep = check_tune_background(spec, BACKGROUND_SWEEP if args.tune_background else None)
-        overrides = method_overrides(args, spec.name, args._owners)
-        config = spec.make_config(None, **overrides)
-        protocol = get_protocol(args.protocol)
-        if protocol.query_size is not None and getattr(args, "image_size", None) is not None:
-            raise ValueError(
-                f"--protocol {protocol.name} fixes the model input at {protocol.query_size} px; "
-                "--size applies with --protocol full."
-            )
-        check_runtime(args)
-        resources = resource_values(args)
-        class_filter = check_filter(args, spec)
-        dataset = load_dataset(args.dataset, args.root, args.split)
-        from .batch import engine_options
 
-        ray_options = engine_options(args)
-        if ray_options is not None:
-            import ray  # noqa: F401
-    except (ValueError, FileNotFoundError) as e:
-        return _fail(e)
-    except ImportError:
-        return _fail("--engine ray needs Ray: pip install 'diffuseg[ray]'.")
+def _summary(spec: Any, report: dict[str, Any]) -> int:
+    """Print the report's headline and where it is; the exit code (1: images were skipped)."""
+    from ..eval.report import tuning_line
 
-    if ray_options is None and args.threads is not None:  # the local engine's torch threads
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    needs_model = spec.needs_model(config)
-    backbone = None
-    model_id = None
-    if needs_model:
-        try:
-            backbone = load_backbone(args)
-        except (OSError, ValueError) as e:
-            return _fail(f"cannot load the model: {e}")
-        model_id = getattr(backbone, "name", None) or args.model
-    # --seed: each image's noise from its own generator, seeded from (--seed, image id), on any
-    # engine; without it the local engine draws from one randomly seeded generator
-    generator = make_generator(args.seed, args.device) if needs_model else None
-    loader = None
-    if needs_model and ray_options is not None:  # each actor loads its own model
-        import functools
-
-        model_args = argparse.Namespace(
-            model=args.model, model_config=args.model_config, device=args.device, dtype=args.dtype
-        )
-        loader = functools.partial(load_backbone, model_args)
-    try:
-        load_label_models(args, resources)
-        class_filter = build_filter(args, class_filter, resources, spec)
-    except (OSError, ValueError) as e:
-        return _fail(e)
-    try:
-        report = evaluate(
-            dataset,
-            spec.name,
-            backbone=backbone,
-            config_overrides=overrides,
-            resources=resources,
-            classes=args.classes,
-            class_filter=class_filter,
-            tune_background=sweep,
-            protocol=args.protocol,
-            matching=args.matching,
-            background_class=args.background_class,
-            out_dir=args.out,
-            name=args.name,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            save_predictions=args.save_predictions,
-            model_id=model_id,
-            progress=not args.no_progress,
-            generator=generator,
-            seed=args.seed,
-            engine=args.engine,
-            ray_options=ray_options,
-            backbone_loader=loader,
-        )
-    except (FileExistsError, ResumeMismatchError, ValueError, ConnectionError) as e:
-        return _fail(str(e).replace("`address`", "--address"))
-    except RuntimeError as e:  # the Ray pipeline broke (WorkerDiedError)
-        return _fail(e)
     m, d = report["metrics"], report["dataset"]
     print(
         f"{spec.name} on {d['name']} ({report['protocol']['name']}, {report['matching']}): "
@@ -261,3 +221,78 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``diffuseg eval``; returns the exit code."""
+    if args.compare:
+        return _compare(args.compare)
+    from ..eval import EngineOptions, OutputOptions, evaluate
+    from ..eval.store import ResumeMismatchError
+    from ._labeling import build_filter, load_label_models
+    from ._options import load_backbone, make_generator
+
+    try:
+        setup = _setup(args)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(e)
+    except ImportError:
+        return _fail("--engine ray needs Ray: pip install 'diffuseg[ray]'.")
+    if setup.ray_options is None and args.threads is not None:  # the local engine's torch threads
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    needs_model = setup.spec.needs_model(setup.config)
+    backbone = None
+    model_id = None
+    if needs_model:
+        try:
+            backbone = load_backbone(args)
+        except (OSError, ValueError) as e:
+            return _fail(f"cannot load the model: {e}")
+        model_id = getattr(backbone, "name", None) or args.model
+    # --seed: each image's noise from its own generator, seeded from (--seed, image id), on any
+    # engine; without it the local engine draws from one randomly seeded generator
+    generator = make_generator(args.seed, args.device) if needs_model else None
+    # with ray, each actor loads its own model
+    loader = _actor_loader(args) if needs_model and setup.ray_options is not None else None
+    try:
+        load_label_models(args, setup.resources)
+        class_filter = build_filter(args, setup.class_filter, setup.resources, setup.spec)
+    except (OSError, ValueError) as e:
+        return _fail(e)
+    try:
+        report = evaluate(
+            setup.dataset,
+            setup.spec.name,
+            backbone=backbone,
+            model_id=model_id,
+            config_overrides=setup.overrides,
+            resources=setup.resources,
+            protocol=args.protocol,
+            matching=args.matching,
+            background_class=args.background_class,
+            classes=args.classes,
+            class_filter=class_filter,
+            tune_background=setup.sweep,
+            limit=args.limit,
+            generator=generator,
+            seed=args.seed,
+            engine=EngineOptions(
+                engine=args.engine, batch_size=args.batch_size, ray_options=setup.ray_options, backbone_loader=loader
+            ),
+            output=OutputOptions(
+                out_dir=args.out,
+                name=args.name,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                save_predictions=args.save_predictions,
+                progress=not args.no_progress,
+            ),
+        )
+    except (FileExistsError, ResumeMismatchError, ValueError, ConnectionError) as e:
+        return _fail(str(e).replace("`address`", "--address"))
+    except RuntimeError as e:  # the Ray pipeline broke (WorkerDiedError)
+        return _fail(e)
+    return _summary(setup.spec, report)

@@ -50,7 +50,7 @@ def _validator(backbone: Any, num_scenes: int) -> Any:
 
     import torch
 
-    from ..eval import evaluate
+    from ..eval import OutputOptions, evaluate
     from ..synthetic.dataset import SyntheticScenes
 
     scenes = SyntheticScenes("val", num_scenes)
@@ -62,7 +62,7 @@ def _validator(backbone: Any, num_scenes: int) -> Any:
         with tempfile.TemporaryDirectory() as tmp:
             report = evaluate(
                 scenes, "segdiffusion", backbone=backbone, resources={"checkpoint": model}, classes="gt-labels",
-                config_overrides=overrides, out_dir=tmp, generator=torch.Generator().manual_seed(0),
+                config_overrides=overrides, generator=torch.Generator().manual_seed(0), output=OutputOptions(tmp),
             )  # fmt: skip
         return report["metrics"]["miou"]
 

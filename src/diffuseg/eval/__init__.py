@@ -4,9 +4,9 @@ The benchmark datasets live in `diffuseg.datasets`; their names are re-exported 
 convenience.
 
 Example:
-    >>> from diffuseg.eval import load_dataset, evaluate
+    >>> from diffuseg.eval import OutputOptions, evaluate, load_dataset
     >>> ds = load_dataset("voc21", "~/data/VOCdevkit")
-    >>> report = evaluate(ds, "slic", protocol="full", out_dir="results", limit=10)
+    >>> report = evaluate(ds, "slic", protocol="full", limit=10, output=OutputOptions("results"))
     >>> report["metrics"]["miou"]
 """
 
@@ -32,6 +32,7 @@ from .metrics import (
     hungarian_per_image,
     score,
 )
+from .options import EngineOptions, OutputOptions
 from .protocols import PROTOCOLS, Protocol, get_protocol
 from .report import compare_reports, load_report, to_markdown
 from .runner import evaluate
@@ -63,6 +64,8 @@ __all__ = [
     "load_report",
     "to_markdown",
     "evaluate",
+    "EngineOptions",
+    "OutputOptions",
     "ResultStore",
     "ResumeMismatchError",
 ]

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..types import atomic_write
+from ..outputs import atomic_write
 from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
 
 __all__ = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from ..datasets import SegmentationDataset
 from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
+from .options import EngineOptions, OutputOptions
 from .protocols import Protocol, get_protocol
 from .report import build_report, write_report
 from .store import ResultStore
@@ -37,6 +37,8 @@ from .units import (
 
 __all__ = [
     "evaluate",
+    "EngineOptions",
+    "OutputOptions",
     "default_matching",
     "run_name",
     "CLASS_SETTINGS",
@@ -99,35 +101,41 @@ def _describe_filter(class_filter: Any) -> Any:
     return repr(class_filter)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """One run's settings, resolved and checked: what scoring, the fingerprint and the report share."""
+
+    spec: Any
+    proto: Protocol
+    matching: str
+    background_class: int | None
+    class_names: list[str]
+    classes: str
+    sweep: tuple[float, ...] | None
+    seed: int | None
+    num: int
+    name: str
+
+
 def evaluate(
     dataset: SegmentationDataset,
     method: str,
     *,
     backbone: Any = None,
+    model_id: str | None = None,
     config_overrides: dict[str, Any] | None = None,
+    resources: dict[str, Any] | None = None,
     protocol: str | Protocol = "full",
     matching: str | None = None,
     background_class: int | None = None,
-    out_dir: str | os.PathLike = "results",
-    name: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    limit: int | None = None,
-    batch_size: int = 1,
-    save_predictions: str | os.PathLike | None = None,
-    model_id: str | None = None,
-    progress: bool = False,
-    generator: Any = None,
-    segmenter_factory: Callable[..., Any] | None = None,
-    resources: dict[str, Any] | None = None,
-    on_record: Callable[[int, dict[str, Any]], None] | None = None,
     classes: str = "all",
-    tune_background: Sequence[float] | None = None,
     class_filter: Any = None,
+    tune_background: Sequence[float] | None = None,
+    limit: int | None = None,
+    generator: Any = None,
     seed: int | None = None,
-    engine: str = "local",
-    ray_options: Any = None,
-    backbone_loader: Callable[[], Any] | None = None,
+    engine: EngineOptions | None = None,
+    output: OutputOptions | None = None,
 ) -> dict[str, Any]:
     """Score `method` on `dataset` and write ``NAME.jsonl``, ``NAME.json`` and ``NAME.md``.
 
@@ -135,7 +143,9 @@ def evaluate(
         dataset: any `SegmentationDataset` (labels int (H, W), 255 = ignore).
         method: registry name of the method.
         backbone: a `DiffusionBackbone`, or None for methods that need only the image.
+        model_id: model name written into the report.
         config_overrides: method config fields to change (on top of the model's preset).
+        resources: the method's extra models (see `diffuseg.Segmenter`).
         protocol: a preset name (``diffseg``, ``diffcut``, ``full``) or a `Protocol`. It reaches
             the method through each `Query` (crop, model input size, scoring size); protocols
             that fix the model input size override the method's `image_size`.
@@ -143,71 +153,105 @@ def evaluate(
             ``hungarian-per-image``. The report also lists the other applicable matchings.
         background_class: background class id for ``diffcut-background`` (default: the
             dataset's ``background_class``).
-        out_dir: folder for the results; NAME defaults to ``<dataset>_<method>_<protocol>``.
-        resume: continue an existing results file; finished images are not recomputed.
-        overwrite: discard an existing results file.
+        classes: the class names of each image's `Query`, one of `CLASS_SETTINGS`: ``all`` (every
+            dataset class: true open vocabulary) or ``gt-labels`` (the classes present in the
+            image's ground truth, ignoring 255: the papers' weakly supervised setting, an oracle;
+            e.g. colour k-means with the true K). Recorded in the fingerprint and the report.
+        class_filter: a class filter (a name of `diffuseg.labeling.filters.FILTERS` or a filter
+            object, e.g. `DiffusionFilter(score="attention")`) between each image's
+            classes and the method (with ``classes="all"``: the filter decides which of the
+            dataset's classes each image gets); each record lists the classes it kept.
+        tune_background: background scores to sweep (e.g. `BACKGROUND_SWEEP`), for methods whose
+            config has the field ``background_score``: each image is re-segmented at each value
+            from the recorded features (no model pass) and scored like the main prediction; the
+            report's ``background_tuning`` gives each value's mIoU and the best, tuned on the
+            evaluated split. The main metrics stay those of the config's value.
         limit: evaluate only the first `limit` images (>= 1).
-        batch_size: images per backbone pass.
-        save_predictions: folder for per-image label PNG / overlay / JSON, or None.
-        model_id: model name written into the report.
-        progress: show a tqdm progress bar with ETA and the running mIoU.
         generator: torch.Generator for methods that add noise (drawn per model call, in order;
             ignored when `seed` is given).
         seed: per-image noise: each image's generator is seeded from (`seed`, its id)
             (`diffuseg.engine.seeding`), so results do not depend on the engine, the batch an
             image lands in or a resume (recorded in the fingerprint). Engine ``ray`` without a
             seed uses `diffuseg.engine.seeding.DEFAULT_SEED`.
-        engine: one of `diffuseg.engine.ENGINES`: ``local`` (this process) or ``ray`` (an actor
-            pool on a Ray cluster, `ray_options`: the batches of ``batch_size`` images are those
-            of the local engine, so with equal `batch_size` the records, and the report, are
-            the local engine's, timings aside). The records go to the same resumable store.
-        ray_options: a `diffuseg.engine.ray_engine.RayOptions` (default: one actor on a local
-            Ray instance).
-        backbone_loader: engine ``ray``: a picklable zero-argument callable each actor loads its
-            backbone with (default: the actors get a copy of `backbone`, through Ray's object
-            store).
-        segmenter_factory: ``(backbone, method, batch_size=..., **overrides) -> segmenter``;
-            default `diffuseg.segmenter.Segmenter`.
-        on_record: called with (index, record) after each image is stored (tests use it to
-            interrupt a run).
-        resources: the method's extra models (see `diffuseg.Segmenter`).
-        classes: the class names of each image's `Query`, one of `CLASS_SETTINGS`: ``all`` (every
-            dataset class: true open vocabulary) or ``gt-labels`` (the classes present in the
-            image's ground truth, ignoring 255: the papers' weakly supervised setting, an oracle;
-            e.g. colour k-means with the true K). Recorded in the fingerprint and the report.
-        tune_background: background scores to sweep (e.g. `BACKGROUND_SWEEP`), for methods whose
-            config has the field ``background_score``: each image is re-segmented at each value
-            from the recorded features (no model pass) and scored like the main prediction; the
-            report's ``background_tuning`` gives each value's mIoU and the best, tuned on the
-            evaluated split. The main metrics stay those of the config's value.
-        class_filter: a class filter (a name of `diffuseg.labeling.filters.FILTERS` or a filter
-            object, e.g. `DiffusionFilter(score="attention")`) between each image's
-            classes and the method (with ``classes="all"``: the filter decides which of the
-            dataset's classes each image gets); each record lists the classes it kept.
+        engine: where and in which batches the images are segmented (`EngineOptions`; default
+            the local engine, one image per backbone pass).
+        output: where the results go, resuming, progress (`OutputOptions`; default ``results/``).
 
     Returns:
         The report dict (also written as JSON and Markdown).
 
     Raises:
-        ValueError: bad `limit`, `matching`, `batch_size`, `classes`, `tune_background` (or a method
-            without ``background_score``), an empty dataset, a sample whose image and label sizes
-            differ or whose labels are out of range.
+        ValueError: bad `limit`, `matching`, `classes`, `tune_background` (or a method without
+            ``background_score``), `engine` or `output` (not the options classes), an empty
+            dataset, a sample whose image and label sizes differ or whose labels are out of range.
         FileExistsError / ResumeMismatchError: see `ResultStore`.
     """
+    engine = _options(engine, EngineOptions, "engine")
+    output = _options(output, OutputOptions, "output")
+    run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
+                   tune_background, limit, seed)  # fmt: skip
+    extra: dict[str, Any] = {"resources": resources} if resources else {}
+    if class_filter not in (None, "none"):
+        extra["class_filter"] = class_filter
+    kwargs = {"batch_size": engine.batch_size, **extra, **(config_overrides or {})}
+    factory = engine.segmenter_factory
+    if factory is None:
+        from ..segmenter import Segmenter as factory  # noqa: N813
+    # the local engine's segmenter; with ray it checks the config and fingerprints the run, and
+    # each actor builds its own
+    segmenter = factory(backbone, run.spec, **kwargs)
+    worker = (factory, engine.backbone_loader or backbone, run.spec.name, kwargs)
+    fingerprint = _fingerprint(dataset, run, segmenter, model_id, extra)
+    out_dir = Path(output.out_dir)
+    store = ResultStore(out_dir / f"{run.name}.jsonl", fingerprint, resume=output.resume, overwrite=output.overwrite)
+    ctx = UnitContext(
+        proto=run.proto,
+        class_names=run.class_names,
+        matching=run.matching,
+        classes=run.classes,
+        sweep=run.sweep,
+        pred_dir=str(output.save_predictions) if output.save_predictions is not None else None,
+        overwrite_predictions=output.overwrite or output.resume,
+        generator=generator,
+        seed=run.seed,
+    )
+    _score(dataset, run, store, segmenter, worker, ctx, engine, output)
+    report = _report(store, dataset, run, segmenter, model_id, fingerprint.get("class_filter"))
+    write_report(report, out_dir / f"{run.name}.json", out_dir / f"{run.name}.md")
+    return report
+
+
+def _options(value: Any, cls: type, argument: str) -> Any:
+    """`value`, an instance of `cls`, or ``cls()`` for None."""
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise ValueError(f"`{argument}` must be a diffuseg.eval.{cls.__name__} or None, got {value!r}.")
+    return value
+
+
+def _resolve(
+    dataset: SegmentationDataset,
+    method: str,
+    engine: EngineOptions,
+    output: OutputOptions,
+    protocol: str | Protocol,
+    matching: str | None,
+    background_class: int | None,
+    classes: str,
+    tune_background: Sequence[float] | None,
+    limit: int | None,
+    seed: int | None,
+) -> _Run:
+    """Check `evaluate`'s arguments and resolve its defaults (in the order `evaluate` documents)."""
+    from ..engine.seeding import resolve_seed
     from ..methods import get_method
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"`limit` must be a positive integer or None, got {limit!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     if classes not in CLASS_SETTINGS:
         raise ValueError(f"`classes` must be one of {CLASS_SETTINGS}, got {classes!r}.")
-    from ..engine import ENGINES
-    from ..engine.seeding import resolve_seed
-
-    if engine not in ENGINES:
-        raise ValueError(f"`engine` must be one of {ENGINES}, got {engine!r}.")
-    if seed is not None or engine == "ray":
+    if seed is not None or engine.engine == "ray":
         seed = resolve_seed(seed)
     n_total = len(dataset)
     if n_total == 0:
@@ -221,59 +265,64 @@ def evaluate(
     if background_class is None:
         background_class = getattr(dataset, "background_class", None)
     class_names = list(dataset.class_names)
-    num_classes = len(class_names)
-    MetricAccumulator(num_classes, matching, background_class)  # validates the combination
+    MetricAccumulator(len(class_names), matching, background_class)  # validates the combination
+    return _Run(
+        spec=spec,
+        proto=proto,
+        matching=matching,
+        background_class=background_class,
+        class_names=class_names,
+        classes=classes,
+        sweep=sweep,
+        seed=seed,
+        num=n_total if limit is None else min(limit, n_total),
+        name=output.name or run_name(dataset.name, spec.name, proto.name),
+    )
 
-    if segmenter_factory is None:
-        from ..segmenter import Segmenter as segmenter_factory  # noqa: N813
-    extra: dict[str, Any] = {"resources": resources} if resources else {}
-    if class_filter not in (None, "none"):
-        extra["class_filter"] = class_filter
-    kwargs = {"batch_size": batch_size, **extra, **(config_overrides or {})}
-    # the local engine's segmenter; with ray it checks the config and fingerprints the run, and
-    # each actor builds its own
-    segmenter = segmenter_factory(backbone, spec, **kwargs)
-    config = segmenter.config
 
-    n = n_total if limit is None else min(limit, n_total)
-    name = name or run_name(dataset.name, spec.name, proto.name)
-    out_dir = Path(out_dir)
-    fingerprint = {
+def _fingerprint(
+    dataset: SegmentationDataset, run: _Run, segmenter: Any, model_id: str | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What a resumed run must share with the results file it continues (`ResultStore`)."""
+    return {
         "dataset": dataset.name,
         "split": getattr(dataset, "split", None),
-        "num_classes": num_classes,
-        "method": spec.name,
-        "config": dataclasses.asdict(config),
+        "num_classes": len(run.class_names),
+        "method": run.spec.name,
+        "config": dataclasses.asdict(segmenter.config),
         "preset": getattr(segmenter, "preset", None),
-        "classes": classes,
-        "tune_background": list(sweep) if sweep is not None else None,
-        **({"class_filter": _describe_filter(class_filter)} if "class_filter" in extra else {}),
-        "protocol": dataclasses.asdict(proto),
+        "classes": run.classes,
+        "tune_background": list(run.sweep) if run.sweep is not None else None,
+        **({"class_filter": _describe_filter(extra["class_filter"])} if "class_filter" in extra else {}),
+        "protocol": dataclasses.asdict(run.proto),
         "model": model_id,
-        **({"seed": seed} if seed is not None else {}),
+        **({"seed": run.seed} if run.seed is not None else {}),
     }
-    store = ResultStore(out_dir / f"{name}.jsonl", fingerprint, resume=resume, overwrite=overwrite)
-    acc = MetricAccumulator(num_classes, matching, background_class)
-    for rec in store.ordered(n):
+
+
+def _score(
+    dataset: SegmentationDataset,
+    run: _Run,
+    store: ResultStore,
+    segmenter: Any,
+    worker: tuple[Callable[..., Any], Any, str, dict[str, Any]],
+    ctx: UnitContext,
+    engine: EngineOptions,
+    output: OutputOptions,
+) -> None:
+    """Score the images the store does not hold yet, on the engine, storing each record as it
+    comes (progress bar with the running mIoU, `output.on_record`)."""
+    num_classes = len(run.class_names)
+    acc = MetricAccumulator(num_classes, run.matching, run.background_class)
+    for rec in store.ordered(run.num):
         if rec["status"] == "ok":
             acc.add(ImageCounts.from_record(rec["counts"], num_classes))
-    todo = [i for i in range(n) if not store.done(i)]
-    logger.info("%s: %d images, %d to do", name, n, len(todo))
+    todo = [i for i in range(run.num) if not store.done(i)]
+    logger.info("%s: %d images, %d to do", run.name, run.num, len(todo))
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=n - len(todo), disable=not progress, desc=name, unit="img")
-    unit_ctx = UnitContext(
-        proto=proto,
-        class_names=class_names,
-        matching=matching,
-        classes=classes,
-        sweep=sweep,
-        pred_dir=str(save_predictions) if save_predictions is not None else None,
-        overwrite_predictions=overwrite or resume,
-        generator=generator,
-        seed=seed,
-    )
+    bar = tqdm(total=run.num, initial=run.num - len(todo), disable=not output.progress, desc=run.name, unit="img")
 
     def finish(rec: dict[str, Any]) -> None:
         i = rec["index"]
@@ -281,48 +330,56 @@ def evaluate(
         if rec["status"] == "ok":
             acc.add(ImageCounts.from_record(rec["counts"], num_classes))
         bar.update(1)
-        if progress and rec["status"] == "ok":
+        if output.progress and rec["status"] == "ok":
             s = acc.result()
             bar.set_postfix(mIoU=f"{100 * s.miou:.1f}" if s.miou == s.miou else "-")
-        if on_record is not None:
-            on_record(i, rec)
+        if output.on_record is not None:
+            output.on_record(i, rec)
 
     from ..engine.work import make_units
 
-    units = [[int(i) for i in unit] for unit in make_units(todo, batch_size)] if todo else []
+    units = [[int(i) for i in unit] for unit in make_units(todo, engine.batch_size)] if todo else []
     try:
-        if engine == "local":
+        if engine.engine == "local":
             for unit in units:
-                for rec in score_unit(segmenter, unit_ctx, load_unit(dataset, proto, unit)):
+                for rec in score_unit(segmenter, ctx, load_unit(dataset, run.proto, unit)):
                     finish(rec)
         elif units:
             from .ray_units import run_eval_units
 
-            worker = (segmenter_factory, backbone_loader or backbone, spec.name, kwargs)
-            run_eval_units(units, dataset, worker, unit_ctx, ray_options, lambda recs: [finish(r) for r in recs])
+            run_eval_units(units, dataset, worker, ctx, engine.ray_options, lambda recs: [finish(r) for r in recs])
     finally:
         bar.close()
 
-    report = build_report(
-        store.ordered(n),
-        class_names=class_names,
+
+def _report(
+    store: ResultStore,
+    dataset: SegmentationDataset,
+    run: _Run,
+    segmenter: Any,
+    model_id: str | None,
+    class_filter: Any,
+) -> dict[str, Any]:
+    """The run's report, from the records of its results file only."""
+    config = segmenter.config
+    return build_report(
+        store.ordered(run.num),
+        class_names=run.class_names,
         dataset=dataset,
-        method=spec,
+        method=run.spec,
         config=config,
-        protocol=proto,
-        matching=matching,
-        background_class=background_class,
+        protocol=run.proto,
+        matching=run.matching,
+        background_class=run.background_class,
         model_id=model_id,
-        num_requested=n,
+        num_requested=run.num,
         results_file=store.path,
         preset=getattr(segmenter, "preset", None),
-        classes=classes,
-        class_filter=fingerprint.get("class_filter"),
+        classes=run.classes,
+        class_filter=class_filter,
         background_tuning=(
             None
-            if sweep is None
-            else {"field": _BACKGROUND_FIELD, "values": sweep, "default": getattr(config, _BACKGROUND_FIELD)}
+            if run.sweep is None
+            else {"field": _BACKGROUND_FIELD, "values": run.sweep, "default": getattr(config, _BACKGROUND_FIELD)}
         ),
     )
-    write_report(report, out_dir / f"{name}.json", out_dir / f"{name}.md")
-    return report
