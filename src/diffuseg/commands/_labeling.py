@@ -53,7 +53,7 @@ class QueryFlags:
         overrides: the config fields the user set, plus ``label`` when --classes or --caption
             turn on segment naming for an unsupervised method.
         config: the config of the user's own settings (no preset), for `MethodSpec.needs_model`.
-        classes: the class vocabulary of --classes (``()`` without).
+        classes: the class vocabulary of --classes, parsed once (``()`` without).
         resources: the extra models by name (--checkpoint, --clip, --resource NAME=VALUE...).
         class_filter: the --filter name, or None.
     """
@@ -108,4 +108,4 @@ def query_flags(args: argparse.Namespace) -> QueryFlags:
     class_filter = check_filter(args, spec)
     if class_filter and not classes:
         raise ValueError("--filter chooses among --classes; give --classes.")
-    return QueryFlags(spec, overrides, config, tuple(classes), resources, class_filter)
+    return QueryFlags(spec, overrides, config, classes, resources, class_filter)

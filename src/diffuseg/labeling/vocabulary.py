@@ -25,8 +25,14 @@ __all__ = [
     "parse_classes",
 ]
 
-#: A vocabulary: one tuple (display name, synonym, ...) per class; label id = position.
-Vocabulary = tuple[tuple[str, ...], ...]
+
+class Vocabulary(tuple):
+    """A parsed class list: one tuple (display name, synonym, ...) per class, label id =
+    position, checked by `parse_classes`, which hands a `Vocabulary` back as it is: a list is
+    parsed once, however many queries carry it."""
+
+    __slots__ = ()
+
 
 #: The name that marks a class as "background" (compared case-insensitively).
 BACKGROUND = "background"
@@ -69,8 +75,10 @@ def parse_classes(classes: str | Iterable[str | Iterable[str]] | None) -> Vocabu
             no letter or digit (``"!!!"``), or a name (display name or synonym) occurs twice,
             compared case-insensitively; the message names the offending names.
     """
+    if isinstance(classes, Vocabulary):
+        return classes  # parsed and checked already
     if classes is None or (isinstance(classes, tuple) and not classes):
-        return ()  # () is what None parses to, so re-parsing a parsed vocabulary is idempotent
+        return Vocabulary()  # () is what None parses to, so re-parsing a parsed vocabulary is idempotent
     items: list[Any] = classes.split(",") if isinstance(classes, str) else list(classes)
     out = [_class_names(item) for item in items]
     if all(not any(out_names) for out_names in out):
@@ -97,7 +105,7 @@ def parse_classes(classes: str | Iterable[str | Iterable[str]] | None) -> Vocabu
     dupes = sorted(n for n, count in seen.items() if count > 1)
     if dupes:
         raise ValueError(f"`classes` lists {dupes} more than once (names and synonyms must be distinct).")
-    return tuple(out)
+    return Vocabulary(out)
 
 
 def dataset_vocabularies() -> list[str]:
