@@ -113,6 +113,24 @@ def test_one_generator_per_image_draws_what_a_single_image_call_draws(tiny_backb
         tiny_backbone.extract(pixels, request, generator=[image_generator(0, "a")], **kw)
 
 
+def test_segment_and_batch_write_the_same_bytes(tiny_model_dir, tmp_path, capsys):
+    """One loop: ``segment`` on a folder's files and ``batch`` on the folder write identical files
+    (same seed, batch size and device), with noise drawn per image (posterior sample, noised
+    latent); without --seed both use seed 0, and segment's seed changes its noise."""
+    folder = _photos(tmp_path / "in", 3)
+    files = sorted(str(p) for p in folder.iterdir())
+    common = ["--model", str(tiny_model_dir), "--size", "32", "--no-progress", *NOISY, "--batch-size", "2"]
+    for seed in ([], ["--seed", "5"]):
+        tag = "-".join(seed) or "default"
+        assert main(["batch", str(folder), "--out", str(tmp_path / f"batch{tag}"), *common, *seed]) == 0
+        assert main(["segment", *files, "--out", str(tmp_path / f"segment{tag}"), *common, *seed]) == 0
+        assert _outputs(tmp_path / f"segment{tag}") == _outputs(tmp_path / f"batch{tag}")
+        assert len(_outputs(tmp_path / f"batch{tag}")) == 9
+    assert _outputs(tmp_path / "segmentdefault") != _outputs(tmp_path / "segment--seed-5")
+    meta = json.loads((tmp_path / "segment--seed-5" / "img02.json").read_text())["meta"]
+    assert meta["seed"] == {"run": 5, "image": image_seed(5, "img02")} and meta["source"] == files[2]
+
+
 # ------------------------------------------------------------------ resuming and failures
 def test_a_rerun_completes_an_interrupted_run_with_the_same_bytes(tiny_model_dir, tmp_path, capsys):
     folder = _photos(tmp_path / "in", 5)
