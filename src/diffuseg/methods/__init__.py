@@ -1,8 +1,10 @@
-"""Segmentation methods. Each module here defines `SPEC` (a `MethodSpec`) and joins the registry.
+"""Segmentation methods: one module per method, each defining a `MethodSpec` (`spec.py`);
+`registry.py` lists them all (`METHODS`).
 
 Methods never import each other; shared primitives live in `diffuseg.ops`.
 """
 
-from ._registry import KINDS, METHODS, MethodSpec, get_method, list_methods
+from .registry import METHODS, get_method, list_methods
+from .spec import KINDS, MethodSpec
 
 __all__ = ["KINDS", "METHODS", "MethodSpec", "get_method", "list_methods"]

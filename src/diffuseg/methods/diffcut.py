@@ -60,8 +60,8 @@ from ..ops.pamr import pamr_affinity, refine_labels
 from ..ops.votes import VOTINGS
 from ..plan import Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
-from ._registry import MethodSpec
 from ._resources import CAPTIONER, CLIP, naming_pass_prompt, segment_names
+from .spec import MethodSpec
 
 __all__ = ["DiffCutConfig", "PRESETS", "feature_module_path", "plan", "requires", "segment", "token_features", "SPEC"]
 

@@ -40,8 +40,8 @@ from ..ops.masks import maps_to_labels
 from ..ops.votes import VOTINGS
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
-from ._registry import MethodSpec
 from ._resources import CAPTIONER, CLIP, naming_pass_prompt, segment_names
+from .spec import MethodSpec
 
 __all__ = ["DiffSegConfig", "REQUIRES", "PRESETS", "plan", "segment", "SPEC"]
 

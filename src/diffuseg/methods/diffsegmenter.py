@@ -53,8 +53,8 @@ from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
-from ._registry import MethodSpec
 from ._resources import CAPTIONER
+from .spec import MethodSpec
 
 __all__ = ["DiffSegmenterConfig", "PRESETS", "plan", "segment", "class_rows", "SPEC"]
 

@@ -59,9 +59,17 @@ from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class_maps
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
-from ._registry import MethodSpec
+from .spec import MethodSpec
 
-__all__ = ["MaskDiffusionConfig", "MaskDiffusionKMeansConfig", "K_RULES", "PRESETS", "KMEANS_PRESETS", "SPEC", "SPECS"]
+__all__ = [
+    "MaskDiffusionConfig",
+    "MaskDiffusionKMeansConfig",
+    "K_RULES",
+    "PRESETS",
+    "KMEANS_PRESETS",
+    "SPEC",
+    "KMEANS_SPEC",
+]
 
 #: How `maskdiffusion-kmeans` picks K without a fixed `k`.
 K_RULES = ("silhouette", "query-classes")
@@ -351,14 +359,12 @@ SPEC = MethodSpec(
     needs_classes=True,
 )
 
-SPECS = (
-    MethodSpec(
-        name="maskdiffusion-kmeans",
-        config_cls=MaskDiffusionKMeansConfig,
-        plan=plan_kmeans,
-        segment=segment_kmeans,
-        kind="unsupervised",
-        description="MaskDiffusion's unsupervised variant: k-means on UNet decoder features, K by silhouette.",
-        presets=KMEANS_PRESETS,
-    ),
+KMEANS_SPEC = MethodSpec(
+    name="maskdiffusion-kmeans",
+    config_cls=MaskDiffusionKMeansConfig,
+    plan=plan_kmeans,
+    segment=segment_kmeans,
+    kind="unsupervised",
+    description="MaskDiffusion's unsupervised variant: k-means on UNet decoder features, K by silhouette.",
+    presets=KMEANS_PRESETS,
 )

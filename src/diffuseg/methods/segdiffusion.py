@@ -31,7 +31,7 @@ from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..plan import Pass, Query, Resource, check_positive
 from ..segdiffusion.sampler import PROBABILITIES, MaskModel, SegDiffusionSampler
 from ..types import Segmentation
-from ._registry import MethodSpec
+from .spec import MethodSpec
 
 #: DDIM timestep spacings (`SegDiffusionConfig.timestep_spacing`).
 TIMESTEP_SPACINGS = ("trailing", "leading")

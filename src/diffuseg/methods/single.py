@@ -16,7 +16,7 @@ import torch
 from ..backbone.features import Features
 from ..plan import Query, image_only
 from ..types import Segmentation
-from ._registry import MethodSpec
+from .spec import MethodSpec
 
 __all__ = ["SingleSegmentConfig", "segment", "SPEC"]
 

@@ -20,7 +20,7 @@ from ..backbone.features import Features
 from ..ops.masks import relabel_sequential
 from ..plan import Query, check_positive, image_only
 from ..types import Segmentation
-from ._registry import MethodSpec
+from .spec import MethodSpec
 
 __all__ = ["SlicConfig", "segment", "SPEC"]
 

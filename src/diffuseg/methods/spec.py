@@ -1,5 +1,4 @@
-"""The method registry: every module in `diffuseg.methods` that defines `SPEC` joins it (a
-module whose variants share their pass, like MaskDiffusion's, lists the others in `SPECS`).
+"""What a method is (`MethodSpec`); the methods themselves are listed in `diffuseg.methods.registry`.
 
 A method is two functions and a config:
 
@@ -17,9 +16,6 @@ for other models; `make_config` applies the preset first and the caller's settin
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import logging
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +24,7 @@ from ..backbone.features import Features
 from ..plan import Pass, Query, Resource
 from ..types import Segmentation
 
-__all__ = ["MethodSpec", "METHODS", "KINDS", "get_method", "list_methods"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["MethodSpec", "KINDS"]
 
 #: What a method is, for help texts, reports and the default label matching in eval.
 KINDS = ("unsupervised", "open-vocabulary", "baseline")
@@ -120,48 +114,3 @@ class MethodSpec:
         seg.config = config
         seg.meta = {**(features.meta[0] if features.meta else {}), **seg.meta}
         return seg
-
-
-def _discover() -> dict[str, MethodSpec]:
-    from .. import methods as package
-
-    found: dict[str, MethodSpec] = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        specs = (getattr(module, "SPEC", None), *getattr(module, "SPECS", ()))
-        for spec in specs:
-            if isinstance(spec, MethodSpec):
-                if spec.name in found:
-                    raise RuntimeError(f"two methods register the name {spec.name!r}.")
-                found[spec.name] = spec
-    return found
-
-
-METHODS: dict[str, MethodSpec] = {}
-
-
-def _ensure_loaded() -> dict[str, MethodSpec]:
-    if not METHODS:
-        METHODS.update(_discover())
-    return METHODS
-
-
-def get_method(name: str | MethodSpec) -> MethodSpec:
-    """The registered method called `name` (a `MethodSpec` passes through).
-
-    Raises:
-        ValueError: if no method has that name (the message lists the known ones).
-    """
-    if isinstance(name, MethodSpec):
-        return name
-    methods = _ensure_loaded()
-    if name not in methods:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(methods)}.")
-    return methods[name]
-
-
-def list_methods() -> list[str]:
-    """Names of all registered methods, sorted."""
-    return sorted(_ensure_loaded())
