@@ -35,6 +35,42 @@ def test_round_trip_sdxl_folder(tiny_sdxl_components, tmp_path):
     assert f.self_attention and f.latent_size == (16, 16)
 
 
+def test_a_loaded_pipeline_is_handed_over_as_it_is(tiny_components, tiny_model_dir, quadrant_image):
+    """`from_pipeline` wraps a user's diffusers pipeline (its modules, no copies) and segments
+    exactly as `from_components` with the same parts and `from_pretrained` of the saved folder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **tiny_components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    wrapped = DiffusionBackbone.from_pipeline(pipe)
+    assert wrapped.unet is pipe.unet and wrapped.vae is pipe.vae and wrapped.text_encoder is pipe.text_encoder
+    assert wrapped.tokenizer is pipe.tokenizer and wrapped.scheduler is pipe.scheduler
+    assert wrapped.text_encoder_2 is None and wrapped.name == "StableDiffusionPipeline"
+    built = DiffusionBackbone.from_components(**tiny_components)
+    loaded = DiffusionBackbone.from_pretrained(str(tiny_model_dir))
+    assert wrapped.family == built.family == loaded.family
+    for method in ("diffseg", "diffcut"):
+        labels = [
+            Segmenter(bb, method, image_size=32)(quadrant_image, generator=torch.Generator().manual_seed(0)).labels
+            for bb in (wrapped, built, loaded)
+        ]
+        assert torch.equal(labels[0], labels[1]) and torch.equal(labels[0], labels[2]), method
+
+
+def test_a_loaded_sdxl_pipeline_is_handed_over_with_both_encoders(tiny_sdxl_components):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components)
+    wrapped = DiffusionBackbone.from_pipeline(pipe)
+    assert wrapped.is_sdxl and wrapped.text_encoder_2 is pipe.text_encoder_2 and wrapped.tokenizer_2 is pipe.tokenizer_2
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    request = FeatureRequest(self_attention=True)
+    ours = wrapped.extract(x, request, "a cat").self_attention
+    ref = DiffusionBackbone.from_components(**tiny_sdxl_components).extract(x, request, "a cat").self_attention
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
 def test_not_a_model_and_missing_model(tmp_path, monkeypatch):
     (tmp_path / "random").mkdir()
     (tmp_path / "random" / "notes.txt").write_text("hello")
