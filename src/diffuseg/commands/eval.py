@@ -27,18 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from ..datasets import dataset_names
-    from ..eval.metrics import MATCHINGS
-    from ..eval.protocols import PROTOCOLS
-    from ..eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
-    from ._options import (
-        HelpFormatter,
-        add_filter_option,
-        add_method_options,
-        add_model_options,
-        add_resource_option,
-        method_help,
-    )
+    from ._options import HelpFormatter, add_method_options, add_model_options, add_resource_option
 
     p = subparsers.add_parser(
         "eval",
@@ -47,6 +36,24 @@ def register(subparsers: Any) -> None:
         description="Score a method on a benchmark stored locally; writes per-image results "
         "(JSONL, resumable), a JSON report and a Markdown table into --out.",
     )
+    _add_benchmark_options(p)
+    _add_output_options(p)
+    _add_class_options(p)
+    add_resource_option(p)
+    add_model_options(p)
+    from .batch import add_engine_options
+
+    add_engine_options(p)
+    p.set_defaults(func=run, _owners=add_method_options(p))
+
+
+def _add_benchmark_options(p: Any) -> None:
+    """--dataset --root --split --method --protocol --matching --background-class --limit."""
+    from ..datasets import dataset_names
+    from ..eval.metrics import MATCHINGS
+    from ..eval.protocols import PROTOCOLS
+    from ._options import method_help
+
     p.add_argument(
         "--dataset",
         choices=[*dataset_names(), "synthetic"],
@@ -76,6 +83,10 @@ def register(subparsers: Any) -> None:
         help="background class id for --matching diffcut-background (default: the dataset's)",
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+
+
+def _add_output_options(p: Any) -> None:
+    """--out --name --resume --overwrite --save-predictions --compare --no-progress."""
     p.add_argument("--out", default="results", help="output folder (default ./results)")
     p.add_argument("--name", default=None, help="file stem (default <dataset>_<method>_<protocol>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -93,6 +104,13 @@ def register(subparsers: Any) -> None:
         help="print these report JSON files side by side and exit",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_class_options(p: Any) -> None:
+    """--classes --filter --tune-background."""
+    from ..eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
+    from ._options import add_filter_option
+
     p.add_argument(
         "--classes",
         default="all",
@@ -110,12 +128,6 @@ def register(subparsers: Any) -> None:
         "recorded features) and report the best, tuned on the evaluated split; methods with a "
         "background_score only",
     )
-    add_resource_option(p)
-    add_model_options(p)
-    from .batch import add_engine_options
-
-    add_engine_options(p)
-    p.set_defaults(func=run, _owners=add_method_options(p))
 
 
 def _fail(message: Any) -> int:
