@@ -2,7 +2,7 @@
 
 `evaluate` scores one method on one dataset. Every image's result is appended to a JSONL file
 as soon as it is computed (`ResultStore`), so an interrupted run continues with
-``resume=True`` and nothing is recomputed or lost. The report is built from those records
+``output=OutputOptions(..., resume=True)`` and nothing is recomputed or lost. The report is built from those records
 only, so a resumed run's report equals an uninterrupted one's (timings aside).
 
 Each image's `Query` carries the class names of the `classes` setting (`CLASS_SETTINGS`). With
