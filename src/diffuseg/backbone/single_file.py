@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,17 @@ from .loading import ModelNotFoundError, NotADiffusionModelError
 __all__ = ["load_single_file"]
 
 logger = logging.getLogger(__name__)
+
+_HOW_TO_CONFIG = (
+    "Pass `config` naming the diffusers model this checkpoint was made from: a local "
+    "diffusers folder (a `save_pretrained` folder; its model_index.json, */config.json, tokenizer and "
+    "scheduler files are enough) or a hub id in your Hugging Face cache, e.g. "
+    "stable-diffusion-v1-5/stable-diffusion-v1-5 (SD 1.x), stabilityai/stable-diffusion-2-1 (SD 2.x), "
+    "stabilityai/stable-diffusion-xl-base-1.0 (SDXL)."
+)
+
+#: What a pipeline built from a single file hands over.
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
 
 
 def load_single_file(
@@ -46,71 +58,69 @@ def load_single_file(
             lacks weights the config needs, or does not match `config`.
         ModelNotFoundError: the configs are neither a local folder nor cached, and we are offline.
     """
-    from collections.abc import Iterator, Mapping
-
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     offline = bool(local_files_only) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    how_to_config = (
-        "Pass `config` naming the diffusers model this checkpoint was made from: a local "
-        "diffusers folder (a `save_pretrained` folder; its model_index.json, */config.json, tokenizer and "
-        "scheduler files are enough) or a hub id in your Hugging Face cache, e.g. "
-        "stable-diffusion-v1-5/stable-diffusion-v1-5 (SD 1.x), stabilityai/stable-diffusion-2-1 (SD 2.x), "
-        "stabilityai/stable-diffusion-xl-base-1.0 (SDXL)."
-    )
+    keys, inferred = _read_keys(path, config)
+    is_xl = _check_layout(path, keys)
+    config_ref = _resolve_configs(path, config, inferred, is_xl, offline)
+    pipe = _load_pipeline(path, is_xl, config_ref, offline, torch_dtype)
+    return _components(pipe, path, config_ref)
 
-    class _LazySafetensors(Mapping):
-        """Read-only view of an open safetensors file; tensors are read only when looked up."""
 
-        def __init__(self, handle: Any) -> None:
-            self._handle = handle
-            self._keys = list(handle.keys())
-            self._key_set = set(self._keys)
+class _LazySafetensors(Mapping):
+    """Read-only view of an open safetensors file; tensors are read only when looked up."""
 
-        def __getitem__(self, key: str) -> torch.Tensor:
-            if key not in self._key_set:
-                raise KeyError(key)
-            return self._handle.get_tensor(key)
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._keys = list(handle.keys())
+        self._key_set = set(self._keys)
 
-        def __contains__(self, key: object) -> bool:
-            return key in self._key_set
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return self._handle.get_tensor(key)
 
-        def __iter__(self) -> Iterator[str]:
-            return iter(self._keys)
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
 
-        def __len__(self) -> int:
-            return len(self._keys)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
 
-    def read_keys(state: Mapping) -> tuple[set[str], str | None]:
-        """The file's keys, and the hub id diffusers would take the configs from."""
-        keys = set(state.keys())
-        inferred = None
-        if config is None and any(k.startswith("model.diffusion_model.") for k in keys):
-            from diffusers.loaders.single_file_utils import fetch_diffusers_config
+    def __len__(self) -> int:
+        return len(self._keys)
 
-            try:
-                inferred = fetch_diffusers_config(state)["pretrained_model_name_or_path"]
-            except Exception:  # noqa: BLE001 - the key checks below give the better message
-                inferred = None
-        return keys, inferred
 
-    # 1. Read the keys (cheaply: safetensors lazily, zip-format .ckpt memory-mapped).
+def _keys_and_inferred(state: Mapping, config: str | None) -> tuple[set[str], str | None]:
+    """The file's keys, and (without `config`) the hub id diffusers would take the configs from."""
+    keys = set(state.keys())
+    inferred = None
+    if config is None and any(k.startswith("model.diffusion_model.") for k in keys):
+        from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+        try:
+            inferred = fetch_diffusers_config(state)["pretrained_model_name_or_path"]
+        except Exception:  # noqa: BLE001 - the key checks below give the better message
+            inferred = None
+    return keys, inferred
+
+
+def _read_keys(path: Path, config: str | None) -> tuple[set[str], str | None]:
+    """1. Read the keys (cheaply: safetensors lazily, zip-format .ckpt memory-mapped)."""
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                keys, inferred = read_keys(_LazySafetensors(f))
-        else:
-            import zipfile
+                return _keys_and_inferred(_LazySafetensors(f), config)
+        import zipfile
 
-            state: Any = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-            while isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-                state = state["state_dict"]
-            if not isinstance(state, Mapping):
-                raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
-            keys, inferred = read_keys(state)
-            del state
+        state: Any = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        while isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+            state = state["state_dict"]
+        if not isinstance(state, Mapping):
+            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        keys, inferred = _keys_and_inferred(state, config)
+        del state
+        return keys, inferred
     except Exception as e:  # noqa: BLE001
         kind = "safetensors" if path.suffix.lower() == ".safetensors" else "PyTorch"
         first_line = (str(e).strip().splitlines() or [""])[0]
@@ -125,7 +135,11 @@ def load_single_file(
             "intact original-format Stable Diffusion .safetensors/.ckpt file, or a diffusers folder."
         ) from e
 
-    # 2. Is it a whole SD 1.x/2.x/SDXL checkpoint in the original layout?
+
+def _check_layout(path: Path, keys: set[str]) -> bool:
+    """2. Is it a whole SD 1.x/2.x/SDXL checkpoint in the original layout? Returns whether it
+    is an SDXL-family one."""
+
     def has(*prefixes: str) -> bool:
         return any(k.startswith(prefixes) for k in keys)
 
@@ -150,11 +164,14 @@ def load_single_file(
             "holds weights, else loading fails",
             path,
         )
+    return is_xl
 
-    # 3. Resolve the configs to a local folder (or, online, a hub id diffusers downloads).
+
+def _resolve_configs(path: Path, config: str | None, inferred: str | None, is_xl: bool, offline: bool) -> str:
+    """3. Resolve the configs to a local folder (or, online, a hub id diffusers downloads)."""
     source = config if config is not None else inferred
     if source is None:
-        raise ModelNotFoundError(f"cannot tell which diffusers configs describe {path}. {how_to_config}")
+        raise ModelNotFoundError(f"cannot tell which diffusers configs describe {path}. {_HOW_TO_CONFIG}")
     local = Path(os.path.expanduser(source))
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") != 1 or "\\" in source
     if local.is_dir():
@@ -162,43 +179,44 @@ def load_single_file(
             raise NotADiffusionModelError(
                 f"config folder {local} is not a diffusers model folder (it needs model_index.json, "
                 f"unet/config.json, vae/config.json, text_encoder/config.json, tokenizer/, scheduler/). "
-                f"{how_to_config}"
+                f"{_HOW_TO_CONFIG}"
             )
         cls_name = json.loads((local / "model_index.json").read_text()).get("_class_name", "")
         if ("XL" in cls_name) != is_xl:
             raise NotADiffusionModelError(
                 f"config folder {local} describes a {cls_name or 'model of unknown class'}, but {path} is "
-                f"{'an SDXL' if is_xl else 'an SD 1.x/2.x'} checkpoint. {how_to_config}"
+                f"{'an SDXL' if is_xl else 'an SD 1.x/2.x'} checkpoint. {_HOW_TO_CONFIG}"
             )
-        config_ref = str(local)
-    elif config is not None and local.exists():
-        raise NotADiffusionModelError(f"config {source!r} is a file, not a diffusers folder. {how_to_config}")
-    elif config is not None and looks_like_path:
-        raise ModelNotFoundError(f"config folder {source!r} not found. {how_to_config}")
-    else:
-        from huggingface_hub import snapshot_download
+        return str(local)
+    if config is not None and local.exists():
+        raise NotADiffusionModelError(f"config {source!r} is a file, not a diffusers folder. {_HOW_TO_CONFIG}")
+    if config is not None and looks_like_path:
+        raise ModelNotFoundError(f"config folder {source!r} not found. {_HOW_TO_CONFIG}")
+    from huggingface_hub import snapshot_download
 
-        what = (
-            f"config {source!r} is" if config is not None else f"{source!r}, the configs diffusers infers for it, are"
+    what = f"config {source!r} is" if config is not None else f"{source!r}, the configs diffusers infers for it, are"
+    try:
+        return snapshot_download(
+            source, local_files_only=True, allow_patterns=["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
         )
-        try:
-            config_ref = snapshot_download(
-                source, local_files_only=True, allow_patterns=["**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"]
-            )
-        except Exception as e:  # noqa: BLE001 - a cache miss: download later, or fail offline
-            if offline:
-                raise ModelNotFoundError(
-                    f"cannot load {path} offline: {what} not in the local Hugging Face cache. {how_to_config}"
-                ) from e
-            config_ref = source
+    except Exception as e:  # noqa: BLE001 - a cache miss: download later, or fail offline
+        if offline:
+            raise ModelNotFoundError(
+                f"cannot load {path} offline: {what} not in the local Hugging Face cache. {_HOW_TO_CONFIG}"
+            ) from e
+        return source
 
-    # 4. Load.
+
+def _load_pipeline(path: Path, is_xl: bool, config_ref: str, offline: bool, torch_dtype: torch.dtype | None) -> Any:
+    """4. Load the pipeline with diffusers; its failures explained."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
     cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
     kw: dict[str, Any] = {"config": config_ref, "local_files_only": offline}
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
     try:
-        pipe = cls.from_single_file(str(path), **kw)
+        return cls.from_single_file(str(path), **kw)
     except Exception as e:  # noqa: BLE001
         text = str(e).strip()
         family = "SDXL" if is_xl else "Stable Diffusion 1.x/2.x"
@@ -215,10 +233,13 @@ def load_single_file(
         else:
             why = f"diffusers could not build a {family} pipeline from it."
         raise NotADiffusionModelError(
-            f"cannot load {path}: {why} {how_to_config}\n(diffusers: {type(e).__name__}: {text})"
+            f"cannot load {path}: {why} {_HOW_TO_CONFIG}\n(diffusers: {type(e).__name__}: {text})"
         ) from e
-    names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
-    parts = {n: getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None}
+
+
+def _components(pipe: Any, path: Path, config_ref: str) -> dict[str, Any]:
+    """5. The pipeline's components, refusing modules diffusers left without weights."""
+    parts = {n: getattr(pipe, n) for n in _COMPONENTS if getattr(pipe, n, None) is not None}
     # diffusers leaves parameters it found no tensor for on the meta device (text encoders silently).
     for name, module in parts.items():
         if isinstance(module, torch.nn.Module):
@@ -227,6 +248,6 @@ def load_single_file(
                 raise NotADiffusionModelError(
                     f"{path} lacks {len(empty)} {name} weight(s) that the configs from {config_ref} require "
                     f"(e.g. {', '.join(empty[:3])}): the checkpoint is partial or of another architecture. "
-                    f"{how_to_config}"
+                    f"{_HOW_TO_CONFIG}"
                 )
     return parts
