@@ -17,6 +17,7 @@ built with the backbone's help, so a later diffusion-transformer backbone fits t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -88,6 +89,8 @@ class Query:
             the model's multiple), "squash" or "crop" (square centre crop).
         label_size: longer side of the grid the caller scores labels at, or None. Methods that
             compute labels at a chosen resolution (DiffCut's concept assignment) use it.
+        meta: the caller's JSON-serialisable facts about the image (its source file, its seeds),
+            copied into the result's `Segmentation.meta` after the segmenter's own.
     """
 
     image: ImageInput | None = None
@@ -97,9 +100,12 @@ class Query:
     size: int | None = None
     resize_mode: str = "keep_aspect"
     label_size: int | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", parse_classes(self.classes))
+        if not isinstance(self.meta, Mapping):
+            raise ValueError(f"`meta` must be a mapping of JSON-serialisable facts, got {type(self.meta).__name__}.")
         check_positive(self.size, "size", integer=True, allow_none=True)
         check_positive(self.label_size, "label_size", integer=True, allow_none=True)
         check_resize_mode(self.resize_mode)

@@ -356,15 +356,8 @@ class Segmenter:
                     except ValueError as e:
                         results[it.index] = e
                         continue
-                    seg.meta = {
-                        **seg.meta,
-                        "id": it.query.id,
-                        "model": getattr(self.backbone, "name", None),
-                        "preset": self.preset,
-                        "seconds_model": (t1 - t0) / len(chunk),
-                        "seconds_segment": time.perf_counter() - t2,
-                        **({"class_filter": filtered[it.index]} if it.index in filtered else {}),
-                    }
+                    seg.timings = {"model": (t1 - t0) / len(chunk), "segment": time.perf_counter() - t2}
+                    seg.meta = self._result_meta(it, seg.meta, filtered.get(it.index))
                     results[it.index] = seg
         self._cache = cache
         self._last_queries = queries
@@ -373,6 +366,22 @@ class Segmenter:
                 if isinstance(r, Exception):
                     raise r
         return results  # type: ignore[return-value]
+
+    def _result_meta(self, item: _Item, own: dict[str, Any], class_filter: dict[str, Any] | None) -> dict[str, Any]:
+        """A result's `meta`, composed here and nowhere else: the image's frame (input size, crop
+        box, model size), the method's own facts, the query's id, the model and its preset, the
+        class filter's record, the frame the labels are in (``"model"``;
+        `Segmentation.in_input_frame` makes it ``"input"``), then the caller's `Query.meta`."""
+        return {
+            **item.meta,
+            **own,
+            "id": item.query.id,
+            "model": getattr(self.backbone, "name", None),
+            "preset": self.preset,
+            **({"class_filter": class_filter} if class_filter is not None else {}),
+            "frame": "model",
+            **item.query.meta,
+        }
 
     def __call__(
         self, image: Query | ImageInput, generator: torch.Generator | None = None, **overrides: Any

@@ -126,7 +126,11 @@ class Segmentation:
         names: optional name per label id (open-vocabulary methods, or after labelling).
         scores: optional float tensor of shape (K,) with a confidence per label id.
         extras: method-specific tensors (debug maps, probabilities) for inspection.
-        meta: JSON-serialisable facts about the input (original size, crop box, timestep...).
+        meta: JSON-serialisable facts about the input (original size, crop box, timestep...),
+            written by the `Segmenter` (`diffuseg.segmenter`), the one place that composes it.
+        timings: seconds spent on this result (``model``: its share of the model call,
+            ``segment``: the method's own work); not part of the JSON, so outputs are
+            byte-identical across runs.
     """
 
     labels: torch.Tensor
@@ -136,6 +140,7 @@ class Segmentation:
     scores: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.labels, torch.Tensor) or self.labels.ndim != 2:

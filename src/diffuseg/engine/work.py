@@ -46,9 +46,6 @@ _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 #: ARM_FILE exists delete it and exit hard (``os._exit``): one simulated worker loss per arming;
 #: an ARM_FILE holding "always" stays, so every worker that tries NAME dies.
 CRASH_ENV = "DIFFUSEG_TEST_CRASH_ON"
-#: Per-image timings `Segmenter` puts in `Segmentation.meta`; they go to the run's log, not the
-#: JSON output, so outputs are byte-identical across runs and engines.
-_TIMINGS = ("seconds_model", "seconds_segment")
 
 
 class OutputFullError(OSError):
@@ -181,22 +178,27 @@ class Worker:
         good = [(item, image) for item, image in decoded if not isinstance(image, str)]
         if not good:
             return _in_order(decoded, out)
-        queries = [Query(image=im, classes=job.classes, caption=job.caption, id=item.name) for item, im in good]
-        generators = image_generators(job.seed, [item.name for item, _ in good], job.device)
+        names = [item.name for item, _ in good]
+        queries = [
+            Query(image=im, classes=job.classes, caption=job.caption, id=item.name, meta=_notes(job, item))
+            for item, im in good
+        ]
         t0 = time.perf_counter()
-        results = self.segmenter.segment_batch(queries, generator=generators, return_errors=True)
+        results = self.segmenter.segment_batch(
+            queries, generator=image_generators(job.seed, names, job.device), return_errors=True
+        )
         seconds = (time.perf_counter() - t0) / len(good)
         for (item, image), seg in zip(good, results, strict=True):
             if isinstance(seg, Exception):
                 out.append(Outcome(item, error=self.wording(seg), seconds=seconds))
-                continue
-            seg = seg.in_input_frame()
-            for key in _TIMINGS:
-                seg.meta.pop(key, None)
-            seg.meta["source"] = item.source
-            seg.meta["seed"] = {"run": job.seed, "image": image_seed(job.seed, item.name)}
-            out.append(Outcome(item, seg=seg, image=image, seconds=seconds))
+            else:
+                out.append(Outcome(item, seg=seg.in_input_frame(), image=image, seconds=seconds))
         return _in_order(decoded, out)
+
+
+def _notes(job: Job, item: Item) -> dict[str, Any]:
+    """What the job knows of an image, for its result's meta: its source and its seeds."""
+    return {"source": item.source, "seed": {"run": job.seed, "image": image_seed(job.seed, item.name)}}
 
 
 def give_up(decoded: Sequence[tuple[Item, Any]], reason: str) -> list[Outcome]:
