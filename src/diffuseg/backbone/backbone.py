@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +19,7 @@ from .loading import (
     load_folder,
     resolve_model,
 )
+from .prompts import PromptEmbeddings, encode_text, weight_tokens
 from .recorder import EarlyExit, record
 from .single_file import load_single_file
 
@@ -39,31 +38,12 @@ def model_family(unet: nn.Module) -> str:
     return {768: "sd1", 1024: "sd2"}.get(getattr(config, "cross_attention_dim", None), "other")
 
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PromptEmbeddings:
-    """Encoded prompts.
-
-    Attributes:
-        embeds: (B, T, D) text-encoder hidden states fed to cross-attention.
-        pooled: (B, D2) pooled embedding (SDXL-family `added_cond_kwargs`) or None.
-        token_ids: (B, T) int64.
-        tokens: per prompt, the T token strings.
-    """
-
-    embeds: torch.Tensor
-    pooled: torch.Tensor | None
-    token_ids: torch.Tensor
-    tokens: list[list[str]]
-
-
 class DiffusionBackbone:
     """The components of a text-to-image latent diffusion model and one-pass feature extraction.
 
-    Construct from components (tests, custom pipelines) or with `from_pretrained`. CPU and
-    float32 by default; move with `.to(device, dtype)`.
+    Construct with `from_pretrained` (hub id, folder, single file, "toy"), from a loaded
+    diffusers pipeline (`from_pipeline`, no copies) or from components (`from_components`, the
+    constructor). CPU and float32 by default; move with `.to(device, dtype)`.
 
     Args:
         unet: `UNet2DConditionModel`.
@@ -300,47 +280,20 @@ class DiffusionBackbone:
             )
         encoded = self._encode(prompts)
         if token_weights is not None and any(token_weights):
-            empty = self._encode([""]).embeds[0]  # (T, D)
-            embeds = encoded.embeds.clone()
-            t = embeds.shape[1]
-            for row, pairs in enumerate(token_weights):
-                for pos, weight in pairs:
-                    if not 0 <= pos < t:
-                        raise ValueError(f"`token_weights` position {pos} is outside the {t} prompt tokens.")
-                    embeds[row, pos] = empty[pos] + weight * (embeds[row, pos] - empty[pos])
-            encoded.embeds = embeds
+            encoded.embeds = weight_tokens(encoded.embeds, self._encode([""]).embeds[0], token_weights)
         return encoded
 
     def _encode(self, prompts: list[str]) -> PromptEmbeddings:
         """Tokenize and run the text encoder(s); see `encode_prompts`."""
-        tok = self.prompt_tokenizer
-        enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        ids = enc.input_ids
-        full = tok(prompts, padding=False, truncation=False).input_ids
-        for p, f in zip(prompts, full, strict=False):
-            if len(f) > ids.shape[1]:
-                logger.warning("prompt truncated to %d tokens: %r", ids.shape[1], p)
-        tokens = [tok.convert_ids_to_tokens(row.tolist()) for row in ids]
-        pooled = None
-        if self.text_encoder_2 is None:
-            embeds = self.text_encoder(ids.to(self.device))[0]
-        else:
-            hidden = []
-            if self.text_encoder is not None:
-                out1 = self.text_encoder(ids.to(self.device), output_hidden_states=True)
-                hidden.append(out1.hidden_states[-2])
-            ids2 = self.tokenizer_2(
-                prompts,
-                padding="max_length",
-                max_length=self.tokenizer_2.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            out2 = self.text_encoder_2(ids2.to(self.device), output_hidden_states=True)
-            hidden.append(out2.hidden_states[-2])
-            embeds = torch.cat(hidden, dim=-1)
-            pooled = out2[0]
-        return PromptEmbeddings(embeds.to(self.dtype), None if pooled is None else pooled.to(self.dtype), ids, tokens)
+        return encode_text(
+            prompts,
+            self.prompt_tokenizer,
+            self.text_encoder,
+            self.tokenizer_2,
+            self.text_encoder_2,
+            self.device,
+            self.dtype,
+        )
 
     def added_cond(self, prompt: PromptEmbeddings, size: tuple[int, int]) -> dict[str, torch.Tensor] | None:
         """The UNet's `added_cond_kwargs` for `prompt`'s rows at model input `size` (H, W):
@@ -431,30 +384,9 @@ class DiffusionBackbone:
             `Features` with B * P rows (image-major), attention maps in float32.
         """
         self.check_timestep(timestep)
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
-            pixels = images.float().clamp(0, 1)
-            metas = [
-                {
-                    "input_size": list(pixels.shape[-2:]),
-                    "crop_box": [0, 0, pixels.shape[-1], pixels.shape[-2]],
-                    "model_size": list(pixels.shape[-2:]),
-                }
-                for _ in range(pixels.shape[0])
-            ]
-            if pixels.shape[-1] % self.size_multiple or pixels.shape[-2] % self.size_multiple:
-                raise ValueError(
-                    f"image tensor sides must be multiples of {self.size_multiple}, got {tuple(pixels.shape[-2:])}."
-                )
-        else:
-            batch = [images] if not isinstance(images, (list, tuple)) else list(images)
-            pixels, metas = self.preprocess(batch, image_size, resize_mode)
+        pixels, metas = self._model_input(images, image_size, resize_mode)
         b = pixels.shape[0]
-        if isinstance(prompts_per_image, bool) or not isinstance(prompts_per_image, int) or prompts_per_image < 1:
-            raise ValueError(f"`prompts_per_image` must be an int >= 1, got {prompts_per_image!r}.")
-        rows = b * prompts_per_image
-        prompt_list = [prompts] * rows if isinstance(prompts, str) else list(prompts)
-        if len(prompt_list) != rows:
-            raise ValueError(f"got {len(prompt_list)} prompts for {b} images x {prompts_per_image} prompts each.")
+        prompt_list = _prompt_rows(prompts, b, prompts_per_image)
         generators = per_item_generators(generator, b)  # checked before any work
         latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
         if add_noise:
@@ -465,6 +397,38 @@ class DiffusionBackbone:
             pixels = pixels.repeat_interleave(prompts_per_image, dim=0)
             metas = [m for m in metas for _ in range(prompts_per_image)]
         prompt = self.encode_prompts(prompt_list, token_weights)
+        return self._record(request, latents, timestep, prompt_list, prompt, pixels, metas)
+
+    def _model_input(
+        self,
+        images: ImageInput | Sequence[ImageInput] | torch.Tensor,
+        image_size: int | None,
+        resize_mode: Literal["crop", "squash", "keep_aspect"],
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """`extract`'s pixels (B, 3, H, W) in [0, 1] and meta dicts: a (B, 3, H, W) tensor taken
+        as it is (its sides must be multiples of `size_multiple`), else preprocessed images."""
+        if not (isinstance(images, torch.Tensor) and images.ndim == 4):
+            batch = [images] if not isinstance(images, (list, tuple)) else list(images)
+            return self.preprocess(batch, image_size, resize_mode)
+        pixels = images.float().clamp(0, 1)
+        h, w = pixels.shape[-2:]
+        if w % self.size_multiple or h % self.size_multiple:
+            raise ValueError(f"image tensor sides must be multiples of {self.size_multiple}, got {(h, w)}.")
+        metas = [{"input_size": [h, w], "crop_box": [0, 0, w, h], "model_size": [h, w]} for _ in range(len(pixels))]
+        return pixels, metas
+
+    def _record(
+        self,
+        request: FeatureRequest,
+        latents: torch.Tensor,
+        timestep: int,
+        prompts: list[str],
+        prompt: PromptEmbeddings,
+        pixels: torch.Tensor,
+        metas: list[dict[str, Any]],
+    ) -> Features:
+        """The UNet call on `latents` (one row per prompt: `prompts`, encoded as `prompt`) with
+        `request` recorded, as `Features`."""
         latent_size = (int(latents.shape[-2]), int(latents.shape[-1]))
         with record(self.unet, request, latent_size) as store:
             if not request.is_empty:
@@ -479,7 +443,7 @@ class DiffusionBackbone:
             layer_sizes=store.sizes,
             layer_counts={**store.counts["self"], **store.counts["cross"]},
             images=pixels.cpu(),
-            prompts=prompt_list,
+            prompts=prompts,
             token_ids=prompt.token_ids,
             tokens=prompt.tokens,
             tokenizer=self.prompt_tokenizer,
@@ -488,3 +452,14 @@ class DiffusionBackbone:
             normalization=request.normalization,
             meta=metas,
         )
+
+
+def _prompt_rows(prompts: str | Sequence[str], images: int, per_image: Any) -> list[str]:
+    """`extract`'s prompt per row: one prompt for all rows, or one per row (image-major)."""
+    if isinstance(per_image, bool) or not isinstance(per_image, int) or per_image < 1:
+        raise ValueError(f"`prompts_per_image` must be an int >= 1, got {per_image!r}.")
+    rows = images * per_image
+    prompt_list = [prompts] * rows if isinstance(prompts, str) else list(prompts)
+    if len(prompt_list) != rows:
+        raise ValueError(f"got {len(prompt_list)} prompts for {images} images x {per_image} prompts each.")
+    return prompt_list
