@@ -7,7 +7,7 @@ INPUT is one of:
 * a text file of paths, one per line (blank lines and ``#`` comments skipped; relative paths are
   relative to the list's folder);
 * one image file;
-* a dataset: ``dataset:NAME`` (a name of `diffuseg.eval.datasets.dataset_names()` with `root`,
+* a dataset: ``dataset:NAME`` (a name of `diffuseg.datasets.dataset_names()` with `root`,
   or ``dataset:synthetic``, the package's generated scenes).
 
 Each item gets an output name (files: the stem, ``stem-2`` for a second file with that stem,
