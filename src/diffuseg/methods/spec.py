@@ -108,9 +108,9 @@ class MethodSpec:
             return True
 
     def run(self, features: Features, config: Any, query: Query, resources: Mapping[str, Any]) -> Segmentation:
-        """Segment one query from its features; fills in method, config and the image's meta data."""
+        """Segment one query from its features; fills in the method and its config. ``meta`` keeps
+        the method's own facts: the `Segmenter` composes a result's meta (`Segmenter._result_meta`)."""
         seg = self.segment(features, config, query, resources)
         seg.method = self.name
         seg.config = config
-        seg.meta = {**(features.meta[0] if features.meta else {}), **seg.meta}
         return seg
