@@ -71,6 +71,8 @@ class Segmenter:
         probe: a `Query` without an image that stands for the queries to come (their class
             names and caption): the dry plan checks it against the model (e.g. the class list's
             token budget) before any image is read. Default `MethodSpec.probe_query()`.
+        config: the method's config, built by the caller (`MethodSpec.make_config` with this
+            model's family) and used as it is, instead of `overrides`.
         **overrides: config fields to change (on top of the preset).
 
     Example:
@@ -90,6 +92,7 @@ class Segmenter:
         preset: str | None = None,
         class_filter: Any = None,
         probe: Query | None = None,
+        config: Any = None,
         **overrides: Any,
     ) -> None:
         self.spec = get_method(method)
@@ -111,7 +114,15 @@ class Segmenter:
         family = preset if preset is not None else getattr(backbone, "family", None)
         preset_overrides = self.spec.preset(family)
         self.preset = {"family": family, "overrides": preset_overrides} if preset_overrides else None
-        self.config = self.spec.make_config(family, **overrides)
+        if config is None:
+            config = self.spec.make_config(family, **overrides)
+        elif overrides or not isinstance(config, self.spec.config_cls):
+            raise ValueError(
+                f"`config` must be a {self.spec.config_cls.__name__} built by the caller "
+                f"(`MethodSpec.make_config`), without further overrides; got {type(config).__name__}"
+                f"{' and ' + str(sorted(overrides)) if overrides else ''}."
+            )
+        self.config = config
         self.resources = self._load_resources(resources or {}, device)
         self.model_calls = 0
         self._cache: dict[tuple[Any, ...], Features] = {}

@@ -201,14 +201,15 @@ class DemoSession:
         preset plus `overrides` (every field is set, so nothing from an earlier request lingers)."""
         from ..segmenter import Segmenter
 
+        config = spec.make_config(self.family, **overrides)
         if spec.name not in self._segmenters:
-            needs_model = spec.needs_model(spec.make_config(self.family, **overrides))
+            needs_model = spec.needs_model(config)
             if needs_model and self.backbone is None:
                 raise DemoInputError(self.load_error or "no model is loaded.")
-            self._segmenters[spec.name] = Segmenter(self.backbone if needs_model else None, spec, **overrides)
+            backbone = self.backbone if needs_model else None
+            self._segmenters[spec.name] = Segmenter(backbone, spec, preset=self.family or "", config=config)
             return self._segmenters[spec.name]
         segmenter = self._segmenters[spec.name]
-        config = spec.make_config(self.family, **overrides)
         segmenter.configure(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
         return segmenter
 
