@@ -39,6 +39,20 @@ LIBRARY = (
 )
 #: What the library must not import.
 ABOVE_LIBRARY = ("diffuseg.eval", "diffuseg.demo", "diffuseg.commands")
+#: The layers, bottom first (README, "The house"): a module imports only its own layer and the
+#: ones before it. `diffuseg` itself (the lazy public facade) stands outside them.
+LAYERS = (
+    ("diffuseg._version", "diffuseg.ops", "diffuseg.imageio", "diffuseg.devices", "diffuseg.config_fields"),
+    ("diffuseg.types", "diffuseg.outputs"),
+    ("diffuseg.backbone",),
+    ("diffuseg.datasets", "diffuseg.synthetic"),
+    ("diffuseg.labeling",),
+    ("diffuseg.plan", "diffuseg.methods", "diffuseg.segdiffusion"),
+    ("diffuseg.segmenter", "diffuseg.inspection"),
+    ("diffuseg.engine",),
+    ("diffuseg.eval",),
+    ("diffuseg.demo", "diffuseg.commands", "diffuseg.cli", "diffuseg.__main__"),
+)
 
 
 def _within(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -160,6 +174,25 @@ def test_data_access_sits_below_evaluation(graph):
     below = ("diffuseg.datasets",)
     above = ("diffuseg.eval", "diffuseg.engine", "diffuseg.labeling", "diffuseg.demo", "diffuseg.commands")
     assert _edges(graph, lambda a: _within(a, below), lambda b: _within(b, above)) == []
+
+
+def _layer(module: str) -> int | None:
+    return next((rank for rank, prefixes in enumerate(LAYERS) if _within(module, prefixes)), None)
+
+
+def test_every_module_has_a_layer(graph):
+    assert sorted(m for m in graph if m != "diffuseg" and _layer(m) is None) == []
+
+
+def test_each_layer_imports_only_itself_and_the_layers_below(graph):
+    bad = [
+        f"{a} (layer {_layer(a)}) -> {b} (layer {_layer(b)})"
+        for a, targets in sorted(graph.items())
+        if a != "diffuseg"
+        for b in sorted(targets)
+        if _layer(b) is not None and _layer(b) > _layer(a)
+    ]
+    assert bad == []
 
 
 def test_no_two_modules_import_each_other(graph):

@@ -1,17 +1,22 @@
 """What a caller asks (`Query`) and what model work a method needs for it (`Pass`).
 
-A `Query` is one image plus what the caller knows about it: class names (with synonyms), a
-caption, an id, and, for evaluation protocols, the model input size they fix. The CLI, the eval
-runner, the demo and batch engines all hand queries to a `diffuseg.Segmenter`.
+A `Query` is one image plus what the caller knows about it: class names (with synonyms, parsed
+once into a `Vocabulary`), a caption, an id, facts for the result's meta (its source, its
+seeds), and, for evaluation protocols, the model input size and framing they fix. The batch
+engine (which ``diffuseg segment`` and ``diffuseg batch`` run), the eval runner and the demo all
+hand queries to a `diffuseg.Segmenter`.
 
 A method turns a query into a `Pass` (``plan(config, query, backbone, resources) -> Pass``): a frozen,
 hashable description of the model work (preprocessing, `FeatureRequest`, timestep, prompts,
-noise; or a multi-step `Sampler`). The `Segmenter` batches queries whose passes are equal into
-one model call and caches the recorded `Features` per pass, so re-segmenting with other
-post-processing settings runs no model. Nothing outside a method reads its config fields.
+noise; or a multi-step `Sampler`), built with `Pass.for_query`, the one place where a query's
+size and framing win over the method's own. The `Segmenter` batches queries whose passes are
+equal into one model call and caches the recorded `Features` per pass, so re-segmenting with
+other post-processing settings runs no model. Nothing outside a method reads its config fields.
 
-Passes stay backbone-agnostic: they name layers only through the `FeatureRequest` the method
-built with the backbone's help, so a later diffusion-transformer backbone fits the same shape.
+A pass is as backbone-specific as its `FeatureRequest`: today that names diffusers UNet module
+paths (``attn1`` / ``attn2`` patterns, block outputs), which methods find with the UNet layer
+finders of `diffuseg.backbone.layers`. A request by role that a diffusion transformer could
+also answer is not built yet.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Where things are in a diffusers UNet: layer paths that methods ask for by role.
+"""Where things are in a diffusers UNet: the layer paths of a role ("the deepest encoder
+self-attention", "the finest attention level", "the attention levels of the decoder").
 
-Methods name the module they want by what it is ("the deepest encoder self-attention"); the
-UNet-specific walk over `down_blocks` lives here, so another backbone (a diffusion transformer)
-can answer the same question its own way.
+The walk over `down_blocks` / `up_blocks` lives here rather than in each method. Methods call
+these functions on `DiffusionBackbone.unet` and put the paths they return in their
+`FeatureRequest`; self- and cross-attention are told apart by the diffusers names ``attn1`` /
+``attn2``. So the layer map is UNet-only today: a backbone interface that a diffusion
+transformer could implement (its own answer to each role) is not built yet.
 """
 
 from __future__ import annotations
