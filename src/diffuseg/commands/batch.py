@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     rate = f", {summary.images_per_second:.2f} img/s" if summary.segmented else ""
     listed = f"; failures listed in {Path(args.out) / FAILURES_FILE}" if summary.failures else ""
     print(
-        f"{summary.total - len(summary.failures)} of {summary.total} image(s) segmented into {args.out}/"
+        f"{summary.total - len(summary.failures)} of {summary.total} image(s) segmented into {Path(args.out)}/"
         f"{skipped} [{summary.engine}{rate}]{listed}",
         file=sys.stderr,
     )

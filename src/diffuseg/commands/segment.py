@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import COMMANDS
@@ -97,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     n = len(items)
     skipped = f" ({len(done_before)} already done)" if done_before else ""
-    print(f"{n - len(failed)} of {n} image(s) segmented into {args.out}/{skipped}", file=sys.stderr)
+    print(f"{n - len(failed)} of {n} image(s) segmented into {Path(args.out)}/{skipped}", file=sys.stderr)
     return 0 if not failed else 1
