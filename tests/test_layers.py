@@ -214,3 +214,34 @@ def test_the_checks_see_function_level_imports_and_circles(tmp_path):
     assert graph["pkg.b"] == {"pkg.sub.c"}
     assert graph["pkg.sub"] == {"pkg.sub.a"}
     assert circles(graph) == [["pkg.b", "pkg.sub.a", "pkg.sub.c"]]
+
+
+def _report(root: Path) -> str:
+    """The count of each rule's violations in the package at `root` (one line each)."""
+    graph = import_graph(root)
+    upward = {
+        "modules outside the CLI importing diffuseg.commands": _edges(
+            graph, lambda a: not _within(a, CLI), lambda b: _within(b, ("diffuseg.commands",))
+        ),
+        "library imports of eval, demo or commands": _edges(
+            graph, lambda a: _within(a, LIBRARY), lambda b: _within(b, ABOVE_LIBRARY)
+        ),
+        "imports against the layer order": [
+            f"{a} -> {b}"
+            for a, targets in sorted(graph.items())
+            if a != "diffuseg" and _layer(a) is not None
+            for b in sorted(targets)
+            if _layer(b) is not None and _layer(b) > _layer(a)
+        ],
+        "circles": [" <-> ".join(c) for c in circles(graph)],
+    }
+    lines = [f"{root}: {len(graph)} modules, {sum(map(len, graph.values()))} imports"]
+    for rule, found in upward.items():
+        lines.append(f"{rule}: {len(found)}" + "".join(f"\n    {f}" for f in found))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python tests/test_layers.py [PACKAGE_DIR]: the counts, e.g. of an older checkout
+    import sys
+
+    print(_report(Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE))
