@@ -17,10 +17,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-from ..outputs import OUTPUTS, atomic_write, existing_outputs, render_outputs
+from ..outputs import OUTPUTS, existing_outputs, write_outputs
 from .inputs import Item, decode
 from .seeding import image_generators, image_seed
 
@@ -245,8 +244,7 @@ def write_outcome(out_dir: str | os.PathLike, outcome: Outcome) -> dict[str, Any
     if outcome.error is not None:
         return {**record, "status": "failed", "error": outcome.error}
     try:
-        for suffix, blob in render_outputs(outcome.seg, outcome.image):
-            atomic_write(Path(out_dir) / f"{item.name}{suffix}", blob, overwrite=True)
+        write_outputs(outcome.seg, out_dir, item.name, outcome.image, overwrite=True)
     except OSError as e:
         if e.errno in _FULL:
             raise OutputFullError(e.errno, f"the output folder {out_dir} is full ({e.strerror})") from e
