@@ -23,7 +23,7 @@ from typing import Any
 from . import COMMANDS
 from ._labeling import query_flags
 from ._options import HelpFormatter, add_method_options, add_model_options, add_query_options, fail, method_help
-from .batch import make_job, message
+from .batch import SEED_HELP, make_job, message
 
 __all__ = ["register", "run"]
 
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
         "--skip-existing", action="store_true", help="skip images whose outputs all exist (resume an interrupted batch)"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_model_options(p, seed_help="the run's seed: each image's noise comes from (seed, its output name) (default 0)")
+    add_model_options(p, seed_help=SEED_HELP)
     add_query_options(p)
     p.set_defaults(func=run, _owners=add_method_options(p))
 
@@ -89,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
                 job, todo, progress=not args.no_progress, overwrite=True, wording=message, failure_log=False,
                 desc="segment",
             )  # fmt: skip
-        except (ValueError, OSError) as e:
-            if isinstance(e, OutputFullError):
-                return fail("segment", f"{e}; free some space and rerun with --skip-existing to finish", code=1)
-            return fail("segment", message(e))  # a model or setting that cannot be used
+        except OutputFullError as e:
+            return fail("segment", f"{e}; free some space and rerun with --skip-existing to finish", code=1)
+        except (ValueError, OSError) as e:  # a model or setting that cannot be used
+            return fail("segment", message(e))
         failed.update((rec["source"], rec["error"]) for rec in summary.failures)
     for path, reason in failed.items():
         print(f"failed: {path}: {reason}", file=sys.stderr)
