@@ -24,6 +24,7 @@ LIBRARY = (
     "diffuseg.backbone",
     "diffuseg.datasets",
     "diffuseg.devices",
+    "diffuseg.dtypes",
     "diffuseg.engine",
     "diffuseg.imageio",
     "diffuseg.inspection",
@@ -42,7 +43,14 @@ ABOVE_LIBRARY = ("diffuseg.eval", "diffuseg.demo", "diffuseg.commands")
 #: The layers, bottom first (README, "The house"): a module imports only its own layer and the
 #: ones before it. `diffuseg` itself (the lazy public facade) stands outside them.
 LAYERS = (
-    ("diffuseg._version", "diffuseg.ops", "diffuseg.imageio", "diffuseg.devices", "diffuseg.config_fields"),
+    (
+        "diffuseg._version",
+        "diffuseg.ops",
+        "diffuseg.imageio",
+        "diffuseg.devices",
+        "diffuseg.config_fields",
+        "diffuseg.dtypes",
+    ),
     ("diffuseg.types", "diffuseg.outputs"),
     ("diffuseg.backbone",),
     ("diffuseg.datasets", "diffuseg.synthetic"),

@@ -1,37 +1,16 @@
 """`load_backbone`: a ready `DiffusionBackbone` from plain arguments (model, config, device,
-dtype), the one way the CLI, the batch engine's workers, the eval runner and the demo load it."""
+dtype), the one way the CLI, the batch engine's workers, the eval runner and the demo load it.
+`DTYPES` / `parse_dtype` are `diffuseg.dtypes`'s, re-exported."""
 
 from __future__ import annotations
 
 import torch
 
+from ..dtypes import DTYPES, parse_dtype
 from .backbone import DiffusionBackbone
 from .loading import DEFAULT_MODEL
 
 __all__ = ["DTYPES", "parse_dtype", "load_backbone"]
-
-#: Names of the weight dtypes the loaders accept -> torch dtype attribute.
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """A weight dtype: a name of `DTYPES` or a torch dtype (None -> None: the weights' own).
-
-    Raises:
-        ValueError: naming `dtype`, for a name that is not in `DTYPES`.
-    """
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {sorted(DTYPES)}, got {dtype!r}.")
-    return getattr(torch, DTYPES[dtype])
 
 
 def load_backbone(

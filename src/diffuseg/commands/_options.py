@@ -104,7 +104,7 @@ def add_model_options(
     parser: argparse.ArgumentParser, seed_help: str = "seed of the torch.Generator for noise"
 ) -> None:
     """--model --model-config --device --dtype --seed (`seed_help`) --batch-size."""
-    from ..backbone.load import DTYPES
+    from ..dtypes import DTYPES
 
     g = parser.add_argument_group("model")
     g.add_argument(
@@ -416,8 +416,8 @@ def check_runtime(args: argparse.Namespace) -> None:
     Raises:
         ValueError: naming the bad argument.
     """
-    from ..backbone.load import parse_dtype
     from ..devices import check_device
+    from ..dtypes import parse_dtype
 
     check_device(args.device)
     parse_dtype(args.dtype)
