@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "check_pixels",
     "check_resize_mode",
     "ImageLoadError",
     "load_image",
@@ -69,17 +70,37 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as 8-bit RGB, applying its EXIF orientation.
+def check_pixels(size: tuple[int, int], max_pixels: int | None, what: str = "the image") -> None:
+    """Refuse an image of `size` (width, height) above `max_pixels` (None: no limit).
 
     Raises:
-        ImageLoadError: if the file is missing, unreadable or not an image.
+        ImageLoadError: naming `max_pixels`, `what` and its size.
+    """
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, above `max_pixels` {max_pixels:,}; "
+            "it was not decoded."
+        )
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Read an image file as 8-bit RGB, applying its EXIF orientation.
+
+    Args:
+        path: the image file.
+        max_pixels: largest image read (width x height), checked from the file's header before
+            the pixels are decoded; None: no limit (Pillow's own decompression-bomb limit holds).
+
+    Raises:
+        ImageLoadError: if the file is missing, unreadable, not an image or above `max_pixels`.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
+            check_pixels(im.size, max_pixels, str(path))
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
