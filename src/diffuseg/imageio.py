@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "check_finite",
     "check_pixels",
     "check_resize_mode",
     "ImageLoadError",
@@ -44,6 +45,21 @@ def check_resize_mode(mode: str) -> str:
     return mode
 
 
+def check_finite(pixels: np.ndarray | torch.Tensor) -> None:
+    """Refuse float pixel values that are NaN or infinite (nothing can be segmented from them).
+
+    Raises:
+        ValueError: naming `image` and how many of its values are not finite.
+    """
+    finite = torch.isfinite(pixels) if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.isfinite(pixels))
+    bad = finite.numel() - int(finite.sum())
+    if bad:
+        raise ValueError(
+            f"`image` has {bad:,} NaN or infinite value(s) of {finite.numel():,}; give finite pixel values "
+            "(float images in [0, 1])."
+        )
+
+
 class ImageLoadError(ValueError):
     """A file is missing, unreadable or not an image."""
 
@@ -53,6 +69,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     over black, palette images expanded)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
+        check_finite(arr)
         if image.mode.startswith("I;16"):
             hi = 65535.0
         elif image.mode == "I":
@@ -118,6 +135,9 @@ def as_pil(image: ImageInput) -> Image.Image:
         image = image.detach().cpu()
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"a tensor image must be (3, H, W) or (1, H, W), got {tuple(image.shape)}.")
+        if not image.is_floating_point():
+            raise ValueError(f"`image`: a tensor image must be a float tensor in [0, 1], got {image.dtype}.")
+        check_finite(image)
         arr = image.float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
         return Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).convert("RGB")
     if isinstance(image, np.ndarray):
@@ -126,6 +146,7 @@ def as_pil(image: ImageInput) -> Image.Image:
             if arr.dtype == np.uint16:
                 arr = (arr.astype(np.float64) / 257.0).round().astype(np.uint8)
             elif arr.dtype.kind == "f":
+                check_finite(arr)
                 arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
             elif arr.dtype != np.uint8:
                 raise ValueError(f"unsupported image array dtype {arr.dtype}; use uint8, uint16 or float.")
