@@ -87,7 +87,8 @@ def test_skip_existing_resumes_an_interrupted_batch(tiny_model_dir, tmp_path, ca
     imgs = [_photo(tmp_path / f"p{i}.png", seed=i) for i in range(3)]
     out = tmp_path / "o"
     assert _segment(tiny_model_dir, imgs[0], "--out", str(out)) == 0
-    (out / "p0.json").write_text("from the first run")  # a finished item is not recomputed
+    first = json.loads((out / "p0.json").read_text())
+    (out / "p0.json").write_text(json.dumps({**first, "note": "from the first run"}))  # a finished item is kept
     _photo(out / "p1.labels.png")  # an interrupted item: one of its three files
     capsys.readouterr()
     assert _segment(tiny_model_dir, *imgs, "--out", str(out)) == 1  # without the flag: p0, p1 refused, p2 done
@@ -95,7 +96,7 @@ def test_skip_existing_resumes_an_interrupted_batch(tiny_model_dir, tmp_path, ca
     assert _segment(tiny_model_dir, *imgs, "--out", str(out), "--skip-existing") == 0
     err = capsys.readouterr().err
     assert "3 of 3 image(s)" in err and "2 already done" in err
-    assert (out / "p0.json").read_text() == "from the first run"
+    assert json.loads((out / "p0.json").read_text())["note"] == "from the first run"
     assert json.loads((out / "p1.json").read_text())["method"] == "diffseg"
     assert np.asarray(Image.open(out / "p1.labels.png")).ndim == 2  # the partial output was redone
     assert _segment(tiny_model_dir, *imgs, "--out", str(out), "--skip-existing") == 0  # all done: exit 0

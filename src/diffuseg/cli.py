@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None)
+        print(f"interrupted; {hint}" if hint else "interrupted", file=sys.stderr)
         return 130
 
 

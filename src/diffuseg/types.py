@@ -17,9 +17,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["Segmentation", "Sample", "palette"]
+__all__ = ["Segmentation", "Sample", "palette", "LABELS_8BIT", "LABELS_16BIT"]
 
 logger = logging.getLogger(__name__)
+
+#: Labels an 8-bit palette label PNG holds (ids 0-255); more are written as 16-bit greyscale.
+LABELS_8BIT = 256
+#: Labels a 16-bit label PNG holds (ids 0-65535).
+LABELS_16BIT = 65536
 
 
 def palette(num_colors: int = 256) -> np.ndarray:
@@ -215,17 +220,36 @@ class Segmentation:
         return dataclasses.replace(self, labels=labels, meta=meta, extras=dict(self.extras))
 
     # ------------------------------------------------------------------ conversions
+    @property
+    def label_bits(self) -> int:
+        """Bits per pixel of `to_label_image`: 8 (a palette PNG) while the label ids fit a byte
+        (up to `LABELS_8BIT` labels), else 16 (a greyscale PNG, up to `LABELS_16BIT` labels)."""
+        return 8 if self.num_segments <= LABELS_8BIT else 16
+
+    def to_numpy(self) -> np.ndarray:
+        """The label map as an int64 array (H, W), on the host."""
+        return self.labels.cpu().numpy().astype(np.int64, copy=False)
+
     def to_label_image(self) -> Image.Image:
-        """A palette ("P" mode) PNG-ready image whose pixel values are the label ids.
+        """A PNG-ready image whose pixel values are the label ids.
+
+        Up to `LABELS_8BIT` labels: an 8-bit palette ("P" mode) image, coloured like the overlay's
+        palette (`palette`). More: a 16-bit greyscale ("I;16") image (`label_bits` says which;
+        ``np.asarray(Image.open(path))`` reads both as the label ids).
 
         Raises:
-            ValueError: if there are more than 256 labels (use `to_numpy` instead).
+            ValueError: if there are more than `LABELS_16BIT` labels (use `to_numpy` instead).
         """
-        if self.num_segments > 256:
-            raise ValueError(f"{self.num_segments} labels do not fit an 8-bit palette PNG.")
-        img = Image.fromarray(self.labels.cpu().numpy().astype(np.uint8), mode="P")
-        img.putpalette(palette(256).reshape(-1).tolist())
-        return img
+        if self.num_segments > LABELS_16BIT:
+            raise ValueError(
+                f"{self.num_segments} labels do not fit a 16-bit PNG (at most {LABELS_16BIT}); use `to_numpy`."
+            )
+        lab = self.to_numpy()
+        if self.label_bits == 8:
+            img = Image.fromarray(lab.astype(np.uint8), mode="P")
+            img.putpalette(palette(256).reshape(-1).tolist())
+            return img
+        return Image.fromarray(lab.astype(np.uint16))
 
     def to_overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5, legend: bool = True) -> Image.Image:
         """Blend label colours over `image` (resized to the label size if needed).
@@ -311,6 +335,7 @@ class Segmentation:
             "height": self.size[0],
             "width": self.size[1],
             "num_segments": len(self.label_ids()),
+            "label_bits": self.label_bits,
             "names": self.names,
             "segments": self.to_coco_rle(),
             "meta": self.meta,

@@ -23,7 +23,17 @@ from typing import Any
 
 from . import COMMANDS
 
-__all__ = ["register", "run", "make_job", "message", "add_engine_options", "engine_options", "SEED_HELP"]
+__all__ = [
+    "register",
+    "run",
+    "make_job",
+    "message",
+    "add_engine_options",
+    "add_output_options",
+    "engine_options",
+    "SEED_HELP",
+    "RESUME_HINT",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +50,11 @@ _ENGINE_FLAGS = {
     "seed": "--seed",
     "root": "--root",
     "split": "--split",
+    "save": "--save",
+    "max_pixels": "--max-pixels",
 }
+#: What ``batch`` says when interrupted (Ctrl-C).
+RESUME_HINT = "rerun the same command to finish (images already written are skipped)"
 
 
 def message(error: BaseException) -> str:
@@ -74,12 +88,77 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images of INPUT")
     p.add_argument("--method", default="diffseg", help=f"segmentation method (default diffseg):\n{method_help()}")
     p.add_argument("--out", default="out", help="output folder (default ./out)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist (default: skip them)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo images whose outputs exist (default: skip them when their JSON records this run's method, "
+        "settings, model, seed and classes; outputs of other settings stop the run)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_options(p)
     add_engine_options(p)
     add_model_options(p, seed_help=SEED_HELP)
     add_query_options(p)
-    p.set_defaults(func=run, _owners=add_method_options(p))
+    p.set_defaults(func=run, _owners=add_method_options(p), resume_hint=RESUME_HINT)
+
+
+def _extra_saves() -> tuple[str, ...]:
+    from ..outputs import DEFAULT_SAVE, SAVE_KINDS
+
+    return tuple(k for k in SAVE_KINDS if k not in DEFAULT_SAVE)
+
+
+def _save_kinds(text: str) -> tuple[str, ...]:
+    """--save's parser: comma-separated kinds of `_extra_saves`."""
+    from ..config_fields import csv_parser
+
+    kinds = csv_parser(str)(text)
+    unknown = [k for k in kinds if k not in _extra_saves()]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind {unknown[0]!r}; choose from {', '.join(_extra_saves())}")
+    return kinds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--save --no-overlay --max-pixels (``segment`` and ``batch``)."""
+    from ..engine.work import MAX_PIXELS
+
+    g = parser.add_argument_group("outputs")
+    g.add_argument(
+        "--save",
+        type=_save_kinds,
+        default=(),
+        metavar="KINDS",
+        help="also write, per image: 'npy' (NAME.labels.npy, the label map as a NumPy array: uint8, or uint16 "
+        "above 256 labels) and/or 'masks' (NAME.masks/, one black-and-white PNG per segment, ID-NAME.png when "
+        "segments have names), comma-separated",
+    )
+    g.add_argument("--no-overlay", action="store_true", help="do not write NAME.overlay.png")
+    g.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        help=f"refuse images larger than this (width x height, read from the file's header before decoding; "
+        f"default {MAX_PIXELS:,})",
+    )
+
+
+def _save(args: argparse.Namespace) -> tuple[str, ...]:
+    """The kinds of output file of --save and --no-overlay."""
+    from ..outputs import DEFAULT_SAVE
+
+    kinds = DEFAULT_SAVE + tuple(args.save)
+    return tuple(k for k in kinds if not (args.no_overlay and k == "overlay"))
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +234,7 @@ def make_job(args: argparse.Namespace, flags: Any) -> Any:
     from ..engine.seeding import resolve_seed
     from ..engine.work import Job
 
+    given = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
     return Job(
         method=flags.spec.name,
         out_dir=args.out,
@@ -172,6 +252,8 @@ def make_job(args: argparse.Namespace, flags: Any) -> Any:
         label_device=getattr(args, "label_device", None),
         threads=getattr(args, "threads", None),
         needs_model=flags.spec.needs_model(flags.config),
+        save=_save(args),
+        **given,
     )
 
 

@@ -23,7 +23,10 @@ from typing import Any
 from . import COMMANDS
 from ._labeling import query_flags
 from ._options import HelpFormatter, add_method_options, add_model_options, add_query_options, fail, method_help
-from .batch import SEED_HELP, make_job, message
+from .batch import SEED_HELP, add_output_options, make_job, message
+
+#: What ``segment`` says when interrupted (Ctrl-C).
+RESUME_HINT = "rerun with --skip-existing to finish (images already written are kept)"
 
 __all__ = ["register", "run"]
 
@@ -45,27 +48,56 @@ def register(subparsers: Any) -> None:
     done = p.add_mutually_exclusive_group()
     done.add_argument("--overwrite", action="store_true", help="replace existing output files")
     done.add_argument(
-        "--skip-existing", action="store_true", help="skip images whose outputs all exist (resume an interrupted batch)"
+        "--skip-existing",
+        action="store_true",
+        help="skip images whose outputs all exist and whose JSON records this run's method, settings, model, "
+        "seed and classes (resume an interrupted run); outputs of other settings stop the run",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_options(p)
     add_model_options(p, seed_help=SEED_HELP)
     add_query_options(p)
-    p.set_defaults(func=run, _owners=add_method_options(p))
+    p.set_defaults(func=run, _owners=add_method_options(p), resume_hint=RESUME_HINT)
 
 
-def _sort_inputs(args: argparse.Namespace, items: list[Any]) -> tuple[list[Any], list[Any], dict[str, str]]:
-    """(done before, to do, failed: source -> reason) by the outputs each item already has."""
-    from ..outputs import OUTPUTS, existing_outputs
+def _check_images(paths: list[str]) -> None:
+    """Refuse a folder or a special file (FIFO, device) among the IMAGE arguments before any work
+    (a missing file fails only itself, later).
 
+    Raises:
+        ValueError: naming the first such IMAGE.
+    """
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            raise ValueError(
+                f"IMAGE {path} is a folder; `diffuseg batch {path}` segments the images in a folder "
+                f"(or give the files: {Path(path) / '*.jpg'})."
+            )
+        if p.exists() and not p.is_file():
+            raise ValueError(f"IMAGE {path} is not a regular file (a FIFO, socket or device); give image files.")
+
+
+def _sort_inputs(args: argparse.Namespace, job: Any, items: list[Any]) -> tuple[list[Any], list[Any], dict[str, str]]:
+    """(done before, to do, failed: source -> reason) by the outputs each item already has.
+
+    Raises:
+        ValueError (`OutputMismatchError`): with --skip-existing, outputs that record other settings.
+    """
+    from ..engine.resume import check_done
+    from ..outputs import existing_outputs, output_suffixes
+
+    suffixes = output_suffixes(job.save)
     done_before, todo, failed = [], [], {}
     for item in items:
-        existing = existing_outputs(args.out, item.name)
-        if args.skip_existing and len(existing) == len(OUTPUTS):
+        existing = existing_outputs(args.out, item.name, suffixes)
+        if args.skip_existing and len(existing) == len(suffixes):
             done_before.append(item)
         elif existing and not (args.overwrite or args.skip_existing):
             failed[item.source] = f"output exists ({existing[0]}); use --overwrite or --skip-existing"
         else:
             todo.append(item)  # --skip-existing rewrites an item's partial outputs
+    check_done(job, done_before)
     return done_before, todo, failed
 
 
@@ -77,12 +109,13 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import check_out_dir
 
     try:
+        _check_images(args.images)
         job = make_job(args, query_flags(args))
         check_out_dir(args.out)
+        items = file_items(args.images)
+        done_before, todo, failed = _sort_inputs(args, job, items)
     except ValueError as e:
         return fail("segment", message(e))
-    items = file_items(args.images)
-    done_before, todo, failed = _sort_inputs(args, items)
     if todo:
         try:
             summary = run_batch(

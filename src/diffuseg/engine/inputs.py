@@ -151,16 +151,18 @@ def _open_dataset(name: str, root: str | None, split: str | None) -> Any:
     return load_dataset(name, root, split)
 
 
-def decode(item: Item) -> Any:
-    """The RGB PIL image of `item` (fully decoded).
+def decode(item: Item, max_pixels: int | None = None) -> Any:
+    """The RGB PIL image of `item` (fully decoded), refused from its header if it has more than
+    `max_pixels` pixels (None: no limit).
 
     Raises:
-        ImageLoadError / OSError: an unreadable file or sample.
+        ImageLoadError / OSError: an unreadable file or sample, or one above `max_pixels`.
     """
+    from ..imageio import check_pixels, load_image
+
     if item.dataset is not None:
         image = _open_dataset(*item.dataset)[item.index].image
+        check_pixels(image.size, max_pixels, item.source)
         image.load()
         return image
-    from ..imageio import load_image
-
-    return load_image(item.source)
+    return load_image(item.source, max_pixels)

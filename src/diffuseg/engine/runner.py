@@ -1,12 +1,13 @@
 """`run_batch`: segment items with one job on an engine, skipping what is done, logging failures.
 
-The run is resumable at any point: an item is done when all its outputs exist (each written
-atomically, the JSON last). Units are cut from the whole INPUT (`make_units`), and a rerun of
-the same command skips the units whose items are all done and redoes the others whole
-(rewriting a done item of an interrupted unit with the same bytes, and replacing an interrupted
-item's partial files), so every model call sees the images it would have seen in an
-uninterrupted run; with each image's noise from its own seeded generator, the outputs are
-byte-identical to an uninterrupted run's, for any ``batch_size``.
+The run is resumable at any point: an item is done when all its outputs exist (written all or
+none, the JSON last) and its JSON records the run's settings (`resume.check_done`: outputs of
+other settings stop the run before any work, unless it overwrites them). Units are cut from the
+whole INPUT (`make_units`), and a rerun of the same command skips the units whose items are all
+done and redoes the others whole (rewriting a done item of an interrupted unit with the same
+bytes), so every model call sees the images it would have seen in an uninterrupted run; with
+each image's noise from its own seeded generator, the outputs are byte-identical to an
+uninterrupted run's, for any ``batch_size``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..outputs import DEFAULT_SAVE
 from . import ENGINES
 from .inputs import Item
 from .progress import FailureLog, Progress
+from .resume import check_done
 from .work import Job, Outcome, OutputFullError, Worker, decode_unit, give_up, is_done, make_units, write_outcome
 
 __all__ = ["run_batch", "BatchSummary", "write_outcomes"]
@@ -56,13 +59,15 @@ class BatchSummary:
         return n / self.seconds if self.seconds > 0 else 0.0
 
 
-def write_outcomes(out_dir: str, outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
-    """Write a unit's outcomes (`write_outcome`); a full folder ends the unit with a record of
-    status ``full`` (the rest of the unit stays undone)."""
+def write_outcomes(
+    out_dir: str, outcomes: Sequence[Outcome], save: Sequence[str] = DEFAULT_SAVE
+) -> list[dict[str, Any]]:
+    """Write a unit's outcomes (`write_outcome`, `save`'s kinds); a full folder ends the unit with
+    a record of status ``full`` (the rest of the unit stays undone)."""
     records = []
     for outcome in outcomes:
         try:
-            records.append(write_outcome(out_dir, outcome))
+            records.append(write_outcome(out_dir, outcome, save))
         except OutputFullError as e:
             records.append({"index": outcome.item.index, "name": outcome.item.name, "status": "full", "error": str(e)})
             break
@@ -77,7 +82,7 @@ def _run_local(
 ) -> None:
     worker = Worker(job, wording)
     for unit in units:
-        on_result(write_outcomes(job.out_dir, worker(decode_unit(unit))))
+        on_result(write_outcomes(job.out_dir, worker(decode_unit(unit, job.max_pixels, wording)), job.save))
 
 
 def _run_ray(
@@ -94,9 +99,9 @@ def _run_ray(
         job = dataclasses.replace(job, threads=options.actor_threads(cpus))
     run_units(
         units,
-        decode=decode_unit,
+        decode=functools.partial(decode_unit, max_pixels=job.max_pixels, wording=wording),
         worker=(Worker, (job, wording)),
-        write=functools.partial(write_outcomes, job.out_dir),
+        write=functools.partial(write_outcomes, job.out_dir, save=job.save),
         on_result=on_result,
         options=options,
         give_up=give_up,
@@ -135,7 +140,8 @@ def run_batch(
         The `BatchSummary`; failed images are listed in ``OUT/failures.jsonl``.
 
     Raises:
-        ValueError: naming `engine`, or a setting a worker refuses.
+        ValueError: naming `engine`, or a setting a worker refuses; `resume.OutputMismatchError`
+            (before any work) if done outputs record other settings and `overwrite` is False.
         OutputFullError: the output folder filled up (no partial file looks complete).
         ConnectionError: an unreachable Ray address.
     """
@@ -144,7 +150,9 @@ def run_batch(
     os.makedirs(job.out_dir, exist_ok=True)
     units = make_units(items, job.batch_size)
     if not overwrite:
-        units = [u for u in units if not all(is_done(job.out_dir, it.name) for it in u)]
+        done = {it.name for it in items if is_done(job.out_dir, it.name, job.save)}
+        check_done(job, [it for it in items if it.name in done])  # done only with this run's settings
+        units = [u for u in units if not all(it.name in done for it in u)]
     todo = sum(len(u) for u in units)
     summary = BatchSummary(total=len(items), done_before=len(items) - todo, engine=engine)
     if not units:

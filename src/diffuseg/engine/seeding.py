@@ -23,12 +23,12 @@ def resolve_seed(seed: int | None) -> int:
     """`seed` checked, or `DEFAULT_SEED` when None.
 
     Raises:
-        ValueError: naming `seed`, if it is not a non-negative int.
+        ValueError: naming `seed`, if it is not an int in [0, 2**64) (a 64-bit unsigned seed).
     """
     if seed is None:
         return DEFAULT_SEED
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"`seed` must be an int in [0, 2**64), got {seed!r}.")
     return seed
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..outputs import OUTPUTS, existing_outputs, write_outputs
+from ..outputs import DEFAULT_SAVE, OUTPUTS, check_save, existing_outputs, output_suffixes, write_outputs
 from .inputs import Item, decode
 from .seeding import image_generators, image_seed
 
@@ -29,6 +30,7 @@ __all__ = [
     "Worker",
     "OUTPUTS",
     "OutputFullError",
+    "MAX_PIXELS",
     "make_units",
     "is_done",
     "decode_unit",
@@ -47,8 +49,15 @@ _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 CRASH_ENV = "DIFFUSEG_TEST_CRASH_ON"
 
 
+#: The default `Job.max_pixels`: 64 megapixels (a 9248x6936 photo), about 190 MB decoded.
+MAX_PIXELS = 64_000_000
+
+
 class OutputFullError(OSError):
     """The output folder has no room left (ENOSPC / EDQUOT / EFBIG)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +79,9 @@ class Job:
         threads: torch threads per worker (None: torch's default).
         needs_model: whether the method's passes run the diffusion model (the CLI's
             `MethodSpec.needs_model` of the user's settings; False: no backbone is loaded).
+        save: the kinds of output file per image (`diffuseg.outputs.check_save`).
+        max_pixels: largest image read (width x height; the size comes from the file's header,
+            before decoding), or None for no limit.
     """
 
     method: str
@@ -88,6 +100,15 @@ class Job:
     label_device: str | None = None
     threads: int | None = None
     needs_model: bool = True
+    save: tuple[str, ...] = DEFAULT_SAVE
+    max_pixels: int | None = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "save", check_save(self.save))
+        if self.max_pixels is not None and (
+            isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1
+        ):
+            raise ValueError(f"`max_pixels` must be a positive int or None, got {self.max_pixels!r}.")
 
 
 @dataclasses.dataclass
@@ -101,9 +122,10 @@ class Outcome:
     seconds: float = 0.0
 
 
-def is_done(out_dir: str | os.PathLike, name: str) -> bool:
-    """Whether all outputs of image `name` exist (the JSON is written last)."""
-    return len(existing_outputs(out_dir, name)) == len(OUTPUTS)
+def is_done(out_dir: str | os.PathLike, name: str, save: Sequence[str] = DEFAULT_SAVE) -> bool:
+    """Whether all outputs (`save`'s kinds) of image `name` exist (the JSON is written last)."""
+    suffixes = output_suffixes(save)
+    return len(existing_outputs(out_dir, name, suffixes)) == len(suffixes)
 
 
 def make_units(items: Sequence[Item], batch_size: int) -> list[list[Item]]:
@@ -113,16 +135,20 @@ def make_units(items: Sequence[Item], batch_size: int) -> list[list[Item]]:
     return [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def decode_unit(unit: Iterable[Item]) -> list[tuple[Item, Any]]:
-    """(item, RGB PIL image or the load error's message) per item."""
+def decode_unit(
+    unit: Iterable[Item], max_pixels: int | None = None, wording: Callable[[BaseException], str] = str
+) -> list[tuple[Item, Any]]:
+    """(item, RGB PIL image or the load error's message, worded by `wording`) per item; images
+    over `max_pixels` are refused from their header, before decoding."""
     from ..imageio import ImageLoadError
 
     out: list[tuple[Item, Any]] = []
     for item in unit:
         try:
-            out.append((item, decode(item)))
+            out.append((item, decode(item, max_pixels)))
         except (ImageLoadError, OSError, ValueError) as e:
-            out.append((item, f"cannot read: {e}" if not str(e).startswith("cannot read") else str(e)))
+            text = wording(e)
+            out.append((item, text if text.startswith("cannot read") else f"cannot read: {text}"))
     return out
 
 
@@ -196,8 +222,12 @@ class Worker:
 
 
 def _notes(job: Job, item: Item) -> dict[str, Any]:
-    """What the job knows of an image, for its result's meta: its source and its seeds."""
-    return {"source": item.source, "seed": {"run": job.seed, "image": image_seed(job.seed, item.name)}}
+    """What the job knows of an image, for its result's meta: its source, its seeds and the
+    query's class names and caption when given (a rerun compares them: `resume.differences`)."""
+    notes: dict[str, Any] = {"source": item.source, "seed": {"run": job.seed, "image": image_seed(job.seed, item.name)}}
+    if job.classes or job.caption is not None:
+        notes["query"] = {"classes": json.loads(json.dumps(list(job.classes))), "caption": job.caption}
+    return notes
 
 
 def give_up(decoded: Sequence[tuple[Item, Any]], reason: str) -> list[Outcome]:
@@ -229,14 +259,16 @@ def _maybe_crash(decoded: Sequence[tuple[Item, Any]]) -> None:
     os._exit(1)
 
 
-def write_outcome(out_dir: str | os.PathLike, outcome: Outcome) -> dict[str, Any]:
-    """Write one image's outputs atomically (each file through a temp file and a rename; the
-    JSON last, so an item is done only when all are there); returns its log record
-    ``{"index", "name", "source", "status": "ok"|"failed", "error", "seconds"}``.
+def write_outcome(out_dir: str | os.PathLike, outcome: Outcome, save: Sequence[str] = DEFAULT_SAVE) -> dict[str, Any]:
+    """Write one image's outputs (`save`'s kinds) all or none (`diffuseg.outputs.write_outputs`:
+    temp files renamed into place, the JSON last, so an item is done only when all are there);
+    returns its log record ``{"index", "name", "source", "status": "ok"|"failed", "error",
+    "seconds"}``. An error while saving (a name too long, a label map no PNG holds) fails only
+    this item.
 
     Raises:
-        OutputFullError: the folder has no room left (no temp file is left behind; files this
-            item already wrote stay, and the item counts as not done).
+        OutputFullError: the folder has no room left (nothing of this item is left behind, and
+            it counts as not done).
     """
     item = outcome.item
     record = {"index": item.index, "name": item.name, "source": item.source, "status": "ok", "error": None}
@@ -244,9 +276,12 @@ def write_outcome(out_dir: str | os.PathLike, outcome: Outcome) -> dict[str, Any
     if outcome.error is not None:
         return {**record, "status": "failed", "error": outcome.error}
     try:
-        write_outputs(outcome.seg, out_dir, item.name, outcome.image, overwrite=True)
+        write_outputs(outcome.seg, out_dir, item.name, outcome.image, overwrite=True, save=save)
     except OSError as e:
         if e.errno in _FULL:
             raise OutputFullError(e.errno, f"the output folder {out_dir} is full ({e.strerror})") from e
         return {**record, "status": "failed", "error": f"cannot write: {e}"}
+    except Exception as e:  # noqa: BLE001 - a save error (e.g. a label map no PNG holds) fails only its image
+        logger.debug("saving %s failed", item.name, exc_info=True)
+        return {**record, "status": "failed", "error": f"cannot save: {e}"}
     return record
