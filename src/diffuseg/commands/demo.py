@@ -4,13 +4,17 @@ Serves `diffuseg.demo.app` on localhost (``--host`` to change, with a warning: a
 reach the port can run the model). Needs the ``demo`` extra (Gradio). The model is loaded
 before the server starts; if it fails to load, the page says why instead of the server
 crashing. One request runs at a time (a queue), so two users never run two model passes at
-once on one device. Exit codes: 0 after the server stops, 2 bad usage or no Gradio.
+once on one device. The flags, the address (``--host`` must be an address of this machine,
+``--port`` free) and Gradio are checked before the model loads. Exit codes: 0 after the
+server stops, 2 bad usage, an address that cannot be served or no Gradio.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import sys
 from typing import Any
 
@@ -22,6 +26,17 @@ logger = logging.getLogger(__name__)
 
 #: Hosts that keep the demo on this machine (any other --host gets a warning).
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _megabytes(text: str) -> float:
+    """--max-upload-mb's parser: a finite number (nan and inf are no size)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of MB > 0, got {text!r}")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +56,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="largest image accepted, width x height (default 16000000)",
     )
-    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload in MB (default 50)")
+    p.add_argument("--max-upload-mb", type=_megabytes, default=50.0, help="largest upload in MB (default 50)")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -63,11 +78,49 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}.")
 
 
-def _free_port(host: str) -> int:
+def _bind_error(host: str, port: int, error: OSError) -> str:
+    """Why `host`:`port` cannot be served, in flags."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.EADDRINUSE:
+        return f"--port {port} is already in use on {host}; choose another --port, or --port 0 for any free port."
+    if error.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"--host {host} is not an address of this machine ({reason}); use 127.0.0.1 (this machine only), "
+            "0.0.0.0 (every interface) or one of this machine's addresses."
+        )
+    if error.errno == errno.EACCES:
+        return (
+            f"--port {port} is not allowed here ({reason}); ports below 1024 need privileges: choose a higher --port."
+        )
+    return f"cannot serve on --host {host} --port {port}: {reason}."
+
+
+def _reserve(host: str, port: int) -> int:
+    """The port to serve on (`port`, or a free one for 0), after binding `host`:`port` as the
+    server will (SO_REUSEADDR): before the model loads, a bad address is said in flags.
+
+    Raises:
+        ValueError: naming --host (not an address of this machine) or --port (in use, not allowed).
+    """
     import socket
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
+    if not host.strip():
+        raise ValueError("--host must be an address of this machine, e.g. 127.0.0.1; got ''.")
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ValueError(
+            f"--host {host!r} is neither an IP address nor a name this machine resolves ({reason}); "
+            "use e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
+        ) from None
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise ValueError(_bind_error(host, port, e)) from None
         return int(sock.getsockname()[1])
 
 
@@ -101,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.app import build_app, serve
     from ..demo.examples import bundled_examples
 
+    try:
+        port = _reserve(args.host, args.port)
+    except ValueError as e:
+        return fail("demo", str(e))
     if args.host not in LOCAL_HOSTS:
         logger.warning(
             "serving on --host %s: anyone who can reach this port can upload images and run the model", args.host
@@ -109,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
     if session.load_error:
         print(f"diffuseg demo: {session.load_error} (the page shows this)", file=sys.stderr)
     app = build_app(session, bundled_examples())
-    port = args.port or _free_port(args.host)
-    print(f"diffuseg demo: model {session.model_name}; open http://{args.host}:{port}/", file=sys.stderr, flush=True)
-    serve(app, session, args.host, port, int(args.max_upload_mb * 1e6))
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"diffuseg demo: model {session.model_name}; open http://{shown}:{port}/", file=sys.stderr, flush=True)
+    try:
+        serve(app, session, args.host, port, int(args.max_upload_mb * 1e6))
+    except OSError as e:  # the port was taken between the check and the server's start
+        logger.debug("the server did not start: %s", e)
+        taken = "empty port" in str(e)  # Gradio's words, which advise its environment variable instead
+        return fail("demo", _bind_error(args.host, port, OSError(errno.EADDRINUSE, "in use") if taken else e))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
@@ -22,19 +23,42 @@ __all__ = ["register", "run", "parse_point", "check_out_path"]
 logger = logging.getLogger(__name__)
 
 
-def parse_point(text: str) -> tuple[int, int]:
-    """Parse ``"y,x"`` into two non-negative ints.
+#: What argparse takes for a negative number rather than an option: its own patterns (-1, -.5)
+#: and a negative "y,x" point (-1,5), so ``--point -1,5`` reaches the point check.
+_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+\s*,\s*-?\d+$")
+
+
+def _point_ints(text: str) -> tuple[int, int]:
+    """``"y,x"`` -> (y, x), any sign.
 
     Raises:
-        ValueError: on anything else.
+        ValueError: naming --point, if `text` is not two comma-separated integers.
     """
     parts = text.replace(" ", "").split(",")
     try:
         y, x = (int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"`--point` must be 'y,x' with two integers, got {text!r}.") from None
-    if y < 0 or x < 0:
-        raise ValueError(f"`--point` must be non-negative, got {text!r}.")
+        raise ValueError(f"--point must be 'y,x' with two integers, got {text!r}.") from None
+    return y, x
+
+
+def parse_point(text: str, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Parse ``"y,x"`` into two ints: a pixel of an image of `size` (height, width) when given,
+    else two non-negative ints.
+
+    Raises:
+        ValueError: naming --point: not two integers, or not a pixel of the image.
+    """
+    y, x = _point_ints(text)
+    if size is not None:
+        height, width = size
+        if not (0 <= y < height and 0 <= x < width):
+            raise ValueError(
+                f"--point {y},{x} (y,x) lies outside the image, which is {height} pixels high and {width} wide: "
+                f"y must be in 0..{height - 1} and x in 0..{width - 1}."
+            )
+    elif y < 0 or x < 0:
+        raise ValueError(f"--point must be non-negative, got {text!r}.")
     return y, x
 
 
@@ -47,6 +71,7 @@ def register(subparsers: Any) -> None:
         description="Write IMAGE's model view next to the DiffCut feature-similarity map or the DiffSeg "
         "aggregated self-attention map of the pixel at --point.",
     )
+    p._negative_number_matcher = _NEGATIVE  # argparse's own pattern takes "-1,5" for an option
     p.add_argument("image", metavar="IMAGE", help="image file")
     p.add_argument("--point", required=True, help="query pixel 'y,x' in IMAGE's own pixel coordinates")
     p.add_argument("--method", default="diffcut", choices=METHODS, help="whose view (default diffcut)")
@@ -93,18 +118,16 @@ def run(args: argparse.Namespace) -> int:
     from ._options import check_runtime, fail, flag_message, load_backbone, make_generator, method_overrides
 
     try:
-        y, x = parse_point(args.point)
+        _point_ints(args.point)  # its syntax before anything is read; the image bounds it below
         spec = get_method(args.method)
         overrides = method_overrides(args, spec.name, args._owners)
         spec.make_config(None, **overrides)
         check_runtime(args)
         fmt = check_out_path(args.out, args.overwrite)
         image = load_image(args.image)
+        y, x = parse_point(args.point, (image.height, image.width))
     except (ValueError, ImageLoadError) as e:
         return fail("inspect", flag_message(e))
-    height, width = image.size[1], image.size[0]
-    if y >= height or x >= width:
-        return fail("inspect", f"`--point` {y},{x} lies outside the {height}x{width} image.")
     try:
         backbone = load_backbone(args)
         segmenter = Segmenter(backbone, spec, **overrides)

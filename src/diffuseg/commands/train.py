@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import shlex
 import sys
 from dataclasses import fields
@@ -24,16 +26,28 @@ __all__ = ["register", "run"]
 
 logger = logging.getLogger(__name__)
 
+
+def _finite(text: str) -> float:
+    """A float flag's parser: nan and inf are refused (the library's range checks let nan through)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 # CLI flag -> TrainConfig field. Flags default to None: the dataclass holds the defaults.
 _FIELDS = {
     "seed": int,
     "steps": int,
     "batch_size": int,
-    "lr": float,
+    "lr": _finite,
     "num_scenes": int,
     "vae_steps": int,
-    "ema_decay": float,
-    "checkpoint_minutes": float,
+    "ema_decay": _finite,
+    "checkpoint_minutes": _finite,
 }
 # CLI flag -> ToyModelConfig field (architecture of a new run; ignored on --resume).
 _MODEL_FIELDS = {
@@ -103,43 +117,147 @@ def _setup_logging(out: Path, filename: str = "train.log") -> None:
         root.addHandler(handler)
 
 
+def _folder_problem(name: str | Path, flag: str) -> str | None:
+    """Why `name` cannot be (or become) a folder this command writes, or None."""
+    if not str(name).strip():  # Path("") is ".": a run would land in the working folder
+        return f"{flag} must name a folder, got {str(name)!r}."
+    path = Path(name)
+    if path.exists():
+        if not path.is_dir():
+            return f"{flag} {path} is a file; give a folder."
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{flag} {path} is not writable."
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        return f"{flag} {path} cannot be created: {parent} is a file, not a folder."
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{flag} {path} cannot be created: {parent} is not writable."
+    return None
+
+
+def _export_problem(export: str | None) -> str | None:
+    """Why --export (which the export replaces) is no target, or None: a file, or a folder
+    holding something other than an exported model."""
+    if export is None:
+        return None
+    path = Path(export)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "model_index.json").exists())):
+        return (
+            f"--export {path} holds something other than an exported model, and the export replaces it; "
+            "give a new folder or an earlier export."
+        )
+    return _folder_problem(export, "--export")
+
+
+def _done_steps(out: Path) -> int:
+    """The step of the last checkpoint in `out` (0 without one).
+
+    Raises:
+        ValueError: naming --out, if the checkpoint cannot be read.
+    """
+    import torch
+
+    from diffuseg.synthetic.checkpoint import CHECKPOINT_NAME
+
+    path = out / CHECKPOINT_NAME
+    if not path.exists():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["step"])
+    except Exception as e:  # noqa: BLE001 - a damaged file: whatever torch raises, say which
+        raise ValueError(f"--out {out}: its checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _steps_problem(args: argparse.Namespace, out: Path) -> str | None:
+    """On --resume --steps N: why N is no step to train to (the run is past it), or None; a
+    note when the run is at N already."""
+    if not (args.resume and args.steps is not None):
+        return None
+    try:
+        done = _done_steps(out)
+    except ValueError as e:
+        return str(e)
+    if args.steps < done:
+        return f"--steps {args.steps}: the run in {out} is already at step {done}; give --steps > {done} to go on"
+    if args.steps == done:
+        print(f"note: the run in {out} is already at step {done} = --steps: no step to train", file=sys.stderr)
+    return None
+
+
+def _run_problem(args: argparse.Namespace, out: Path) -> str | None:
+    """Why a training run in `out` cannot start or resume as asked, or None (checked before any work)."""
+    from diffuseg.synthetic.checkpoint import CHECKPOINT_NAME
+
+    problem = _folder_problem(args.out, "--out") or _export_problem(args.export)
+    if problem:
+        return problem
+    if (out / CHECKPOINT_NAME).exists() and not args.resume:
+        return f"{out} already holds a run; pass --resume to continue it or choose another --out"
+    if args.resume and not (out / "config.json").exists():
+        return f"--resume: {out} holds no run to continue (no config.json); leave out --resume to start one"
+    if args.init_from is not None:
+        init = Path(args.init_from)
+        if not all((init / part / "config.json").is_file() for part in ("unet", "text_encoder", "vae")):
+            return (
+                f"--init-from {init} is not an exported model folder (with unet/, text_encoder/ and vae/, "
+                "as --export writes)"
+            )
+    return None
+
+
+def _export_only(args: argparse.Namespace, out: Path) -> int:
+    from diffuseg.synthetic.export import TOY_MODEL_DIR, export_pipeline
+
+    problem = _export_problem(args.export)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        path = export_pipeline(out, args.export or TOY_MODEL_DIR)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _decoder_only(args: argparse.Namespace, out: Path) -> int:
+    import torch
+
+    from diffuseg.synthetic.decoder import finetune_decoder
+
+    problem = _folder_problem(args.out, "--out")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    _setup_logging(out, "decoder.log")
+    try:
+        finetune_decoder(out, args.decoder_steps, seed=args.seed or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, resume or export; returns the exit code."""
     import torch
 
-    from diffuseg.synthetic.checkpoint import CHECKPOINT_NAME
-    from diffuseg.synthetic.export import TOY_MODEL_DIR, export_pipeline, train_proving_ground
+    from diffuseg.synthetic.export import export_pipeline, train_proving_ground
     from diffuseg.synthetic.model import ToyModelConfig
     from diffuseg.synthetic.train import TrainConfig
 
     out = Path(args.out)
     if args.export_only:
-        try:
-            path = export_pipeline(out, args.export or TOY_MODEL_DIR)
-        except FileNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(path)
-        return 0
+        return _export_only(args, out)
     if args.threads < 1:
         print(f"error: `--threads` must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     if args.decoder_steps is not None:
-        from diffuseg.synthetic.decoder import finetune_decoder
-
-        torch.set_num_threads(args.threads)
-        _setup_logging(out, "decoder.log")
-        try:
-            finetune_decoder(out, args.decoder_steps, seed=args.seed or 0)
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    if (out / CHECKPOINT_NAME).exists() and not args.resume:
-        print(
-            f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
-            file=sys.stderr,
-        )
+        return _decoder_only(args, out)
+    problem = _run_problem(args, out) or _steps_problem(args, out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     overrides = {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
     known = {f.name for f in fields(TrainConfig)}
@@ -152,7 +270,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    _setup_logging(out)
+    try:
+        _setup_logging(out)
+    except OSError as err:
+        print(f"error: --out {out} cannot be created: {err.strerror or err}", file=sys.stderr)
+        return 2
     command = "diffuseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     train_proving_ground(config, init_from=args.init_from, command=command, steps=args.steps)
     if args.export:

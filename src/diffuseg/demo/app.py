@@ -4,7 +4,9 @@ download the label PNG and the JSON (COCO RLE).
 
 The page is a thin layer over `diffuseg.demo.session.DemoSession`: every control of a method
 is generated from its config (`diffuseg.demo.controls`), every message the user sees comes
-from the session's errors (`DemoInputError`), and the queue runs one request at a time.
+from the session's errors (`DemoInputError`) or, for an unexpected failure (saving, drawing,
+the device), from the exception's own message (the server log keeps its traceback; Gradio
+alone would show a bare "Error"), and the queue runs one request at a time.
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def _status(message: str, error: bool = False) -> str:
 
 def _error(message: str) -> str:
     return _status(message, error=True)
+
+
+def _failure(what: str, error: Exception) -> str:
+    """The status line of a request that failed unexpectedly (saving, drawing, the device): its
+    message, never a bare "Error"; the server log keeps the traceback."""
+    logger.error("%s failed", what, exc_info=error)
+    message = str(error) or type(error).__name__
+    if not isinstance(error, ValueError):
+        message = f"{type(error).__name__}: {message}"
+    return _error(f"{what} failed: {message}")
 
 
 def _legend_html(legend: list[tuple[int, str | None, tuple[int, int, int], float]]) -> str:
@@ -201,6 +213,8 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
                 )
             except DemoInputError as e:
                 return (_error(str(e)), *keep)
+            except Exception as e:  # noqa: BLE001 - shown on the page, logged with its traceback
+                return (_failure(f"{name} segmentation", e), *keep)
             what = "model pass" if result.model_pass else "re-segmented from the cached features (no model pass)"
             text = _status(
                 f"{name}: {len(result.legend)} segments in {result.seconds:.2f} s, {what}. "
@@ -221,6 +235,8 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
                 picture = session.inspect(current[0], which, (y, x), settings_of(data, which))
             except DemoInputError as e:
                 return gr.update(), _error(str(e))
+            except Exception as e:  # noqa: BLE001 - shown on the page, logged with its traceback
+                return gr.update(), _failure(f"the {which} pixel view", e)
             return _enlarged(picture, 2 * _DISPLAY_SIDE)[0], _status(f"{which} view of pixel y={y}, x={x}.")
 
         upload.upload(on_upload, inputs=upload, outputs=[image_state, preview, status])

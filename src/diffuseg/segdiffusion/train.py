@@ -11,6 +11,7 @@ checkpoint then holds their average; written with the checkpoint), ``log.jsonl``
 (loss per step, validation mIoU) and ``curves.png``. ``resume=True`` continues from the last
 checkpoint with the same config (only `steps` and how often it saves or validates may change),
 so an interrupted run loses at most `checkpoint_every` steps and continues the same loss curve.
+`check_out` says before any work whether a run can start (or resume) in a folder.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from ..plan import check_positive
-from .checkpoint import load_checkpoint, read_record, save_checkpoint
+from .checkpoint import RECORD, load_checkpoint, read_record, save_checkpoint
 from .masks import encode_masks
 from .model import widen_conv_in
 from .objective import denoising_loss
 
-__all__ = ["SegTrainConfig", "train", "ConfigMismatchError"]
+__all__ = ["SegTrainConfig", "train", "check_out", "run_step", "ConfigMismatchError"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +222,133 @@ def _check_resume(saved: dict[str, Any], config: SegTrainConfig) -> None:
         raise ConfigMismatchError(f"`resume` with a different config: {listing}.")
 
 
+def _folder_problem(out: str | os.PathLike) -> str | None:
+    """Why `out` cannot be (or become) a run folder, or None."""
+    if not str(out).strip():  # Path("") is ".": the run would land in the working folder
+        return f"`out` must name a folder, got {str(out)!r}."
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir():
+            return f"`out` {path} is a file; give a folder (a new one, or the run to resume)."
+        return None if os.access(path, os.W_OK | os.X_OK) else f"`out` {path} is not writable."
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        return f"`out` {path} cannot be created: {parent} is a file, not a folder."
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"`out` {path} cannot be created: {parent} is not writable."
+    return None
+
+
+def run_step(out: str | os.PathLike) -> int | None:
+    """The step of the run in `out` (its last checkpoint's), or None if `out` holds no run.
+
+    Raises:
+        CheckpointError: a damaged checkpoint record.
+    """
+    ckpt = Path(out) / "checkpoint"
+    if not (ckpt / RECORD).exists():
+        return None
+    return int(read_record(ckpt).get("step", 0))
+
+
+def check_out(out: str | os.PathLike, *, resume: bool = False, steps: int | None = None) -> int | None:
+    """Check, before any work, that a run can start in `out` (or with `resume` continue there,
+    to `steps` in total); returns the step of the run to resume (None for a new run).
+
+    Raises:
+        ValueError: naming `out` (empty, a file, a folder that cannot be created or written;
+            with `resume`, no run there or one without its trainer state) or `steps` (below
+            the step the run to resume is at: a run does not go back).
+        FileExistsError: if `out` holds a run and `resume` is False.
+    """
+    problem = _folder_problem(out)
+    if problem:
+        raise ValueError(problem)
+    step = run_step(out)
+    if not resume:
+        if step is not None:
+            raise FileExistsError(f"{out} holds a run; pass `resume=True` to continue it or choose another `out`.")
+        return None
+    if step is None:
+        raise ValueError(
+            f"`out` {out} holds no run to resume (no checkpoint/{RECORD}); drop `resume=True` to start one there."
+        )
+    if not _state_path(Path(out)).is_file():
+        raise ValueError(
+            f"`out` {out} holds a checkpoint but not its {_state_path(Path(out)).name} (optimizer, step and "
+            "generator state), so it cannot be resumed; start a new run in another `out`."
+        )
+    if steps is not None and steps < step:
+        raise ValueError(
+            f"`steps` {steps} is below step {step}, where the run in {out} is already: a run does not go back; "
+            f"give `steps` > {step} to train on (its checkpoint is the model at step {step})."
+        )
+    return step
+
+
+def _start(backbone: Any, config: SegTrainConfig, out: Path, resume: bool) -> tuple[Any, dict[str, Any] | None]:
+    """The UNet to train (widened from the base's, or the run's on `resume`) and, on `resume`,
+    the trainer state saved with the run's last checkpoint (None for a new run).
+
+    Raises:
+        ConfigMismatchError: on `resume` with another config.
+    """
+    if not resume:
+        import copy
+
+        return widen_conv_in(copy.deepcopy(backbone.unet)).float().train().requires_grad_(True), None
+    ckpt = out / "checkpoint"
+    _check_resume(read_record(ckpt).get("train_config", {}), config)
+    unet, _ = load_checkpoint(ckpt, backbone.device, torch.float32)
+    state = torch.load(_state_path(out), map_location="cpu", weights_only=False)
+    if state.get("unet") is not None:  # with EMA the checkpoint holds the average, not the trained weights
+        unet.load_state_dict(state["unet"])
+    return unet.train().requires_grad_(True), state
+
+
+def _optimizer(
+    unet: Any, config: SegTrainConfig, lr: float, device: torch.device, state: dict[str, Any] | None
+) -> tuple[torch.optim.Optimizer, dict[str, torch.Tensor] | None, torch.amp.GradScaler]:
+    """AdamW, the EMA weights (None without `ema_decay`) and the gradient scaler, restored from
+    the trainer `state` of a resumed run."""
+    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    ema = None
+    if config.ema_decay is not None:
+        ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema = {k: v.to(device) for k, v in state["ema"].items()}
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    return opt, ema, scaler
+
+
+def _optimizer_step(
+    unet: Any, opt: Any, scaler: Any, backbone: Any, dataset: Any, config: SegTrainConfig, size: int, gen: Any
+) -> float:
+    """One optimizer step over `grad_accumulation` micro-batches; returns their mean loss."""
+    device = torch.device(backbone.device)
+    autocast_dtype = _AUTOCAST_DTYPES.get(config.mixed_precision)
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for _ in range(config.grad_accumulation):
+        z_image, z_mask, text, added = _batch(backbone, dataset, config, size, gen)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = denoising_loss(
+                unet, backbone.scheduler, z_image, z_mask, text, gen,
+                config.pyramid_levels, config.pyramid_discount, added,
+            )  # fmt: skip
+        scaler.scale(loss / config.grad_accumulation).backward()
+        total += float(loss.detach()) / config.grad_accumulation
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), config.clip)
+    scaler.step(opt)
+    scaler.update()
+    return total
+
+
 def train(
     backbone: Any,
     dataset: Any,
@@ -246,51 +374,34 @@ def train(
 
     Raises:
         FileExistsError: if `out` holds a run and `resume` is False.
+        ValueError: a bad `out`, or `steps` below the step of the run to resume (`check_out`).
         ConfigMismatchError: on `resume` with another config.
     """
     from tqdm.auto import tqdm
 
     from .sampler import MaskModel
 
+    done = check_out(out, resume=resume, steps=config.steps)  # before Path(""), which is "."
     out = Path(out)
     ckpt = out / "checkpoint"
     size = config.size or backbone.native_size
     gen = torch.Generator().manual_seed(config.seed)
-    if resume:
-        saved = read_record(ckpt)
-        _check_resume(saved.get("train_config", {}), config)
-        unet, _ = load_checkpoint(ckpt, backbone.device, torch.float32)
-        state = torch.load(_state_path(out), map_location="cpu", weights_only=False)
-        if state.get("unet") is not None:  # with EMA the checkpoint holds the average, not the trained weights
-            unet.load_state_dict(state["unet"])
-        unet.train().requires_grad_(True)
-        step = int(state["step"])
+    unet, state = _start(backbone, config, out, resume)
+    step = int(state["step"]) if state is not None else 0
+    if state is not None:
         gen.set_state(state["generator"])
-    else:
-        if (ckpt / "segdiffusion.json").exists():
-            raise FileExistsError(f"{out} holds a run; pass `resume=True` to continue it or choose another `out`.")
-        import copy
-
-        unet = widen_conv_in(copy.deepcopy(backbone.unet)).float().train().requires_grad_(True)
-        state, step = None, 0
+    if done == config.steps:
+        logger.info("the run in %s is already at step %d = `steps`: no step to train", out, done)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     device = torch.device(backbone.device)
-    autocast_dtype = _AUTOCAST_DTYPES.get(config.mixed_precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
     lr = config.lr or DEFAULT_LR.get(backbone.family, _REFERENCE_LR)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    ema = None
-    if config.ema_decay is not None:
-        ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema = {k: v.to(device) for k, v in state["ema"].items()}
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+    opt, ema, scaler = _optimizer(unet, config, lr, device, state)
     log_path = out / "log.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"`out` {out} cannot be created: {e.strerror or e}.") from None
     if resume and log_path.exists():  # drop the steps after the checkpoint: they are redone
         kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         log_path.write_text("".join(line + "\n" for line in kept))
@@ -319,21 +430,7 @@ def train(
     while step < end:
         for group in opt.param_groups:
             group["lr"] = lr * _lr_factor(config, step)
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(config.grad_accumulation):
-            z_image, z_mask, text, added = _batch(backbone, dataset, config, size, gen)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = denoising_loss(
-                    unet, backbone.scheduler, z_image, z_mask, text, gen,
-                    config.pyramid_levels, config.pyramid_discount, added,
-                )  # fmt: skip
-            scaler.scale(loss / config.grad_accumulation).backward()
-            total += float(loss.detach()) / config.grad_accumulation
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.clip)
-        scaler.step(opt)
-        scaler.update()
+        total = _optimizer_step(unet, opt, scaler, backbone, dataset, config, size, gen)
         step += 1
         if ema is not None:
             with torch.no_grad():
