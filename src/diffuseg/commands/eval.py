@@ -7,8 +7,13 @@ prints the reports side by side. ``--engine ray`` (``--address``, ``--actors`` .
 ``diffuseg batch``) scores on a Ray actor pool into the same store; with ``--seed`` each image's
 noise comes from its own generator on either engine, so both give the same records and report.
 
-Exit codes: 0 done, 1 done but some images were unreadable (skipped, listed in the report),
-2 bad usage, a wrong dataset root, or a model that cannot be loaded.
+Exit codes: 0 done, 1 done but some images were unreadable (skipped, listed in the report) or
+a file could not be written on the way (what was scored is kept: rerun with ``--resume``), 2 bad
+usage, a wrong dataset root, or a model that cannot be loaded. The output is checked before the
+model loads: --out and --save-predictions must be folders that can be written, an existing
+results file needs --resume or --overwrite (and --resume a run with the same dataset, method,
+protocol, classes and seed), existing predictions of the images need --overwrite or --resume.
+``--compare`` tells runs of one method apart by the settings that differ, else by their folders.
 """
 
 from __future__ import annotations
@@ -130,10 +135,22 @@ def _add_class_options(p: Any) -> None:
     )
 
 
-def _fail(message: Any) -> int:
+#: Library arguments of `evaluate` / `OutputOptions` -> their flags (`flag_message` knows the rest).
+_EVAL_FLAGS = {
+    "save_predictions": "--save-predictions",
+    "name": "--name",
+    "background_class": "--background-class",
+    "split": "--split",
+}
+
+
+def _fail(message: Any, code: int = 2) -> int:
+    import re
+
     from ._options import fail, flag_message
 
-    return fail("eval", flag_message(message))
+    text = re.sub(r"`([a-z_]+)`", lambda m: _EVAL_FLAGS.get(m.group(1), m.group(0)), str(message))
+    return fail("eval", flag_message(text), code)
 
 
 def _compare(paths: list[str]) -> int:
@@ -141,9 +158,11 @@ def _compare(paths: list[str]) -> int:
 
     try:
         reports = [load_report(p) for p in paths]
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        return _fail(f"--compare {e.filename}: {e.strerror}." if e.filename else f"--compare: {e}")
+    except ValueError as e:
         return _fail(str(e))
-    print(compare_reports(reports), end="")
+    print(compare_reports(reports, paths), end="")
     return 0
 
 
@@ -159,13 +178,17 @@ class _Setup:
     class_filter: Any
     dataset: Any
     ray_options: Any
+    needs_model: bool
+    engine: Any
+    output: Any
 
 
 def _setup(args: argparse.Namespace) -> _Setup:
-    """Check the flags and open the dataset.
+    """Check the flags, open the dataset and check the output (`check_output`).
 
     Raises:
-        ValueError / FileNotFoundError: a bad flag or dataset root; ImportError: --engine ray without Ray.
+        ValueError / FileNotFoundError: a bad flag or dataset root; FileExistsError: results or
+        predictions that would be replaced; ImportError: --engine ray without Ray.
     """
     from ..datasets import load_dataset
     from ..eval.protocols import get_protocol
@@ -176,8 +199,13 @@ def _setup(args: argparse.Namespace) -> _Setup:
 
     if not args.dataset or (not args.root and args.dataset != "synthetic"):
         raise ValueError("`--dataset` and `--root` are required (or use --compare).")
+    if args.dataset == "synthetic" and args.root is not None:
+        raise ValueError("--dataset synthetic is generated, it has no --root; leave --root out.")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"`limit` must be a positive integer, got {args.limit}.")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the results file and --overwrite discards it; give one of them.")
+    output = _output_options(args)
     spec = get_method(args.method)
     sweep = check_tune_background(spec, BACKGROUND_SWEEP if args.tune_background else None)
     overrides = method_overrides(args, spec.name, args._owners)
@@ -197,7 +225,57 @@ def _setup(args: argparse.Namespace) -> _Setup:
     ray_options = engine_options(args)
     if ray_options is not None:
         import ray  # noqa: F401
-    return _Setup(spec, sweep, overrides, config, resources, class_filter, dataset, ray_options)
+    needs_model = spec.needs_model(config)
+    engine = _engine_options(args, ray_options, needs_model)
+    _check_output(args, spec, dataset, sweep, engine, output)
+    return _Setup(
+        spec, sweep, overrides, config, resources, class_filter, dataset, ray_options, needs_model, engine, output
+    )
+
+
+def _output_options(args: argparse.Namespace) -> Any:
+    """The `OutputOptions` of --out --name --resume --overwrite --save-predictions --no-progress."""
+    from ..eval import OutputOptions
+
+    return OutputOptions(
+        out_dir=args.out,
+        name=args.name,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        save_predictions=args.save_predictions,
+        progress=not args.no_progress,
+    )
+
+
+def _engine_options(args: argparse.Namespace, ray_options: Any, needs_model: bool) -> Any:
+    """The `EngineOptions` of --engine --batch-size and the Ray flags (with ray, each actor loads
+    its own model)."""
+    from ..eval import EngineOptions
+
+    loader = _actor_loader(args) if needs_model and ray_options is not None else None
+    return EngineOptions(
+        engine=args.engine, batch_size=args.batch_size, ray_options=ray_options, backbone_loader=loader
+    )
+
+
+def _check_output(args: argparse.Namespace, spec: Any, dataset: Any, sweep: Any, engine: Any, output: Any) -> None:
+    """`check_output` of the run the flags describe: folders, results file and predictions,
+    before any model is loaded."""
+    from ..eval.runner import check_output
+
+    check_output(
+        dataset,
+        spec.name,
+        protocol=args.protocol,
+        matching=args.matching,
+        background_class=args.background_class,
+        classes=args.classes,
+        tune_background=sweep,
+        limit=args.limit,
+        seed=args.seed,
+        engine=engine,
+        output=output,
+    )
 
 
 def _actor_loader(args: argparse.Namespace) -> Any:
@@ -239,14 +317,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``diffuseg eval``; returns the exit code."""
     if args.compare:
         return _compare(args.compare)
-    from ..eval import EngineOptions, OutputOptions, evaluate
+    from ..eval import evaluate
     from ..eval.store import ResumeMismatchError
     from ._labeling import build_filter, load_label_models
     from ._options import load_backbone, make_generator
 
     try:
         setup = _setup(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         return _fail(e)
     except ImportError:
         return _fail("--engine ray needs Ray: pip install 'diffuseg[ray]'.")
@@ -255,10 +333,9 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
-    needs_model = setup.spec.needs_model(setup.config)
     backbone = None
     model_id = None
-    if needs_model:
+    if setup.needs_model:
         try:
             backbone = load_backbone(args)
         except (OSError, ValueError) as e:
@@ -266,9 +343,7 @@ def run(args: argparse.Namespace) -> int:
         model_id = getattr(backbone, "name", None) or args.model
     # --seed: each image's noise from its own generator, seeded from (--seed, image id), on any
     # engine; without it the local engine draws from one randomly seeded generator
-    generator = make_generator(args.seed, args.device) if needs_model else None
-    # with ray, each actor loads its own model
-    loader = _actor_loader(args) if needs_model and setup.ray_options is not None else None
+    generator = make_generator(args.seed, args.device) if setup.needs_model else None
     try:
         load_label_models(args, setup.resources)
         class_filter = build_filter(args, setup.class_filter, setup.resources, setup.spec)
@@ -291,20 +366,13 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             generator=generator,
             seed=args.seed,
-            engine=EngineOptions(
-                engine=args.engine, batch_size=args.batch_size, ray_options=setup.ray_options, backbone_loader=loader
-            ),
-            output=OutputOptions(
-                out_dir=args.out,
-                name=args.name,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                save_predictions=args.save_predictions,
-                progress=not args.no_progress,
-            ),
+            engine=setup.engine,
+            output=setup.output,
         )
     except (FileExistsError, ResumeMismatchError, ValueError, ConnectionError) as e:
         return _fail(str(e).replace("`address`", "--address"))
     except RuntimeError as e:  # the Ray pipeline broke (WorkerDiedError)
         return _fail(e)
+    except OSError as e:  # a results or prediction file could not be written (a full disk...)
+        return _fail(f"{e}; the images scored so far are kept: rerun with --resume to finish.", code=1)
     return _summary(setup.spec, report)

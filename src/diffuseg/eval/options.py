@@ -67,6 +67,10 @@ class OutputOptions:
         progress: show a tqdm progress bar with ETA and the running mIoU.
         on_record: called with (index, record) after each image is stored (tests use it to
             interrupt a run).
+
+    Raises:
+        ValueError: naming `out_dir` or `save_predictions` if it is empty, or `name` if it is
+            not a plain file name (empty, ``.``, ``..``, or with a folder separator).
     """
 
     out_dir: str | os.PathLike = "results"
@@ -76,3 +80,17 @@ class OutputOptions:
     save_predictions: str | os.PathLike | None = None
     progress: bool = False
     on_record: Callable[[int, dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        for argument in ("out_dir", "save_predictions"):
+            value = getattr(self, argument)
+            if value is not None and not str(os.fspath(value)).strip():
+                raise ValueError(f"`{argument}` is empty ({str(value)!r}); name a folder (`.` for the current one).")
+        name = self.name
+        if name is not None and (
+            not isinstance(name, str) or name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0")
+        ):
+            raise ValueError(
+                f"`name` must be a file name without folders (the results' file stem), got {name!r}; "
+                "put the folder in `out_dir`."
+            )

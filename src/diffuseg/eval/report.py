@@ -283,26 +283,97 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
     return report
 
 
-def compare_reports(reports: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table, one row per report (plus per-class IoU when they share a dataset)."""
+def _settings(report: dict[str, Any]) -> dict[str, str]:
+    """What a run's heading may need beyond method and protocol, as text per setting."""
+    d = report.get("dataset") or {}
+    out = {
+        "split": d.get("split"),
+        "matching": report.get("matching"),
+        "model": report.get("model"),
+        "classes": report.get("classes"),
+        "filter": _filter_name(report["class_filter"]) if report.get("class_filter") else None,
+        "images": d.get("num_evaluated"),
+    }
+    config = (report.get("method") or {}).get("config")
+    if isinstance(config, dict):
+        out.update(config)
+    text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in out.items()}
+    return {k: v.replace("|", "\\|") for k, v in text.items()}  # a table cell
+
+
+def _run_names(sources: Sequence[str | os.PathLike]) -> list[str]:
+    """The shortest tail of each report's path (folder, folder/stem, the whole path) that tells
+    them apart; else their position."""
+    paths = [Path(p) for p in sources]
+    for tail in (
+        lambda p: p.parent.name,
+        lambda p: f"{p.parent.name}/{p.stem}",
+        lambda p: str(p.with_suffix("")),
+    ):
+        names = [tail(p) for p in paths]
+        if all(names) and len(set(names)) == len(names):
+            return names
+    return [f"#{i + 1}" for i in range(len(paths))]
+
+
+def _headings(reports: Sequence[dict[str, Any]], sources: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """Per report: ``method / protocol`` and, for reports that share it and the dataset, what
+    tells them apart (the settings that differ, else the run's folder or file); both lists in
+    report order."""
+    base = [f"{r['method']['name']} / {r['protocol']['name']}" for r in reports]
+    keys = [(b, r["dataset"]["name"]) for b, r in zip(base, reports, strict=True)]
+    extra = [""] * len(reports)
+    for key in dict.fromkeys(keys):
+        group = [i for i, k in enumerate(keys) if k == key]
+        if len(group) < 2:
+            continue
+        settings = [_settings(reports[i]) for i in group]
+        differ = [k for k in dict.fromkeys(k for s in settings for k in s) if len({s.get(k) for s in settings}) > 1]
+        parts = [", ".join(f"{k}={s.get(k, '-')}" for k in differ) for s in settings]
+        if len(set(parts)) < len(parts):
+            runs = _run_names([sources[i] for i in group])
+            parts = [f"{p}, run {n}" if p else f"run {n}" for p, n in zip(parts, runs, strict=True)]
+        for i, part in zip(group, parts, strict=True):
+            extra[i] = part
+    return base, extra
+
+
+def compare_reports(reports: Sequence[dict[str, Any]], sources: Sequence[str | os.PathLike] | None = None) -> str:
+    """A Markdown table, one row per report (plus per-class IoU when they share a dataset).
+
+    Reports of the same method, protocol and dataset are told apart by what differs between
+    them (a config field, the matching, the model...; else the folder or name of the run: of
+    `sources`, the report files' paths, if given, else of each report's results file): a column
+    ``differs`` in the table, and the per-class columns' headings.
+
+    Raises:
+        ValueError: naming `reports` if it is empty, or `sources` if it is not one path per report.
+    """
     if not reports:
         raise ValueError("`reports` is empty; give at least one report.")
+    if sources is None:
+        sources = [str(r.get("results_file") or "") for r in reports]
+    elif len(sources) != len(reports):
+        raise ValueError(f"`sources` must give one path per report ({len(reports)}), got {len(sources)}.")
+    base, extra = _headings(reports, sources)
+    differs = any(extra)
     lines = [
-        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. | s / image |",
-        "|---|---|---|---|---|---:|---:|---:|---:|",
+        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. | s / image |"
+        + (" differs |" if differs else ""),
+        "|---|---|---|---|---|---:|---:|---:|---:|" + ("---|" if differs else ""),
     ]
-    for r in reports:
+    for r, e in zip(reports, extra, strict=True):
         spi = r["run"]["seconds_per_image"]
         lines.append(
             f"| {r['method']['name']} | {r['dataset']['name']} | {r['protocol']['name']} | "
             f"{r['matching']} | {r['model'] or '-'} | {r['dataset']['num_evaluated']} | "
             f"{_pct(r['metrics']['miou'])} | {_pct(r['metrics']['pixel_accuracy'])} | "
-            f"{'-' if spi is None else f'{spi:.3f}'} |"
+            f"{'-' if spi is None else f'{spi:.3f}'} |" + (f" {e or '-'} |" if differs else "")
         )
     datasets = {r["dataset"]["name"] for r in reports}
     if len(datasets) == 1:
         names = reports[0]["dataset"]["class_names"]
-        heads = [f"{r['method']['name']} / {r['protocol']['name']}" for r in reports]
+        heads = [f"{b} ({e})" if e else b for b, e in zip(base, extra, strict=True)]
         lines += ["", "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(reports)]
         for k, n in enumerate(names):
             lines.append(f"| {n} | " + " | ".join(_pct(r["metrics"]["iou"][k]) for r in reports) + " |")

@@ -26,17 +26,19 @@ from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
 from .options import EngineOptions, OutputOptions
 from .protocols import Protocol, get_protocol
 from .report import build_report, write_report
-from .store import ResultStore
+from .store import ResultStore, check_results_file
 from .units import BACKGROUND_FIELD as _BACKGROUND_FIELD
 from .units import (
     UnitContext,
     _query,  # noqa: F401 (moved to units; importable from here as before)
+    _safe,
     load_unit,
     score_unit,
 )
 
 __all__ = [
     "evaluate",
+    "check_output",
     "EngineOptions",
     "OutputOptions",
     "default_matching",
@@ -182,14 +184,17 @@ def evaluate(
 
     Raises:
         ValueError: bad `limit`, `matching`, `classes`, `tune_background` (or a method without
-            ``background_score``), `engine` or `output` (not the options classes), an empty
-            dataset, a sample whose image and label sizes differ or whose labels are out of range.
-        FileExistsError / ResumeMismatchError: see `ResultStore`.
+            ``background_score``), `engine` or `output` (not the options classes), an `out_dir`
+            or `save_predictions` that is a file or cannot be written, an empty dataset, a
+            sample whose image and label sizes differ or whose labels are out of range.
+        FileExistsError / ResumeMismatchError: see `ResultStore`; `OutputExistsError` (a
+            `FileExistsError`): predictions of these images exist (see `check_output`).
     """
     engine = _options(engine, EngineOptions, "engine")
     output = _options(output, OutputOptions, "output")
     run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
                    tune_background, limit, seed)  # fmt: skip
+    _check_folders(dataset, run, output)
     extra: dict[str, Any] = {"resources": resources} if resources else {}
     if class_filter not in (None, "none"):
         extra["class_filter"] = class_filter
@@ -219,6 +224,82 @@ def evaluate(
     report = _report(store, dataset, run, segmenter, model_id, fingerprint.get("class_filter"))
     write_report(report, out_dir / f"{run.name}.json", out_dir / f"{run.name}.md")
     return report
+
+
+def check_output(
+    dataset: SegmentationDataset,
+    method: str,
+    *,
+    protocol: str | Protocol = "full",
+    matching: str | None = None,
+    background_class: int | None = None,
+    classes: str = "all",
+    tune_background: Sequence[float] | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+    engine: EngineOptions | None = None,
+    output: OutputOptions | None = None,
+) -> Path:
+    """Check, before any model is loaded, what `evaluate` with these arguments would refuse
+    about its output, and create its folders.
+
+    `output.out_dir` and `output.save_predictions` must be folders that can be written; an
+    existing results file is continued or replaced only when `output` says so, and one being
+    resumed must come from a run of the same dataset, split, method, protocol, classes, sweep
+    and seed (the model's name and config preset, and the class filter, are compared by
+    `evaluate`, which knows them); the predictions of the images to score (for datasets that
+    list their ``ids``) are replaced only with `output.overwrite` or `output.resume`. Nothing is
+    written but the folders.
+
+    Returns:
+        The results file ``OUT_DIR/NAME.jsonl``.
+
+    Raises:
+        ValueError: naming `out_dir` or `save_predictions` (a file, a folder that cannot be
+            created or written), or what `evaluate` raises for its other arguments.
+        FileExistsError / ResumeMismatchError: see `ResultStore`; `OutputExistsError`:
+            predictions of these images exist in `output.save_predictions`.
+    """
+    engine = _options(engine, EngineOptions, "engine")
+    output = _options(output, OutputOptions, "output")
+    run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
+                   tune_background, limit, seed)  # fmt: skip
+    _check_folders(dataset, run, output)
+    path = Path(output.out_dir) / f"{run.name}.jsonl"
+    check_results_file(path, _run_fingerprint(dataset, run), resume=output.resume, overwrite=output.overwrite)
+    return path
+
+
+def _check_folder(path: Any, argument: str) -> None:
+    """`diffuseg.outputs.check_out_dir`, its error naming `argument`."""
+    from ..outputs import check_out_dir
+
+    try:
+        check_out_dir(path)
+    except ValueError as e:
+        raise ValueError(str(e).replace("`out`", f"`{argument}`", 1)) from None
+
+
+def _check_folders(dataset: SegmentationDataset, run: _Run, output: OutputOptions) -> None:
+    """The output folders can be written (they are created); no saved prediction of the images
+    to score is replaced unless `output` says so (datasets with ``ids`` only: the others name an
+    image only once it is read)."""
+    from ..outputs import OutputExistsError, existing_outputs
+
+    _check_folder(output.out_dir, "out_dir")
+    if output.save_predictions is None:
+        return
+    _check_folder(output.save_predictions, "save_predictions")
+    ids = getattr(dataset, "ids", None)
+    if output.overwrite or output.resume or ids is None:
+        return
+    for i in range(run.num):
+        found = existing_outputs(output.save_predictions, _safe(str(ids[i])))
+        if found:
+            raise OutputExistsError(
+                f"`save_predictions` {output.save_predictions} holds predictions of these images already "
+                f"(e.g. {found[0]}); pass `overwrite=True` to replace them or choose another folder."
+            )
 
 
 def _options(value: Any, cls: type, argument: str) -> Any:
@@ -285,17 +366,24 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What a resumed run must share with the results file it continues (`ResultStore`)."""
     return {
+        **_run_fingerprint(dataset, run),
+        "config": dataclasses.asdict(segmenter.config),
+        "preset": getattr(segmenter, "preset", None),
+        **({"class_filter": _describe_filter(extra["class_filter"])} if "class_filter" in extra else {}),
+        "model": model_id,
+    }
+
+
+def _run_fingerprint(dataset: SegmentationDataset, run: _Run) -> dict[str, Any]:
+    """The part of the fingerprint known before the model is loaded (`check_output`)."""
+    return {
         "dataset": dataset.name,
         "split": getattr(dataset, "split", None),
         "num_classes": len(run.class_names),
         "method": run.spec.name,
-        "config": dataclasses.asdict(segmenter.config),
-        "preset": getattr(segmenter, "preset", None),
         "classes": run.classes,
         "tune_background": list(run.sweep) if run.sweep is not None else None,
-        **({"class_filter": _describe_filter(extra["class_filter"])} if "class_filter" in extra else {}),
         "protocol": dataclasses.asdict(run.proto),
-        "model": model_id,
         **({"seed": run.seed} if run.seed is not None else {}),
     }
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CorruptResultsError", "ResultStore", "ResumeMismatchError"]
+__all__ = ["CorruptResultsError", "ResultStore", "ResumeMismatchError", "check_results_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,53 @@ class CorruptResultsError(ValueError):
 
 def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(
+        f"results file {path} exists; pass `resume=True` to continue it or `overwrite=True` to start again."
+    )
+
+
+def _mismatch_error(path: Path, old: dict[str, Any], new: dict[str, Any], keys: Any) -> ResumeMismatchError | None:
+    """The error for resuming `path` (header fingerprint `old`) with fingerprint `new`, compared on
+    `keys` (both canonical); None if they agree."""
+    diff = sorted(k for k in keys if old.get(k) != new.get(k))
+    if not diff:
+        return None
+    return ResumeMismatchError(
+        f"cannot resume {path}: it was written by a different run (differs in {diff}); "
+        f"use another `out_dir` or `overwrite=True`."
+    )
+
+
+def check_results_file(
+    path: str | os.PathLike, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False
+) -> None:
+    """Raise now what `ResultStore` would for `path`, comparing only the keys of `fingerprint`
+    (part of a run's fingerprint, e.g. what is known before a model loads). Writes nothing; a
+    header that cannot be read is left for `ResultStore` to report.
+
+    Raises:
+        FileExistsError: `path` exists and neither `resume` nor `overwrite` is set.
+        ResumeMismatchError: resuming a file whose header differs from `fingerprint` in one of its keys.
+    """
+    path = Path(path)
+    if overwrite or not path.is_file():
+        return
+    if not resume:
+        raise _exists_error(path)
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline().decode("utf-8"))
+    except (OSError, ValueError):
+        return
+    old = header.get("fingerprint") if isinstance(header, dict) and header.get("type") == "header" else None
+    if not isinstance(old, dict):
+        return
+    error = _mismatch_error(path, _canonical(old), _canonical(fingerprint), fingerprint)
+    if error is not None:
+        raise error
 
 
 class ResultStore:
@@ -67,10 +114,7 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and not overwrite:
             if not resume:
-                raise FileExistsError(
-                    f"results file {self.path} exists; pass `resume=True` to continue it or "
-                    f"`overwrite=True` to start again."
-                )
+                raise _exists_error(self.path)
             self._load()
         else:
             if resume and not self.path.exists():
@@ -144,14 +188,10 @@ class ResultStore:
         if not isinstance(header, dict) or header.get("type") != "header":
             raise ResumeMismatchError(f"{self.path} is not a diffuseg results file (no header line).")
         old = header.get("fingerprint")
-        old = old if isinstance(old, dict) else {}
-        if _canonical(old) != self.fingerprint:
-            diff = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
-            raise ResumeMismatchError(
-                f"cannot resume {self.path}: it was written by a different run "
-                f"(differs in {diff}); "
-                f"use another `out_dir` or `overwrite=True`."
-            )
+        old = _canonical(old if isinstance(old, dict) else {})
+        error = _mismatch_error(self.path, old, self.fingerprint, set(old) | set(self.fingerprint))
+        if error is not None:
+            raise error
         if torn:
             logger.warning(
                 "%s: dropping a torn last line (line %d, %d bytes)",

@@ -23,7 +23,7 @@ from .metrics import contingency
 from .protocols import Protocol, prepare, resize_nearest, to_score_grid
 from .report import sweep_key
 
-__all__ = ["UnitContext", "load_unit", "score_unit", "skip_unit", "BACKGROUND_FIELD"]
+__all__ = ["UnitContext", "load_unit", "score_unit", "skip_unit", "scored_segmentation", "BACKGROUND_FIELD"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def score_unit(segmenter: Any, ctx: UnitContext, decoded: list[tuple[Any, ...]])
         if "class_filter" in seg.meta:
             rec["class_filter"] = seg.meta["class_filter"]
         if ctx.pred_dir is not None:  # before the record, so a resumed run rewrites it
-            seg.save(ctx.pred_dir, _safe(sample.id), image=image, overwrite=ctx.overwrite_predictions)
+            scored = scored_segmentation(seg, label.shape)
+            scored.save(ctx.pred_dir, _safe(sample.id), image=image, overwrite=ctx.overwrite_predictions)
         records.append(rec)
     return records
 
@@ -206,6 +207,45 @@ def _load(dataset: Any, index: int, proto: Protocol) -> tuple[Any, Any, np.ndarr
     return sample, image, label
 
 
+def _label_frame(seg: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The prediction on the frame of the label it is scored against (the image the method was
+    given, after the protocol's crop and resize): the method's label ids, -1 where the model saw
+    nothing."""
+    pred = seg.to_input_frame(fill=-1).cpu().numpy()  # (H, W) int64, -1 outside the crop box
+    if pred.shape != tuple(shape):  # a method that ignores the requested size
+        logger.debug("resizing prediction %s to label %s", pred.shape, tuple(shape))
+        pred = resize_nearest(pred, tuple(shape), "floor")
+    return pred
+
+
+def scored_segmentation(seg: Any, shape: tuple[int, ...]) -> Any:
+    """`seg` on the frame it is scored in (`shape`, the label's (H, W)): what
+    ``--save-predictions`` writes, for every method and protocol, so a saved label map lies on
+    its image and scores again to the image's record (after the protocol's ``score_size``
+    downsampling, which both sides get).
+
+    ``meta["frame"]`` becomes "input" (the image the method was given). Pixels the model saw
+    nothing of (outside its crop box) get one more label id, named "(not predicted)" when the
+    labels have names, with score 0 when they have scores, and ``meta["not_predicted"]`` says
+    which: read it back as -1 to score.
+    """
+    import torch
+
+    pred = _label_frame(seg, shape)
+    meta = {**seg.meta, "frame": "input"}
+    names, scores = seg.names, seg.scores
+    if (pred < 0).any():
+        k = max(seg.num_segments, int(pred.max()) + 1)
+        pred = np.where(pred < 0, k, pred)
+        meta["not_predicted"] = k
+        if names is not None:
+            names = list(names[:k]) + ["(not predicted)"]
+        if scores is not None:  # no confidence in what was not predicted
+            scores = torch.cat([scores[:k].float().cpu(), torch.zeros(max(k - len(scores), 0) + 1)])
+    labels = torch.from_numpy(pred)
+    return dataclasses.replace(seg, labels=labels, names=names, scores=scores, meta=meta, extras=dict(seg.extras))
+
+
 def _score_one(
     index: int,
     sample: Any,
@@ -217,14 +257,11 @@ def _score_one(
     seconds: float,
 ) -> dict[str, Any]:
     """One image's record: the prediction mapped onto the label's frame, reduced to counts."""
-    pred = seg.to_input_frame(fill=-1).cpu().numpy()  # (H, W) int64, -1 outside the crop box
+    pred = _label_frame(seg, label.shape)
     if matching == "none":
         lut = _names_to_classes(seg, class_names)
         if lut is not None:
             pred = np.where(pred >= 0, lut[np.clip(pred, 0, len(lut) - 1)], -1)
-    if pred.shape != label.shape:  # a method that ignores the requested size
-        logger.debug("resizing prediction %s to label %s", pred.shape, label.shape)
-        pred = resize_nearest(pred, label.shape, "floor")
     pred = to_score_grid(pred, proto)
     gt = to_score_grid(label, proto)
     try:
