@@ -121,7 +121,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow refuses to open it: larger than any limit we take
+        limit = f", above `max_pixels` {max_pixels:,}" if max_pixels is not None else ""
+        raise ImageLoadError(f"cannot read {path}: {e}{limit}; it was not decoded.") from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageLoadError(f"cannot read {path} as an image: {e}") from e
 
 
