@@ -122,7 +122,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
     except Image.DecompressionBombError as e:  # Pillow refuses to open it: larger than any limit we take
-        limit = f", above `max_pixels` {max_pixels:,}" if max_pixels is not None else ""
+        refused = max_pixels is not None and max_pixels < 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = f", above `max_pixels` {max_pixels:,}" if refused else ""
         raise ImageLoadError(f"cannot read {path}: {e}{limit}; it was not decoded.") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageLoadError(f"cannot read {path} as an image: {e}") from e
