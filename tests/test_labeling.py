@@ -228,7 +228,9 @@ def test_load_classes_file_and_string(tmp_path):
     with pytest.raises(ValueError, match="is empty"):
         load_classes(str(path))
     assert load_classes("cat, dog|puppy") == (("cat",), ("dog", "puppy"))
-    assert load_classes(str(tmp_path / "missing.txt")) == ((str(tmp_path / "missing.txt"),),)
+    # a missing file is an error naming it, not one class named after the path
+    with pytest.raises(ValueError, match=r"`classes` '.*missing.txt' reads as a file path .* no such file exists"):
+        load_classes(str(tmp_path / "missing.txt"))
 
 
 def test_background_index():

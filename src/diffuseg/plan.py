@@ -40,6 +40,7 @@ __all__ = [
     "parse_classes",
     "check_timestep",
     "check_positive",
+    "check_caption",
 ]
 
 LATENT_MODES = ("mean", "sample")
@@ -75,6 +76,22 @@ def check_positive(
     return value
 
 
+def check_caption(caption: Any) -> str | None:
+    """Validate a caption: None (no caption) or a string with some text. Returns it.
+
+    Raises:
+        ValueError: naming `caption`, for another type or an empty or blank string (which a
+            method would otherwise read as no caption, or as a prompt of nothing).
+    """
+    if caption is None:
+        return None
+    if not isinstance(caption, str):
+        raise ValueError(f"`caption` must be a string or None, got {caption!r} ({type(caption).__name__}).")
+    if not caption.strip():
+        raise ValueError(f"`caption` is empty ({caption!r}); give text or leave the caption out.")
+    return caption
+
+
 @dataclass(frozen=True, eq=False)
 class Query:
     """One image and what the caller knows about it.
@@ -84,8 +101,8 @@ class Query:
             only for a dry `plan` that validates a config before any image is read.
         classes: class names, each a tuple (name, synonym, ...); see
             `diffuseg.labeling.vocabulary.parse_classes`.
-        caption: a caption or prompt for the image, or None.
-        id: the caller's name for the image (file stem, dataset id), copied into results.
+        caption: a caption or prompt for the image (a string with some text), or None.
+        id: the caller's name for the image (file stem, dataset id; a string), copied into results.
         size: the model input side the caller fixes (evaluation protocols: 512 for DiffSeg's,
             1024 for DiffCut's), overriding the method's own size (`Pass.for_query`); None = the
             method's choice.
@@ -109,6 +126,9 @@ class Query:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", parse_classes(self.classes))
+        check_caption(self.caption)
+        if self.id is not None and not isinstance(self.id, str):
+            raise ValueError(f"`id` must be a string or None, got {self.id!r} ({type(self.id).__name__}).")
         if not isinstance(self.meta, Mapping):
             raise ValueError(f"`meta` must be a mapping of JSON-serialisable facts, got {type(self.meta).__name__}.")
         check_positive(self.size, "size", integer=True, allow_none=True)

@@ -15,13 +15,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
-from .backbone.backbone import DiffusionBackbone
+from .backbone.backbone import FAMILIES, DiffusionBackbone
 from .backbone.features import Features
 from .imageio import ImageInput, ImageLoadError, as_pil, preprocess, stack_batch
 from .methods import MethodSpec, get_method
@@ -39,8 +42,52 @@ def as_query(item: Query | ImageInput) -> Query:
     return item if isinstance(item, Query) else Query(image=item)
 
 
+def _as_queries(queries: Any) -> list[Query]:
+    """`segment_batch`'s queries as a list of `Query`.
+
+    Raises:
+        ValueError: naming `queries`, for one image or query given on its own (a path would be
+            read letter by letter, an (H, W, 3) array row by row).
+    """
+    one_array = isinstance(queries, (np.ndarray, torch.Tensor)) and queries.ndim <= 3
+    if one_array or isinstance(queries, (str, os.PathLike, Query, Image.Image)):
+        raise ValueError(
+            f"`queries` must be a sequence of queries or images, got one {type(queries).__name__}; "
+            "segment one image with `segmenter(image)` or give a list."
+        )
+    return [as_query(q) for q in queries]
+
+
 def _digest(pixels: torch.Tensor) -> str:
     return hashlib.sha1(pixels.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _check_arguments(backbone: Any, resources: Any, preset: Any, probe: Any) -> None:
+    """Check the types of `Segmenter`'s arguments that are used later (a wrong one would fail
+    deep inside, at the first image).
+
+    Raises:
+        ValueError: naming the argument, its value and what is allowed.
+    """
+    if isinstance(backbone, (str, os.PathLike)):
+        raise ValueError(
+            f"`backbone` must be a loaded model or None, got the {type(backbone).__name__} {str(backbone)!r}; "
+            "load it first: `diffuseg.backbone.load_backbone(...)`."
+        )
+    if resources is not None and not isinstance(resources, Mapping):
+        raise ValueError(
+            f"`resources` must be a mapping of resource name -> model or path, got {type(resources).__name__} "
+            f"{resources!r}."
+        )
+    if preset is not None and preset != "" and preset not in FAMILIES:
+        raise ValueError(
+            f"`preset` must be a model family of {FAMILIES}, '' (none: the paper's defaults) or None (the "
+            f"backbone's family), got {preset!r}."
+        )
+    if probe is not None and not isinstance(probe, Query):
+        raise ValueError(f"`probe` must be a Query (without an image) or None, got {type(probe).__name__}.")
+    if probe is not None and probe.image is not None:
+        raise ValueError("`probe` stands for the queries to come: give it without an image.")
 
 
 @dataclasses.dataclass
@@ -56,14 +103,16 @@ class Segmenter:
     """Segment images with one method on one backbone.
 
     Args:
-        backbone: the diffusion model; may be None for methods that need only the image.
+        backbone: the diffusion model, loaded (`diffuseg.backbone.load_backbone`); may be None
+            for methods that need only the image.
         method: registry name (see `diffuseg.methods.list_methods()`) or a `MethodSpec`.
         batch_size: images per model call.
         resources: the method's extra models by name (`MethodSpec.resources`): loaded objects,
             or strings (path / hub id) given to the resource's loader.
         device: where string resources are loaded (default: the backbone's device, else "cpu").
-        preset: the model family whose documented preset applies (`MethodSpec.presets`);
-            default the backbone's `family`; "" = none (the paper's defaults).
+        preset: the model family whose documented preset applies (`MethodSpec.presets`), one
+            of `diffuseg.backbone.backbone.FAMILIES`; default the backbone's `family`; "" = none
+            (the paper's defaults).
         class_filter: which of a query's classes the method gets to see: None (all of them), a
             name of `diffuseg.labeling.filters.FILTERS` or a filter object
             (``filter(backbone, image, classes, generator, caption) -> FilterResult``). Each
@@ -96,13 +145,17 @@ class Segmenter:
         **overrides: Any,
     ) -> None:
         self.spec = get_method(method)
-        if probe is not None and probe.image is not None:
-            raise ValueError("`probe` stands for the queries to come: give it without an image.")
+        _check_arguments(backbone, resources, preset, probe)
         self.probe = probe if probe is not None else self.spec.probe_query()
         if isinstance(class_filter, str) or class_filter is None:
             from .labeling.filters import make_filter
 
             class_filter = make_filter(class_filter)
+        if class_filter is not None and not callable(class_filter):
+            raise ValueError(
+                f"`class_filter` must be None, a name of `diffuseg.labeling.filters.FILTERS` or a filter "
+                f"object (callable), got {class_filter!r} ({type(class_filter).__name__})."
+            )
         if class_filter is not None and backbone is None and getattr(class_filter, "needs_backbone", True):
             raise ValueError("`class_filter` needs a diffusion backbone; got `backbone=None`.")
         self.class_filter = class_filter
@@ -319,7 +372,8 @@ class Segmenter:
         `Segmentation.to_input_frame()` maps them back onto the image as given.
 
         Args:
-            queries: `Query` objects or bare images.
+            queries: a sequence of `Query` objects or bare images (a (B, ...) array or tensor is
+                B images); one image or query on its own is refused: call the segmenter on it.
             generator: randomness for noise: one generator (drawn per model call, in order), or
                 one generator per query, each query's noise (and class filter) drawn from its
                 own, so a query's result does not depend on the other queries or their order
@@ -329,7 +383,7 @@ class Segmenter:
             return_errors: put a failed query's exception (`ValueError`, `ImageLoadError`) in its
                 slot and go on; otherwise the first failure is raised after the batch.
         """
-        queries = [as_query(q) for q in queries]
+        queries = _as_queries(queries)
         per_query = per_item_generators(generator, len(queries), "query")
         results: list[Segmentation | Exception | None] = [None] * len(queries)
         groups: dict[tuple[Any, ...], list[_Item]] = {}

@@ -71,18 +71,22 @@ def query_flags(args: argparse.Namespace) -> QueryFlags:
     --filter together, before anything is loaded.
 
     Raises:
-        ValueError: naming the flag: options of another method, class names or a caption for a
-            method that would ignore them, a method or --label that needs --classes (or a
-            caption source) without them, --filter without --classes.
+        ValueError: naming the flag: a --classes value `diffuseg.labeling.load_classes` refuses
+            (a missing file, an unknown dataset, an empty list), an empty --caption, options of
+            another method, class names or a caption for a method that would ignore them, a
+            method or --label that needs --classes (or a caption source) without them, --filter
+            without --classes.
     """
     from ..labeling import load_classes
     from ..methods import get_method
+    from ..plan import check_caption
 
     spec = get_method(args.method)
     overrides = method_overrides(args, spec.name, args._owners)
     config = spec.make_config(None, **overrides)  # the user's values are valid (preset aside)
     check_runtime(args)
     classes = load_classes(args.classes) if args.classes is not None else ()
+    check_caption(args.caption)
     given = [flag for flag, value in (("--classes", args.classes), ("--caption", args.caption)) if value]
     if spec.names_segments and given:  # an unsupervised method names its segments from them
         if len(given) == 1:
