@@ -282,26 +282,31 @@ def write_outputs(
     return paths
 
 
-def check_out_dir(out: str | os.PathLike) -> Path:
+def check_out_dir(out: str | os.PathLike, argument: str = "out") -> Path:
     """Create the output folder `out` if needed and make sure files can be written there.
+
+    Args:
+        out: the folder.
+        argument: the caller's name for it, used in the error (e.g. "save_predictions").
 
     Returns:
         `out` as a `Path`.
 
     Raises:
-        ValueError: naming `out`, if it is a file, cannot be created, or is not writable.
+        ValueError: naming `argument`, if `out` is empty, a file, cannot be created, or is not
+            writable.
     """
     if not str(out).strip():
-        raise ValueError(f"`out` is empty ({str(out)!r}); name a folder (`.` for the current one).")
+        raise ValueError(f"`{argument}` is empty ({str(out)!r}); name a folder (`.` for the current one).")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"`out` {out} is a file, not a folder.")
+        raise ValueError(f"`{argument}` {out} is a file, not a folder.")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as e:
-        raise ValueError(f"`out` {out} cannot be written: {e.strerror or e}.") from None
+        raise ValueError(f"`{argument}` {out} cannot be written: {e.strerror or e}.") from None
     return out
 
 

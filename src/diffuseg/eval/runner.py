@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets import SegmentationDataset
+from ..outputs import check_out_dir
 from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
 from .options import EngineOptions, OutputOptions
 from .protocols import Protocol, get_protocol
@@ -270,26 +271,16 @@ def check_output(
     return path
 
 
-def _check_folder(path: Any, argument: str) -> None:
-    """`diffuseg.outputs.check_out_dir`, its error naming `argument`."""
-    from ..outputs import check_out_dir
-
-    try:
-        check_out_dir(path)
-    except ValueError as e:
-        raise ValueError(str(e).replace("`out`", f"`{argument}`", 1)) from None
-
-
 def _check_folders(dataset: SegmentationDataset, run: _Run, output: OutputOptions) -> None:
     """The output folders can be written (they are created); no saved prediction of the images
     to score is replaced unless `output` says so (datasets with ``ids`` only: the others name an
     image only once it is read)."""
     from ..outputs import OutputExistsError, existing_outputs
 
-    _check_folder(output.out_dir, "out_dir")
+    check_out_dir(output.out_dir, "out_dir")
     if output.save_predictions is None:
         return
-    _check_folder(output.save_predictions, "save_predictions")
+    check_out_dir(output.save_predictions, "save_predictions")
     ids = getattr(dataset, "ids", None)
     if output.overwrite or output.resume or ids is None:
         return
