@@ -300,6 +300,12 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
     assert "interrupted; rerun with --skip-existing" in capsys.readouterr().err
     assert _run("batch", img, "--method", "kmeans-color", "--out", str(tmp_path / "o")) == 130
     assert "interrupted; rerun the same command" in capsys.readouterr().err
+    import diffuseg.eval
+
+    monkeypatch.setattr(diffuseg.eval, "evaluate", interrupted)
+    eval_args = ["--dataset", "synthetic", "--method", "kmeans-color", "--limit", "1", "--out", str(tmp_path / "e")]
+    assert _run("eval", *eval_args) == 130
+    assert "interrupted; rerun the same command with --resume" in capsys.readouterr().err
 
 
 def test_run_seeds_are_64_bit():

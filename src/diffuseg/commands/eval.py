@@ -49,7 +49,11 @@ def register(subparsers: Any) -> None:
     from .batch import add_engine_options
 
     add_engine_options(p)
-    p.set_defaults(func=run, _owners=add_method_options(p))
+    p.set_defaults(
+        func=run,
+        _owners=add_method_options(p),
+        resume_hint="rerun the same command with --resume to finish (the images scored so far are kept)",
+    )
 
 
 def _add_benchmark_options(p: Any) -> None:
