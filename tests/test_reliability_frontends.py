@@ -265,3 +265,33 @@ def _blocks():
     image = np.full((32, 32, 3), 40, np.uint8)
     image[8:24, 8:24] = (220, 60, 60)
     return ArrayDataset("blocks", ["a", "b"], [Sample("0", Image.fromarray(image), label)])
+
+
+def test_segdiffusion_cli_speaks_in_flags_and_checks_before_the_model_loads(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    from diffuseg.backbone import DiffusionBackbone
+
+    run = tmp_path / "run"
+    assert main([*_seg(tiny_model_dir, run), "--steps", "2"]) == 0
+    capsys.readouterr()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    with monkeypatch.context() as m:
+        m.setattr(DiffusionBackbone, "from_pretrained", _never)
+        cases = [
+            (_seg(tiny_model_dir, tmp_path / "new") + ["--val-scenes", "0", "--validate-every", "1"],
+             "--validate-every 1 validates on --val-scenes held-out scenes, and --val-scenes 0 leaves none"),
+            (_seg(tiny_model_dir, run) + ["--steps", "3"], "pass --resume to continue it or choose another --out"),
+            (_seg(tiny_model_dir, run) + ["--steps", "1", "--resume"], "--steps 1 is below step 2, where the run"),
+            (_seg(tiny_model_dir, a_file) + ["--steps", "1"], f"--out {a_file} is a file"),
+            (_seg(tiny_model_dir, tmp_path / "new") + ["--resume"], "holds no run to resume"),
+        ]  # fmt: skip
+        for argv, words in cases:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert words in err and "`" not in err and "resume=True" not in err, (argv, err)
+    assert not (tmp_path / "new").exists()
+    assert main([*_seg(tiny_model_dir, run), "--steps", "2", "--resume"]) == 0  # the run is where it was asked to be
+    err = capsys.readouterr().err
+    assert "already at step 2 = --steps" in err and "trained to step -" not in err

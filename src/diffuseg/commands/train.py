@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 default=None,
                 help=f"{owner}.{name} (default: the library default)",
             )
-    pg.set_defaults(func=run)
+    pg.set_defaults(func=run, resume_hint="rerun with --resume to continue from the last checkpoint")
     from .train_segdiffusion import register as register_segdiffusion
 
     register_segdiffusion(targets)
