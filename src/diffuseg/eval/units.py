@@ -180,7 +180,7 @@ def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> 
     return Query(
         image=image,
         classes=tuple((n,) for n in class_names) or None,  # None: no classes (an all-ignore label map)
-        caption=sample.meta.get("caption"),
+        caption=(sample.meta.get("caption") or "").strip() or None,  # a dataset's empty caption is none
         id=str(sample.id),
         size=proto.query_size,
         resize_mode=proto.resize_mode,
