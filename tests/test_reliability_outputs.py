@@ -313,3 +313,22 @@ def test_run_seeds_are_64_bit():
     for bad in (2**64, -1, 1.5, True):
         with pytest.raises(ValueError, match=r"`seed` must be an int in \[0, 2\*\*64\)"):
             resolve_seed(bad)
+
+
+def test_every_seed_takes_the_same_64_bit_range(tmp_path, capsys):
+    from diffuseg.demo.session import DemoSession
+    from diffuseg.methods.kmeanscolor import KMeansColorConfig
+    from diffuseg.methods.maskdiffusion import MaskDiffusionKMeansConfig
+    from diffuseg.ops.noise import per_item_generators
+
+    for make in (KMeansColorConfig, MaskDiffusionKMeansConfig, lambda seed: DemoSession(lambda: None, "m", seed=seed)):
+        make(seed=2**64 - 1)
+        for bad in (2**64, -1):
+            with pytest.raises(ValueError, match=r"`seed` must be an int in \[0, 2\*\*64\)"):
+                make(seed=bad)
+    with pytest.raises(ValueError, match="`generator` must be a torch.Generator, one per image"):
+        per_item_generators(5, 2)
+    out = str(tmp_path / "pg")
+    assert main(["train", "proving-ground", "--out", out, "--seed", str(2**64)]) == 2
+    assert "argument --seed: must be an int in [0, 2**64)" in capsys.readouterr().err
+    assert not os.path.exists(out)

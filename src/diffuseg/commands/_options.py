@@ -120,25 +120,25 @@ def add_model_options(
     )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default cpu)")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights dtype (default float32)")
-    g.add_argument("--seed", type=_seed, default=None, help=seed_help)
+    g.add_argument("--seed", type=parse_seed, default=None, help=seed_help)
     g.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
 
 
-def _seed(text: str) -> int:
-    """--seed as an argparse ``type``: an int in the range `diffuseg.engine.seeding.resolve_seed`
-    allows (the seeds `torch.Generator.manual_seed` takes, without the negative aliases); its
-    ValueError becomes an ArgumentTypeError, so argparse exits 2 with the flag named."""
-    from ..engine.seeding import resolve_seed
+def parse_seed(text: str) -> int:
+    """--seed as an argparse ``type``: an int in the range `diffuseg.ops.noise.check_seed` allows
+    (the seeds `torch.Generator.manual_seed` takes, without the negative aliases); its ValueError
+    becomes an ArgumentTypeError, so argparse exits 2 with the flag named."""
+    from ..ops.noise import check_seed
 
     try:
-        return resolve_seed(int(text))
+        return check_seed(int(text))
     except ValueError as e:
         if "`seed`" not in str(e):  # not a number: argparse's own "invalid int value: 'x'"
             raise
         raise argparse.ArgumentTypeError(str(e).replace("`seed` ", "", 1)) from None
 
 
-_seed.__name__ = "int"
+parse_seed.__name__ = "int"
 
 
 def add_query_options(parser: argparse.ArgumentParser) -> None:

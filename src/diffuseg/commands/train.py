@@ -21,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import COMMANDS
+from ._options import parse_seed
 
 __all__ = ["register", "run"]
 
@@ -40,7 +41,7 @@ def _finite(text: str) -> float:
 
 # CLI flag -> TrainConfig field. Flags default to None: the dataclass holds the defaults.
 _FIELDS = {
-    "seed": int,
+    "seed": parse_seed,
     "steps": int,
     "batch_size": int,
     "lr": _finite,

@@ -31,6 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..methods import KINDS, MethodSpec, get_method, list_methods
+from ..ops.noise import check_seed
 from .controls import Control, method_controls, pass_fields, settings_overrides
 
 __all__ = ["DemoSession", "DemoResult", "DemoInputError", "DEFAULT_MAX_PIXELS", "open_upload", "methods_by_kind"]
@@ -141,6 +142,7 @@ class DemoSession:
     ) -> None:
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise ValueError(f"`max_pixels` must be an int >= 1, got {max_pixels!r}.")
+        check_seed(seed)
         self._load = load
         self.model_name = model_name
         self.max_pixels = max_pixels

@@ -25,11 +25,9 @@ def resolve_seed(seed: int | None) -> int:
     Raises:
         ValueError: naming `seed`, if it is not an int in [0, 2**64) (a 64-bit unsigned seed).
     """
-    if seed is None:
-        return DEFAULT_SEED
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"`seed` must be an int in [0, 2**64), got {seed!r}.")
-    return seed
+    from ..ops.noise import check_seed
+
+    return DEFAULT_SEED if seed is None else check_seed(seed)
 
 
 def image_seed(seed: int, image_id: str) -> int:

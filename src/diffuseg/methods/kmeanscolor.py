@@ -16,6 +16,7 @@ import torch
 
 from ..backbone.features import Features
 from ..ops.masks import relabel_sequential
+from ..ops.noise import check_seed
 from ..plan import Query, check_positive, image_only
 from ..types import Segmentation
 from .spec import MethodSpec
@@ -59,7 +60,7 @@ class KMeansColorConfig:
             raise ValueError(f"`color_space` must be one of {_SPACES}, got {self.color_space!r}.")
         check_positive(self.max_fit_pixels, "max_fit_pixels", integer=True)
         check_positive(self.spatial_weight, "spatial_weight", allow_zero=True)
-        check_positive(self.seed, "seed", integer=True, allow_zero=True)
+        check_seed(self.seed)
 
 
 def _nearest(points: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -56,6 +56,7 @@ from ..backbone.features import FeatureRequest, Features
 from ..labeling.spans import check_template, joined_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
+from ..ops.noise import check_seed
 from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class_maps
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
@@ -167,8 +168,7 @@ class MaskDiffusionKMeansConfig(_PassSettings):
         check_positive(self.k_max, "k_max", integer=True)
         if self.k_max < 2:
             raise ValueError(f"`k_max` must be an int >= 2, got {self.k_max!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"`seed` must be an int, got {self.seed!r}.")
+        check_seed(self.seed)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -11,7 +11,22 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["per_item_generators", "batch_noise"]
+__all__ = ["per_item_generators", "batch_noise", "check_seed", "SEED_LIMIT"]
+
+#: Seeds are ints in [0, SEED_LIMIT): what `torch.Generator.manual_seed` takes, without the
+#: negative aliases it wraps around (-1 is 2**64 - 1).
+SEED_LIMIT = 2**64
+
+
+def check_seed(seed: int, name: str = "seed") -> int:
+    """`seed`, checked: an int in [0, `SEED_LIMIT`).
+
+    Raises:
+        ValueError: naming `name`, if it is not such an int.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"`{name}` must be an int in [0, 2**64), got {seed!r}.")
+    return seed
 
 
 def per_item_generators(
@@ -25,10 +40,15 @@ def per_item_generators(
         item: what an item is, for the error message ("image", "query").
 
     Raises:
-        ValueError: naming `generator`, if a sequence does not hold one generator per item.
+        ValueError: naming `generator`, if it is neither a generator nor a sequence holding one
+            generator per item.
     """
     if generator is None or isinstance(generator, torch.Generator):
         return None
+    if not isinstance(generator, Sequence):
+        raise ValueError(
+            f"`generator` must be a torch.Generator, one per {item} ({count}) or None, got {type(generator).__name__}."
+        )
     gens = list(generator)
     if len(gens) != count or not all(isinstance(g, torch.Generator) for g in gens):
         raise ValueError(f"`generator` must be a torch.Generator or one per {item} ({count}), got {len(gens)} item(s).")
