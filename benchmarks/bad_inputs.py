@@ -390,6 +390,36 @@ CASES = (
         f"{SEG} --no-overlay --out out/s",
         Expect(rc=0, exists=SAVED.exists, absent=("out/s/scene.overlay.png",)),
     ),
+    Case("m-save-unknown", "segment --save tiff", f"{SEG} --save tiff --out out/s", Expect(rc=2, says="--save")),
+    Case(
+        "m-classes-slash",
+        "--classes tv/monitor (a path-looking class)",
+        f"{SEG} --method diffsegmenter --classes tv/monitor",
+        Expect(rc=2, says="--classes"),
+    ),
+    Case(
+        "m-caption-empty",
+        "--caption ''",
+        f"{SEG} --method diffsegmenter --classes cat,dog --caption ''",
+        Expect(rc=2, says="--caption"),
+    ),
+    Case(
+        "m-point-out",
+        "inspect --point 500,5 (off the image)",
+        "inspect examples/scene.png --model toy --point 500,5 --out view.png",
+        Expect(rc=2, says="outside"),
+    ),
+    Case("m-eval-seed", "eval --seed 2**64", f"{EVAL} --seed 18446744073709551616", Expect(rc=2, says="--seed")),
+    Case("m-eval-name", "eval --name ../y", f"{EVAL} --name ../y", Expect(rc=2, says="--name", absent=("y.*",))),
+    Case("m-eval-root", "eval --dataset synthetic --root /tmp", f"{EVAL} --root /tmp", Expect(rc=2, says="--root")),
+    Case("m-eval-both", "eval --resume --overwrite", f"{EVAL} --resume --overwrite", Expect(rc=2, says="--resume")),
+    Case(
+        "m-train-again",
+        "train segdiffusion into an existing run without --resume",
+        f"{TRAIN} --steps 1 --out out/t9",
+        Expect(rc=2, says="--resume", never_says="resume=True"),
+        before=(f"{TRAIN} --steps 1 --out out/t9",),
+    ),
 )
 
 
