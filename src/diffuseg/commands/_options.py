@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import sys
 from typing import Any
@@ -61,6 +62,7 @@ _GENERAL_FLAGS = {
     "tune_background": "--tune-background",
     "out_dir": "--out",
     "out": "--out",
+    "export": "--export",
 }
 
 
@@ -122,6 +124,21 @@ def add_model_options(
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights dtype (default float32)")
     g.add_argument("--seed", type=parse_seed, default=None, help=seed_help)
     g.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
+
+
+def finite_float(text: str) -> float:
+    """A float flag's argparse ``type`` that refuses nan and inf (no setting means them; range
+    checks written as comparisons let nan through)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+finite_float.__name__ = "float"
 
 
 def parse_seed(text: str) -> int:

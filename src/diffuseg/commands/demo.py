@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import math
 import sys
 from typing import Any
 
 from . import COMMANDS
+from ._options import finite_float
 
 __all__ = ["register", "run", "LOCAL_HOSTS"]
 
@@ -26,17 +26,6 @@ logger = logging.getLogger(__name__)
 
 #: Hosts that keep the demo on this machine (any other --host gets a warning).
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def _megabytes(text: str) -> float:
-    """--max-upload-mb's parser: a finite number (nan and inf are no size)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number of MB > 0, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -56,7 +45,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="largest image accepted, width x height (default 16000000)",
     )
-    p.add_argument("--max-upload-mb", type=_megabytes, default=50.0, help="largest upload in MB (default 50)")
+    p.add_argument("--max-upload-mb", type=finite_float, default=50.0, help="largest upload in MB (default 50)")
     add_model_options(p)
     p.set_defaults(func=run)
 

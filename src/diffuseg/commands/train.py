@@ -13,30 +13,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
 import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from . import COMMANDS
-from ._options import parse_seed
+from ._options import finite_float, flag_message, parse_seed
 
 __all__ = ["register", "run"]
 
 logger = logging.getLogger(__name__)
-
-
-def _finite(text: str) -> float:
-    """A float flag's parser: nan and inf are refused (the library's range checks let nan through)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
 
 
 # CLI flag -> TrainConfig field. Flags default to None: the dataclass holds the defaults.
@@ -44,11 +31,11 @@ _FIELDS = {
     "seed": parse_seed,
     "steps": int,
     "batch_size": int,
-    "lr": _finite,
+    "lr": finite_float,
     "num_scenes": int,
     "vae_steps": int,
-    "ema_decay": _finite,
-    "checkpoint_minutes": _finite,
+    "ema_decay": finite_float,
+    "checkpoint_minutes": finite_float,
 }
 # CLI flag -> ToyModelConfig field (architecture of a new run; ignored on --resume).
 _MODEL_FIELDS = {
@@ -118,21 +105,12 @@ def _setup_logging(out: Path, filename: str = "train.log") -> None:
         root.addHandler(handler)
 
 
-def _folder_problem(name: str | Path, flag: str) -> str | None:
-    """Why `name` cannot be (or become) a folder this command writes, or None."""
-    if not str(name).strip():  # Path("") is ".": a run would land in the working folder
-        return f"{flag} must name a folder, got {str(name)!r}."
-    path = Path(name)
-    if path.exists():
-        if not path.is_dir():
-            return f"{flag} {path} is a file; give a folder."
-        return None if os.access(path, os.W_OK | os.X_OK) else f"{flag} {path} is not writable."
-    parent = next(p for p in path.absolute().parents if p.exists())
-    if not parent.is_dir():
-        return f"{flag} {path} cannot be created: {parent} is a file, not a folder."
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{flag} {path} cannot be created: {parent} is not writable."
-    return None
+def _folder_problem(name: str | Path, argument: str) -> str | None:
+    """Why `name` cannot be (or become) a folder this command writes, or None (in flags)."""
+    from ..outputs import folder_problem
+
+    problem = folder_problem(name, argument)
+    return flag_message(problem) if problem else None
 
 
 def _export_problem(export: str | None) -> str | None:
@@ -146,7 +124,7 @@ def _export_problem(export: str | None) -> str | None:
             f"--export {path} holds something other than an exported model, and the export replaces it; "
             "give a new folder or an earlier export."
         )
-    return _folder_problem(export, "--export")
+    return _folder_problem(export, "export")
 
 
 def _done_steps(out: Path) -> int:
@@ -188,7 +166,7 @@ def _run_problem(args: argparse.Namespace, out: Path) -> str | None:
     """Why a training run in `out` cannot start or resume as asked, or None (checked before any work)."""
     from diffuseg.synthetic.checkpoint import CHECKPOINT_NAME
 
-    problem = _folder_problem(args.out, "--out") or _export_problem(args.export)
+    problem = _folder_problem(args.out, "out") or _export_problem(args.export)
     if problem:
         return problem
     if (out / CHECKPOINT_NAME).exists() and not args.resume:
@@ -226,7 +204,7 @@ def _decoder_only(args: argparse.Namespace, out: Path) -> int:
 
     from diffuseg.synthetic.decoder import finetune_decoder
 
-    problem = _folder_problem(args.out, "--out")
+    problem = _folder_problem(args.out, "out")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

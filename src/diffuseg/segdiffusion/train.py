@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..outputs import folder_problem
 from ..plan import check_positive
 from .checkpoint import RECORD, load_checkpoint, read_record, save_checkpoint
 from .masks import encode_masks
@@ -222,23 +223,6 @@ def _check_resume(saved: dict[str, Any], config: SegTrainConfig) -> None:
         raise ConfigMismatchError(f"`resume` with a different config: {listing}.")
 
 
-def _folder_problem(out: str | os.PathLike) -> str | None:
-    """Why `out` cannot be (or become) a run folder, or None."""
-    if not str(out).strip():  # Path("") is ".": the run would land in the working folder
-        return f"`out` must name a folder, got {str(out)!r}."
-    path = Path(out)
-    if path.exists():
-        if not path.is_dir():
-            return f"`out` {path} is a file; give a folder (a new one, or the run to resume)."
-        return None if os.access(path, os.W_OK | os.X_OK) else f"`out` {path} is not writable."
-    parent = next(p for p in path.absolute().parents if p.exists())
-    if not parent.is_dir():
-        return f"`out` {path} cannot be created: {parent} is a file, not a folder."
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"`out` {path} cannot be created: {parent} is not writable."
-    return None
-
-
 def run_step(out: str | os.PathLike) -> int | None:
     """The step of the run in `out` (its last checkpoint's), or None if `out` holds no run.
 
@@ -261,7 +245,7 @@ def check_out(out: str | os.PathLike, *, resume: bool = False, steps: int | None
             the step the run to resume is at: a run does not go back).
         FileExistsError: if `out` holds a run and `resume` is False.
     """
-    problem = _folder_problem(out)
+    problem = folder_problem(out)
     if problem:
         raise ValueError(problem)
     step = run_step(out)
