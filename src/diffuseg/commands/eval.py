@@ -175,7 +175,6 @@ class _Setup:
     """What the flags ask for, checked before any model is loaded."""
 
     spec: Any
-    sweep: tuple[float, ...] | None
     overrides: dict[str, Any]
     config: Any
     resources: dict[str, Any]
@@ -183,8 +182,8 @@ class _Setup:
     dataset: Any
     ray_options: Any
     needs_model: bool
-    engine: Any
-    output: Any
+    #: the run's settings, as `check_output` and `evaluate` both take them (built once)
+    run: dict[str, Any]
 
 
 def _setup(args: argparse.Namespace) -> _Setup:
@@ -196,7 +195,7 @@ def _setup(args: argparse.Namespace) -> _Setup:
     """
     from ..datasets import load_dataset
     from ..eval.protocols import get_protocol
-    from ..eval.runner import BACKGROUND_SWEEP, check_tune_background
+    from ..eval.runner import BACKGROUND_SWEEP, check_output, check_tune_background
     from ..methods import get_method
     from ._labeling import check_filter
     from ._options import check_runtime, method_overrides, resource_values
@@ -231,10 +230,19 @@ def _setup(args: argparse.Namespace) -> _Setup:
         import ray  # noqa: F401
     needs_model = spec.needs_model(config)
     engine = _engine_options(args, ray_options, needs_model)
-    _check_output(args, spec, dataset, sweep, engine, output)
-    return _Setup(
-        spec, sweep, overrides, config, resources, class_filter, dataset, ray_options, needs_model, engine, output
-    )
+    run = {
+        "protocol": args.protocol,
+        "matching": args.matching,
+        "background_class": args.background_class,
+        "classes": args.classes,
+        "tune_background": sweep,
+        "limit": args.limit,
+        "seed": args.seed,
+        "engine": engine,
+        "output": output,
+    }
+    check_output(dataset, spec.name, **run)  # folders, results file and predictions, before any model loads
+    return _Setup(spec, overrides, config, resources, class_filter, dataset, ray_options, needs_model, run)
 
 
 def _output_options(args: argparse.Namespace) -> Any:
@@ -259,26 +267,6 @@ def _engine_options(args: argparse.Namespace, ray_options: Any, needs_model: boo
     loader = _actor_loader(args) if needs_model and ray_options is not None else None
     return EngineOptions(
         engine=args.engine, batch_size=args.batch_size, ray_options=ray_options, backbone_loader=loader
-    )
-
-
-def _check_output(args: argparse.Namespace, spec: Any, dataset: Any, sweep: Any, engine: Any, output: Any) -> None:
-    """`check_output` of the run the flags describe: folders, results file and predictions,
-    before any model is loaded."""
-    from ..eval.runner import check_output
-
-    check_output(
-        dataset,
-        spec.name,
-        protocol=args.protocol,
-        matching=args.matching,
-        background_class=args.background_class,
-        classes=args.classes,
-        tune_background=sweep,
-        limit=args.limit,
-        seed=args.seed,
-        engine=engine,
-        output=output,
     )
 
 
@@ -361,17 +349,9 @@ def run(args: argparse.Namespace) -> int:
             model_id=model_id,
             config_overrides=setup.overrides,
             resources=setup.resources,
-            protocol=args.protocol,
-            matching=args.matching,
-            background_class=args.background_class,
-            classes=args.classes,
             class_filter=class_filter,
-            tune_background=setup.sweep,
-            limit=args.limit,
             generator=generator,
-            seed=args.seed,
-            engine=setup.engine,
-            output=setup.output,
+            **setup.run,
         )
     except (FileExistsError, ResumeMismatchError, ValueError, ConnectionError) as e:
         return _fail(str(e).replace("`address`", "--address"))
