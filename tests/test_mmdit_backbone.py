@@ -1,0 +1,141 @@
+"""`MMDiTBackbone` on tiny SD3, SD3.5 and FLUX pipeline folders built from configs: loading,
+sizes, flow-matching noise, prompt encoding (with and without SD3's T5) and one recorded pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_vae
+
+from diffuseg.backbone.joint_attention import JointRequest
+from diffuseg.backbone.mmdit import MMDiTBackbone, mmdit_family
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("diffusers.models.transformers.transformer_flux").FluxAttnProcessor  # noqa: B018
+
+SIZE = 32  # input pixels: VAE factor 2 -> 16x16 latents -> 8x8 tokens (patch 2)
+
+
+def _clip(tokenizer, with_projection: bool) -> torch.nn.Module:
+    config = transformers.CLIPTextConfig(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+        vocab_size=len(tokenizer), projection_dim=16, max_position_embeddings=16,
+    )  # fmt: skip
+    cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
+    return cls(config)
+
+
+def _t5(tokenizer) -> torch.nn.Module:
+    config = transformers.T5Config(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, vocab_size=len(tokenizer))
+    return transformers.T5EncoderModel(config)
+
+
+def _sd3_pipe(tokenizer, sd35: bool) -> object:
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=SIZE // 2, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32, out_channels=4,
+        pos_embed_max_size=32, dual_attention_layers=(0,) if sd35 else (), qk_norm="rms_norm" if sd35 else None,
+    )  # fmt: skip
+    return diffusers.StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(),
+        text_encoder=_clip(tokenizer, True), tokenizer=tokenizer, text_encoder_2=_clip(tokenizer, True),
+        tokenizer_2=tokenizer, text_encoder_3=_t5(tokenizer), tokenizer_3=tokenizer,
+    )  # fmt: skip
+
+
+def _flux_pipe(tokenizer) -> object:
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+    )  # fmt: skip
+    return diffusers.FluxPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=_clip(tokenizer, False),
+        tokenizer=tokenizer, text_encoder_2=_t5(tokenizer), tokenizer_2=tokenizer, transformer=transformer,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pipeline_dirs(tmp_path_factory):
+    """family -> a saved tiny pipeline folder."""
+    root = tmp_path_factory.mktemp("mmdit")
+    (root / "tok").mkdir()
+    tokenizer = make_tokenizer(root / "tok")
+    pipes = {"sd3": _sd3_pipe(tokenizer, False), "sd35": _sd3_pipe(tokenizer, True), "flux": _flux_pipe(tokenizer)}
+    for family, pipe in pipes.items():
+        pipe.save_pretrained(root / family)
+    return {family: root / family for family in pipes}
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35", "flux"])
+def test_a_folder_loads_and_one_pass_records_the_requested_layers(pipeline_dirs, family):
+    backbone = MMDiTBackbone.from_pretrained(pipeline_dirs[family])
+    assert backbone.family == family and backbone.size_multiple == 4
+    layers = backbone.layers()
+    request = JointRequest((layers[0], layers[-1]))
+
+    def run():
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        images, prompts = [_image(0), _image(1)], ["a cat", "a dog"]
+        return backbone.extract(images, request, prompts=prompts, timestep=500, image_size=SIZE, generator=gens)
+
+    features = run()
+    n = (SIZE // 2 // 2) ** 2  # 16x16 latents, 2x2 tokens
+    for layer in request.layers:
+        assert features.layer_sizes[layer] == (8, 8)
+        i2i = features.self_attention[layer]
+        assert i2i.shape == (2, n, n) and torch.allclose(i2i.sum(-1), torch.ones(2, n), atol=1e-5)
+    text = features.cross_attention[layers[0]].shape[-1]
+    assert text == (16 + 256 if family != "flux" else 512)  # SD3: CLIP then T5 tokens; FLUX: T5
+    assert features.images.shape == (2, 3, SIZE, SIZE) and features.latent_size == (16, 16)
+    assert torch.equal(run().self_attention[layers[0]], features.self_attention[layers[0]])  # seeded
+
+
+def test_flow_matching_noise_is_sigma_noise_plus_the_rest_of_the_latent(pipeline_dirs):
+    backbone = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"])
+    x, noise = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
+    assert torch.allclose(backbone.add_noise(x, noise, 250), torch.full_like(x, 0.75))
+    assert torch.equal(backbone.add_noise(x, noise, 0), x)
+
+
+def test_sd3_without_t5_has_zero_t5_tokens(pipeline_dirs):
+    full = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"])
+    light = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"], drop_t5=True)
+    assert light.pipe.text_encoder_3 is None
+    embeds, _, _ = light.encode_prompts(["a cat"])
+    full_embeds, _, _ = full.encode_prompts(["a cat"])
+    assert embeds.shape == full_embeds.shape
+    assert torch.equal(embeds[:, :16], full_embeds[:, :16]) and not embeds[:, 16:].any()
+    with pytest.raises(ValueError, match="`drop_t5` applies to SD3"):
+        MMDiTBackbone.from_pretrained(pipeline_dirs["flux"], drop_t5=True)
+
+
+def test_bad_sizes_timesteps_and_folders_are_named(pipeline_dirs, tmp_path):
+    backbone = MMDiTBackbone.from_pretrained(pipeline_dirs["flux"])
+    with pytest.raises(ValueError, match=r"`image_size` 30 is not a multiple of 4 .* nearest that fit are 28 and 32"):
+        backbone.extract(_image(), JointRequest((backbone.layers()[0],)), image_size=30)
+    with pytest.raises(ValueError, match=r"`timestep` must be an int in \[0, 1000\)"):
+        backbone.extract(_image(), JointRequest((backbone.layers()[0],)), timestep=1000)
+    with pytest.raises(ValueError, match="not an attention layer"):
+        backbone.extract(_image(), JointRequest(("transformer_blocks.9.attn",)), image_size=SIZE)
+    with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
+        MMDiTBackbone.from_pretrained(tmp_path)
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(ValueError, match="diffusion transformers supported: StableDiffusion3Pipeline, FluxPipeline"):
+        MMDiTBackbone.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="supported: SD3Transformer2DModel"):
+        mmdit_family(torch.nn.Linear(1, 1))
+
+
+def test_flux_dev_guidance_and_the_prediction_shape(pipeline_dirs):
+    backbone = MMDiTBackbone.from_pretrained(pipeline_dirs["flux"])
+    embeds, pooled, extra = backbone.encode_prompts(["a cat"])
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = backbone.predict(latents, 300, embeds, pooled, **extra)  # guidance_embeds: the documented 3.5
+    assert out.shape == latents.shape and torch.isfinite(out).all()
