@@ -9,6 +9,7 @@ from conftest import make_tokenizer, tiny_vae
 
 from diffuseg.backbone.joint_attention import JointRequest
 from diffuseg.backbone.mmdit import MMDiTBackbone, mmdit_family
+from diffuseg.labeling.spans import part_columns
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -139,3 +140,30 @@ def test_flux_dev_guidance_and_the_prediction_shape(pipeline_dirs):
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     out = backbone.predict(latents, 300, embeds, pooled, **extra)  # guidance_embeds: the documented 3.5
     assert out.shape == latents.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_class_columns_are_found_in_clip_and_t5_text(pipeline_dirs, family):
+    """The tiny tokenizer spells words letter by letter: every name is multi-token."""
+    backbone = MMDiTBackbone.from_pretrained(pipeline_dirs[family])
+    prompt = "cat dog cat"  # fits the tiny CLIP budget of 14 tokens
+    parts = backbone.text_parts(prompt)
+    embeds, _, _ = backbone.encode_prompts([prompt])
+    assert sum(len(p.token_ids) for p in parts) == embeds.shape[1]  # the parts tile the text axis
+    cat, dog, cow = part_columns(parts, ["cat", "dog", "cow"])
+    assert cow == []
+    for part in parts:
+        ids = part.token_ids
+        cat_ids = part.tokenizer("cat", add_special_tokens=False).input_ids
+        in_part = [c - part.offset for c in cat if part.offset <= c < part.offset + len(ids)]
+        assert len(in_part) == 2 * len(cat_ids)  # the word twice, each occurrence whole
+        assert [ids[i] for i in in_part] == cat_ids * 2
+        assert len([c for c in dog if part.offset <= c < part.offset + len(ids)]) == len(cat_ids)
+    if family == "sd3":
+        assert [p.encoder for p in parts] == ["clip", "t5"] and parts[1].offset == 16
+        only_clip = part_columns(parts, ["cat"], encoders=("clip",))[0]
+        assert only_clip == [c for c in cat if c < 16]
+        light = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"], drop_t5=True)
+        assert [p.encoder for p in light.text_parts(prompt)] == ["clip"]
+        with pytest.raises(ValueError, match="`encoders`"):
+            part_columns(light.text_parts(prompt), ["cat"], encoders=("t5",))

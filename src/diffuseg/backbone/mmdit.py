@@ -21,6 +21,7 @@ Conventions (reference: ``mmdit_and_fast_ncut.md`` §A.0):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..ops.noise import batch_noise, per_item_generators
 from .features import Features
 from .joint_attention import JointRequest, joint_layers, record_joint
 
-__all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "mmdit_family"]
+__all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "TextPart", "mmdit_family"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,27 @@ logger = logging.getLogger(__name__)
 MMDIT_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 #: The guidance value given to guidance-distilled FLUX transformers (FluxPipeline's default).
 FLUX_GUIDANCE = 3.5
+#: T5 tokens per prompt, by family: the pipelines' ``max_sequence_length`` defaults
+#: (`StableDiffusion3Pipeline.encode_prompt` 256, `FluxPipeline.encode_prompt` 512).
+T5_TOKENS = {"sd3": 256, "sd35": 256, "flux": 512}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextPart:
+    """One text encoder's share of the joint text axis of a prompt.
+
+    Attributes:
+        encoder: "clip" (SD3's CLIP-L / CLIP-G tokens, one column each) or "t5".
+        offset: the first column of this part on the text axis (T) of `Features.cross_attention`.
+        token_ids: the ids the encoder saw (BOS, padding included): column ``offset + i`` is
+            token ``token_ids[i]``.
+        tokenizer: the tokenizer that produced them.
+    """
+
+    encoder: str
+    offset: int
+    token_ids: tuple[int, ...]
+    tokenizer: Any = dataclasses.field(compare=False, repr=False)
 
 
 def mmdit_family(transformer: Any) -> str:
@@ -207,15 +229,37 @@ class MMDiTBackbone:
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """The pipeline's prompt encoding: (embeds (B, T, C), pooled (B, P), extra transformer
-        arguments: FLUX's ``txt_ids``)."""
+        arguments: FLUX's ``txt_ids``). T = `text_parts`' columns."""
         prompts = list(prompts)
+        t5 = T5_TOKENS[self.family]
         if self.family == "flux":
-            embeds, pooled, text_ids = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device)
+            embeds, pooled, text_ids = self.pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=t5
+            )
             return embeds, pooled, {"txt_ids": text_ids}
         embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False
-        )
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+            max_sequence_length=t5,
+        )  # fmt: skip
         return embeds, pooled, {}
+
+    def text_parts(self, prompt: str) -> list[TextPart]:
+        """The parts of `prompt`'s text axis, as `encode_prompts` builds it: SD3 / SD3.5: the
+        CLIP tokens (both CLIP encoders share the columns) then the T5 tokens (zeros, and left out
+        here, when the pipeline has no T5 encoder); FLUX: the T5 tokens."""
+        pipe, t5 = self.pipe, T5_TOKENS[self.family]
+        if self.family == "flux":
+            return [TextPart("t5", 0, self._ids(pipe.tokenizer_2, prompt, t5), pipe.tokenizer_2)]
+        clip = pipe.tokenizer_max_length
+        parts = [TextPart("clip", 0, self._ids(pipe.tokenizer, prompt, clip), pipe.tokenizer)]
+        if pipe.text_encoder_3 is not None:
+            parts.append(TextPart("t5", clip, self._ids(pipe.tokenizer_3, prompt, t5), pipe.tokenizer_3))
+        return parts
+
+    @staticmethod
+    def _ids(tokenizer: Any, prompt: str, length: int) -> tuple[int, ...]:
+        ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
+        return tuple(int(i) for i in ids)
 
     def check_timestep(self, timestep: int) -> int:
         """Raises ValueError naming `timestep` outside [0, `num_train_timesteps`)."""

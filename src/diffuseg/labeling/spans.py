@@ -29,6 +29,7 @@ __all__ = [
     "present_spans",
     "joined_prompt",
     "name_ids",
+    "part_columns",
     "token_budget",
     "token_spans",
 ]
@@ -159,6 +160,31 @@ def token_spans(tokenizer: Any, token_ids: Sequence[int], names: Sequence[str]) 
             f"truncated at the text encoder's {token_budget(tokenizer)}-token budget."
         )
     return spans
+
+
+def part_columns(
+    parts: Sequence[Any], names: Sequence[str], encoders: Sequence[str] = ("clip", "t5")
+) -> list[list[int]]:
+    """Per name, the columns of a joint text axis its tokens take (every occurrence, in each part
+    whose encoder is in `encoders`; `find_spans`' rules within a part), [] if absent.
+
+    Args:
+        parts: the text axis's parts (``diffuseg.backbone.mmdit.TextPart``: ``encoder``,
+            ``offset``, ``token_ids``, ``tokenizer``), e.g. SD3's CLIP tokens then its T5 tokens.
+        names: the class names (and synonyms) to find.
+        encoders: the parts to search ("clip", "t5").
+
+    Raises:
+        ValueError: naming `encoders`, if it selects none of `parts`.
+    """
+    chosen = [p for p in parts if p.encoder in encoders]
+    if not chosen:
+        raise ValueError(f"`encoders` {tuple(encoders)} selects none of the text parts {[p.encoder for p in parts]}.")
+    columns: list[list[int]] = [[] for _ in names]
+    for part in chosen:
+        for cols, span in zip(columns, present_spans(part.tokenizer, part.token_ids, names), strict=True):
+            cols.extend(part.offset + i for i in span)
+    return columns
 
 
 def check_template(template: str) -> str:
