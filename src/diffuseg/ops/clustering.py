@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["anchor_grid", "symmetric_kl", "anchor_distances", "merge_attention", "kmeans_refine"]
+__all__ = ["anchor_grid", "symmetric_kl", "anchor_distances", "merge_attention", "greedy_merge", "kmeans_refine"]
 
 _EPS = 1e-30  # clamp before log: float32 keeps 1e-30 (fp16 does not, see merge_attention)
 
@@ -93,6 +93,26 @@ def _greedy_groups(close: torch.Tensor) -> torch.Tensor:
     return close[torch.tensor(groups, dtype=torch.long, device=close.device)]
 
 
+def greedy_merge(maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """One greedy KL merge of distributions (google/diffseg ``mask_merge``'s iterations >= 1;
+    Seg4Diff's ``mask_merge`` of text-token maps): in row order, each map not yet matched takes
+    every map within symmetric KL `threshold` of it (`symmetric_kl`) as its group, matched ones
+    included, and is replaced by the group's mean.
+
+    Args:
+        maps: (K, D) distributions (rows sum to 1).
+        threshold: the KL threshold, > 0.
+
+    Returns:
+        (G, D) group means, G <= K, in the order of the maps that started them.
+    """
+    if not threshold > 0:
+        raise ValueError(f"`threshold` must be > 0, got {threshold!r}.")
+    close = symmetric_kl(maps, maps) < threshold
+    close.fill_diagonal_(True)  # a map is in its own group (KL(p, p) = 0 up to rounding)
+    return _group_means(_greedy_groups(close), maps.to(torch.promote_types(maps.dtype, torch.float32)))
+
+
 def anchor_distances(aggregated: torch.Tensor, anchors: int) -> torch.Tensor:
     """Symmetric KL distance of each anchor's map to every map: what `merge_attention`'s first
     iteration thresholds, and the same for any threshold (so callers that re-merge one image
@@ -173,7 +193,7 @@ def merge_attention(
     for tau in thresholds[1:]:
         close = symmetric_kl(proposals, proposals) < tau  # (K, K)
         close.fill_diagonal_(True)  # a proposal is in its own group (KL(p, p) = 0 up to rounding)
-        proposals = _group_means(_greedy_groups(close), proposals, weights)
+        proposals = _group_means(_greedy_groups(close), proposals, weights)  # `greedy_merge`, weighted
         weights = None
     return proposals.reshape(-1, h, w).float()
 
