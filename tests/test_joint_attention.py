@@ -78,7 +78,7 @@ def test_recording_every_layer_leaves_the_output_unchanged_and_restores_the_proc
         plain = model(**x).sample
     before = {k: type(v) for k, v in model.attn_processors.items()}
     layers = joint_layers(model)
-    with torch.no_grad(), record_joint(model, JointRequest(tuple(layers))) as store:
+    with torch.no_grad(), record_joint(model, JointRequest(tuple(layers), tuple(layers))) as store:
         recorded = model(**x).sample
     assert torch.equal(recorded, plain)  # the parent processor computes the output
     assert {k: type(v) for k, v in model.attn_processors.items()} == before
@@ -97,7 +97,7 @@ def test_sd35_attn2_is_recorded_as_image_to_image_only():
     model = CASES["sd35"][0]()
     layers = joint_layers(model)
     assert "transformer_blocks.0.attn2" in layers
-    with torch.no_grad(), record_joint(model, JointRequest(tuple(layers))) as store:
+    with torch.no_grad(), record_joint(model, JointRequest(tuple(layers), tuple(layers))) as store:
         model(**_sd3_inputs())
     assert "transformer_blocks.0.attn2" in store.image_to_image
     assert "transformer_blocks.0.attn2" not in store.image_to_text
@@ -162,7 +162,7 @@ def test_flux_single_stream_blocks_get_the_text_length_of_the_call():
         x = _flux_inputs()
         x["encoder_hidden_states"] = x["encoder_hidden_states"][:, :text]
         x["txt_ids"] = x["txt_ids"][:text]
-        with torch.no_grad(), record_joint(model, JointRequest((layer,))) as store:
+        with torch.no_grad(), record_joint(model, JointRequest((layer,), (layer,))) as store:
             model(**x)
         assert store.text_length == text
         assert store.image_to_text[layer].shape == (2, GRID * GRID, text)
@@ -172,7 +172,7 @@ def test_image_to_text_columns_follow_the_text_tokens():
     """A text token whose key equals many image keys draws the image rows' mass (SD3: image first)."""
     model = _sd3()
     layer = "transformer_blocks.1.attn"
-    with torch.no_grad(), record_joint(model, JointRequest((layer,), image_to_image=False)) as store:
+    with torch.no_grad(), record_joint(model, JointRequest(image_to_text=(layer,))) as store:
         model(**_sd3_inputs())
     assert layer not in store.image_to_image
     seen = _capture_inputs(model, layer, _sd3_inputs())
@@ -203,10 +203,12 @@ def test_processors_are_restored_when_the_pass_raises():
 
 
 def test_recording_memory_is_the_requested_blocks():
-    request = JointRequest(("a", "b"))
+    request = JointRequest(("a", "b"), ("a", "b"))
     n, t = 4096, 333  # SD3 at 1024 px
     kept = 4 * n * (n + t) * 2
     assert recording_bytes(n, t, request, heads=24) - kept <= 4 * (1 << 22)  # plus one score tile
     assert kept < 160e6  # two layers' blocks; the full 24-head joint map of one layer is ~1.9 GB
-    with pytest.raises(ValueError, match="`layers`"):
+    with pytest.raises(ValueError, match="must name layers"):
         JointRequest(())
+    with pytest.raises(ValueError, match="`image_to_text` must be a sequence"):
+        JointRequest(image_to_text="transformer_blocks.0.attn")

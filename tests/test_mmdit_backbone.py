@@ -79,7 +79,7 @@ def test_a_folder_loads_and_one_pass_records_the_requested_layers(pipeline_dirs,
     backbone = MMDiTBackbone.from_pretrained(pipeline_dirs[family])
     assert backbone.family == family and backbone.size_multiple == 4
     layers = backbone.layers()
-    request = JointRequest((layers[0], layers[-1]))
+    request = JointRequest((layers[0], layers[-1]), (layers[0], layers[-1]))
 
     def run():
         gens = [torch.Generator().manual_seed(i) for i in range(2)]
@@ -109,8 +109,8 @@ def test_sd3_without_t5_has_zero_t5_tokens(pipeline_dirs):
     full = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"])
     light = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"], drop_t5=True)
     assert light.pipe.text_encoder_3 is None
-    embeds, _, _ = light.encode_prompts(["a cat"])
-    full_embeds, _, _ = full.encode_prompts(["a cat"])
+    embeds = light.encode_prompts(["a cat"]).embeds
+    full_embeds = full.encode_prompts(["a cat"]).embeds
     assert embeds.shape == full_embeds.shape
     assert torch.equal(embeds[:, :16], full_embeds[:, :16]) and not embeds[:, 16:].any()
     with pytest.raises(ValueError, match="`drop_t5` applies to SD3"):
@@ -136,10 +136,12 @@ def test_bad_sizes_timesteps_and_folders_are_named(pipeline_dirs, tmp_path):
 
 def test_flux_dev_guidance_and_the_prediction_shape(pipeline_dirs):
     backbone = MMDiTBackbone.from_pretrained(pipeline_dirs["flux"])
-    embeds, pooled, extra = backbone.encode_prompts(["a cat"])
+    prompt = backbone.encode_prompts(["a cat"])
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    out = backbone.predict(latents, 300, embeds, pooled, **extra)  # guidance_embeds: the documented 3.5
+    out = backbone.predict(latents, 300, prompt)  # guidance_embeds: the documented 3.5
     assert out.shape == latents.shape and torch.isfinite(out).all()
+    noise = torch.randn_like(latents)
+    assert torch.equal(backbone.prediction_target(latents, noise, 300), noise - latents)  # the flow velocity
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
@@ -148,7 +150,7 @@ def test_class_columns_are_found_in_clip_and_t5_text(pipeline_dirs, family):
     backbone = MMDiTBackbone.from_pretrained(pipeline_dirs[family])
     prompt = "cat dog cat"  # fits the tiny CLIP budget of 14 tokens
     parts = backbone.text_parts(prompt)
-    embeds, _, _ = backbone.encode_prompts([prompt])
+    embeds = backbone.encode_prompts([prompt]).embeds
     assert sum(len(p.token_ids) for p in parts) == embeds.shape[1]  # the parts tile the text axis
     cat, dog, cow = part_columns(parts, ["cat", "dog", "cow"])
     assert cow == []
@@ -167,3 +169,37 @@ def test_class_columns_are_found_in_clip_and_t5_text(pipeline_dirs, family):
         assert [p.encoder for p in light.text_parts(prompt)] == ["clip"]
         with pytest.raises(ValueError, match="`encoders`"):
             part_columns(light.text_parts(prompt), ["cat"], encoders=("t5",))
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35", "flux"])
+def test_diffseg_segments_a_whole_photo_from_the_cli_and_the_api(pipeline_dirs, family, tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from diffuseg.backbone.load import load_backbone
+    from diffuseg.backbone.protocol import Backbone
+    from diffuseg.cli import main
+    from diffuseg.segmenter import Segmenter
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((30, 44, 3)) * 255).astype(np.uint8)).save(photo)
+    out = tmp_path / "out"
+    argv = ["segment", str(photo), "--model", str(pipeline_dirs[family]), "--method", "diffseg", "--size", "32"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    labels = np.asarray(Image.open(out / "photo.labels.png"))
+    record = json.loads((out / "photo.json").read_text())
+    assert labels.shape == (30, 44) and record["meta"]["model_size"] == [20, 32]  # the whole photo, aspect kept
+    backbone = load_backbone(str(pipeline_dirs[family]))
+    assert isinstance(backbone, MMDiTBackbone) and isinstance(backbone, Backbone) and backbone.family == family
+    seg = Segmenter(backbone, "diffseg", image_size=32)(str(photo), generator=torch.Generator().manual_seed(0))
+    assert seg.in_input_frame().labels.shape == (30, 44)
+
+
+def test_load_backbone_drops_t5_only_where_there_is_one(pipeline_dirs, tiny_model_dir):
+    from diffuseg.backbone.load import load_backbone
+
+    assert load_backbone(str(pipeline_dirs["sd3"]), drop_t5=True).pipe.text_encoder_3 is None
+    with pytest.raises(ValueError, match="`drop_t5` applies to SD3"):
+        load_backbone(str(tiny_model_dir), drop_t5=True)

@@ -50,26 +50,32 @@ _TILE_ELEMENTS = 1 << 22
 
 @dataclasses.dataclass(frozen=True)
 class JointRequest:
-    """What to record from a diffusion transformer's joint attention.
+    """What to record from a diffusion transformer's joint attention, per layer.
 
     Attributes:
-        layers: attention layer paths (`joint_layers`), e.g. ``"transformer_blocks.9.attn"``.
-        image_to_image: record each layer's image→image block, rows re-normalised over the image
-            keys (the joint softmax gives text a share): (B, N, N), rows summing to 1.
-        image_to_text: record each layer's image→text block as the joint softmax gives it:
-            (B, N, T) (layers without text, e.g. SD3.5's ``attn2``, have none).
+        image_to_image: attention layer paths (`joint_layers`, e.g. ``"transformer_blocks.9.attn"``)
+            whose image→image block is recorded, rows re-normalised over the image keys (the
+            joint softmax gives text a share): (B, N, N), rows summing to 1.
+        image_to_text: layer paths whose image→text block is recorded as the joint softmax
+            gives it: (B, N, T) (a layer without text, e.g. SD3.5's ``attn2``, yields none).
     """
 
-    layers: tuple[str, ...]
-    image_to_image: bool = True
-    image_to_text: bool = True
+    image_to_image: tuple[str, ...] = ()
+    image_to_text: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, str) or not self.layers:
-            raise ValueError(f"`layers` must be a non-empty sequence of layer paths, got {self.layers!r}.")
-        object.__setattr__(self, "layers", tuple(self.layers))
-        if not (self.image_to_image or self.image_to_text):
-            raise ValueError("a `JointRequest` must ask for `image_to_image` and/or `image_to_text`.")
+        for name in ("image_to_image", "image_to_text"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ValueError(f"`{name}` must be a sequence of layer paths, got the string {value!r}.")
+            object.__setattr__(self, name, tuple(value))
+        if not self.layers:
+            raise ValueError("a `JointRequest` must name layers in `image_to_image` and/or `image_to_text`.")
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every layer recorded, in the order first named."""
+        return tuple(dict.fromkeys((*self.image_to_image, *self.image_to_text)))
 
 
 @dataclasses.dataclass
@@ -189,7 +195,7 @@ def _record(
     text = slice(n, length) if image_first else slice(0, text_length)
     qi = q[:, :, image]
     rows = max(1, _TILE_ELEMENTS // max(1, h * length))
-    want_i2i, want_i2t = request.image_to_image, request.image_to_text and text_length > 0
+    want_i2i, want_i2t = layer in request.image_to_image, layer in request.image_to_text and text_length > 0
     i2i = q.new_empty((b, n, n), dtype=torch.float32) if want_i2i else None
     i2t = q.new_empty((b, n, text_length), dtype=torch.float32) if want_i2t else None
     scale = d**-0.5
@@ -333,6 +339,6 @@ def record_joint(model: nn.Module, request: JointRequest) -> Iterator[JointAtten
 def recording_bytes(image_tokens: int, text_tokens: int, request: JointRequest, batch: int = 1, heads: int = 1) -> int:
     """Bytes `record_joint` keeps for `request` (float32 blocks of every layer) plus one score
     tile, for a batch of `batch` images of `image_tokens` tokens and `text_tokens` text tokens."""
-    per_layer = (image_tokens if request.image_to_image else 0) + (text_tokens if request.image_to_text else 0)
-    kept = 4 * batch * image_tokens * per_layer * len(request.layers)
+    per_token = image_tokens * len(request.image_to_image) + text_tokens * len(request.image_to_text)
+    kept = 4 * batch * image_tokens * per_token
     return kept + 4 * min(_TILE_ELEMENTS, heads * image_tokens * (image_tokens + text_tokens)) * batch

@@ -21,9 +21,12 @@ Conventions (reference: ``mmdit_and_fast_ncut.md`` §A.0):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,10 +34,12 @@ import torch
 
 from ..imageio import ImageInput, preprocess, stack_batch
 from ..ops.noise import batch_noise, per_item_generators
-from .features import Features
-from .joint_attention import JointRequest, joint_layers, record_joint
+from .features import FeatureRequest, Features
+from .joint_attention import JointRequest, joint_layers, record_joint, recording_bytes
+from .prompts import PromptEmbeddings
+from .protocol import AttentionLayer, LayerMap
 
-__all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "TextPart", "mmdit_family"]
+__all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "TextPart", "mmdit_family", "pipeline_class"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,16 @@ class TextPart:
     offset: int
     token_ids: tuple[int, ...]
     tokenizer: Any = dataclasses.field(compare=False, repr=False)
+
+
+def pipeline_class(folder: str | Path) -> str | None:
+    """The pipeline class a diffusers folder's ``model_index.json`` names, or None."""
+    import json
+
+    try:
+        return str(json.loads((Path(folder) / "model_index.json").read_text())["_class_name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def mmdit_family(transformer: Any) -> str:
@@ -119,28 +134,21 @@ class MMDiTBackbone:
             ValueError: naming `folder`, if it holds no supported pipeline; naming `drop_t5`
                 for a FLUX pipeline (its only prompt encoder is T5).
         """
-        import json
-
         import diffusers
 
-        index = Path(folder) / "model_index.json"
-        try:
-            pipeline_class = json.loads(index.read_text())["_class_name"]
-        except (OSError, ValueError, KeyError):
-            raise ValueError(f"`folder` {folder} is not a diffusers pipeline folder (no readable {index}).") from None
-        if pipeline_class not in MMDIT_FAMILIES:
+        found = pipeline_class(folder)
+        if found is None:
+            raise ValueError(f"`folder` {folder} is not a diffusers pipeline folder (no readable model_index.json).")
+        if found not in MMDIT_FAMILIES:
             raise ValueError(
-                f"`folder` {folder} holds a {pipeline_class}; diffusion transformers supported: "
-                f"{', '.join(MMDIT_FAMILIES)}."
+                f"`folder` {folder} holds a {found}; diffusion transformers supported: {', '.join(MMDIT_FAMILIES)}."
             )
         extra: dict[str, Any] = {}
         if drop_t5:
-            if pipeline_class != "StableDiffusion3Pipeline":
-                raise ValueError(f"`drop_t5` applies to SD3 pipelines; {folder} holds a {pipeline_class}.")
+            if found != "StableDiffusion3Pipeline":
+                raise ValueError(f"`drop_t5` applies to SD3 pipelines; {folder} holds a {found}.")
             extra = {"text_encoder_3": None, "tokenizer_3": None}
-        pipe = getattr(diffusers, pipeline_class).from_pretrained(
-            str(folder), torch_dtype=torch_dtype or torch.float32, **extra
-        )
+        pipe = getattr(diffusers, found).from_pretrained(str(folder), torch_dtype=torch_dtype or torch.float32, **extra)
         return cls(pipe, name=str(folder))
 
     # ------------------------------------------------------------------ device / sizes
@@ -158,6 +166,12 @@ class MMDiTBackbone:
         return next(self.transformer.parameters()).dtype
 
     @property
+    def prompt_tokenizer(self) -> Any:
+        """The tokenizer of the text axis's first part (SD3: CLIP, FLUX: T5): its token
+        positions are the columns of ``cross_attention`` maps (`text_parts`)."""
+        return self.pipe.tokenizer_2 if self.family == "flux" else self.pipe.tokenizer
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -173,8 +187,9 @@ class MMDiTBackbone:
 
     @property
     def native_size(self) -> int:
-        """The input side the transformer was configured for (its ``sample_size`` latents)."""
-        return int(self.transformer.config.sample_size) * self.vae_scale_factor
+        """The pipeline's default input side (its ``default_sample_size`` latents: SD3 the
+        transformer's ``sample_size``, FLUX 128, i.e. 1024 px)."""
+        return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
     @property
     def num_train_timesteps(self) -> int:
@@ -183,6 +198,65 @@ class MMDiTBackbone:
     def layers(self) -> list[str]:
         """The transformer's attention layer paths in call order (`joint_layers`)."""
         return joint_layers(self.transformer)
+
+    @functools.cached_property
+    def layer_map(self) -> LayerMap:
+        """Where the features are, by role. Every joint attention layer yields an image map and
+        (if it sees text: not SD3.5's ``attn2``) a text map, all on one token grid (stride =
+        the patch size); the block outputs are the transformer blocks' image tokens in forward
+        order (FLUX: the dual-stream blocks, then the single-stream ones); the feature layer is
+        the middle block's output (no published choice for DiffCut on an MM-DiT: a preset to be
+        tuned on the proving ground)."""
+        heads = int(self.transformer.config.num_attention_heads)
+        attention = []
+        for path in self.layers():
+            attention.append(AttentionLayer(path, "image", self.patch_size, heads))
+            if not path.endswith("attn2"):
+                attention.append(AttentionLayer(path, "text", self.patch_size, heads))
+        blocks = tuple(p.rsplit(".", 1)[0] for p in self.layers() if p.endswith(".attn"))
+        return LayerMap(tuple(attention), feature_layer=blocks[len(blocks) // 2], decoder_outputs=blocks)
+
+    def joint_request(self, request: FeatureRequest) -> JointRequest:
+        """The layers a `FeatureRequest` names on this model: ``self_attention`` selects image
+        maps, ``cross_attention`` text maps (True: every such layer; patterns: fnmatch over the
+        layer map's paths).
+
+        Raises:
+            ValueError: naming `request` for what an MM-DiT does not record: unnormalised
+                attention ("none" / "log"), maps per head, or a pattern that selects nothing.
+        """
+        if request.normalization != "softmax" or not request.average_heads:
+            raise ValueError(
+                f"`request` asks for {request.normalization!r} attention with average_heads={request.average_heads}; "
+                "a diffusion transformer's joint attention is recorded as head-averaged probabilities ('softmax')."
+            )
+        chosen = {}
+        for kind, wanted in (("image", request.self_attention), ("text", request.cross_attention)):
+            paths = [a.path for a in self.layer_map.layers(kind)]
+            if wanted is True:
+                chosen[kind] = tuple(paths)
+            elif wanted:
+                chosen[kind] = tuple(p for p in paths if any(fnmatch.fnmatchcase(p, pat) for pat in wanted))
+                if not chosen[kind]:
+                    raise ValueError(
+                        f"`request` patterns {wanted} select no image->{kind} layer of this {self.family} model "
+                        f"({paths[0]!r} ... {paths[-1]!r})."
+                    )
+            else:
+                chosen[kind] = ()
+        return JointRequest(chosen["image"], chosen["text"]) if chosen["image"] or chosen["text"] else None
+
+    def record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int = 1) -> int:
+        """Bytes of float32 maps that recording `request` for `rows` images of model input
+        `model_size` (H, W) keeps (`joint_attention.recording_bytes`) plus its block outputs."""
+        h, w = (s // self.size_multiple for s in model_size)
+        n = h * w
+        joint = self.joint_request(request)
+        text = T5_TOKENS[self.family] + (0 if self.family == "flux" else self.pipe.tokenizer_max_length)
+        heads = int(self.transformer.config.num_attention_heads)
+        kept = recording_bytes(n, text, joint, rows, heads) if joint is not None else 0
+        width = heads * int(self.transformer.config.attention_head_dim)
+        return kept + 4 * rows * n * width * len(request.hidden_states)
 
     def check_size(self, image_size: int) -> int:
         """`image_size`, checked against `size_multiple`.
@@ -213,10 +287,19 @@ class MMDiTBackbone:
         return stack_batch(tensors), metas
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, C, H/f, W/f) latents, ``(z - shift) * scale`` (posterior mean)."""
+    def encode_images(
+        self,
+        pixels: torch.Tensor,
+        sample: Literal["mean", "sample"] = "mean",
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, C, H/f, W/f) latents, ``(z - shift) * scale``, from the
+        posterior mean or a draw (`sample`, with `generator`: one, or one per image)."""
+        if sample not in ("mean", "sample"):
+            raise ValueError(f"`latent_mode` must be 'mean' or 'sample', got {sample!r}.")
         vae_dtype = next(self.vae.parameters()).dtype
-        z = self.vae.encode(pixels.to(self.device, vae_dtype) * 2 - 1).latent_dist.mean
+        dist = self.vae.encode(pixels.to(self.device, vae_dtype) * 2 - 1).latent_dist
+        z = dist.mean if sample == "mean" else dist.sample(generator=generator)
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
 
@@ -227,21 +310,34 @@ class MMDiTBackbone:
         return sigma * noise + (1.0 - sigma) * latents
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """The pipeline's prompt encoding: (embeds (B, T, C), pooled (B, P), extra transformer
-        arguments: FLUX's ``txt_ids``). T = `text_parts`' columns."""
+    def encode_prompts(
+        self, prompts: Sequence[str], token_weights: Sequence[Sequence[tuple[int, float]]] | None = None
+    ) -> PromptEmbeddings:
+        """The pipeline's prompt encoding: embeds (B, T, C) over the whole text axis (T =
+        `text_parts`' columns), the pooled embedding (B, P), and the token ids and strings of the
+        text axis's first part (SD3: CLIP, FLUX: T5), whose positions are the first columns of
+        every image->text map (`prompt_tokenizer` finds class names there).
+
+        Raises:
+            ValueError: naming `token_weights`: token emphasis is not supported here yet.
+        """
+        if token_weights is not None and any(token_weights):
+            raise ValueError("`token_weights` (prompt token emphasis) is not supported on diffusion transformers yet.")
         prompts = list(prompts)
         t5 = T5_TOKENS[self.family]
         if self.family == "flux":
-            embeds, pooled, text_ids = self.pipe.encode_prompt(
+            embeds, pooled, _ = self.pipe.encode_prompt(
                 prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=t5
             )
-            return embeds, pooled, {"txt_ids": text_ids}
-        embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
-            max_sequence_length=t5,
-        )  # fmt: skip
-        return embeds, pooled, {}
+        else:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+                max_sequence_length=t5,
+            )  # fmt: skip
+        first = [self.text_parts(p)[0] for p in prompts]
+        ids = torch.tensor([part.token_ids for part in first], dtype=torch.long)
+        tokens = [self.prompt_tokenizer.convert_ids_to_tokens(list(part.token_ids)) for part in first]
+        return PromptEmbeddings(embeds.to(self.dtype), pooled.to(self.dtype), ids, tokens)
 
     def text_parts(self, prompt: str) -> list[TextPart]:
         """The parts of `prompt`'s text axis, as `encode_prompts` builds it: SD3 / SD3.5: the
@@ -268,13 +364,20 @@ class MMDiTBackbone:
         return timestep
 
     # ------------------------------------------------------------------ the pass
+    def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """What `predict` returns for clean `latents` noised by `add_noise` with `noise`: the flow
+        velocity ``noise - latents`` (the flow-matching training target), (B, C, h, w)."""
+        return noise - latents
+
     @torch.no_grad()
     def predict(
-        self, latents: torch.Tensor, timestep: int, embeds: torch.Tensor, pooled: torch.Tensor, **extra: Any
+        self, latents: torch.Tensor, timestep: int, prompt: PromptEmbeddings, image_size: tuple[int, int] | None = None
     ) -> torch.Tensor:
-        """One transformer call on (B, C, h, w) latents at `timestep` (training scale); returns
-        the model's prediction (B, C, h, w) (the flow velocity)."""
+        """One transformer call on (B, C, h, w) latents at `timestep` (training scale),
+        conditioned on `prompt`'s B rows; returns the flow velocity (B, C, h, w). `image_size` is
+        not needed (an MM-DiT has no size conditioning)."""
         b, c, h, w = latents.shape
+        embeds, pooled = prompt.embeds, prompt.pooled
         sigma = torch.full((b,), timestep / self.num_train_timesteps, device=self.device, dtype=self.dtype)
         if self.family != "flux":
             out = self.transformer(
@@ -283,70 +386,133 @@ class MMDiTBackbone:
             return out.sample
         packed = self.pipe._pack_latents(latents, b, c, h, w)
         img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype)
+        txt_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)  # FluxPipeline's
         guidance = None
         if self.transformer.config.get("guidance_embeds"):
             guidance = torch.full((b,), FLUX_GUIDANCE, device=self.device, dtype=self.dtype)
         out = self.transformer(
             hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=sigma,
-            img_ids=img_ids, guidance=guidance, **extra,
+            img_ids=img_ids, txt_ids=txt_ids, guidance=guidance,
         ).sample  # fmt: skip
-        return self.pipe._unpack_latents(
-            out, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
-        )
+        f = self.vae_scale_factor
+        return self.pipe._unpack_latents(out, h * f, w * f, f)
 
     @torch.no_grad()
     def extract(
         self,
-        images: ImageInput | Sequence[ImageInput],
-        request: JointRequest,
+        images: ImageInput | Sequence[ImageInput] | torch.Tensor,
+        request: FeatureRequest | JointRequest,
         prompts: str | Sequence[str] = "",
         timestep: int = 300,
         *,
         image_size: int | None = None,
         resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
-        add_noise: bool = True,
+        add_noise: bool = False,
+        shared_noise: bool = False,
+        latent_mode: Literal["mean", "sample"] = "mean",
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        prompts_per_image: int = 1,
+        token_weights: Sequence[Sequence[tuple[int, float]]] | None = None,
     ) -> Features:
-        """One transformer pass over a batch, recording `request`.
+        """One transformer pass over a batch, recording `request` (`DiffusionBackbone.extract`'s
+        arguments and meaning).
 
         Args:
-            images: one image or a list (paths, PIL, arrays, (3, H, W) tensors in [0, 1]).
-            request: the layers and attention blocks to record (`JointRequest`).
-            prompts: one prompt for all images, or one per image.
+            images: one image or a list (paths, PIL, arrays, (3, H, W) tensors in [0, 1]), or a
+                (B, 3, H, W) float tensor in [0, 1] already at model size.
+            request: a `FeatureRequest` (translated by `joint_request`; its ``hidden_states``
+                are block paths of `layer_map`'s ``decoder_outputs``) or a `JointRequest`.
+            prompts: one prompt for all rows, or one per row (B * `prompts_per_image`).
             timestep: on the training scale [0, `num_train_timesteps`).
             image_size, resize_mode: preprocessing; `image_size` None = `native_size`.
             add_noise: noise the latent to `timestep` (flow matching; `add_noise`).
+            shared_noise: one noise draw for the batch instead of one per image.
+            latent_mode: VAE posterior "mean" or "sample".
             generator: one generator, or one per image.
+            prompts_per_image: P prompt rows per image (image-major).
+            token_weights: not supported on diffusion transformers yet (must be None).
 
         Returns:
-            `Features`: per layer ``self_attention`` (B, N, N) and ``cross_attention`` (B, N, T),
-            float32, ``layer_sizes`` the (h, w) token grid; `images`, `prompts`, `latent_size`,
-            `timestep` and `meta` as for a UNet pass.
+            `Features` with B * P rows: per layer ``self_attention`` (rows, N, N) and
+            ``cross_attention`` (rows, N, T), float32, on the (h, w) token grid
+            (``layer_sizes``); ``hidden_states[block]`` the block's image tokens (rows, C, h, w).
         """
         self.check_timestep(timestep)
-        batch = [images] if not isinstance(images, (list, tuple)) else list(images)
-        pixels, metas = self.preprocess(batch, image_size, resize_mode)
+        pixels, metas = self._model_input(images, image_size, resize_mode)
         b = pixels.shape[0]
-        prompt_list = [prompts] * b if isinstance(prompts, str) else list(prompts)
-        if len(prompt_list) != b:
-            raise ValueError(f"`prompts` must be one prompt or one per image ({b}), got {len(prompt_list)}.")
-        per_item_generators(generator, b)  # checked before any work
-        latents = self.encode_images(pixels)
+        prompt_list = [prompts] * (b * prompts_per_image) if isinstance(prompts, str) else list(prompts)
+        if len(prompt_list) != b * prompts_per_image:
+            raise ValueError(
+                f"`prompts` must be one prompt or one per row ({b} images x {prompts_per_image}), "
+                f"got {len(prompt_list)}."
+            )
+        generators = per_item_generators(generator, b)  # checked before any work
+        latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
         if add_noise:
-            noise = batch_noise(latents.shape, generator, self.device).to(latents.dtype)
+            noise = batch_noise(latents.shape, generator, self.device, shared=shared_noise).to(latents.dtype)
             latents = self.add_noise(latents, noise, timestep)
-        embeds, pooled, extra = self.encode_prompts(prompt_list)
-        with record_joint(self.transformer, request) as store:
-            self.predict(latents, timestep, embeds, pooled, **extra)
+        if prompts_per_image > 1:
+            latents = latents.repeat_interleave(prompts_per_image, dim=0)
+            pixels = pixels.repeat_interleave(prompts_per_image, dim=0)
+            metas = [m for m in metas for _ in range(prompts_per_image)]
+        joint = request if isinstance(request, JointRequest) else self.joint_request(request)
+        blocks = () if isinstance(request, JointRequest) else request.hidden_states
         grid = (latents.shape[-2] // self.patch_size, latents.shape[-1] // self.patch_size)
-        return Features(
-            self_attention=dict(store.image_to_image),
-            cross_attention=dict(store.image_to_text),
-            layer_sizes={layer: grid for layer in request.layers},
-            layer_counts={layer: 1 for layer in request.layers},
-            images=pixels,
-            prompts=prompt_list,
-            latent_size=(int(latents.shape[-2]), int(latents.shape[-1])),
-            timestep=timestep,
-            meta=metas,
-        )
+        prompt = self.encode_prompts(prompt_list, token_weights)
+        features = Features(
+            images=pixels, prompts=prompt_list, latent_size=(int(latents.shape[-2]), int(latents.shape[-1])),
+            timestep=timestep, meta=metas, tokenizer=self.prompt_tokenizer, token_ids=prompt.token_ids,
+            tokens=prompt.tokens,
+        )  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            store = stack.enter_context(record_joint(self.transformer, joint)) if joint is not None else None
+            outputs = stack.enter_context(_block_outputs(self.transformer, blocks, grid))
+            self.predict(latents, timestep, prompt)
+        if store is not None:
+            features.self_attention.update(store.image_to_image)
+            features.cross_attention.update(store.image_to_text)
+        features.hidden_states.update(outputs)
+        for key in (*features.self_attention, *features.cross_attention):
+            features.layer_sizes[key], features.layer_counts[key] = grid, 1
+        return features
+
+    def _model_input(
+        self, images: Any, image_size: int | None, resize_mode: Literal["crop", "squash", "keep_aspect"]
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """`extract`'s pixels (B, 3, H, W) in [0, 1] and meta dicts (a 4-D tensor is taken as it is)."""
+        if not (isinstance(images, torch.Tensor) and images.ndim == 4):
+            batch = [images] if not isinstance(images, (list, tuple)) else list(images)
+            return self.preprocess(batch, image_size, resize_mode)
+        pixels = images.float().clamp(0, 1)
+        h, w = pixels.shape[-2:]
+        self.check_size(int(h))
+        self.check_size(int(w))
+        metas = [{"input_size": [h, w], "crop_box": [0, 0, w, h], "model_size": [h, w]} for _ in range(len(pixels))]
+        return pixels, metas
+
+
+@contextlib.contextmanager
+def _block_outputs(model: torch.nn.Module, blocks: Sequence[str], grid: tuple[int, int]) -> Iterator[dict]:
+    """Record the image tokens of each block in `blocks` (forward hooks, removed in ``finally``)
+    as (B, C, h, w) float32 on the token `grid`.
+
+    Raises:
+        ValueError: naming `hidden_states`, if a path is not a block of `model`.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = []
+    names = dict(model.named_modules())
+    try:
+        for path in blocks:
+            if path not in names:
+                raise ValueError(f"`hidden_states` names {path!r}, not a block of this {type(model).__name__}.")
+
+            def hook(module: torch.nn.Module, args: Any, out: Any, path: str = path) -> None:
+                image = out[1] if isinstance(out, tuple) else out  # blocks return (text, image)
+                outputs[path] = image.float().transpose(1, 2).unflatten(-1, grid)
+
+            hooks.append(names[path].register_forward_hook(hook))
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
