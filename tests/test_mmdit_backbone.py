@@ -203,3 +203,29 @@ def test_load_backbone_drops_t5_only_where_there_is_one(pipeline_dirs, tiny_mode
     assert load_backbone(str(pipeline_dirs["sd3"]), drop_t5=True).pipe.text_encoder_3 is None
     with pytest.raises(ValueError, match="`drop_t5` applies to SD3"):
         load_backbone(str(tiny_model_dir), drop_t5=True)
+
+
+def test_token_weights_move_only_the_weighted_columns_toward_the_empty_prompt(pipeline_dirs):
+    backbone = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"])
+    plain = backbone.encode_prompts(["cat dog"]).embeds
+    empty = backbone.encode_prompts([""]).embeds[0]
+    weighted = backbone.encode_prompts(["cat dog"], token_weights=[[(2, 1.21)]]).embeds
+    assert torch.allclose(weighted[0, 2], empty[2] + 1.21 * (plain[0, 2] - empty[2]), atol=1e-6)
+    others = [i for i in range(plain.shape[1]) if i != 2]
+    assert torch.equal(weighted[0, others], plain[0, others])
+    with pytest.raises(ValueError, match="`token_weights` positions must index the first 16"):
+        backbone.encode_prompts(["cat"], token_weights=[[(20, 2.0)]])
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_diffsegmenter_names_the_classes_on_a_diffusion_transformer(pipeline_dirs, family, tmp_path):
+    import json
+
+    from diffuseg.cli import main
+
+    out = tmp_path / "out"
+    argv = ["segment", "examples/scene.png", "--model", str(pipeline_dirs[family]), "--method", "diffsegmenter"]
+    argv += ["--classes", "sky,grass", "--template", "{class}", "--size", "32", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    record = json.loads((out / "scene.json").read_text())
+    assert record["names"] == ["sky", "grass"] and record["height"] == record["width"] == 128

@@ -36,7 +36,7 @@ from ..imageio import ImageInput, preprocess, stack_batch
 from ..ops.noise import batch_noise, per_item_generators
 from .features import FeatureRequest, Features
 from .joint_attention import JointRequest, joint_layers, record_joint, recording_bytes
-from .prompts import PromptEmbeddings
+from .prompts import PromptEmbeddings, weight_tokens
 from .protocol import AttentionLayer, LayerMap
 
 __all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "TextPart", "mmdit_family", "pipeline_class"]
@@ -318,12 +318,30 @@ class MMDiTBackbone:
         text axis's first part (SD3: CLIP, FLUX: T5), whose positions are the first columns of
         every image->text map (`prompt_tokenizer` finds class names there).
 
+        `token_weights`: per prompt, (position, weight) pairs on the first part's tokens; a
+        weighted token's embedding e becomes ``e0 + w * (e - e0)``, e0 the empty prompt's at that
+        column (Compel's weighting, as `DiffusionBackbone.encode_prompts`); the pooled embedding
+        and the other parts are unchanged.
+
         Raises:
-            ValueError: naming `token_weights`: token emphasis is not supported here yet.
+            ValueError: if `token_weights` does not have one entry per prompt or a position is
+                outside the first part.
         """
-        if token_weights is not None and any(token_weights):
-            raise ValueError("`token_weights` (prompt token emphasis) is not supported on diffusion transformers yet.")
         prompts = list(prompts)
+        if token_weights is not None and len(token_weights) != len(prompts):
+            raise ValueError(
+                f"`token_weights` must have one entry per prompt ({len(prompts)}), got {len(token_weights)}."
+            )
+        encoded = self._encode(prompts)
+        if token_weights is not None and any(token_weights):
+            first = encoded.token_ids.shape[1]
+            if any(not 0 <= pos < first for row in token_weights for pos, _ in row):
+                raise ValueError(f"`token_weights` positions must index the first {first} text tokens.")
+            encoded.embeds = weight_tokens(encoded.embeds, self._encode([""]).embeds[0], token_weights)
+        return encoded
+
+    def _encode(self, prompts: list[str]) -> PromptEmbeddings:
+        """The pipeline's encoding of `prompts` (see `encode_prompts`)."""
         t5 = T5_TOKENS[self.family]
         if self.family == "flux":
             embeds, pooled, _ = self.pipe.encode_prompt(
