@@ -6,8 +6,11 @@ module docstrings for where diffuseg follows it and where it fixes it. Training 
 sampler method build on these.
 """
 
+from .base import require_unet
 from .masks import decode_masks, encode_masks, labels_from_probabilities
 from .model import widen_conv_in
 from .noise import pyramid_noise
 
-__all__ = ["widen_conv_in", "encode_masks", "decode_masks", "labels_from_probabilities", "pyramid_noise"]
+__all__ = [
+    "widen_conv_in", "encode_masks", "decode_masks", "labels_from_probabilities", "pyramid_noise", "require_unet",
+]  # fmt: skip

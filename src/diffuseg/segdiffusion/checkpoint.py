@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..backbone.protocol import Backbone
 
 __all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_record", "shipped_checkpoint"]
 
@@ -96,7 +99,7 @@ def load_checkpoint(directory: str | os.PathLike, device: Any = None, dtype: Any
     return unet.eval().requires_grad_(False), record
 
 
-def shipped_checkpoint(backbone: Any) -> str | None:
+def shipped_checkpoint(backbone: Backbone | None) -> str | None:
     """The proving-ground checkpoint shipped with the package (``data/segdiffusion-toy``,
     trained from the toy model; its ``TRAINING.json`` says how) when `backbone` is the toy model
     (``--model toy``); None for any other model."""

@@ -11,15 +11,18 @@ class is its own mask, and the label map is the argmax over classes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..backbone.backbone import DiffusionBackbone
 
 __all__ = ["encode_masks", "decode_masks", "labels_from_probabilities"]
 
 
 @torch.no_grad()
-def encode_masks(backbone: Any, masks: torch.Tensor) -> torch.Tensor:
+def encode_masks(backbone: DiffusionBackbone, masks: torch.Tensor) -> torch.Tensor:
     """Encode masks with the backbone's VAE.
 
     Args:
@@ -36,7 +39,7 @@ def encode_masks(backbone: Any, masks: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_masks(backbone: Any, latents: torch.Tensor) -> torch.Tensor:
+def decode_masks(backbone: DiffusionBackbone, latents: torch.Tensor) -> torch.Tensor:
     """Decode mask latents to probabilities.
 
     Args:

@@ -12,13 +12,18 @@ ensembling: diffuseg has one binary mask per class, so members are averaged dire
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..backbone.features import Features
 from ..ops.noise import per_item_generators
+from .base import require_unet
 from .masks import decode_masks
+
+if TYPE_CHECKING:
+    from ..backbone.backbone import DiffusionBackbone
+    from ..backbone.protocol import Backbone
 
 __all__ = ["MaskModel", "SegDiffusionSampler", "PROBABILITIES"]
 
@@ -35,10 +40,11 @@ class MaskModel:
     record: dict[str, Any]
     source: str | None = None
 
-    def check_fits(self, backbone: Any) -> None:
+    def check_fits(self, backbone: DiffusionBackbone) -> None:
         """Raise `ValueError` (naming the checkpoint and what was expected) if this mask UNet
-        cannot run on `backbone`: other latent channels, text width, added conditioning or
-        prediction type."""
+        cannot run on `backbone`: not a UNet model (`require_unet`), other latent channels, text
+        width, added conditioning or prediction type."""
+        require_unet(backbone)
         where = self.source or "the Seg-diffusion checkpoint"
         cfg, base = self.unet.config, backbone.unet.config
         problems = []
@@ -92,20 +98,26 @@ class SegDiffusionSampler:
 
     @torch.no_grad()
     def __call__(
-        self, backbone: Any, pixels: torch.Tensor, pass_: Any, resources: dict[str, Any], generator: Any
+        self, backbone: Backbone, pixels: torch.Tensor, pass_: Any, resources: dict[str, Any], generator: Any
     ) -> Features:
         """Sample the mask probabilities of every prompt of every image.
 
         Args:
+            backbone: the base model; a UNet model (`require_unet`).
             pixels: (B, 3, H, W) float32 in [0, 1] at the model input size.
             pass_: the `Pass`; its P prompts are the class prompts of each image.
 
         Returns:
             `Features` with B * P rows (image-major): hidden_states[PROBABILITIES] (B*P, 1, H, W)
             float32 in [0, 1], the mean over the ensemble of the decoded masks.
+
+        Raises:
+            ValueError: on a backbone that is not a UNet model, a missing checkpoint, or one that
+                does not fit the backbone.
         """
         from diffusers import DDIMScheduler
 
+        backbone = require_unet(backbone)
         model = resources.get(self.resource)
         if not isinstance(model, MaskModel):
             raise ValueError(f"Seg-diffusion needs its checkpoint in `resources[{self.resource!r}]` (a MaskModel).")

@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,10 +31,14 @@ import torch.nn.functional as F
 
 from ..outputs import folder_problem
 from ..plan import check_positive
+from .base import require_unet
 from .checkpoint import RECORD, load_checkpoint, read_record, save_checkpoint
 from .masks import encode_masks
 from .model import widen_conv_in
 from .objective import denoising_loss
+
+if TYPE_CHECKING:
+    from ..backbone.backbone import DiffusionBackbone
 
 __all__ = ["SegTrainConfig", "train", "check_out", "run_step", "ConfigMismatchError"]
 
@@ -144,7 +148,7 @@ def _crop(sample: Any, size: int, scale: tuple[float, float], gen: torch.Generat
     return image.clamp(0, 1), label[rows[:, None], rows[None, :]]
 
 
-def _batch(backbone: Any, dataset: Any, config: SegTrainConfig, size: int, gen: torch.Generator) -> tuple:
+def _batch(backbone: DiffusionBackbone, dataset: Any, config: SegTrainConfig, size: int, gen: torch.Generator) -> tuple:
     """(image latents, mask latents, text states, added_cond) of `batch_size` random (image,
     class) rows, float32 on the backbone's device.
 
@@ -197,7 +201,7 @@ def _state_path(out: Path) -> Path:
     return out / "trainer.pt"
 
 
-def _record(config: SegTrainConfig, backbone: Any, step: int) -> dict[str, Any]:
+def _record(config: SegTrainConfig, backbone: DiffusionBackbone, step: int) -> dict[str, Any]:
     return {
         "base_model": backbone.name,
         "family": backbone.family,
@@ -270,7 +274,9 @@ def check_out(out: str | os.PathLike, *, resume: bool = False, steps: int | None
     return step
 
 
-def _start(backbone: Any, config: SegTrainConfig, out: Path, resume: bool) -> tuple[Any, dict[str, Any] | None]:
+def _start(
+    backbone: DiffusionBackbone, config: SegTrainConfig, out: Path, resume: bool
+) -> tuple[Any, dict[str, Any] | None]:
     """The UNet to train (widened from the base's, or the run's on `resume`) and, on `resume`,
     the trainer state saved with the run's last checkpoint (None for a new run).
 
@@ -310,7 +316,14 @@ def _optimizer(
 
 
 def _optimizer_step(
-    unet: Any, opt: Any, scaler: Any, backbone: Any, dataset: Any, config: SegTrainConfig, size: int, gen: Any
+    unet: Any,
+    opt: Any,
+    scaler: Any,
+    backbone: DiffusionBackbone,
+    dataset: Any,
+    config: SegTrainConfig,
+    size: int,
+    gen: Any,
 ) -> float:
     """One optimizer step over `grad_accumulation` micro-batches; returns their mean loss."""
     device = torch.device(backbone.device)
@@ -334,7 +347,7 @@ def _optimizer_step(
 
 
 def train(
-    backbone: Any,
+    backbone: DiffusionBackbone,
     dataset: Any,
     config: SegTrainConfig,
     out: str | os.PathLike,
@@ -347,7 +360,8 @@ def train(
     """Fine-tune `backbone`'s UNet (widened) on `dataset`; returns the log records of this call.
 
     Args:
-        backbone: the base `DiffusionBackbone` (its VAE and text encoder stay frozen).
+        backbone: the base `DiffusionBackbone` (its VAE and text encoder stay frozen); any
+            other backbone is refused (`require_unet`).
         dataset: any `SegmentationDataset` (labels int (H, W), 255 = ignore).
         config: training settings.
         out: run folder.
@@ -358,13 +372,15 @@ def train(
 
     Raises:
         FileExistsError: if `out` holds a run and `resume` is False.
-        ValueError: a bad `out`, or `steps` below the step of the run to resume (`check_out`).
+        ValueError: a backbone that is not a UNet model, a bad `out`, or `steps` below the step
+            of the run to resume (`check_out`).
         ConfigMismatchError: on `resume` with another config.
     """
     from tqdm.auto import tqdm
 
     from .sampler import MaskModel
 
+    backbone = require_unet(backbone)
     done = check_out(out, resume=resume, steps=config.steps)  # before Path(""), which is "."
     out = Path(out)
     ckpt = out / "checkpoint"
