@@ -1,5 +1,7 @@
 """The `Backbone` protocol (diffuseg.backbone.protocol): today's UNet backbone satisfies it, it
-names no UNet, and its records (`AttentionLayer`, `LayerMap`, `PromptTokens`) give known answers."""
+names no UNet, and its records (`AttentionLayer`, `LayerMap`, `PromptTokens`) give known answers;
+the UNet's layer map and noise / prediction members give today's answers bit for bit; and
+Seg-diffusion, UNet-only, refuses any other backbone."""
 
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "diffuseg"
 #: The members a backbone must have today (docs/backbone_seam.md lists the ones to come).
 REQUIRED = {
     "name", "family", "device", "dtype", "native_size", "size_multiple", "vae_scale_factor", "num_train_timesteps",
-    "prompt_tokenizer", "to", "preprocess", "encode_images", "encode_prompts", "check_timestep", "record_bytes",
-    "extract",
+    "layer_map", "prompt_tokenizer", "to", "preprocess", "encode_images", "encode_prompts", "check_timestep",
+    "add_noise", "predict", "prediction_target", "record_bytes", "extract",
 }  # fmt: skip
-METHODS = {"to", "preprocess", "encode_images", "encode_prompts", "check_timestep", "record_bytes", "extract"}
+METHODS = {
+    "to", "preprocess", "encode_images", "encode_prompts", "check_timestep", "add_noise", "predict",
+    "prediction_target", "record_bytes", "extract",
+}  # fmt: skip
 
 #: Names that must not appear in the protocol's code (its docstrings may explain them).
 UNET_NAMES = re.compile(
@@ -200,24 +205,6 @@ def test_records_are_frozen_and_hashable():
         lm.feature_layer = "u0"  # type: ignore[misc]
 
 
-def unet_layer_map(unet) -> LayerMap:
-    """The UNet's layer map, as proposed for `diffuseg.backbone.layers.unet_layer_map`
-    (docs/backbone_seam.md, step 2): until it lands, the reference the finders are held to."""
-    from diffuseg.backbone.layers import attention_grids, deepest_encoder_self_attention
-
-    side = 2 ** (len(unet.down_blocks) + 1)  # any latent keeps the levels apart
-    kinds = {"attn1": "image", "attn2": "text"}
-    attention = tuple(
-        AttentionLayer(path, kinds[path.rsplit(".", 1)[-1]], side // h, unet.get_submodule(path).heads)
-        for path, (h, _) in attention_grids(unet, (side, side)).items()
-    )
-    try:
-        feature = deepest_encoder_self_attention(unet)
-    except ValueError:
-        feature = None
-    return LayerMap(attention, feature, tuple(f"up_blocks.{j}" for j in range(len(unet.up_blocks))))
-
-
 @pytest.mark.parametrize("fixture", ["tiny_backbone", "tiny_sdxl_backbone"])
 def test_the_unet_layer_map_gives_the_finders_answers(fixture, request):
     from diffuseg.backbone.layers import (
@@ -225,16 +212,112 @@ def test_the_unet_layer_map_gives_the_finders_answers(fixture, request):
         attention_levels,
         deepest_encoder_self_attention,
         finest_attention_layers,
+        unet_layer_map,
     )
 
-    unet = request.getfixturevalue(fixture).unet
+    backbone = request.getfixturevalue(fixture)
+    unet = backbone.unet
     lm = unet_layer_map(unet)
     for kind, name in (("image", "attn1"), ("text", "attn2")):
         assert lm.levels(kind) == tuple(attention_levels(unet, name))
         assert lm.finest(kind) == finest_attention_layers(unet, name)
     assert {a.path: lm.grid(a.path, (13, 9)) for a in lm.attention} == attention_grids(unet, (13, 9))
+    assert all(a.heads == unet.get_submodule(a.path).heads for a in lm.attention)
     assert lm.feature_layer == deepest_encoder_self_attention(unet)
-    assert len(lm.decoder_outputs) == len(unet.up_blocks)
+    assert lm.decoder_outputs == tuple(f"up_blocks.{j}" for j in range(len(unet.up_blocks)))
+    assert backbone.layer_map == lm and backbone.layer_map is backbone.layer_map  # built once
+
+
+def test_a_unet_without_down_block_attention_has_no_feature_layer():
+    import torch
+
+    from diffuseg.backbone.layers import unet_layer_map
+
+    unet = torch.nn.Module()
+    unet.down_blocks = torch.nn.ModuleList([torch.nn.Module(), torch.nn.Module()])
+    unet.up_blocks = torch.nn.ModuleList([torch.nn.Module()])
+    lm = unet_layer_map(unet)
+    assert lm.feature_layer is None and lm.attention == () and lm.decoder_outputs == ("up_blocks.0",)
+
+
+# ----------------------------------------------------------------------------- noise and prediction
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_noise_and_prediction_are_todays_calls_bit_for_bit(tiny_components, prediction_type):
+    """`add_noise`, `predict`, `prediction_target` against what the class filter called before:
+    the scheduler's `add_noise` and the shared target with a long (B,) t, and `unet_forward`."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from diffuseg.backbone import DiffusionBackbone
+    from diffuseg.ops.denoising import prediction_target
+
+    scheduler = DDPMScheduler.from_config(tiny_components["scheduler"].config, prediction_type=prediction_type)
+    backbone = DiffusionBackbone(**{**tiny_components, "scheduler": scheduler})
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(1, 4, 8, 8, generator=g).expand(3, -1, -1, -1)
+    noise = torch.randn(3, 4, 8, 8, generator=g)
+    text = backbone.encode_prompts(["", "a", "b"])
+    for t in (0, 300, 999):
+        tt = torch.full((3,), t, dtype=torch.long)
+        noisy = backbone.add_noise(z0, noise, t)
+        assert torch.equal(noisy, scheduler.add_noise(z0, noise, tt))
+        assert torch.equal(backbone.predict(noisy, t, text, (16, 16)), backbone.unet_forward(noisy, t, text, (16, 16)))
+        assert torch.equal(backbone.prediction_target(z0, noise, t), prediction_target(scheduler, z0, noise, tt))
+    for bad in (-1, 1000, 1.5):
+        with pytest.raises(ValueError, match="timestep"):
+            backbone.add_noise(z0, noise, bad)
+        with pytest.raises(ValueError, match="timestep"):
+            backbone.prediction_target(z0, noise, bad)
+
+
+# ----------------------------------------------------------------------------- Seg-diffusion is UNet-only
+
+
+def _not_a_unet(**members):
+    """A stub with every `Backbone` member (methods do nothing): a backbone, but no UNet model."""
+    values = {n: (lambda self, *a, **k: None) if n in METHODS else 0 for n in REQUIRED}
+    return type("MMDiTStub", (), {**values, "name": "stub/sd35-medium", "family": "sd35", **members})()
+
+
+@pytest.mark.parametrize(
+    "members", [{}, {"family": "sd3"}, {"family": "flux"}, {"family": "sd1"}, {"family": "sd1", "unet": None}]
+)
+def test_segdiffusion_refuses_a_backbone_that_is_not_a_unet(members, tmp_path):
+    import torch
+
+    from diffuseg.segdiffusion import require_unet
+    from diffuseg.segdiffusion.sampler import MaskModel, SegDiffusionSampler
+    from diffuseg.segdiffusion.train import SegTrainConfig, train
+
+    stub = _not_a_unet(**members)
+    assert isinstance(stub, Backbone)
+    family = repr(members.get("family", "sd35"))
+    message = rf"^Seg-diffusion needs a UNet model \(SD 1\.x/2\.x/SDXL\).*'stub/sd35-medium' \(family {family}\)"
+    with pytest.raises(ValueError, match=message):
+        require_unet(stub)
+    with pytest.raises(ValueError, match=message):
+        SegDiffusionSampler()(stub, torch.zeros(1, 3, 16, 16), None, {}, None)
+    with pytest.raises(ValueError, match=message):
+        MaskModel(torch.nn.Module(), {}).check_fits(stub)
+    with pytest.raises(ValueError, match=message):
+        train(stub, None, SegTrainConfig(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_segdiffusion_names_a_nameless_backbone_by_its_type():
+    from diffuseg.segdiffusion import require_unet
+
+    with pytest.raises(ValueError, match=r"'MMDiTStub' \(family 'flux'\)"):
+        require_unet(_not_a_unet(name="", family="flux"))
+
+
+def test_segdiffusion_takes_the_unet_backbones(tiny_backbone, tiny_sdxl_backbone):
+    from diffuseg.segdiffusion import require_unet
+
+    assert require_unet(tiny_backbone) is tiny_backbone
+    assert require_unet(tiny_sdxl_backbone) is tiny_sdxl_backbone
 
 
 # ----------------------------------------------------------------------------- prompt tokens

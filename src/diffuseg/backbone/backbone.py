@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -10,9 +11,10 @@ import torch
 from torch import nn
 
 from ..imageio import ImageInput, preprocess, stack_batch
+from ..ops import denoising
 from ..ops.noise import batch_noise, per_item_generators
 from .features import FeatureRequest, Features
-from .layers import recorded_bytes
+from .layers import recorded_bytes, unet_layer_map
 from .loading import (
     DEFAULT_MODEL,
     NotADiffusionModelError,
@@ -20,6 +22,7 @@ from .loading import (
     resolve_model,
 )
 from .prompts import PromptEmbeddings, encode_text, weight_tokens
+from .protocol import LayerMap
 from .recorder import EarlyExit, record
 from .single_file import load_single_file
 
@@ -202,6 +205,11 @@ class DiffusionBackbone:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
+    @functools.cached_property
+    def layer_map(self) -> LayerMap:
+        """Where this UNet's features are, by role (`layers.unet_layer_map`; built once)."""
+        return unet_layer_map(self.unet)
+
     def preprocess(
         self,
         images: Sequence[ImageInput],
@@ -326,6 +334,37 @@ class DiffusionBackbone:
         if not isinstance(timestep, int) or not 0 <= timestep < self.num_train_timesteps:
             raise ValueError(f"`timestep` must be an int in [0, {self.num_train_timesteps}), got {timestep!r}.")
         return timestep
+
+    # ------------------------------------------------------------------ noise and prediction
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """`latents` (B, C, h, w) noised to `timestep` with `noise` (B, C, h, w): the scheduler's
+        `add_noise`, sqrt(abar_t) * latents + sqrt(1 - abar_t) * noise; same shape and dtype.
+
+        Raises:
+            ValueError: if `timestep` is not an int in [0, num_train_timesteps).
+        """
+        return self.scheduler.add_noise(latents, noise, self._timesteps(latents, timestep))
+
+    def predict(
+        self, latents: torch.Tensor, timestep: int, prompt: PromptEmbeddings, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """The denoiser's prediction (B, C, h, w) for `latents` (B, C, h, w) at `timestep` under
+        `prompt`'s B rows, for model input `image_size` (H, W) (`unet_forward`)."""
+        return self.unet_forward(latents, timestep, prompt, image_size)
+
+    def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """What `predict` should return, (B, C, h, w), for `latents` (B, C, h, w) noised with
+        `noise` at `timestep`: the noise ("epsilon") or the velocity ("v_prediction").
+
+        Raises:
+            ValueError: on a bad `timestep` or another prediction type of the scheduler.
+        """
+        return denoising.prediction_target(self.scheduler, latents, noise, self._timesteps(latents, timestep))
+
+    def _timesteps(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
+        """`timestep`, checked, as a long (B,) tensor on `latents`' device."""
+        t = self.check_timestep(timestep)
+        return torch.full((latents.shape[0],), t, device=latents.device, dtype=torch.long)
 
     # ------------------------------------------------------------------ the pass
     @torch.no_grad()

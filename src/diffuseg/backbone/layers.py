@@ -1,11 +1,10 @@
 """Where things are in a diffusers UNet: the layer paths of a role ("the deepest encoder
 self-attention", "the finest attention level", "the attention levels of the decoder").
 
-The walk over `down_blocks` / `up_blocks` lives here rather than in each method. Methods call
-these functions on `DiffusionBackbone.unet` and put the paths they return in their
-`FeatureRequest`; self- and cross-attention are told apart by the diffusers names ``attn1`` /
-``attn2``. So the layer map is UNet-only today: a backbone interface that a diffusion
-transformer could implement (its own answer to each role) is not built yet.
+The walk over `down_blocks` / `up_blocks` lives here rather than in each method.
+`unet_layer_map` answers every role at once as a `protocol.LayerMap` (what
+`DiffusionBackbone.layer_map` returns and methods plan with); the finders below are its parts.
+Self- and cross-attention are told apart by the diffusers names ``attn1`` / ``attn2``.
 """
 
 from __future__ import annotations
@@ -15,12 +14,14 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from .protocol import AttentionLayer, LayerMap
+
 if TYPE_CHECKING:
     from .features import FeatureRequest
 
 __all__ = [
     "deepest_encoder_self_attention", "attention_grids", "attention_levels", "finest_attention_layers",
-    "recorded_bytes",
+    "recorded_bytes", "unet_layer_map",
 ]  # fmt: skip
 
 
@@ -118,6 +119,32 @@ def finest_attention_layers(unet: nn.Module, kind: str = "attn1") -> tuple[str, 
     attention and its decoder twin (SD 1.x/2.x: ``down_blocks.0`` and ``up_blocks.3``, 64x64 at
     512 px; SDXL: ``down_blocks.1`` and ``up_blocks.1``). See `attention_levels`."""
     return attention_levels(unet, kind)[-1]
+
+
+def unet_layer_map(unet: nn.Module) -> LayerMap:
+    """Where things are in `unet`, by role, as a `LayerMap`.
+
+    * `attention`: every `attn1` ("image": (N, N) maps) and `attn2` ("text": (N, T) maps)
+      layer in forward order, with its stride (latent cells per token side: 2 ** the
+      downsamplers before it, so a latent (h, w) gives it the grid `attention_grids` gives)
+      and its heads;
+    * `feature_layer`: DiffCut's module (`deepest_encoder_self_attention`), None without one;
+    * `decoder_outputs`: ``up_blocks.0`` .. ``up_blocks.{n-1}`` (MaskDiffusion's features).
+
+    No forward pass is run. ``levels(kind)`` / ``finest(kind)`` of the map equal
+    `attention_levels` / `finest_attention_layers` with "attn1" / "attn2".
+    """
+    side = 2 ** (len(getattr(unet, "down_blocks", ())) + 1)  # any latent keeps the levels apart
+    kinds = {"attn1": "image", "attn2": "text"}
+    attention = tuple(
+        AttentionLayer(path, kinds[path.rsplit(".", 1)[-1]], side // h, unet.get_submodule(path).heads)
+        for path, (h, _) in attention_grids(unet, (side, side)).items()
+    )
+    try:
+        feature = deepest_encoder_self_attention(unet)
+    except ValueError:
+        feature = None
+    return LayerMap(attention, feature, tuple(f"up_blocks.{j}" for j in range(len(unet.up_blocks))))
 
 
 #: Block -> the names of its attention layers (walking a block's modules costs more than the

@@ -6,11 +6,12 @@ a diffusion-transformer implementation (SD3 / SD3.5 joint attention, FLUX) is pl
 same protocol (issue 24; `docs/backbone_seam.md` has the inventory of what callers use today,
 the members still to come and the migration steps).
 
-`Backbone` requires only what `DiffusionBackbone` already provides, so
-``isinstance(DiffusionBackbone(...), Backbone)`` holds without changing it. `AttentionLayer`,
-`LayerMap` and `PromptTokens` are the records of the members planned next (the layer map and
-each text token's encoder and position); they are defined here, with their known answers
-tested, before any backbone returns them.
+`Backbone` requires only what `DiffusionBackbone` provides (``isinstance(DiffusionBackbone(...),
+Backbone)`` holds): besides the pass itself, its `layer_map` (where features are, by role: a
+`LayerMap` of `AttentionLayer`s) and the noise / prediction members the diffusion class filter
+scores with. `PromptTokens` is the record of a member planned next (each text token's encoder
+and position); it is defined here, with its known answers tested, before any backbone returns
+it.
 
 Nothing here names a module of a particular architecture: module paths are opaque strings that
 a backbone hands out and takes back.
@@ -286,6 +287,13 @@ class Backbone(Protocol):
         ...
 
     @property
+    def layer_map(self) -> LayerMap:
+        """Where the model's features are, by role: its attention maps of each kind with their
+        token grids, the single feature layer, the multi-block outputs. Methods plan their
+        `FeatureRequest` from it instead of naming modules."""
+        ...
+
+    @property
     def prompt_tokenizer(self) -> Any:
         """The tokenizer whose ids `Features.token_ids` hold; methods build prompts within its
         budget and find class-name spans with it (a CLIP tokenizer on every family today)."""
@@ -327,6 +335,23 @@ class Backbone(Protocol):
 
     def check_timestep(self, timestep: int) -> int:
         """`timestep` if it is an int in [0, num_train_timesteps); else `ValueError`."""
+        ...
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """`latents` (B, C, h, w) as `encode_images` returns them, noised to `timestep` with
+        `noise` (B, C, h, w): the model's forward process; same shape and dtype."""
+        ...
+
+    def predict(
+        self, latents: torch.Tensor, timestep: int, prompt: PromptEmbeddings, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """One plain denoiser call: its prediction (B, C, h, w) for noised `latents` (B, C, h, w)
+        at `timestep`, conditioned on `prompt`'s B rows, for model input `image_size` (H, W)."""
+        ...
+
+    def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """What `predict` should return, (B, C, h, w), for clean `latents` noised with `noise`
+        (both (B, C, h, w)) by `add_noise` at `timestep` (e.g. the noise, or a velocity)."""
         ...
 
     def record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int = 1) -> int:
