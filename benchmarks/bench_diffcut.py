@@ -44,6 +44,7 @@ _threads_from_argv()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from diffuseg.backbone.layers import unet_layer_map  # noqa: E402
 from diffuseg.backbone.recorder import EarlyExit, record  # noqa: E402
 from diffuseg.methods.diffcut import requires  # noqa: E402
 from diffuseg.ops import ncut  # noqa: E402
@@ -101,7 +102,7 @@ def bench_unet(image_size: int, device: str, repeats: int) -> None:
     time_ids = torch.tensor([[image_size, image_size, 0, 0, image_size, image_size]], dtype=torch.float32)
     cond = {"text_embeds": pooled, "time_ids": time_ids.to(device)}
     t = torch.tensor([50], device=device)
-    request = requires(unet)
+    request = requires(unet_layer_map(unet))
 
     def sync() -> None:
         if device.startswith("cuda"):

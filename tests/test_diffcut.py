@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from diffuseg.backbone import FeatureRequest
+from diffuseg.backbone.layers import deepest_encoder_self_attention as feature_module_path
+from diffuseg.backbone.layers import unet_layer_map
+from diffuseg.backbone.protocol import LayerMap
 from diffuseg.methods import diffcut, get_method
-from diffuseg.methods.diffcut import DiffCutConfig, feature_module_path
+from diffuseg.methods.diffcut import DiffCutConfig
 from diffuseg.plan import Query
 
 SIZE = 32  # tiny models: VAE factor 2 x UNet factor <= 8
@@ -19,7 +22,7 @@ def _extract(backbone, image, config=None, seed=0, request=None):
     config = config or DiffCutConfig()
     return backbone.extract(
         image,
-        request or diffcut.requires(backbone.unet),
+        request or diffcut.requires(backbone.layer_map),
         prompts=config.prompt,
         timestep=config.timestep,
         image_size=SIZE,
@@ -38,8 +41,9 @@ def test_feature_module_found_by_structure(tiny_components, tiny_sdxl_components
     # SDXL-shaped: down_blocks[-1], 2 transformer layers in that block -> the last one.
     xl = tiny_sdxl_components["unet"]
     assert feature_module_path(xl) == "down_blocks.2.attentions.1.transformer_blocks.1.attn1"
-    request = diffcut.requires(xl)
+    request = diffcut.requires(unet_layer_map(xl))
     assert request.early_exit and request.hidden_states == (feature_module_path(xl),)
+    assert "feature_module_path" not in diffcut.__all__
 
 
 def test_no_attention_unet_raises():
@@ -50,6 +54,9 @@ def test_no_attention_unet_raises():
     unet.down_blocks = torch.nn.ModuleList([Block(), Block()])
     with pytest.raises(ValueError, match="attention"):
         feature_module_path(unet)
+    # a layer map without a feature layer: the same message from the method's request
+    with pytest.raises(ValueError, match="^no down block of this UNet has attention layers; DiffCut needs one.$"):
+        diffcut.requires(LayerMap())
 
 
 def test_early_exit_records_the_same_feature_and_skips_up_blocks(tiny_sdxl_backbone, quadrant_image):

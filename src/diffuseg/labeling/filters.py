@@ -26,13 +26,16 @@ so (`FilterResult.fell_back`). A class named "background" is never scored and al
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..ops.masks import argmax0
 from .spans import check_template, class_prompt, joined_prompt, token_spans
 from .vocabulary import Vocabulary, background_index
+
+if TYPE_CHECKING:
+    from ..backbone.protocol import Backbone
 
 __all__ = ["FILTERS", "DIFFUSION_SCORES", "FilterResult", "DiffusionFilter", "ClipFilter", "make_filter"]
 
@@ -110,7 +113,7 @@ class DiffusionFilter:
             raise ValueError(f"`draws` must be an int >= 1, got {self.draws!r}.")
 
     def __call__(
-        self, backbone: Any, image: Any, classes: Vocabulary, generator: Any = None, caption: str | None = None
+        self, backbone: Backbone, image: Any, classes: Vocabulary, generator: Any = None, caption: str | None = None
     ) -> FilterResult:
         """Decide which of `classes` are in `image` (path, PIL image or (3, H, W) tensor in [0, 1])."""
         bg = background_index(classes)
@@ -131,9 +134,11 @@ class DiffusionFilter:
         kept = tuple(c for k, c in enumerate(classes) if k in keep or k == bg)
         return FilterResult(kept, scores, False, self.name)
 
-    def _denoising(self, backbone: Any, pixels: torch.Tensor, classes: Vocabulary, scored: list[int], gen: Any):
-        from ..ops.denoising import prediction_target
-
+    def _denoising(
+        self, backbone: Backbone, pixels: torch.Tensor, classes: Vocabulary, scored: list[int], gen: Any
+    ) -> list[float]:
+        """Per scored class, the best of its names' denoising gains over the empty prompt,
+        relative to the empty prompt's error (> 0: present). `pixels` (1, 3, H, W)."""
         tokenizer = backbone.prompt_tokenizer
         rows = [(k, name) for k in scored for name in classes[k]]
         prompts = [""] + [class_prompt(tokenizer, self.template, name) for _, name in rows]
@@ -146,11 +151,10 @@ class DiffusionFilter:
             backbone.check_timestep(t)
             noise = torch.randn((d, *z0.shape[1:]), generator=gen, device=gen_device).to(z0.device, z0.dtype)
             noise = noise.repeat_interleave(p, 0)  # draw-major: (D * P, C, h, w)
-            tt = torch.full((d * p,), t, device=z0.device, dtype=torch.long)
             z0s = z0.expand(d * p, -1, -1, -1)
-            noisy = backbone.scheduler.add_noise(z0s, noise, tt)
-            pred = backbone.unet_forward(noisy, t, text, tuple(pixels.shape[-2:]))
-            target = prediction_target(backbone.scheduler, z0s, noise, tt)
+            noisy = backbone.add_noise(z0s, noise, t)
+            pred = backbone.predict(noisy, t, text, tuple(pixels.shape[-2:]))
+            target = backbone.prediction_target(z0s, noise, t)
             err = (pred.float() - target.float()).pow(2).flatten(1).mean(1).view(d, p).mean(0)
             errors += err.double().cpu()
         errors /= len(self.timesteps)
@@ -161,7 +165,11 @@ class DiffusionFilter:
         # relative to the empty prompt's error, so the threshold 0 means "explains it better"
         return [best[k] / float(errors[0]) for k in scored]
 
-    def _attention(self, backbone: Any, pixels: torch.Tensor, classes: Vocabulary, scored: list[int], gen: Any):
+    def _attention(
+        self, backbone: Backbone, pixels: torch.Tensor, classes: Vocabulary, scored: list[int], gen: Any
+    ) -> list[float]:
+        """Per scored class, the fraction of the image its names win in the cross-attention.
+        `pixels` (1, 3, H, W)."""
         import torch.nn.functional as F
 
         from ..backbone.features import FeatureRequest
@@ -222,9 +230,15 @@ class ClipFilter:
         return "caption-clip" if self.use_caption else "clip"
 
     def __call__(
-        self, backbone: Any, image: Any, classes: Vocabulary, generator: Any = None, caption: str | None = None
+        self,
+        backbone: Backbone | None,
+        image: Any,
+        classes: Vocabulary,
+        generator: Any = None,
+        caption: str | None = None,
     ) -> FilterResult:
-        """Decide which of `classes` are in `image`; `caption` for ``caption-clip``.
+        """Decide which of `classes` are in `image`; `caption` for ``caption-clip`` (`backbone`
+        is unused).
 
         Raises:
             ValueError: for ``caption-clip`` with neither a caption nor a captioner.

@@ -7,11 +7,11 @@ https://github.com/PaulCouairon/DiffCut at commit aa16df4 (`tools/ldm.py`,
 
 Pipeline for one image:
 
-1. Features: the output of `attn1` (self-attention after `to_out`, before the residual add)
-   of the last transformer block of the last attention of the last down block that has
-   attentions (`down_blocks[-1]` on SDXL/SSD-1B, `down_blocks[-2]` on SD-1.x), found from the
-   UNet's structure and recorded by a forward hook; the UNet stops right after it (early exit),
-   where the reference runs the whole UNet.
+1. Features: the output of the backbone's feature layer (`LayerMap.feature_layer`; on a UNet
+   the `attn1`, self-attention after `to_out`, before the residual add, of the last transformer
+   block of the last attention of the last down block that has attentions: `down_blocks[-1]` on
+   SDXL/SSD-1B, `down_blocks[-2]` on SD-1.x), recorded by a forward hook; the UNet stops right
+   after it (early exit), where the reference runs the whole UNet.
 2. Recursive normalized cut of the token grid (`diffuseg.ops.ncut`).
 3. High-resolution concept assignment at the output resolution (default: the model input's).
 4. Optional refinement: PAMR, then a 3x3 median filter (`diffuseg.ops.pamr`).
@@ -46,14 +46,12 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..backbone.features import FeatureRequest, Features
-from ..backbone.layers import deepest_encoder_self_attention as feature_module_path
 from ..labeling.naming import LABELS, check_naming
 from ..ops.ncut import assign_concepts, recursive_normalized_cut
 from ..ops.pamr import pamr_affinity, refine_labels
@@ -63,7 +61,10 @@ from ..types import Segmentation
 from ._resources import CAPTIONER, CLIP, naming_pass_prompt, segment_names
 from .spec import MethodSpec
 
-__all__ = ["DiffCutConfig", "PRESETS", "feature_module_path", "plan", "requires", "segment", "token_features", "SPEC"]
+if TYPE_CHECKING:
+    from ..backbone.protocol import Backbone, LayerMap
+
+__all__ = ["DiffCutConfig", "PRESETS", "plan", "requires", "segment", "token_features", "SPEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,16 +153,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def requires(unet: nn.Module) -> FeatureRequest:
-    """The `FeatureRequest` of DiffCut on `unet`: one hidden state, early exit."""
-    return FeatureRequest(hidden_states=(feature_module_path(unet),), early_exit=True)
+def requires(layers: LayerMap) -> FeatureRequest:
+    """The `FeatureRequest` of DiffCut on a model with layer map `layers`: the output of its
+    `feature_layer` ((B, N, C) tokens), early exit.
+
+    Raises:
+        ValueError: if the model has no feature layer (a UNet without down-block attention).
+    """
+    if layers.feature_layer is None:
+        raise ValueError("no down block of this UNet has attention layers; DiffCut needs one.")
+    return FeatureRequest(hidden_states=(layers.feature_layer,), early_exit=True)
 
 
-def plan(config: DiffCutConfig, query: Query, backbone: Any, resources: Any = None) -> Pass:
+def plan(config: DiffCutConfig, query: Query, backbone: Backbone | None, resources: Any = None) -> Pass:
     """One UNet pass at `config.timestep` on the noised latent, stopped after the feature module."""
     if backbone is None:
         raise ValueError("DiffCut needs a diffusion backbone; got `backbone=None`.")
-    request, prompt = requires(backbone.unet), config.prompt
+    request, prompt = requires(backbone.layer_map), config.prompt
     naming = naming_pass_prompt(config, query, backbone, resources)
     if naming is not None:  # the cross-attention of the whole UNet: no early exit
         prompt, request = naming, FeatureRequest(hidden_states=request.hidden_states, cross_attention=True)
@@ -224,7 +232,7 @@ def segment(
     """Segment image 0 of `features` with DiffCut.
 
     Args:
-        features: output of `DiffusionBackbone.extract` with `requires(unet)` recorded;
+        features: output of `Backbone.extract` with `requires(backbone.layer_map)` recorded;
             `images` (B, 3, H, W) float32 in [0, 1] are used for the output size and PAMR.
         config: hyperparameters (`DiffCutConfig`).
         query: its `label_size` is the assignment size when `config.assignment_size` is None;

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,9 @@ from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from ._resources import CAPTIONER
 from .spec import MethodSpec
+
+if TYPE_CHECKING:
+    from ..backbone.protocol import Backbone
 
 __all__ = ["DiffSegmenterConfig", "PRESETS", "plan", "segment", "class_rows", "SPEC"]
 
@@ -123,14 +126,17 @@ def class_rows(query: Query) -> list[tuple[int, str]]:
     return name_rows(query.classes)
 
 
-def _tokenizer(backbone: Any) -> Any:
+def _tokenizer(backbone: Backbone | None) -> Any:
     if backbone is None:
         raise ValueError("DiffSegmenter plans its prompts with the backbone's tokenizer; got `backbone=None`.")
     return backbone.prompt_tokenizer
 
 
 def plan(
-    config: DiffSegmenterConfig, query: Query, backbone: Any = None, resources: Mapping[str, Any] | None = None
+    config: DiffSegmenterConfig,
+    query: Query,
+    backbone: Backbone | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> Pass:
     """One UNet call per image: one prompt per class name, its tokens emphasised; records the
     cross-attention of every layer and the self-attention of the finest level.
@@ -139,8 +145,6 @@ def plan(
     (with `use_caption`). Without a query caption, a ``captioner`` resource (when given)
     continues ``template(c)`` itself, conditioned on the image, as the reference's BLIP does.
     """
-    from ..backbone.layers import finest_attention_layers
-
     rows = class_rows(query)
     if not rows:
         raise ValueError(
@@ -159,7 +163,7 @@ def plan(
         (positions,) = token_spans(tokenizer, ids, [name])
         prompts.append(prompt)
         weights.append(tuple((p, config.emphasis) for p in positions) if config.emphasis != 1.0 else ())
-    request = FeatureRequest(self_attention=finest_attention_layers(backbone.unet, "attn1"), cross_attention=True)
+    request = FeatureRequest(self_attention=backbone.layer_map.finest("image"), cross_attention=True)
     return Pass.for_query(
         query,
         config.image_size,

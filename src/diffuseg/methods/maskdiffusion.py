@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,9 @@ from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class
 from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
 from ..types import Segmentation
 from .spec import MethodSpec
+
+if TYPE_CHECKING:
+    from ..backbone.protocol import Backbone
 
 __all__ = [
     "MaskDiffusionConfig",
@@ -174,30 +177,36 @@ class MaskDiffusionKMeansConfig(_PassSettings):
 # ----------------------------------------------------------------------------- planning
 
 
-def _request(config: _PassSettings, backbone: Any, cross_levels: tuple[int, ...]) -> FeatureRequest:
-    from ..backbone.layers import attention_levels
+def _request(config: _PassSettings, backbone: Backbone | None, cross_levels: tuple[int, ...]) -> FeatureRequest:
+    """What both variants record, from `backbone.layer_map`: the outputs of the decoder blocks
+    `config.feature_blocks` ((B, C, h, w) each) and, for each level index in `cross_levels`
+    (0 = the coarsest), that level's text-attention maps as log unnormalised scores.
 
+    Raises:
+        ValueError: without a backbone, or on a block or level index the model does not have.
+    """
     if backbone is None:
         raise ValueError("MaskDiffusion plans its recording with the backbone; got `backbone=None`.")
-    n_up = len(backbone.unet.up_blocks)
+    layers = backbone.layer_map
+    n_up = len(layers.decoder_outputs)
     bad = [b for b in config.feature_blocks if b >= n_up]
     if bad:
         raise ValueError(f"`feature_blocks` {bad} do not exist: this UNet has up blocks 0..{n_up - 1}.")
-    hidden = tuple(f"up_blocks.{b}" for b in config.feature_blocks)
+    hidden = tuple(layers.decoder_outputs[b] for b in config.feature_blocks)
     if not cross_levels:
         return FeatureRequest(hidden_states=hidden)
-    levels = attention_levels(backbone.unet, "attn2")
+    levels = layers.levels("text")
     bad = [v for v in cross_levels if v >= len(levels)]
     if bad:
         raise ValueError(
             f"`attention_levels` {bad} do not exist: this UNet has cross-attention levels 0..{len(levels) - 1} "
             "(0 = the coarsest)."
         )
-    layers = tuple(name for v in cross_levels for name in levels[v])
-    return FeatureRequest(cross_attention=layers, normalization="log", hidden_states=hidden)
+    cross = tuple(name for v in cross_levels for name in levels[v])
+    return FeatureRequest(cross_attention=cross, normalization="log", hidden_states=hidden)
 
 
-def plan(config: MaskDiffusionConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
+def plan(config: MaskDiffusionConfig, query: Query, backbone: Backbone | None = None, resources: Any = None) -> Pass:
     """One pass at `timestep` on the clean latent with all class names in one prompt, recording
     the coarse levels' log unnormalised cross-attention and the up-block outputs."""
     rows = name_rows(query.classes)
@@ -212,7 +221,9 @@ def plan(config: MaskDiffusionConfig, query: Query, backbone: Any = None, resour
     return _pass(config, query, request, prompt)
 
 
-def plan_kmeans(config: MaskDiffusionKMeansConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
+def plan_kmeans(
+    config: MaskDiffusionKMeansConfig, query: Query, backbone: Backbone | None = None, resources: Any = None
+) -> Pass:
     """The same pass without class names: the up-block outputs under the empty prompt."""
     return _pass(config, query, _request(config, backbone, ()), "")
 
