@@ -186,6 +186,28 @@ def test_image_to_text_columns_follow_the_text_tokens():
     assert torch.allclose(store.image_to_text[layer], probs[:, :n, n:], atol=1e-6)
 
 
+def test_log_text_maps_are_the_log_of_the_head_mean_of_exp_scores():
+    """MaskDiffusion's unnormalised attention: log mean_h exp(q.k/sqrt d), never overflowing."""
+    model = _flux()
+    layer = "transformer_blocks.1.attn"
+    request = JointRequest(image_to_text=(layer,), text_normalization="log")
+    with torch.no_grad(), record_joint(model, request) as store:
+        model(**_flux_inputs())
+    seen = _capture_inputs(model, layer, _flux_inputs())
+    kwargs = dict(seen["kwargs"])
+    hidden = kwargs.pop("hidden_states", seen["args"][0] if seen["args"] else None)
+    with torch.no_grad():
+        q, k, _, text = joint_probabilities(
+            model.get_submodule(layer), hidden, kwargs["encoder_hidden_states"], image_first=False,
+            image_rotary_emb=kwargs.get("image_rotary_emb"),
+        )  # fmt: skip
+        scores = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).double()
+    expected = scores.exp().mean(1)[:, text:, :text].log()
+    assert torch.allclose(store.image_to_text[layer].double(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="`text_normalization`"):
+        JointRequest(image_to_text=(layer,), text_normalization="none")
+
+
 def test_an_unknown_layer_names_the_models_layers():
     model = _sd3()
     with pytest.raises(ValueError, match=r"`layers` has 'transformer_blocks.7.attn'.*3 layers are"):

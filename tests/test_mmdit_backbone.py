@@ -229,3 +229,48 @@ def test_diffsegmenter_names_the_classes_on_a_diffusion_transformer(pipeline_dir
     assert main(argv) == 0
     record = json.loads((out / "scene.json").read_text())
     assert record["names"] == ["sky", "grass"] and record["height"] == record["width"] == 128
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35", "flux"])
+def test_seg4diff_runs_on_a_diffusion_transformer_and_names_a_bad_layer(pipeline_dirs, family, tmp_path, capsys):
+    from diffuseg.cli import main
+
+    out = tmp_path / "out"
+    argv = ["segment", "examples/chelsea.jpg", "--model", str(pipeline_dirs[family]), "--method", "seg4diff"]
+    assert main([*argv, "--layer", "1", "--size", "32", "--out", str(out), "--no-progress"]) == 0
+    assert main([*argv, "--layer", "7", "--size", "32", "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    last = 3 if family == "flux" else 2  # FLUX: 2 dual + 2 single blocks; SD3.5's attn2 sees no text
+    assert f"--layer 7 is outside this model's image->text layers 0..{last}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35", "flux"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--method", "diffcut"],
+        ["--method", "maskdiffusion-kmeans"],
+        ["--method", "maskdiffusion", "--attention-levels", "0", "--classes", "sky,grass", "--template", "{class}"],
+        ["--method", "diffseg", "--label", "classes", "--classes", "sky,grass", "--label-template", "{class}"],
+    ],
+    ids=["diffcut", "maskdiffusion-kmeans", "maskdiffusion", "diffseg-naming"],
+)
+def test_every_training_free_method_runs_on_a_diffusion_transformer(pipeline_dirs, family, flags, tmp_path):
+    import json
+
+    from diffuseg.cli import main
+
+    out = tmp_path / "out"
+    argv = ["segment", "examples/chelsea.jpg", "--model", str(pipeline_dirs[family]), *flags, "--size", "32"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "chelsea.json").read_text())
+    assert (record["height"], record["width"]) == (300, 451)  # the whole photo at its own size
+
+
+def test_seg_diffusion_refuses_a_diffusion_transformer(pipeline_dirs):
+    from diffuseg.backbone.load import load_backbone
+    from diffuseg.methods import get_method
+    from diffuseg.plan import Query
+
+    backbone = load_backbone(str(pipeline_dirs["sd35"]))
+    with pytest.raises(ValueError, match=r"Seg-diffusion needs a UNet model .*family 'sd35'"):
+        get_method("segdiffusion").plan(get_method("segdiffusion").make_config(), Query(classes="cat"), backbone)

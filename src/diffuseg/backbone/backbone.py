@@ -28,8 +28,9 @@ from .single_file import load_single_file
 
 __all__ = ["DiffusionBackbone", "PromptEmbeddings", "FAMILIES", "model_family"]
 
-#: Model families that method presets are keyed by.
-FAMILIES = ("sd1", "sd2", "sdxl", "toy", "other")
+#: Model families that select method presets; "sd3", "sd35" and "flux" are diffusion transformers
+#: (`diffuseg.backbone.mmdit.MMDiTBackbone`).
+FAMILIES = ("sd1", "sd2", "sdxl", "toy", "other", "sd3", "sd35", "flux")
 
 
 def model_family(unet: nn.Module) -> str:
@@ -490,6 +491,7 @@ class DiffusionBackbone:
             timestep=timestep,
             normalization=request.normalization,
             meta=metas,
+            layer_map=self.layer_map,
         )
 
 

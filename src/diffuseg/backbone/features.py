@@ -141,6 +141,9 @@ class Features:
         normalization: how attention was normalised ("softmax", "none" or "log"; see
             `FeatureRequest.normalization`).
         meta: per-image JSON-serialisable facts (original size, crop box, file name...).
+        layer_map: the recording backbone's `diffuseg.backbone.protocol.LayerMap` (where its
+            features are by role: methods find their layers in `hidden_states` by it), or None
+            for hand-built features (methods then fall back to their UNet path rules).
         derived: values methods compute from these maps that no setting of theirs changes
             (`derive`), kept with the features: re-segmenting from cached features with other
             post-processing settings does not compute them again. Views from `rows` share them.
@@ -160,6 +163,7 @@ class Features:
     timestep: int = 0
     normalization: str = "softmax"
     meta: list[dict[str, Any]] = field(default_factory=list)
+    layer_map: Any = field(default=None, repr=False, compare=False)
     derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def derive(self, key: Any, compute: Callable[[], Any]) -> Any:
@@ -240,5 +244,6 @@ class Features:
             timestep=self.timestep,
             normalization=self.normalization,
             meta=self.meta[sl],
+            layer_map=self.layer_map,
             derived=self.derived.setdefault(("rows", start, stop), {}),
         )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,12 +57,16 @@ class JointRequest:
         image_to_image: attention layer paths (`joint_layers`, e.g. ``"transformer_blocks.9.attn"``)
             whose image→image block is recorded, rows re-normalised over the image keys (the
             joint softmax gives text a share): (B, N, N), rows summing to 1.
-        image_to_text: layer paths whose image→text block is recorded as the joint softmax
-            gives it: (B, N, T) (a layer without text, e.g. SD3.5's ``attn2``, yields none).
+        image_to_text: layer paths whose image→text block is recorded: (B, N, T) (a layer
+            without text, e.g. SD3.5's ``attn2``, yields none).
+        text_normalization: how the image→text block is kept: "softmax", as the joint softmax
+            gives it; or "log", unnormalised: log of the head mean of exp(QKᵀ/√d), computed as a
+            logsumexp, so nothing overflows (MaskDiffusion's unnormalised cross-attention).
     """
 
     image_to_image: tuple[str, ...] = ()
     image_to_text: tuple[str, ...] = ()
+    text_normalization: str = "softmax"
 
     def __post_init__(self) -> None:
         for name in ("image_to_image", "image_to_text"):
@@ -71,6 +76,8 @@ class JointRequest:
             object.__setattr__(self, name, tuple(value))
         if not self.layers:
             raise ValueError("a `JointRequest` must name layers in `image_to_image` and/or `image_to_text`.")
+        if self.text_normalization not in ("softmax", "log"):
+            raise ValueError(f"`text_normalization` must be 'softmax' or 'log', got {self.text_normalization!r}.")
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -202,11 +209,15 @@ def _record(
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         scores = (qi[:, :, start:stop].float() @ k.float().transpose(-1, -2)) * scale
+        if i2t is not None and request.text_normalization == "log":  # log of the head mean of exp(scores)
+            i2t[:, start:stop] = torch.logsumexp(scores[..., text], dim=1) - math.log(h)
+            if i2i is None:
+                continue
         probs = scores.softmax(-1).mean(1)  # (B, rows, L): the mean over heads, as it goes
         if i2i is not None:
             block = probs[..., image]
             i2i[:, start:stop] = block / block.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        if i2t is not None:
+        if i2t is not None and request.text_normalization == "softmax":
             i2t[:, start:stop] = probs[..., text]
     if i2i is not None:
         store.image_to_image[layer] = i2i

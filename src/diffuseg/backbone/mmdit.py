@@ -222,13 +222,16 @@ class MMDiTBackbone:
         layer map's paths).
 
         Raises:
-            ValueError: naming `request` for what an MM-DiT does not record: unnormalised
-                attention ("none" / "log"), maps per head, or a pattern that selects nothing.
+            ValueError: naming `request` for what an MM-DiT does not record: maps per head,
+                "none" (exp() overflows: ask for "log"), "log" image maps, or a pattern that
+                selects nothing.
         """
-        if request.normalization != "softmax" or not request.average_heads:
+        log_images = request.normalization == "log" and request.self_attention
+        if request.normalization == "none" or log_images or not request.average_heads:
             raise ValueError(
                 f"`request` asks for {request.normalization!r} attention with average_heads={request.average_heads}; "
-                "a diffusion transformer's joint attention is recorded as head-averaged probabilities ('softmax')."
+                "a diffusion transformer's joint attention is recorded head-averaged, image maps as probabilities "
+                "('softmax'), text maps as probabilities or unnormalised logs ('log')."
             )
         chosen = {}
         for kind, wanted in (("image", request.self_attention), ("text", request.cross_attention)):
@@ -244,7 +247,9 @@ class MMDiTBackbone:
                     )
             else:
                 chosen[kind] = ()
-        return JointRequest(chosen["image"], chosen["text"]) if chosen["image"] or chosen["text"] else None
+        if not (chosen["image"] or chosen["text"]):
+            return None
+        return JointRequest(chosen["image"], chosen["text"], text_normalization=request.normalization)
 
     def record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int = 1) -> int:
         """Bytes of float32 maps that recording `request` for `rows` images of model input
@@ -480,7 +485,8 @@ class MMDiTBackbone:
         features = Features(
             images=pixels, prompts=prompt_list, latent_size=(int(latents.shape[-2]), int(latents.shape[-1])),
             timestep=timestep, meta=metas, tokenizer=self.prompt_tokenizer, token_ids=prompt.token_ids,
-            tokens=prompt.tokens,
+            tokens=prompt.tokens, layer_map=self.layer_map,
+            normalization=joint.text_normalization if joint is not None else "softmax",
         )  # fmt: skip
         with contextlib.ExitStack() as stack:
             store = stack.enter_context(record_joint(self.transformer, joint)) if joint is not None else None

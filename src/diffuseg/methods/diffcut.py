@@ -185,7 +185,11 @@ def plan(config: DiffCutConfig, query: Query, backbone: Backbone | None, resourc
 
 
 def _feature_key(features: Features) -> str:
-    """The recorded path that is DiffCut's module: the latest down-block `attn1` output."""
+    """The recorded path that is DiffCut's module: the recording backbone's feature layer
+    (`Features.layer_map`), or for hand-built features the latest down-block `attn1` output."""
+    role = getattr(features.layer_map, "feature_layer", None)
+    if role is not None and role in features.hidden_states:
+        return role
     found = [(tuple(int(g) for g in m.groups()), k) for k in features.hidden_states if (m := _PATH.match(k))]
     if not found:
         raise ValueError(

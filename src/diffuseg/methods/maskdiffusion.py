@@ -246,9 +246,10 @@ def _features(features: Features, config: _PassSettings) -> torch.Tensor:
     """(C, h, w) unit-norm features on the finest recorded up-block grid."""
     if features.batch_size != 1:
         raise ValueError(f"`segment` takes the features of one image, got a batch of {features.batch_size}.")
+    outputs = getattr(features.layer_map, "decoder_outputs", None)
     maps = []
     for b in config.feature_blocks:
-        key = f"up_blocks.{b}"
+        key = outputs[b] if outputs is not None and b < len(outputs) else f"up_blocks.{b}"
         if key not in features.hidden_states:
             raise ValueError(f"`features` lacks the output of {key}; record it with this method's plan.")
         maps.append(features.hidden_states[key][0])

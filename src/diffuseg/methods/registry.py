@@ -7,7 +7,7 @@ or this module; they import only `diffuseg.methods.spec` and shared code in `dif
 
 from __future__ import annotations
 
-from . import diffcut, diffseg, diffsegmenter, kmeanscolor, maskdiffusion, segdiffusion, single, slic
+from . import diffcut, diffseg, diffsegmenter, kmeanscolor, maskdiffusion, seg4diff, segdiffusion, single, slic
 from .spec import MethodSpec
 
 __all__ = ["METHODS", "get_method", "list_methods"]
@@ -31,6 +31,7 @@ METHODS: dict[str, MethodSpec] = _table(
     kmeanscolor.SPEC,  # k-means on colours: baseline
     maskdiffusion.SPEC,  # MaskDiffusion (arXiv 2403.11194): open-vocabulary
     maskdiffusion.KMEANS_SPEC,  # MaskDiffusion's k-means variant: unsupervised
+    seg4diff.SPEC,  # Seg4Diff (NeurIPS 2025): unsupervised, an empty prompt's text-token maps
     segdiffusion.SPEC,  # Seg-diffusion: open-vocabulary, a fine-tuned mask UNet
     single.SPEC,  # one segment: baseline
     slic.SPEC,  # SLIC superpixels: baseline

@@ -29,6 +29,7 @@ from ..labeling.spans import check_template, class_prompt
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..plan import Pass, Query, Resource, check_positive
+from ..segdiffusion.base import require_unet
 from ..segdiffusion.sampler import PROBABILITIES, MaskModel, SegDiffusionSampler
 from ..types import Segmentation
 from .spec import MethodSpec
@@ -108,6 +109,7 @@ def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resourc
         )
     if backbone is None:
         raise ValueError("Seg-diffusion plans its prompts with the backbone's tokenizer; got `backbone=None`.")
+    require_unet(backbone)  # a diffusion transformer is refused here, before any image
     tokenizer = backbone.prompt_tokenizer
     prompts = tuple(class_prompt(tokenizer, config.template, name) for _, name in rows)
     return Pass.for_query(
