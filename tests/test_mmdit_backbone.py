@@ -274,3 +274,12 @@ def test_seg_diffusion_refuses_a_diffusion_transformer(pipeline_dirs):
     backbone = load_backbone(str(pipeline_dirs["sd35"]))
     with pytest.raises(ValueError, match=r"Seg-diffusion needs a UNet model .*family 'sd35'"):
         get_method("segdiffusion").plan(get_method("segdiffusion").make_config(), Query(classes="cat"), backbone)
+
+
+def test_drop_t5_flag_segments_without_t5_and_is_refused_where_there_is_none(pipeline_dirs, tmp_path, capsys):
+    from diffuseg.cli import main
+
+    argv = ["segment", "examples/scene.png", "--method", "diffseg", "--size", "32", "--drop-t5", "--no-progress"]
+    assert main([*argv, "--model", str(pipeline_dirs["sd3"]), "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--model", str(pipeline_dirs["flux"]), "--out", str(tmp_path / "b")]) == 2
+    assert "--drop-t5 applies to SD3 pipelines" in capsys.readouterr().err

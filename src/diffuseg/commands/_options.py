@@ -57,6 +57,7 @@ _GENERAL_FLAGS = {
     "limit": "--limit",
     "model": "--model",
     "config": "--model-config",
+    "drop_t5": "--drop-t5",
     "overwrite": "--overwrite",
     "resume": "--resume",
     "tune_background": "--tune-background",
@@ -105,7 +106,7 @@ def flag_message(error: BaseException | str) -> str:
 def add_model_options(
     parser: argparse.ArgumentParser, seed_help: str = "seed of the torch.Generator for noise"
 ) -> None:
-    """--model --model-config --device --dtype --seed (`seed_help`) --batch-size."""
+    """--model --model-config --device --dtype --drop-t5 --seed (`seed_help`) --batch-size."""
     from ..dtypes import DTYPES
 
     g = parser.add_argument_group("model")
@@ -122,6 +123,11 @@ def add_model_options(
     )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default cpu)")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights dtype (default float32)")
+    g.add_argument(
+        "--drop-t5",
+        action="store_true",
+        help="SD3 / SD3.5: leave the T5 text encoder out to save memory (its text tokens become zeros)",
+    )
     g.add_argument("--seed", type=parse_seed, default=None, help=seed_help)
     g.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
 
@@ -463,8 +469,11 @@ def check_runtime(args: argparse.Namespace) -> None:
 
 
 def load_backbone(args: argparse.Namespace) -> Any:
-    """The backbone named by --model, --model-config, --device and --dtype
+    """The backbone named by --model, --model-config, --device, --dtype and --drop-t5
     (`diffuseg.backbone.load_backbone`)."""
     from ..backbone.load import load_backbone as load
 
-    return load(args.model, config=getattr(args, "model_config", None), device=args.device, dtype=args.dtype)
+    return load(
+        args.model, config=getattr(args, "model_config", None), device=args.device, dtype=args.dtype,
+        drop_t5=getattr(args, "drop_t5", False),
+    )  # fmt: skip

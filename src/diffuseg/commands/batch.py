@@ -245,6 +245,7 @@ def make_job(args: argparse.Namespace, flags: Any) -> Any:
         model_config=args.model_config,
         device=args.device,
         dtype=args.dtype,
+        drop_t5=args.drop_t5,
         classes=flags.classes,
         caption=args.caption,
         resources=flags.resources,

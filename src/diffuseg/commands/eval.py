@@ -277,7 +277,7 @@ def _actor_loader(args: argparse.Namespace) -> Any:
     from ._options import load_backbone
 
     model_args = argparse.Namespace(
-        model=args.model, model_config=args.model_config, device=args.device, dtype=args.dtype
+        model=args.model, model_config=args.model_config, device=args.device, dtype=args.dtype, drop_t5=args.drop_t5
     )
     return functools.partial(load_backbone, model_args)
 

@@ -69,7 +69,7 @@ class Job:
         overrides: config fields the user set.
         seed: the run's seed; image noise comes from ``image_seed(seed, item.name)``.
         batch_size: images per `segment_batch` call (one unit).
-        model, model_config, device, dtype: the backbone, as the CLI's --model ... flags.
+        model, model_config, device, dtype, drop_t5: the backbone, as the CLI's --model ... flags.
         classes: the query's class names (parsed), or () for none.
         caption: the query's caption, or None.
         resources: the method's extra models by name (path / hub id strings).
@@ -93,6 +93,7 @@ class Job:
     model_config: str | None = None
     device: str = "cpu"
     dtype: str | None = None
+    drop_t5: bool = False
     classes: tuple[Any, ...] = ()
     caption: str | None = None
     resources: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -180,7 +181,9 @@ class Worker:
         spec = get_method(job.method)
         backbone = None
         if job.needs_model:
-            backbone = load_backbone(job.model, config=job.model_config, device=job.device, dtype=job.dtype)
+            backbone = load_backbone(
+                job.model, config=job.model_config, device=job.device, dtype=job.dtype, drop_t5=job.drop_t5
+            )
         resources: dict[str, Any] = dict(job.resources)
         load_label_models(resources, job.label_device or job.device)
         class_filter = build_filter(
