@@ -22,11 +22,9 @@ Conventions (reference: ``mmdit_and_fast_ncut.md`` §A.0):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fnmatch
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +34,10 @@ from ..imageio import ImageInput, preprocess, stack_batch
 from ..ops.noise import batch_noise, per_item_generators
 from .features import FeatureRequest, Features
 from .joint_attention import JointRequest, joint_layers, record_joint, recording_bytes
+from .mmdit_layers import block_outputs, joint_request, mmdit_layer_map
+from .mmdit_text import T5_TOKENS, TextPart, encode, first_tokenizer, text_parts
 from .prompts import PromptEmbeddings, weight_tokens
-from .protocol import AttentionLayer, LayerMap
+from .protocol import LayerMap
 
 __all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "TextPart", "mmdit_family", "pipeline_class"]
 
@@ -47,27 +47,6 @@ logger = logging.getLogger(__name__)
 MMDIT_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 #: The guidance value given to guidance-distilled FLUX transformers (FluxPipeline's default).
 FLUX_GUIDANCE = 3.5
-#: T5 tokens per prompt, by family: the pipelines' ``max_sequence_length`` defaults
-#: (`StableDiffusion3Pipeline.encode_prompt` 256, `FluxPipeline.encode_prompt` 512).
-T5_TOKENS = {"sd3": 256, "sd35": 256, "flux": 512}
-
-
-@dataclasses.dataclass(frozen=True)
-class TextPart:
-    """One text encoder's share of the joint text axis of a prompt.
-
-    Attributes:
-        encoder: "clip" (SD3's CLIP-L / CLIP-G tokens, one column each) or "t5".
-        offset: the first column of this part on the text axis (T) of `Features.cross_attention`.
-        token_ids: the ids the encoder saw (BOS, padding included): column ``offset + i`` is
-            token ``token_ids[i]``.
-        tokenizer: the tokenizer that produced them.
-    """
-
-    encoder: str
-    offset: int
-    token_ids: tuple[int, ...]
-    tokenizer: Any = dataclasses.field(compare=False, repr=False)
 
 
 def pipeline_class(folder: str | Path) -> str | None:
@@ -169,7 +148,7 @@ class MMDiTBackbone:
     def prompt_tokenizer(self) -> Any:
         """The tokenizer of the text axis's first part (SD3: CLIP, FLUX: T5): its token
         positions are the columns of ``cross_attention`` maps (`text_parts`)."""
-        return self.pipe.tokenizer_2 if self.family == "flux" else self.pipe.tokenizer
+        return first_tokenizer(self.pipe, self.family)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -201,55 +180,12 @@ class MMDiTBackbone:
 
     @functools.cached_property
     def layer_map(self) -> LayerMap:
-        """Where the features are, by role. Every joint attention layer yields an image map and
-        (if it sees text: not SD3.5's ``attn2``) a text map, all on one token grid (stride =
-        the patch size); the block outputs are the transformer blocks' image tokens in forward
-        order (FLUX: the dual-stream blocks, then the single-stream ones); the feature layer is
-        the middle block's output (no published choice for DiffCut on an MM-DiT: a preset to be
-        tuned on the proving ground)."""
-        heads = int(self.transformer.config.num_attention_heads)
-        attention = []
-        for path in self.layers():
-            attention.append(AttentionLayer(path, "image", self.patch_size, heads))
-            if not path.endswith("attn2"):
-                attention.append(AttentionLayer(path, "text", self.patch_size, heads))
-        blocks = tuple(p.rsplit(".", 1)[0] for p in self.layers() if p.endswith(".attn"))
-        return LayerMap(tuple(attention), feature_layer=blocks[len(blocks) // 2], decoder_outputs=blocks)
+        """Where the features are, by role (`mmdit_layers.mmdit_layer_map`)."""
+        return mmdit_layer_map(self.transformer, self.patch_size)
 
-    def joint_request(self, request: FeatureRequest) -> JointRequest:
-        """The layers a `FeatureRequest` names on this model: ``self_attention`` selects image
-        maps, ``cross_attention`` text maps (True: every such layer; patterns: fnmatch over the
-        layer map's paths).
-
-        Raises:
-            ValueError: naming `request` for what an MM-DiT does not record: maps per head,
-                "none" (exp() overflows: ask for "log"), "log" image maps, or a pattern that
-                selects nothing.
-        """
-        log_images = request.normalization == "log" and request.self_attention
-        if request.normalization == "none" or log_images or not request.average_heads:
-            raise ValueError(
-                f"`request` asks for {request.normalization!r} attention with average_heads={request.average_heads}; "
-                "a diffusion transformer's joint attention is recorded head-averaged, image maps as probabilities "
-                "('softmax'), text maps as probabilities or unnormalised logs ('log')."
-            )
-        chosen = {}
-        for kind, wanted in (("image", request.self_attention), ("text", request.cross_attention)):
-            paths = [a.path for a in self.layer_map.layers(kind)]
-            if wanted is True:
-                chosen[kind] = tuple(paths)
-            elif wanted:
-                chosen[kind] = tuple(p for p in paths if any(fnmatch.fnmatchcase(p, pat) for pat in wanted))
-                if not chosen[kind]:
-                    raise ValueError(
-                        f"`request` patterns {wanted} select no image->{kind} layer of this {self.family} model "
-                        f"({paths[0]!r} ... {paths[-1]!r})."
-                    )
-            else:
-                chosen[kind] = ()
-        if not (chosen["image"] or chosen["text"]):
-            return None
-        return JointRequest(chosen["image"], chosen["text"], text_normalization=request.normalization)
+    def joint_request(self, request: FeatureRequest) -> JointRequest | None:
+        """The joint-attention layers `request` names on this model (`mmdit_layers.joint_request`)."""
+        return joint_request(self.layer_map, request, self.family)
 
     def record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int = 1) -> int:
         """Bytes of float32 maps that recording `request` for `rows` images of model input
@@ -347,38 +283,12 @@ class MMDiTBackbone:
 
     def _encode(self, prompts: list[str]) -> PromptEmbeddings:
         """The pipeline's encoding of `prompts` (see `encode_prompts`)."""
-        t5 = T5_TOKENS[self.family]
-        if self.family == "flux":
-            embeds, pooled, _ = self.pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=t5
-            )
-        else:
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
-                max_sequence_length=t5,
-            )  # fmt: skip
-        first = [self.text_parts(p)[0] for p in prompts]
-        ids = torch.tensor([part.token_ids for part in first], dtype=torch.long)
-        tokens = [self.prompt_tokenizer.convert_ids_to_tokens(list(part.token_ids)) for part in first]
+        embeds, pooled, ids, tokens = encode(self.pipe, self.family, prompts, self.device)
         return PromptEmbeddings(embeds.to(self.dtype), pooled.to(self.dtype), ids, tokens)
 
     def text_parts(self, prompt: str) -> list[TextPart]:
-        """The parts of `prompt`'s text axis, as `encode_prompts` builds it: SD3 / SD3.5: the
-        CLIP tokens (both CLIP encoders share the columns) then the T5 tokens (zeros, and left out
-        here, when the pipeline has no T5 encoder); FLUX: the T5 tokens."""
-        pipe, t5 = self.pipe, T5_TOKENS[self.family]
-        if self.family == "flux":
-            return [TextPart("t5", 0, self._ids(pipe.tokenizer_2, prompt, t5), pipe.tokenizer_2)]
-        clip = pipe.tokenizer_max_length
-        parts = [TextPart("clip", 0, self._ids(pipe.tokenizer, prompt, clip), pipe.tokenizer)]
-        if pipe.text_encoder_3 is not None:
-            parts.append(TextPart("t5", clip, self._ids(pipe.tokenizer_3, prompt, t5), pipe.tokenizer_3))
-        return parts
-
-    @staticmethod
-    def _ids(tokenizer: Any, prompt: str, length: int) -> tuple[int, ...]:
-        ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
-        return tuple(int(i) for i in ids)
+        """The parts of `prompt`'s text axis (`mmdit_text.text_parts`)."""
+        return text_parts(self.pipe, self.family, prompt)
 
     def check_timestep(self, timestep: int) -> int:
         """Raises ValueError naming `timestep` outside [0, `num_train_timesteps`)."""
@@ -490,7 +400,7 @@ class MMDiTBackbone:
         )  # fmt: skip
         with contextlib.ExitStack() as stack:
             store = stack.enter_context(record_joint(self.transformer, joint)) if joint is not None else None
-            outputs = stack.enter_context(_block_outputs(self.transformer, blocks, grid))
+            outputs = stack.enter_context(block_outputs(self.transformer, blocks, grid))
             self.predict(latents, timestep, prompt)
         if store is not None:
             features.self_attention.update(store.image_to_image)
@@ -513,30 +423,3 @@ class MMDiTBackbone:
         self.check_size(int(w))
         metas = [{"input_size": [h, w], "crop_box": [0, 0, w, h], "model_size": [h, w]} for _ in range(len(pixels))]
         return pixels, metas
-
-
-@contextlib.contextmanager
-def _block_outputs(model: torch.nn.Module, blocks: Sequence[str], grid: tuple[int, int]) -> Iterator[dict]:
-    """Record the image tokens of each block in `blocks` (forward hooks, removed in ``finally``)
-    as (B, C, h, w) float32 on the token `grid`.
-
-    Raises:
-        ValueError: naming `hidden_states`, if a path is not a block of `model`.
-    """
-    outputs: dict[str, torch.Tensor] = {}
-    hooks = []
-    names = dict(model.named_modules())
-    try:
-        for path in blocks:
-            if path not in names:
-                raise ValueError(f"`hidden_states` names {path!r}, not a block of this {type(model).__name__}.")
-
-            def hook(module: torch.nn.Module, args: Any, out: Any, path: str = path) -> None:
-                image = out[1] if isinstance(out, tuple) else out  # blocks return (text, image)
-                outputs[path] = image.float().transpose(1, 2).unflatten(-1, grid)
-
-            hooks.append(names[path].register_forward_hook(hook))
-        yield outputs
-    finally:
-        for h in hooks:
-            h.remove()
