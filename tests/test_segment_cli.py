@@ -225,6 +225,8 @@ def test_env_lists_the_presets(capsys):
     out = capsys.readouterr().out
     assert "diffseg on toy: kl_thresholds=0.05,0.05,0.05, image_size=128" in out
     assert "diffcut on sd1: tau=0.2" in out
+    assert "seg4diff on sd3: layer=9" in out
+    assert "sd3: Stable Diffusion 3 (MM-DiT" in out and "flux: FLUX.1" in out  # the families
 
 
 def test_the_readme_command_segments_the_whole_photo_with_the_toy_presets(tmp_path):

@@ -39,12 +39,30 @@ def collect() -> dict[str, Any]:
         "platform": platform.platform(),
         "devices": devices,
         "methods": list_methods(),
+        "families": _families(),
         "presets": {name: get_method(name).presets for name in list_methods() if get_method(name).presets},
         "models": {
             "toy": str(toy) if (toy / "unet" / "config.json").is_file() else "missing",
             "hugging_face_cache": cached_models(),
         },
     }
+
+
+def _families() -> dict[str, str]:
+    """Model family -> what it is (the families presets are keyed by)."""
+    from ..backbone.backbone import FAMILIES
+
+    about = {
+        "sd1": "Stable Diffusion 1.x (UNet)",
+        "sd2": "Stable Diffusion 2.x (UNet)",
+        "sdxl": "SDXL family, e.g. SSD-1B (UNet)",
+        "toy": "the proving-ground model shipped with diffuseg (UNet)",
+        "other": "another diffusers UNet",
+        "sd3": "Stable Diffusion 3 (MM-DiT, joint attention)",
+        "sd35": "Stable Diffusion 3.5 (MM-DiT with q/k norms, dual attention)",
+        "flux": "FLUX.1 (MM-DiT, dual- and single-stream blocks)",
+    }
+    return {family: about.get(family, "") for family in FAMILIES}
 
 
 def register(subparsers: Any) -> None:
@@ -61,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'platform':14s} {info['platform']}")
     print(f"{'devices':14s} {', '.join(info['devices'])}")
     print(f"{'methods':14s} {', '.join(info['methods'])}")
+    print(f"{'families':14s} " + f"\n{'':14s} ".join(f"{k}: {v}" for k, v in info["families"].items()))
     print(f"{'presets':14s} method settings that replace the paper's defaults on other model families")
     for method, families in info["presets"].items():
         for family, overrides in families.items():
