@@ -283,3 +283,16 @@ def test_drop_t5_flag_segments_without_t5_and_is_refused_where_there_is_none(pip
     assert main([*argv, "--model", str(pipeline_dirs["sd3"]), "--out", str(tmp_path / "a")]) == 0
     assert main([*argv, "--model", str(pipeline_dirs["flux"]), "--out", str(tmp_path / "b")]) == 2
     assert "--drop-t5 applies to SD3 pipelines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_bf16_weights_record_float32_maps(pipeline_dirs, family):
+    from diffuseg.backbone.load import load_backbone
+
+    backbone = load_backbone(str(pipeline_dirs[family]), dtype="bf16")
+    assert backbone.dtype == torch.bfloat16
+    layer = backbone.layers()[0]
+    features = backbone.extract(_image(), JointRequest((layer,), (layer,)), image_size=SIZE)
+    i2i = features.self_attention[layer]
+    assert i2i.dtype == torch.float32 and torch.isfinite(i2i).all()
+    assert torch.allclose(i2i.sum(-1), torch.ones_like(i2i[..., 0]), atol=1e-4)

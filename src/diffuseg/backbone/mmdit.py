@@ -127,7 +127,9 @@ class MMDiTBackbone:
             if found != "StableDiffusion3Pipeline":
                 raise ValueError(f"`drop_t5` applies to SD3 pipelines; {folder} holds a {found}.")
             extra = {"text_encoder_3": None, "tokenizer_3": None}
-        pipe = getattr(diffusers, found).from_pretrained(str(folder), torch_dtype=torch_dtype or torch.float32, **extra)
+        if torch_dtype is not None:  # as stored (usually float32) otherwise, as `loading.load_folder`
+            extra["torch_dtype"] = torch_dtype
+        pipe = getattr(diffusers, found).from_pretrained(str(folder), **extra)
         return cls(pipe, name=str(folder))
 
     # ------------------------------------------------------------------ device / sizes
