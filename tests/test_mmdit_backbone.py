@@ -296,3 +296,20 @@ def test_bf16_weights_record_float32_maps(pipeline_dirs, family):
     i2i = features.self_attention[layer]
     assert i2i.dtype == torch.float32 and torch.isfinite(i2i).all()
     assert torch.allclose(i2i.sum(-1), torch.ones_like(i2i[..., 0]), atol=1e-4)
+
+
+def test_a_hub_id_in_the_local_cache_loads_a_diffusion_transformer(pipeline_dirs, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants as c
+
+    from diffuseg.backbone.load import load_backbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someone--tiny-sd3"
+    shutil.copytree(pipeline_dirs["sd3"], repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    backbone = load_backbone("someone/tiny-sd3")
+    assert isinstance(backbone, MMDiTBackbone) and backbone.name == "someone/tiny-sd3"

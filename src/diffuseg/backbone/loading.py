@@ -27,6 +27,8 @@ _HUB_PATTERNS = [
     "model_index.json",
     "unet/*.json",
     "unet/*.safetensors",
+    "transformer/*.json",  # diffusion transformers (SD3, SD3.5, FLUX)
+    "transformer/*.safetensors",
     "vae/*.json",
     "vae/*.safetensors",
     "text_encoder*/*.json",
