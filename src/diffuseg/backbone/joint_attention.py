@@ -201,6 +201,7 @@ def _record(
     image = slice(0, n) if image_first else slice(text_length, length)
     text = slice(n, length) if image_first else slice(0, text_length)
     qi = q[:, :, image]
+    keys = k.float().transpose(-1, -2)  # (B, H, D, L), once for every tile
     rows = max(1, _TILE_ELEMENTS // max(1, h * length))
     want_i2i, want_i2t = layer in request.image_to_image, layer in request.image_to_text and text_length > 0
     i2i = q.new_empty((b, n, n), dtype=torch.float32) if want_i2i else None
@@ -208,7 +209,7 @@ def _record(
     scale = d**-0.5
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        scores = (qi[:, :, start:stop].float() @ k.float().transpose(-1, -2)) * scale
+        scores = (qi[:, :, start:stop].float() @ keys) * scale
         if i2t is not None and request.text_normalization == "log":  # log of the head mean of exp(scores)
             i2t[:, start:stop] = torch.logsumexp(scores[..., text], dim=1) - math.log(h)
             if i2i is None:
@@ -349,7 +350,11 @@ def record_joint(model: nn.Module, request: JointRequest) -> Iterator[JointAtten
 
 def recording_bytes(image_tokens: int, text_tokens: int, request: JointRequest, batch: int = 1, heads: int = 1) -> int:
     """Bytes `record_joint` keeps for `request` (float32 blocks of every layer) plus one score
-    tile, for a batch of `batch` images of `image_tokens` tokens and `text_tokens` text tokens."""
+    tile, for a batch of `batch` images of `image_tokens` tokens and `text_tokens` text tokens.
+
+    Not counted: the short-lived copies of one layer's queries and keys while it is recorded
+    (about 2 x (N + T) x width x 4 bytes: 163 MB for SD3-medium in float32 at 1024 px), which
+    live only during that layer's call (`benchmarks/bench_joint_attention.py` measures them)."""
     per_token = image_tokens * len(request.image_to_image) + text_tokens * len(request.image_to_text)
     kept = 4 * batch * image_tokens * per_token
     return kept + 4 * min(_TILE_ELEMENTS, heads * image_tokens * (image_tokens + text_tokens)) * batch
