@@ -13,6 +13,7 @@ from torch import nn
 from ..imageio import ImageInput, preprocess, stack_batch
 from ..ops import denoising
 from ..ops.noise import batch_noise, per_item_generators
+from .batch_input import model_input, prompt_rows
 from .features import FeatureRequest, Features
 from .layers import recorded_bytes, unet_layer_map
 from .loading import (
@@ -424,9 +425,9 @@ class DiffusionBackbone:
             `Features` with B * P rows (image-major), attention maps in float32.
         """
         self.check_timestep(timestep)
-        pixels, metas = self._model_input(images, image_size, resize_mode)
+        pixels, metas = model_input(images, lambda b: self.preprocess(b, image_size, resize_mode), self.size_multiple)
         b = pixels.shape[0]
-        prompt_list = _prompt_rows(prompts, b, prompts_per_image)
+        prompt_list = prompt_rows(prompts, b, prompts_per_image)
         generators = per_item_generators(generator, b)  # checked before any work
         latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
         if add_noise:
@@ -438,24 +439,6 @@ class DiffusionBackbone:
             metas = [m for m in metas for _ in range(prompts_per_image)]
         prompt = self.encode_prompts(prompt_list, token_weights)
         return self._record(request, latents, timestep, prompt_list, prompt, pixels, metas)
-
-    def _model_input(
-        self,
-        images: ImageInput | Sequence[ImageInput] | torch.Tensor,
-        image_size: int | None,
-        resize_mode: Literal["crop", "squash", "keep_aspect"],
-    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """`extract`'s pixels (B, 3, H, W) in [0, 1] and meta dicts: a (B, 3, H, W) tensor taken
-        as it is (its sides must be multiples of `size_multiple`), else preprocessed images."""
-        if not (isinstance(images, torch.Tensor) and images.ndim == 4):
-            batch = [images] if not isinstance(images, (list, tuple)) else list(images)
-            return self.preprocess(batch, image_size, resize_mode)
-        pixels = images.float().clamp(0, 1)
-        h, w = pixels.shape[-2:]
-        if w % self.size_multiple or h % self.size_multiple:
-            raise ValueError(f"image tensor sides must be multiples of {self.size_multiple}, got {(h, w)}.")
-        metas = [{"input_size": [h, w], "crop_box": [0, 0, w, h], "model_size": [h, w]} for _ in range(len(pixels))]
-        return pixels, metas
 
     def _record(
         self,
@@ -493,14 +476,3 @@ class DiffusionBackbone:
             meta=metas,
             layer_map=self.layer_map,
         )
-
-
-def _prompt_rows(prompts: str | Sequence[str], images: int, per_image: Any) -> list[str]:
-    """`extract`'s prompt per row: one prompt for all rows, or one per row (image-major)."""
-    if isinstance(per_image, bool) or not isinstance(per_image, int) or per_image < 1:
-        raise ValueError(f"`prompts_per_image` must be an int >= 1, got {per_image!r}.")
-    rows = images * per_image
-    prompt_list = [prompts] * rows if isinstance(prompts, str) else list(prompts)
-    if len(prompt_list) != rows:
-        raise ValueError(f"got {len(prompt_list)} prompts for {images} images x {per_image} prompts each.")
-    return prompt_list

@@ -32,6 +32,7 @@ import torch
 
 from ..imageio import ImageInput, preprocess, stack_batch
 from ..ops.noise import batch_noise, per_item_generators
+from .batch_input import model_input, prompt_rows
 from .features import FeatureRequest, Features
 from .joint_attention import JointRequest, joint_layers, record_joint, recording_bytes
 from .mmdit_layers import block_outputs, joint_request, mmdit_layer_map
@@ -373,14 +374,9 @@ class MMDiTBackbone:
             (``layer_sizes``); ``hidden_states[block]`` the block's image tokens (rows, C, h, w).
         """
         self.check_timestep(timestep)
-        pixels, metas = self._model_input(images, image_size, resize_mode)
+        pixels, metas = model_input(images, lambda b: self.preprocess(b, image_size, resize_mode), self.size_multiple)
         b = pixels.shape[0]
-        prompt_list = [prompts] * (b * prompts_per_image) if isinstance(prompts, str) else list(prompts)
-        if len(prompt_list) != b * prompts_per_image:
-            raise ValueError(
-                f"`prompts` must be one prompt or one per row ({b} images x {prompts_per_image}), "
-                f"got {len(prompt_list)}."
-            )
+        prompt_list = prompt_rows(prompts, b, prompts_per_image)
         generators = per_item_generators(generator, b)  # checked before any work
         latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
         if add_noise:
@@ -411,17 +407,3 @@ class MMDiTBackbone:
         for key in (*features.self_attention, *features.cross_attention):
             features.layer_sizes[key], features.layer_counts[key] = grid, 1
         return features
-
-    def _model_input(
-        self, images: Any, image_size: int | None, resize_mode: Literal["crop", "squash", "keep_aspect"]
-    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """`extract`'s pixels (B, 3, H, W) in [0, 1] and meta dicts (a 4-D tensor is taken as it is)."""
-        if not (isinstance(images, torch.Tensor) and images.ndim == 4):
-            batch = [images] if not isinstance(images, (list, tuple)) else list(images)
-            return self.preprocess(batch, image_size, resize_mode)
-        pixels = images.float().clamp(0, 1)
-        h, w = pixels.shape[-2:]
-        self.check_size(int(h))
-        self.check_size(int(w))
-        metas = [{"input_size": [h, w], "crop_box": [0, 0, w, h], "model_size": [h, w]} for _ in range(len(pixels))]
-        return pixels, metas
