@@ -313,3 +313,18 @@ def test_a_hub_id_in_the_local_cache_loads_a_diffusion_transformer(pipeline_dirs
     (repo / "refs" / "main").write_text("0" * 40)
     backbone = load_backbone("someone/tiny-sd3")
     assert isinstance(backbone, MMDiTBackbone) and backbone.name == "someone/tiny-sd3"
+
+
+def test_a_rerun_without_t5_does_not_count_outputs_made_with_it_as_done(pipeline_dirs, tmp_path, capsys):
+    import json
+
+    from diffuseg.cli import main
+
+    argv = ["segment", "examples/scene.png", "--model", str(pipeline_dirs["sd3"]), "--method", "diffseg"]
+    argv += ["--size", "32", "--out", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--drop-t5"]) == 0
+    assert json.loads((tmp_path / "scene.json").read_text())["meta"]["drop_t5"] is True
+    capsys.readouterr()
+    assert main([*argv, "--skip-existing"]) == 2
+    assert "--drop-t5 True (this run: False)" in capsys.readouterr().err
+    assert main([*argv, "--skip-existing", "--drop-t5"]) == 0

@@ -69,7 +69,8 @@ def _expected_model(job: Job) -> str | None:
 
 def differences(job: Job, record: dict[str, Any]) -> list[str]:
     """What differs between the JSON `record` of an image's outputs and `job`: the method, the
-    config fields, the model, the run seed, the class names and the caption (empty: the same).
+    config fields, the model (and whether its T5 encoder was dropped), the run seed, the class
+    names and the caption (empty: the same).
 
     Each difference reads like "`seed` 0 (this run: 3)"; library arguments are backticked.
     """
@@ -80,6 +81,8 @@ def differences(job: Job, record: dict[str, Any]) -> list[str]:
     expected_model = _expected_model(job)
     if not _same_model(meta.get("model"), expected_model):
         diffs.append(f"`model` {meta.get('model')!r} (this run: {expected_model!r})")
+    if bool(meta.get("drop_t5", False)) != job.drop_t5:
+        diffs.append(f"`drop_t5` {bool(meta.get('drop_t5', False))} (this run: {job.drop_t5})")
     seed = (meta.get("seed") or {}).get("run")
     if seed != job.seed:
         diffs.append(f"`seed` {seed!r} (this run: {job.seed!r})")

@@ -230,6 +230,8 @@ def _notes(job: Job, item: Item) -> dict[str, Any]:
     notes: dict[str, Any] = {"source": item.source, "seed": {"run": job.seed, "image": image_seed(job.seed, item.name)}}
     if job.classes or job.caption is not None:
         notes["query"] = {"classes": json.loads(json.dumps(list(job.classes))), "caption": job.caption}
+    if job.drop_t5:
+        notes["drop_t5"] = True  # the model ran without its T5 text encoder
     return notes
 
 
