@@ -328,3 +328,13 @@ def test_a_rerun_without_t5_does_not_count_outputs_made_with_it_as_done(pipeline
     assert main([*argv, "--skip-existing"]) == 2
     assert "--drop-t5 True (this run: False)" in capsys.readouterr().err
     assert main([*argv, "--skip-existing", "--drop-t5"]) == 0
+
+
+def test_seg_diffusion_goes_by_the_unet_families_not_every_preset_family():
+    import types
+
+    from diffuseg.segdiffusion import require_unet
+
+    for family in ("sd3", "sd35", "flux"):  # preset families, but not UNet ones, even with a `unet`
+        with pytest.raises(ValueError, match=f"family '{family}'"):
+            require_unet(types.SimpleNamespace(unet=object(), family=family, name="m"))

@@ -12,8 +12,7 @@ from torch import nn
 
 from ..imageio import ImageInput, preprocess, stack_batch
 from ..ops import denoising
-from ..ops.noise import batch_noise, per_item_generators
-from .batch_input import model_input, prompt_rows
+from .batch_input import latent_rows, model_input, prompt_rows, vae_latents
 from .features import FeatureRequest, Features
 from .layers import recorded_bytes, unet_layer_map
 from .loading import (
@@ -22,16 +21,18 @@ from .loading import (
     load_folder,
     resolve_model,
 )
-from .prompts import PromptEmbeddings, encode_text, weight_tokens
+from .prompts import PromptEmbeddings, encode_text, encode_weighted
 from .protocol import LayerMap
 from .recorder import EarlyExit, record
 from .single_file import load_single_file
 
-__all__ = ["DiffusionBackbone", "PromptEmbeddings", "FAMILIES", "model_family"]
+__all__ = ["DiffusionBackbone", "PromptEmbeddings", "FAMILIES", "UNET_FAMILIES", "model_family"]
 
-#: Model families that select method presets; "sd3", "sd35" and "flux" are diffusion transformers
-#: (`diffuseg.backbone.mmdit.MMDiTBackbone`).
-FAMILIES = ("sd1", "sd2", "sdxl", "toy", "other", "sd3", "sd35", "flux")
+#: The families of UNet models (`DiffusionBackbone.family`).
+UNET_FAMILIES = ("sd1", "sd2", "sdxl", "toy", "other")
+#: Model families that select method presets: the UNets', then the diffusion transformers'
+#: (`diffuseg.backbone.mmdit.MMDiTBackbone.family`).
+FAMILIES = (*UNET_FAMILIES, "sd3", "sd35", "flux")
 
 
 def model_family(unet: nn.Module) -> str:
@@ -86,8 +87,8 @@ class DiffusionBackbone:
         self.text_encoder = text_encoder.eval() if text_encoder is not None else None
         self.text_encoder_2 = text_encoder_2.eval() if text_encoder_2 is not None else None
         self.tokenizer, self.tokenizer_2, self.name = tokenizer, tokenizer_2, name
-        if family is not None and family not in FAMILIES:
-            raise ValueError(f"`family` must be one of {FAMILIES} or None, got {family!r}.")
+        if family is not None and family not in UNET_FAMILIES:
+            raise ValueError(f"`family` must be one of {UNET_FAMILIES} or None, got {family!r}.")
         self.family = family or model_family(unet)
         self._record_bytes: dict[tuple[Any, ...], int] = {}  # record_bytes by its arguments
         for m in self._modules():
@@ -255,14 +256,7 @@ class DiffusionBackbone:
         Returns:
             (B, C_latent, H/f, W/f) latents times the VAE's `scaling_factor`, in `self.dtype`.
         """
-        if sample not in ("mean", "sample"):
-            raise ValueError(f"`latent_mode` must be 'mean' or 'sample', got {sample!r}.")
-        vae_dtype = next(self.vae.parameters()).dtype
-        x = pixels.to(self.device, vae_dtype) * 2 - 1
-        dist = self.vae.encode(x).latent_dist
-        z = dist.mean if sample == "mean" else dist.sample(generator=generator)
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+        return vae_latents(self.vae, pixels, sample, generator, self.device, self.dtype)
 
     @torch.no_grad()
     def encode_prompts(
@@ -283,15 +277,7 @@ class DiffusionBackbone:
             ValueError: if `token_weights` does not have one entry per prompt or a position is
                 outside the T tokens.
         """
-        prompts = list(prompts)
-        if token_weights is not None and len(token_weights) != len(prompts):
-            raise ValueError(
-                f"`token_weights` must have one entry per prompt ({len(prompts)}), got {len(token_weights)}."
-            )
-        encoded = self._encode(prompts)
-        if token_weights is not None and any(token_weights):
-            encoded.embeds = weight_tokens(encoded.embeds, self._encode([""]).embeds[0], token_weights)
-        return encoded
+        return encode_weighted(self._encode, prompts, token_weights)
 
     def _encode(self, prompts: list[str]) -> PromptEmbeddings:
         """Tokenize and run the text encoder(s); see `encode_prompts`."""
@@ -428,15 +414,10 @@ class DiffusionBackbone:
         pixels, metas = model_input(images, lambda b: self.preprocess(b, image_size, resize_mode), self.size_multiple)
         b = pixels.shape[0]
         prompt_list = prompt_rows(prompts, b, prompts_per_image)
-        generators = per_item_generators(generator, b)  # checked before any work
-        latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
-        if add_noise:
-            noise = batch_noise(latents.shape, generator, self.device, shared=shared_noise).to(latents.dtype)
-            latents = self.scheduler.add_noise(latents, noise, torch.tensor([timestep] * b, device=self.device))
-        if prompts_per_image > 1:
-            latents = latents.repeat_interleave(prompts_per_image, dim=0)
-            pixels = pixels.repeat_interleave(prompts_per_image, dim=0)
-            metas = [m for m in metas for _ in range(prompts_per_image)]
+        latents, pixels, metas = latent_rows(
+            self, pixels, metas, timestep=timestep, latent_mode=latent_mode, add_noise=add_noise,
+            shared_noise=shared_noise, generator=generator, prompts_per_image=prompts_per_image,
+        )  # fmt: skip
         prompt = self.encode_prompts(prompt_list, token_weights)
         return self._record(request, latents, timestep, prompt_list, prompt, pixels, metas)
 

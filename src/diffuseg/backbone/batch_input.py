@@ -1,5 +1,6 @@
 """What a backbone's `extract` makes of its arguments, whatever the architecture: the model
-input pixels (`model_input`) and one prompt per row (`prompt_rows`)."""
+input pixels (`model_input`), one prompt per row (`prompt_rows`), the VAE latents
+(`vae_latents`) and the (noised) latent of every row (`latent_rows`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import torch
 
 from ..imageio import ImageInput
+from ..ops.noise import batch_noise, per_item_generators
 
-__all__ = ["model_input", "prompt_rows"]
+__all__ = ["model_input", "prompt_rows", "vae_latents", "latent_rows"]
 
 
 def model_input(
@@ -49,3 +51,59 @@ def prompt_rows(prompts: str | Sequence[str], images: int, per_image: Any) -> li
     if len(prompt_list) != rows:
         raise ValueError(f"got {len(prompt_list)} prompts for {images} images x {per_image} prompts each.")
     return prompt_list
+
+
+def vae_latents(
+    vae: Any,
+    pixels: torch.Tensor,
+    sample: str,
+    generator: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """VAE-encode (B, 3, H, W) pixels in [0, 1]: (B, C, H/f, W/f) latents ``(z - shift) * scale``
+    in `dtype`, from the posterior mean or a draw (`sample` "mean" / "sample", with `generator`:
+    one, or one per image).
+
+    Raises:
+        ValueError: naming `latent_mode` for another `sample`.
+    """
+    if sample not in ("mean", "sample"):
+        raise ValueError(f"`latent_mode` must be 'mean' or 'sample', got {sample!r}.")
+    vae_dtype = next(vae.parameters()).dtype
+    dist = vae.encode(pixels.to(device, vae_dtype) * 2 - 1).latent_dist
+    z = dist.mean if sample == "mean" else dist.sample(generator=generator)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((z - shift) * vae.config.scaling_factor).to(dtype)
+
+
+def latent_rows(
+    backbone: Any,
+    pixels: torch.Tensor,
+    metas: list[dict[str, Any]],
+    *,
+    timestep: int,
+    latent_mode: str,
+    add_noise: bool,
+    shared_noise: bool,
+    generator: Any,
+    prompts_per_image: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """The latent of every row of an `extract` pass: `backbone.encode_images`, noised to
+    `timestep` by `backbone.add_noise` if asked (noise from `generator`: one, or one per image;
+    `shared_noise`: one draw for the batch), each image's latent, pixels and meta repeated for
+    its `prompts_per_image` rows (image-major).
+
+    Returns:
+        (latents (B * P, C, h, w), pixels (B * P, 3, H, W), metas (B * P)).
+    """
+    generators = per_item_generators(generator, pixels.shape[0])  # checked before any work
+    latents = backbone.encode_images(pixels, latent_mode, generators if generators is not None else generator)
+    if add_noise:
+        noise = batch_noise(latents.shape, generator, backbone.device, shared=shared_noise).to(latents.dtype)
+        latents = backbone.add_noise(latents, noise, timestep)
+    if prompts_per_image > 1:
+        latents = latents.repeat_interleave(prompts_per_image, dim=0)
+        pixels = pixels.repeat_interleave(prompts_per_image, dim=0)
+        metas = [m for m in metas for _ in range(prompts_per_image)]
+    return latents, pixels, metas

@@ -31,13 +31,12 @@ from typing import Any, Literal
 import torch
 
 from ..imageio import ImageInput, preprocess, stack_batch
-from ..ops.noise import batch_noise, per_item_generators
-from .batch_input import model_input, prompt_rows
+from .batch_input import latent_rows, model_input, prompt_rows, vae_latents
 from .features import FeatureRequest, Features
 from .joint_attention import JointRequest, joint_layers, record_joint, recording_bytes
 from .mmdit_layers import block_outputs, joint_request, mmdit_layer_map
-from .mmdit_text import T5_TOKENS, TextPart, encode, first_tokenizer, text_parts
-from .prompts import PromptEmbeddings, weight_tokens
+from .mmdit_text import T5_TOKENS, TextPart, encode, first_part_length, first_tokenizer, text_parts
+from .prompts import PromptEmbeddings, encode_weighted
 from .protocol import LayerMap
 
 __all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "TextPart", "mmdit_family", "pipeline_class"]
@@ -239,13 +238,7 @@ class MMDiTBackbone:
     ) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, C, H/f, W/f) latents, ``(z - shift) * scale``, from the
         posterior mean or a draw (`sample`, with `generator`: one, or one per image)."""
-        if sample not in ("mean", "sample"):
-            raise ValueError(f"`latent_mode` must be 'mean' or 'sample', got {sample!r}.")
-        vae_dtype = next(self.vae.parameters()).dtype
-        dist = self.vae.encode(pixels.to(self.device, vae_dtype) * 2 - 1).latent_dist
-        z = dist.mean if sample == "mean" else dist.sample(generator=generator)
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+        return vae_latents(self.vae, pixels, sample, generator, self.device, self.dtype)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         """Flow matching's noised latent at `timestep` (training scale): sigma * noise +
@@ -271,18 +264,7 @@ class MMDiTBackbone:
             ValueError: if `token_weights` does not have one entry per prompt or a position is
                 outside the first part.
         """
-        prompts = list(prompts)
-        if token_weights is not None and len(token_weights) != len(prompts):
-            raise ValueError(
-                f"`token_weights` must have one entry per prompt ({len(prompts)}), got {len(token_weights)}."
-            )
-        encoded = self._encode(prompts)
-        if token_weights is not None and any(token_weights):
-            first = encoded.token_ids.shape[1]
-            if any(not 0 <= pos < first for row in token_weights for pos, _ in row):
-                raise ValueError(f"`token_weights` positions must index the first {first} text tokens.")
-            encoded.embeds = weight_tokens(encoded.embeds, self._encode([""]).embeds[0], token_weights)
-        return encoded
+        return encode_weighted(self._encode, prompts, token_weights, columns=first_part_length(self.pipe, self.family))
 
     def _encode(self, prompts: list[str]) -> PromptEmbeddings:
         """The pipeline's encoding of `prompts` (see `encode_prompts`)."""
@@ -377,15 +359,10 @@ class MMDiTBackbone:
         pixels, metas = model_input(images, lambda b: self.preprocess(b, image_size, resize_mode), self.size_multiple)
         b = pixels.shape[0]
         prompt_list = prompt_rows(prompts, b, prompts_per_image)
-        generators = per_item_generators(generator, b)  # checked before any work
-        latents = self.encode_images(pixels, latent_mode, generators if generators is not None else generator)
-        if add_noise:
-            noise = batch_noise(latents.shape, generator, self.device, shared=shared_noise).to(latents.dtype)
-            latents = self.add_noise(latents, noise, timestep)
-        if prompts_per_image > 1:
-            latents = latents.repeat_interleave(prompts_per_image, dim=0)
-            pixels = pixels.repeat_interleave(prompts_per_image, dim=0)
-            metas = [m for m in metas for _ in range(prompts_per_image)]
+        latents, pixels, metas = latent_rows(
+            self, pixels, metas, timestep=timestep, latent_mode=latent_mode, add_noise=add_noise,
+            shared_noise=shared_noise, generator=generator, prompts_per_image=prompts_per_image,
+        )  # fmt: skip
         joint = request if isinstance(request, JointRequest) else self.joint_request(request)
         blocks = () if isinstance(request, JointRequest) else request.hidden_states
         grid = (latents.shape[-2] // self.patch_size, latents.shape[-1] // self.patch_size)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["T5_TOKENS", "TextPart", "text_parts", "encode", "first_tokenizer"]
+__all__ = ["T5_TOKENS", "TextPart", "text_parts", "encode", "first_tokenizer", "first_part_length"]
 
 #: T5 tokens per prompt, by family: the pipelines' ``max_sequence_length`` defaults
 #: (`StableDiffusion3Pipeline.encode_prompt` 256, `FluxPipeline.encode_prompt` 512).
@@ -45,6 +45,11 @@ def first_tokenizer(pipe: Any, family: str) -> Any:
     return pipe.tokenizer_2 if family == "flux" else pipe.tokenizer
 
 
+def first_part_length(pipe: Any, family: str) -> int:
+    """Columns of the text axis's first part: SD3's CLIP tokens, FLUX's T5 tokens."""
+    return T5_TOKENS[family] if family == "flux" else int(pipe.tokenizer_max_length)
+
+
 def _ids(tokenizer: Any, prompt: str, length: int) -> tuple[int, ...]:
     ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
     return tuple(int(i) for i in ids)
@@ -54,10 +59,10 @@ def text_parts(pipe: Any, family: str, prompt: str) -> list[TextPart]:
     """The parts of `prompt`'s text axis, as `encode` builds it: SD3 / SD3.5: the CLIP tokens
     (both CLIP encoders share the columns) then the T5 tokens (zeros, and left out here, when the
     pipeline has no T5 encoder); FLUX: the T5 tokens."""
-    t5 = T5_TOKENS[family]
+    t5, first = T5_TOKENS[family], first_part_length(pipe, family)
     if family == "flux":
-        return [TextPart("t5", 0, _ids(pipe.tokenizer_2, prompt, t5), pipe.tokenizer_2)]
-    clip = pipe.tokenizer_max_length
+        return [TextPart("t5", 0, _ids(pipe.tokenizer_2, prompt, first), pipe.tokenizer_2)]
+    clip = first
     parts = [TextPart("clip", 0, _ids(pipe.tokenizer, prompt, clip), pipe.tokenizer)]
     if pipe.text_encoder_3 is not None:
         parts.append(TextPart("t5", clip, _ids(pipe.tokenizer_3, prompt, t5), pipe.tokenizer_3))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PromptEmbeddings", "encode_text", "weight_tokens"]
+__all__ = ["PromptEmbeddings", "encode_text", "encode_weighted", "weight_tokens"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,36 @@ def encode_text(
         embeds = torch.cat(hidden, dim=-1)
         pooled = out2[0]
     return PromptEmbeddings(embeds.to(dtype), None if pooled is None else pooled.to(dtype), ids, tokens)
+
+
+def encode_weighted(
+    encode: Any,
+    prompts: Sequence[str],
+    token_weights: Sequence[Sequence[tuple[int, float]]] | None,
+    columns: int | None = None,
+) -> PromptEmbeddings:
+    """``encode(prompts)`` with `token_weights` applied (`weight_tokens`, e0 = ``encode([""])``).
+
+    Args:
+        encode: ``encode(list[str]) -> PromptEmbeddings``, a backbone's own encoding.
+        prompts: B prompts.
+        token_weights: None, or per prompt (token position, weight) pairs.
+        columns: weighted positions must be below this (e.g. the first text part of an MM-DiT);
+            None: any of the T tokens.
+
+    Raises:
+        ValueError: if `token_weights` does not have one entry per prompt or a position is
+            outside the allowed tokens.
+    """
+    prompts = list(prompts)
+    if token_weights is not None and len(token_weights) != len(prompts):
+        raise ValueError(f"`token_weights` must have one entry per prompt ({len(prompts)}), got {len(token_weights)}.")
+    encoded = encode(prompts)
+    if token_weights is not None and any(token_weights):
+        if columns is not None and any(not 0 <= pos < columns for row in token_weights for pos, _ in row):
+            raise ValueError(f"`token_weights` positions must index the first {columns} text tokens.")
+        encoded.embeds = weight_tokens(encoded.embeds, encode([""]).embeds[0], token_weights)
+    return encoded
 
 
 def weight_tokens(

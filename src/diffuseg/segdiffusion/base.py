@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..backbone.backbone import FAMILIES
+from ..backbone.backbone import UNET_FAMILIES
 
 if TYPE_CHECKING:
     from ..backbone.backbone import DiffusionBackbone
@@ -20,14 +20,14 @@ __all__ = ["require_unet"]
 
 def require_unet(backbone: Any) -> DiffusionBackbone:
     """`backbone` itself if it is a UNet model (it has a ``unet`` and its ``family`` is one of
-    the UNet families `backbone.FAMILIES`: sd1, sd2, sdxl, toy, other).
+    the UNet families `backbone.UNET_FAMILIES`: sd1, sd2, sdxl, toy, other).
 
     Raises:
         ValueError: naming the model and its family, for any other backbone (e.g. family "sd3",
             "sd35" or "flux", or no ``unet``).
     """
     family = getattr(backbone, "family", None)
-    if getattr(backbone, "unet", None) is not None and family in FAMILIES:
+    if getattr(backbone, "unet", None) is not None and family in UNET_FAMILIES:
         return backbone
     name = getattr(backbone, "name", None) or type(backbone).__name__
     raise ValueError(
