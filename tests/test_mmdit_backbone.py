@@ -9,6 +9,7 @@ from conftest import make_tokenizer, tiny_vae
 
 from diffuseg.backbone.joint_attention import JointRequest
 from diffuseg.backbone.mmdit import MMDiTBackbone, mmdit_family
+from diffuseg.backbone.noise_levels import flow_sigma, sd_timestep
 from diffuseg.labeling.spans import part_columns
 
 diffusers = pytest.importorskip("diffusers")
@@ -32,7 +33,7 @@ def _t5(tokenizer) -> torch.nn.Module:
     return transformers.T5EncoderModel(config)
 
 
-def _sd3_pipe(tokenizer, sd35: bool) -> object:
+def _sd3_pipe(tokenizer, sd35: bool, t5_tokenizer) -> object:
     torch.manual_seed(0)
     transformer = diffusers.SD3Transformer2DModel(
         sample_size=SIZE // 2, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=4,
@@ -42,11 +43,11 @@ def _sd3_pipe(tokenizer, sd35: bool) -> object:
     return diffusers.StableDiffusion3Pipeline(
         transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(),
         text_encoder=_clip(tokenizer, True), tokenizer=tokenizer, text_encoder_2=_clip(tokenizer, True),
-        tokenizer_2=tokenizer, text_encoder_3=_t5(tokenizer), tokenizer_3=tokenizer,
+        tokenizer_2=tokenizer, text_encoder_3=_t5(tokenizer), tokenizer_3=t5_tokenizer,
     )  # fmt: skip
 
 
-def _flux_pipe(tokenizer) -> object:
+def _flux_pipe(tokenizer, t5_tokenizer) -> object:
     torch.manual_seed(0)
     transformer = diffusers.FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
@@ -54,7 +55,7 @@ def _flux_pipe(tokenizer) -> object:
     )  # fmt: skip
     return diffusers.FluxPipeline(
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=_clip(tokenizer, False),
-        tokenizer=tokenizer, text_encoder_2=_t5(tokenizer), tokenizer_2=tokenizer, transformer=transformer,
+        tokenizer=tokenizer, text_encoder_2=_t5(tokenizer), tokenizer_2=t5_tokenizer, transformer=transformer,
     )  # fmt: skip
 
 
@@ -64,7 +65,13 @@ def pipeline_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("mmdit")
     (root / "tok").mkdir()
     tokenizer = make_tokenizer(root / "tok")
-    pipes = {"sd3": _sd3_pipe(tokenizer, False), "sd35": _sd3_pipe(tokenizer, True), "flux": _flux_pipe(tokenizer)}
+    # the T5 role: the same letters, 512 long as real T5 tokenizers (the pipelines' 256 / 512 apply)
+    t5 = type(tokenizer).from_pretrained(str(root / "tok"), model_max_length=512)
+    pipes = {
+        "sd3": _sd3_pipe(tokenizer, False, t5),
+        "sd35": _sd3_pipe(tokenizer, True, t5),
+        "flux": _flux_pipe(tokenizer, t5),
+    }
     for family, pipe in pipes.items():
         pipe.save_pretrained(root / family)
     return {family: root / family for family in pipes}
@@ -98,11 +105,20 @@ def test_a_folder_loads_and_one_pass_records_the_requested_layers(pipeline_dirs,
     assert torch.equal(run().self_attention[layers[0]], features.self_attention[layers[0]])  # seeded
 
 
-def test_flow_matching_noise_is_sigma_noise_plus_the_rest_of_the_latent(pipeline_dirs):
+def test_flow_matching_noise_has_the_signal_to_noise_ratio_of_sds_timestep(pipeline_dirs):
+    """Known answer: at every t, (1 - sigma) / sigma = sqrt(abar_t / (1 - abar_t)) of SD's
+    scaled-linear schedule (diffusers' DDPMScheduler builds the same abar)."""
     backbone = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"])
+    abar = diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
     x, noise = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
-    assert torch.allclose(backbone.add_noise(x, noise, 250), torch.full_like(x, 0.75))
-    assert torch.equal(backbone.add_noise(x, noise, 0), x)
+    for t in (0, 100, 300, 500, 999):
+        signal = float(backbone.add_noise(x, noise, t)[0, 0, 0, 0])  # 1 - sigma
+        sigma = float(backbone.add_noise(torch.zeros_like(x), torch.ones_like(x), t)[0, 0, 0, 0])
+        assert signal + sigma == pytest.approx(1.0)
+        assert signal / sigma == pytest.approx(float((abar[t] / (1 - abar[t])) ** 0.5), rel=1e-4)
+    assert sd_timestep(flow_sigma(372)) == 372 and sd_timestep(0.515) == 372  # Seg4Diff's SD3 sigma
+    with pytest.raises(ValueError, match="`timestep` must be an int in"):
+        flow_sigma(1000)
 
 
 def test_sd3_without_t5_has_zero_t5_tokens(pipeline_dirs):

@@ -41,6 +41,7 @@ __all__ = [
     "check_timestep",
     "check_positive",
     "check_caption",
+    "check_layers",
 ]
 
 LATENT_MODES = ("mean", "sample")
@@ -74,6 +75,26 @@ def check_positive(
         none = " or None" if allow_none else ""
         raise ValueError(f"`{name}` must be {kind} {bound}{none}, got {value!r}.")
     return value
+
+
+def check_layers(value: Any, name: str = "layers") -> tuple[int, ...] | None:
+    """Validate layer indices (`backbone.protocol.LayerMap.select`): None, an int or a non-empty
+    sequence of ints (negative counts from the end). Returns None or a tuple; the model's own
+    range is checked when the method plans its pass.
+
+    Raises:
+        ValueError: naming `name` and the value.
+    """
+    if value is None:
+        return None
+    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = None
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"`{name}` must be None or layer indices (ints, e.g. (2, 3)), got {value!r}.")
+    return values
 
 
 def check_caption(caption: Any) -> str | None:

@@ -32,7 +32,7 @@ __all__ = ["DiffusionBackbone", "PromptEmbeddings", "FAMILIES", "UNET_FAMILIES",
 UNET_FAMILIES = ("sd1", "sd2", "sdxl", "toy", "other")
 #: Model families that select method presets: the UNets', then the diffusion transformers'
 #: (`diffuseg.backbone.mmdit.MMDiTBackbone.family`).
-FAMILIES = (*UNET_FAMILIES, "sd3", "sd35", "flux")
+FAMILIES = (*UNET_FAMILIES, "sd3", "sd35", "flux", "toy-mmdit")
 
 
 def model_family(unet: nn.Module) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "resolve_model",
     "load_folder",
+    "TOY_MODELS",
     "toy_model_path",
     "cached_models",
 ]
@@ -46,9 +47,14 @@ class NotADiffusionModelError(ValueError):
     """A path exists but does not hold a diffusers text-to-image model."""
 
 
-def toy_model_path() -> Path:
-    """Folder of the proving-ground model shipped as package data (`--model toy`)."""
-    return Path(__file__).resolve().parent.parent / "data" / "toy"
+#: The proving-ground models shipped as package data: name -> the ``diffuseg train`` target
+#: that rebuilds it ("toy": the UNet, "toy-mmdit": the SD3-shaped diffusion transformer).
+TOY_MODELS = {"toy": "proving-ground", "toy-mmdit": "toy-mmdit"}
+
+
+def toy_model_path(name: str = "toy") -> Path:
+    """Folder of a proving-ground model shipped as package data (`--model toy` / `toy-mmdit`)."""
+    return Path(__file__).resolve().parent.parent / "data" / name
 
 
 def _missing_model_message(model: str, reason: str) -> str:
@@ -56,7 +62,7 @@ def _missing_model_message(model: str, reason: str) -> str:
         f"model {model!r} is not available: {reason}\n"
         "Give `model` a local diffusers folder (e.g. one saved by "
         "StableDiffusionPipeline.save_pretrained), a single .safetensors/.ckpt file, a hub id "
-        "already in your Hugging Face cache, or 'toy' for the small model shipped with diffuseg."
+        "already in your Hugging Face cache, or 'toy' / 'toy-mmdit' for the small models shipped with diffuseg."
     )
 
 
@@ -69,12 +75,12 @@ def resolve_model(model: str, local_files_only: bool | None = None) -> Path:
     Raises:
         ModelNotFoundError: with instructions on how to pass `--model`.
     """
-    if model == "toy":
-        path = toy_model_path()
-        if not (path / "unet" / "config.json").is_file():
+    if model in TOY_MODELS:
+        path = toy_model_path(model)
+        if not (path / "model_index.json").is_file():
             raise ModelNotFoundError(
-                f"the toy model is missing from the package data ({path}); rebuild it with "
-                "`diffuseg train proving-ground` (see docs/proving_ground.md) or reinstall diffuseg."
+                f"the {model} model is missing from the package data ({path}); rebuild it with "
+                f"`diffuseg train {TOY_MODELS[model]}` (see docs/proving_ground.md) or reinstall diffuseg."
             )
         return path
     path = Path(os.path.expanduser(model))

@@ -10,8 +10,9 @@ block (B, N, T), with ``layer_sizes[layer]`` the (h, w) token grid.
 
 Conventions (reference: ``mmdit_and_fast_ncut.md`` §A.0):
 
-* timesteps are given on the training scale [0, 1000) as for a UNet; sigma = t / 1000, and a
-  real image is noised as ``sigma * noise + (1 - sigma) * x`` (the flow-matching scheduler's
+* timesteps are SD's DDPM timesteps [0, 1000) on every family: t becomes the sigma with the
+  same signal-to-noise ratio (`noise_levels.flow_sigma`; t = 300 -> 0.454), and a real image is
+  noised as ``sigma * noise + (1 - sigma) * x`` (the flow-matching scheduler's
   ``scale_noise``). SD3's transformer takes sigma * 1000; FLUX's takes sigma (it multiplies by
   1000 inside) and, on guidance-distilled checkpoints (FLUX-dev), a guidance value
   (`FLUX_GUIDANCE`, the pipeline's default 3.5).
@@ -35,16 +36,27 @@ from .batch_input import latent_rows, model_input, prompt_rows, vae_latents
 from .features import FeatureRequest, Features
 from .joint_attention import JointRequest, joint_layers, record_joint, recording_bytes
 from .mmdit_layers import block_outputs, joint_request, mmdit_layer_map
-from .mmdit_text import T5_TOKENS, TextPart, encode, first_part_length, first_tokenizer, text_parts
+from .mmdit_text import TextPart, encode, first_part_length, first_tokenizer, t5_length, text_parts
+from .noise_levels import flow_sigma
 from .prompts import PromptEmbeddings, encode_weighted
 from .protocol import LayerMap
 
-__all__ = ["MMDiTBackbone", "MMDIT_FAMILIES", "FLUX_GUIDANCE", "TextPart", "mmdit_family", "pipeline_class"]
+__all__ = [
+    "MMDiTBackbone",
+    "MMDIT_FAMILIES",
+    "TOY_FAMILY",
+    "FLUX_GUIDANCE",
+    "TextPart",
+    "mmdit_family",
+    "pipeline_class",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Families of diffusion transformers this backbone runs, by the pipeline class that holds them.
 MMDIT_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+#: The family of the proving-ground diffusion transformer (a folder with ``TRAINING.json``).
+TOY_FAMILY = "toy-mmdit"
 #: The guidance value given to guidance-distilled FLUX transformers (FluxPipeline's default).
 FLUX_GUIDANCE = 3.5
 
@@ -84,17 +96,24 @@ class MMDiTBackbone:
         pipe: a ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (its text encoders may be None
             where the pipeline allows it, e.g. SD3 without T5).
         name: what results call the model (default: the pipeline's class name).
+        family: the family that selects method presets; None = the architecture ("sd3", "sd35",
+            "flux"). `from_pretrained` sets "toy-mmdit" for the proving-ground model.
+
+    Attributes:
+        architecture: "sd3", "sd35" or "flux" (`mmdit_family`): what the code paths follow.
+        family: what the presets follow (`architecture` or "toy-mmdit").
 
     Raises:
         ValueError: a pipeline whose transformer is not one of `MMDIT_FAMILIES`.
     """
 
-    def __init__(self, pipe: Any, name: str | None = None) -> None:
+    def __init__(self, pipe: Any, name: str | None = None, family: str | None = None) -> None:
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.vae = pipe.vae
         self.scheduler = pipe.scheduler
-        self.family = mmdit_family(self.transformer)
+        self.architecture = mmdit_family(self.transformer)
+        self.family = family or self.architecture
         self.name = name or type(pipe).__name__
 
     @classmethod
@@ -126,11 +145,12 @@ class MMDiTBackbone:
         if drop_t5:
             if found != "StableDiffusion3Pipeline":
                 raise ValueError(f"`drop_t5` applies to SD3 pipelines; {folder} holds a {found}.")
-            extra = {"text_encoder_3": None, "tokenizer_3": None}
+            extra = {"text_encoder_3": None}  # the tokenizer stays: it says how many zero tokens
         if torch_dtype is not None:  # as stored (usually float32) otherwise, as `loading.load_folder`
             extra["torch_dtype"] = torch_dtype
         pipe = getattr(diffusers, found).from_pretrained(str(folder), **extra)
-        return cls(pipe, name=str(folder))
+        family = TOY_FAMILY if (Path(folder) / "TRAINING.json").is_file() else None
+        return cls(pipe, name=str(folder), family=family)
 
     # ------------------------------------------------------------------ device / sizes
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> MMDiTBackbone:
@@ -150,7 +170,7 @@ class MMDiTBackbone:
     def prompt_tokenizer(self) -> Any:
         """The tokenizer of the text axis's first part (SD3: CLIP, FLUX: T5): its token
         positions are the columns of ``cross_attention`` maps (`text_parts`)."""
-        return first_tokenizer(self.pipe, self.family)
+        return first_tokenizer(self.pipe, self.architecture)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -159,7 +179,7 @@ class MMDiTBackbone:
     @property
     def patch_size(self) -> int:
         """Latent pixels per token side (FLUX packs 2x2 latents into one token)."""
-        return 2 if self.family == "flux" else int(self.transformer.config.patch_size)
+        return 2 if self.architecture == "flux" else int(self.transformer.config.patch_size)
 
     @property
     def size_multiple(self) -> int:
@@ -187,7 +207,7 @@ class MMDiTBackbone:
 
     def joint_request(self, request: FeatureRequest) -> JointRequest | None:
         """The joint-attention layers `request` names on this model (`mmdit_layers.joint_request`)."""
-        return joint_request(self.layer_map, request, self.family)
+        return joint_request(self.layer_map, request, self.architecture)
 
     def record_bytes(self, request: FeatureRequest, model_size: tuple[int, int], rows: int = 1) -> int:
         """Bytes of float32 maps that recording `request` for `rows` images of model input
@@ -195,18 +215,33 @@ class MMDiTBackbone:
         h, w = (s // self.size_multiple for s in model_size)
         n = h * w
         joint = self.joint_request(request)
-        text = T5_TOKENS[self.family] + (0 if self.family == "flux" else self.pipe.tokenizer_max_length)
+        text = t5_length(self.pipe, self.architecture) + (
+            0 if self.architecture == "flux" else self.pipe.tokenizer_max_length
+        )
         heads = int(self.transformer.config.num_attention_heads)
         kept = recording_bytes(n, text, joint, rows, heads) if joint is not None else 0
         width = heads * int(self.transformer.config.attention_head_dim)
         return kept + 4 * rows * n * width * len(request.hidden_states)
 
+    @property
+    def max_size(self) -> int | None:
+        """The largest input side an SD3 transformer's position grid covers
+        (``pos_embed_max_size`` tokens x `size_multiple`: 1536 px on SD3 / SD3.5), None for FLUX
+        (rotary positions, no limit)."""
+        grid = None if self.architecture == "flux" else self.transformer.config.get("pos_embed_max_size")
+        return int(grid) * self.size_multiple if grid else None
+
     def check_size(self, image_size: int) -> int:
-        """`image_size`, checked against `size_multiple`.
+        """`image_size`, checked against `size_multiple` and `max_size`.
 
         Raises:
-            ValueError: naming `image_size` and the two nearest sizes that fit.
+            ValueError: naming `image_size` and the two nearest sizes that fit, or the largest.
         """
+        if self.max_size is not None and image_size > self.max_size:
+            raise ValueError(
+                f"`image_size` {image_size} is larger than this model's position grid covers: at most "
+                f"{self.max_size} ({self.max_size // self.size_multiple} tokens of {self.size_multiple} px)."
+            )
         m = self.size_multiple
         if image_size % m:
             below, above = max(m, image_size // m * m), (image_size // m + 1) * m
@@ -241,9 +276,9 @@ class MMDiTBackbone:
         return vae_latents(self.vae, pixels, sample, generator, self.device, self.dtype)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-        """Flow matching's noised latent at `timestep` (training scale): sigma * noise +
-        (1 - sigma) * latents, sigma = timestep / `num_train_timesteps`."""
-        sigma = timestep / self.num_train_timesteps
+        """Flow matching's noised latent at `timestep` (SD's scale, `noise_levels`): sigma * noise +
+        (1 - sigma) * latents, sigma = `noise_levels.flow_sigma` (the SNR of SD's t)."""
+        sigma = flow_sigma(timestep)
         return sigma * noise + (1.0 - sigma) * latents
 
     @torch.no_grad()
@@ -264,16 +299,18 @@ class MMDiTBackbone:
             ValueError: if `token_weights` does not have one entry per prompt or a position is
                 outside the first part.
         """
-        return encode_weighted(self._encode, prompts, token_weights, columns=first_part_length(self.pipe, self.family))
+        return encode_weighted(
+            self._encode, prompts, token_weights, columns=first_part_length(self.pipe, self.architecture)
+        )
 
     def _encode(self, prompts: list[str]) -> PromptEmbeddings:
         """The pipeline's encoding of `prompts` (see `encode_prompts`)."""
-        embeds, pooled, ids, tokens = encode(self.pipe, self.family, prompts, self.device)
+        embeds, pooled, ids, tokens = encode(self.pipe, self.architecture, prompts, self.device)
         return PromptEmbeddings(embeds.to(self.dtype), pooled.to(self.dtype), ids, tokens)
 
     def text_parts(self, prompt: str) -> list[TextPart]:
         """The parts of `prompt`'s text axis (`mmdit_text.text_parts`)."""
-        return text_parts(self.pipe, self.family, prompt)
+        return text_parts(self.pipe, self.architecture, prompt)
 
     def check_timestep(self, timestep: int) -> int:
         """Raises ValueError naming `timestep` outside [0, `num_train_timesteps`)."""
@@ -296,8 +333,8 @@ class MMDiTBackbone:
         not needed (an MM-DiT has no size conditioning)."""
         b, c, h, w = latents.shape
         embeds, pooled = prompt.embeds, prompt.pooled
-        sigma = torch.full((b,), timestep / self.num_train_timesteps, device=self.device, dtype=self.dtype)
-        if self.family != "flux":
+        sigma = torch.full((b,), flow_sigma(timestep), device=self.device, dtype=self.dtype)
+        if self.architecture != "flux":
             out = self.transformer(
                 hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=sigma * 1000
             )

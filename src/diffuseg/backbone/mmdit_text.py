@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["T5_TOKENS", "TextPart", "text_parts", "encode", "first_tokenizer", "first_part_length"]
+__all__ = ["T5_TOKENS", "TextPart", "text_parts", "encode", "first_tokenizer", "first_part_length", "t5_length"]
 
-#: T5 tokens per prompt, by family: the pipelines' ``max_sequence_length`` defaults
+#: T5 tokens per prompt, by architecture: the pipelines' ``max_sequence_length`` defaults
 #: (`StableDiffusion3Pipeline.encode_prompt` 256, `FluxPipeline.encode_prompt` 512).
 T5_TOKENS = {"sd3": 256, "sd35": 256, "flux": 512}
 
@@ -40,6 +40,15 @@ class TextPart:
     tokenizer: Any = dataclasses.field(compare=False, repr=False)
 
 
+def t5_length(pipe: Any, family: str) -> int:
+    """T5 tokens per prompt: `T5_TOKENS` of the architecture, or the T5 tokenizer's
+    ``model_max_length`` where that is shorter (the toy MM-DiT's 32; real T5 tokenizers say 512).
+    Without a T5 tokenizer (a pipeline saved without one) the pipeline's default."""
+    tokenizer = pipe.tokenizer_2 if family == "flux" else pipe.tokenizer_3
+    limit = getattr(tokenizer, "model_max_length", None)
+    return min(T5_TOKENS[family], int(limit)) if isinstance(limit, int) and limit > 0 else T5_TOKENS[family]
+
+
 def first_tokenizer(pipe: Any, family: str) -> Any:
     """The tokenizer of the text axis's first part (SD3: CLIP, FLUX: T5)."""
     return pipe.tokenizer_2 if family == "flux" else pipe.tokenizer
@@ -47,7 +56,7 @@ def first_tokenizer(pipe: Any, family: str) -> Any:
 
 def first_part_length(pipe: Any, family: str) -> int:
     """Columns of the text axis's first part: SD3's CLIP tokens, FLUX's T5 tokens."""
-    return T5_TOKENS[family] if family == "flux" else int(pipe.tokenizer_max_length)
+    return t5_length(pipe, family) if family == "flux" else int(pipe.tokenizer_max_length)
 
 
 def _ids(tokenizer: Any, prompt: str, length: int) -> tuple[int, ...]:
@@ -59,7 +68,7 @@ def text_parts(pipe: Any, family: str, prompt: str) -> list[TextPart]:
     """The parts of `prompt`'s text axis, as `encode` builds it: SD3 / SD3.5: the CLIP tokens
     (both CLIP encoders share the columns) then the T5 tokens (zeros, and left out here, when the
     pipeline has no T5 encoder); FLUX: the T5 tokens."""
-    t5, first = T5_TOKENS[family], first_part_length(pipe, family)
+    t5, first = t5_length(pipe, family), first_part_length(pipe, family)
     if family == "flux":
         return [TextPart("t5", 0, _ids(pipe.tokenizer_2, prompt, first), pipe.tokenizer_2)]
     clip = first
@@ -75,7 +84,7 @@ def encode(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[str]]]:
     """The pipeline's encoding of `prompts`: embeds (B, T, C) over the whole text axis, the
     pooled embedding (B, P), and the first part's token ids (B, T1) int64 and strings."""
-    prompts, t5 = list(prompts), T5_TOKENS[family]
+    prompts, t5 = list(prompts), t5_length(pipe, family)
     if family == "flux":
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, max_sequence_length=t5)
     else:

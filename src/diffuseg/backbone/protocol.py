@@ -139,6 +139,26 @@ class LayerMap:
         strides = sorted({a.stride for a in found}, reverse=True)
         return tuple(tuple(a.path for a in found if a.stride == s) for s in strides)
 
+    def select(self, kind: AttentionKind, indices: Sequence[int] | None) -> tuple[str, ...]:
+        """Paths of the `kind` maps at `indices` of `layers` (forward order, 0 = the first;
+        negative counts from the end); None = every one. How a method names the layers it reads
+        on a model with one token grid (an MM-DiT: the i-th joint attention layer; SD3.5's
+        image-only ``attn2`` layers count among the image maps only).
+
+        Raises:
+            ValueError: naming `layers`, the indices and the valid range.
+        """
+        paths = tuple(a.path for a in self.layers(kind))
+        if indices is None:
+            return paths
+        bad = [i for i in indices if not -len(paths) <= i < len(paths)]
+        if bad or not indices:
+            raise ValueError(
+                f"`layers` {tuple(indices)!r} name no image->{kind} layer of this model: it has {len(paths)}, "
+                f"indices 0..{len(paths) - 1} (or -{len(paths)}..-1 from the end)."
+            )
+        return tuple(dict.fromkeys(paths[i] for i in indices))
+
     def finest(self, kind: AttentionKind) -> tuple[str, ...]:
         """The `kind` paths on the finest token grid (the last of `levels`)."""
         return self.levels(kind)[-1]

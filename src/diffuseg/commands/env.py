@@ -19,7 +19,7 @@ def collect() -> dict[str, Any]:
     import torch
 
     from .._version import __version__
-    from ..backbone.loading import cached_models, toy_model_path
+    from ..backbone.loading import TOY_MODELS, cached_models, toy_model_path
     from ..methods import get_method, list_methods
 
     versions = {"diffuseg": __version__, "python": platform.python_version()}
@@ -33,7 +33,6 @@ def collect() -> dict[str, Any]:
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append("mps")
-    toy = toy_model_path()
     return {
         "versions": versions,
         "platform": platform.platform(),
@@ -42,7 +41,10 @@ def collect() -> dict[str, Any]:
         "families": _families(),
         "presets": {name: get_method(name).presets for name in list_methods() if get_method(name).presets},
         "models": {
-            "toy": str(toy) if (toy / "unet" / "config.json").is_file() else "missing",
+            **{
+                name: str(toy_model_path(name)) if (toy_model_path(name) / "model_index.json").is_file() else "missing"
+                for name in TOY_MODELS
+            },
             "hugging_face_cache": cached_models(),
         },
     }
@@ -61,6 +63,7 @@ def _families() -> dict[str, str]:
         "sd3": "Stable Diffusion 3 (MM-DiT, joint attention)",
         "sd35": "Stable Diffusion 3.5 (MM-DiT with q/k norms, dual attention)",
         "flux": "FLUX.1 (MM-DiT, dual- and single-stream blocks)",
+        "toy-mmdit": "the proving-ground diffusion transformer shipped with diffuseg (SD3-shaped)",
     }
     return {family: about.get(family, "") for family in FAMILIES}
 
@@ -85,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         for family, overrides in families.items():
             shown = ", ".join(f"{k}={show_value(v)}" for k, v in overrides.items())
             print(f"{'':14s} {method} on {family}: {shown}")
-    print(f"{'model toy':14s} {info['models']['toy']}")
+    for name, where in info["models"].items():
+        if name != "hugging_face_cache":
+            print(f"{'model ' + name:14s} {where}")
     cached = info["models"]["hugging_face_cache"]
     print(f"{'cached models':14s} {', '.join(cached) if cached else 'none'}")
     sys.stdout.flush()

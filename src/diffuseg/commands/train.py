@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import COMMANDS
-from ._options import finite_float, flag_message, parse_seed
+from ._options import finite_float, flag_message, parse_seed, setup_run_logging
 
 __all__ = ["register", "run"]
 
@@ -86,23 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from .train_segdiffusion import register as register_segdiffusion
 
     register_segdiffusion(targets)
+    from .train_mmdit import register as register_mmdit
 
-
-def _setup_logging(out: Path, filename: str = "train.log") -> None:
-    """Log progress (INFO) to ``out/filename``, and to stderr unless a root handler already does."""
-    out.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    root = logging.getLogger("diffuseg")
-    root.setLevel(logging.INFO)
-    for old in [h for h in root.handlers if getattr(h, "_diffuseg_train", False)]:
-        root.removeHandler(old)
-    handlers: list[logging.Handler] = [logging.FileHandler(out / filename)]
-    if not logging.getLogger().handlers:  # `diffuseg.cli.main` installs one (basicConfig)
-        handlers.append(logging.StreamHandler(sys.stderr))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler._diffuseg_train = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    register_mmdit(targets)
 
 
 def _folder_problem(name: str | Path, argument: str) -> str | None:
@@ -209,7 +195,7 @@ def _decoder_only(args: argparse.Namespace, out: Path) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    _setup_logging(out, "decoder.log")
+    setup_run_logging(out, "decoder.log")
     try:
         finetune_decoder(out, args.decoder_steps, seed=args.seed or 0)
     except (ValueError, FileNotFoundError) as err:
@@ -250,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     try:
-        _setup_logging(out)
+        setup_run_logging(out)
     except OSError as err:
         print(f"error: --out {out} cannot be created: {err.strerror or err}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ from ..ops.attention import aggregate_self_attention
 from ..ops.clustering import anchor_distances, kmeans_refine, merge_attention
 from ..ops.masks import maps_to_labels
 from ..ops.votes import VOTINGS
-from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
+from ..plan import LATENT_MODES, Pass, Query, check_layers, check_positive, check_timestep
 from ..types import Segmentation
 from ._resources import CAPTIONER, CLIP, naming_pass_prompt, segment_names
 from .spec import MethodSpec
@@ -79,6 +79,9 @@ class DiffSegConfig:
             (`diffuseg.labeling.naming`).
         voting: how a segment picks its class: "mean" (the reference's) or "majority".
         label_template: the naming prompt, filled with the class names joined by " and ".
+        layers: the self-attention maps read, as indices in forward order
+            (`LayerMap.select`: on an MM-DiT the i-th joint attention layer); None = all of
+            them (the paper, on SD's UNet).
     """
 
     kl_thresholds: tuple[float, ...] = (1.1, 1.1, 1.1)
@@ -92,9 +95,11 @@ class DiffSegConfig:
     label: str = field(default="none", metadata={"choices": LABELS})
     voting: str = field(default="mean", metadata={"choices": VOTINGS})
     label_template: str = "a photo of a {class}"
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_naming(self.label, self.voting, self.label_template)
+        object.__setattr__(self, "layers", check_layers(self.layers))
         if isinstance(self.kl_thresholds, (int, float)):
             object.__setattr__(self, "kl_thresholds", (self.kl_thresholds,) * 3)
         thresholds = tuple(self.kl_thresholds)
@@ -120,9 +125,13 @@ def plan(config: DiffSegConfig, query: Query, backbone: Any = None, resources: A
     """One UNet pass at `config.timestep` recording every self-attention layer (and, to name
     the segments, the cross-attention of a prompt with the query's class names)."""
     request, prompt = REQUIRES, config.prompt
+    if config.layers is not None:
+        if backbone is None:
+            raise ValueError("DiffSeg finds `layers` on the backbone's layer map; got `backbone=None`.")
+        request = FeatureRequest(self_attention=backbone.layer_map.select("image", config.layers))
     naming = naming_pass_prompt(config, query, backbone, resources)
     if naming is not None:
-        prompt, request = naming, REQUIRES | FeatureRequest(cross_attention=True)
+        prompt, request = naming, request | FeatureRequest(cross_attention=True)
     return Pass.for_query(
         query,
         config.image_size,

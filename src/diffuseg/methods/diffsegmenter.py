@@ -51,7 +51,7 @@ from ..labeling.spans import check_template, class_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
-from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
+from ..plan import LATENT_MODES, Pass, Query, check_layers, check_positive, check_timestep
 from ..types import Segmentation
 from ._resources import CAPTIONER
 from .spec import MethodSpec
@@ -85,6 +85,10 @@ class DiffSegmenterConfig:
             on SD 1.5, as the reference).
         latent_mode: VAE posterior "sample" (the reference's ``posterior.sample()``, l.302) or
             "mean" (its notebook).
+        layers: the attention layers read, as indices of the image->text maps in forward order
+            (`LayerMap.select`: on an MM-DiT the i-th joint attention layer); their image->image
+            maps on the finest grid refine. None = every cross-attention layer and the finest
+            self-attention level (the paper, on SD's UNet).
     """
 
     template: str = "a photograph of {class}"
@@ -96,9 +100,11 @@ class DiffSegmenterConfig:
     timestep: int = 100
     image_size: int | None = None
     latent_mode: str = field(default="sample", metadata={"choices": LATENT_MODES})
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_template(self.template)
+        object.__setattr__(self, "layers", check_layers(self.layers))
         check_positive(self.emphasis, "emphasis")
         weights = (self.level_weights,) if isinstance(self.level_weights, (int, float)) else self.level_weights
         weights = tuple(weights)
@@ -132,6 +138,18 @@ def _tokenizer(backbone: Backbone | None) -> Any:
     return backbone.prompt_tokenizer
 
 
+def _request(config: DiffSegmenterConfig, backbone: Backbone) -> FeatureRequest:
+    """The text maps of `config.layers` (all by default) and the finest level's image maps
+    (of the same layers, where they have one there)."""
+    layer_map = backbone.layer_map
+    finest = layer_map.finest("image")
+    if config.layers is None:
+        return FeatureRequest(self_attention=finest, cross_attention=True)
+    text = layer_map.select("text", config.layers)
+    image = tuple(p for p in text if p in finest) or finest
+    return FeatureRequest(self_attention=image, cross_attention=text)
+
+
 def plan(
     config: DiffSegmenterConfig,
     query: Query,
@@ -163,7 +181,7 @@ def plan(
         (positions,) = token_spans(tokenizer, ids, [name])
         prompts.append(prompt)
         weights.append(tuple((p, config.emphasis) for p in positions) if config.emphasis != 1.0 else ())
-    request = FeatureRequest(self_attention=backbone.layer_map.finest("image"), cross_attention=True)
+    request = _request(config, backbone)
     return Pass.for_query(
         query,
         config.image_size,

@@ -58,7 +58,7 @@ from ..labeling.vocabulary import background_index, name_rows
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..ops.noise import check_seed
 from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class_maps
-from ..plan import LATENT_MODES, Pass, Query, check_positive, check_timestep
+from ..plan import LATENT_MODES, Pass, Query, check_layers, check_positive, check_timestep
 from ..types import Segmentation
 from .spec import MethodSpec
 
@@ -121,16 +121,21 @@ class MaskDiffusionConfig(_PassSettings):
         background_score: constant score of a "background" class in the argmax, on the scale of
             the scores <f, p_c> in [-1, 1] (not in the reference: Cityscapes has no background).
             Unused without a background class.
+        layers: the image->text maps read, as indices in forward order (`LayerMap.select`: on an
+            MM-DiT, whose layers share one grid, the i-th joint attention layer); replaces
+            `attention_levels` when set. None = `attention_levels` (the paper, on SD's UNet).
         feature_blocks, timestep, image_size, latent_mode: see `_PassSettings`.
     """
 
     template: str = "{class}"
     attention_levels: tuple[int, ...] = (0, 1)
     background_score: float = 0.5
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_template(self.template)
+        object.__setattr__(self, "layers", check_layers(self.layers))
         levels = (self.attention_levels,) if isinstance(self.attention_levels, int) else tuple(self.attention_levels)
         if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in levels):
             raise ValueError(f"`attention_levels` must be level indices >= 0, got {self.attention_levels!r}.")
@@ -177,10 +182,16 @@ class MaskDiffusionKMeansConfig(_PassSettings):
 # ----------------------------------------------------------------------------- planning
 
 
-def _request(config: _PassSettings, backbone: Backbone | None, cross_levels: tuple[int, ...]) -> FeatureRequest:
+def _request(
+    config: _PassSettings,
+    backbone: Backbone | None,
+    cross_levels: tuple[int, ...],
+    cross_layers: tuple[int, ...] | None = None,
+) -> FeatureRequest:
     """What both variants record, from `backbone.layer_map`: the outputs of the decoder blocks
     `config.feature_blocks` ((B, C, h, w) each) and, for each level index in `cross_levels`
-    (0 = the coarsest), that level's text-attention maps as log unnormalised scores.
+    (0 = the coarsest), that level's text-attention maps as log unnormalised scores (or the
+    maps `cross_layers` selects, when given).
 
     Raises:
         ValueError: without a backbone, or on a block or level index the model does not have.
@@ -191,16 +202,22 @@ def _request(config: _PassSettings, backbone: Backbone | None, cross_levels: tup
     n_up = len(layers.decoder_outputs)
     bad = [b for b in config.feature_blocks if b >= n_up]
     if bad:
-        raise ValueError(f"`feature_blocks` {bad} do not exist: this UNet has up blocks 0..{n_up - 1}.")
+        raise ValueError(
+            f"`feature_blocks` {bad} do not exist: this model has feature blocks 0..{n_up - 1} "
+            "(a UNet's up blocks, an MM-DiT's transformer blocks)."
+        )
     hidden = tuple(layers.decoder_outputs[b] for b in config.feature_blocks)
+    if cross_layers is not None:
+        cross = layers.select("text", cross_layers)
+        return FeatureRequest(cross_attention=cross, normalization="log", hidden_states=hidden)
     if not cross_levels:
         return FeatureRequest(hidden_states=hidden)
     levels = layers.levels("text")
     bad = [v for v in cross_levels if v >= len(levels)]
     if bad:
         raise ValueError(
-            f"`attention_levels` {bad} do not exist: this UNet has cross-attention levels 0..{len(levels) - 1} "
-            "(0 = the coarsest)."
+            f"`attention_levels` {bad} do not exist: this model has cross-attention levels 0..{len(levels) - 1} "
+            "(0 = the coarsest; an MM-DiT has one: choose its layers with `layers`)."
         )
     cross = tuple(name for v in cross_levels for name in levels[v])
     return FeatureRequest(cross_attention=cross, normalization="log", hidden_states=hidden)
@@ -215,7 +232,7 @@ def plan(config: MaskDiffusionConfig, query: Query, backbone: Backbone | None = 
             "`classes` must name at least one class other than 'background' for MaskDiffusion "
             f"(got {query.class_names or 'none'}); e.g. classes='road,car,sky'."
         )
-    request = _request(config, backbone, config.attention_levels)
+    request = _request(config, backbone, config.attention_levels, config.layers)
     tokenizer = backbone.prompt_tokenizer
     prompt = joined_prompt(tokenizer, config.template, [name for _, name in rows])
     return _pass(config, query, request, prompt)

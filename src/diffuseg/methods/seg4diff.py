@@ -14,7 +14,9 @@ largest there. This is DiffSeg's merge applied to text-token maps: it is native 
 runs on a UNet's cross-attention too (any model whose layer map has image→text layers).
 
 Timestep: the code noises to ``timesteps[-8]`` of a 28-step schedule (``NOISE_STEPS: 8``); with
-SD3's flow-matching scheduler (shift 3) that is t = 515.07 (sigma 0.515), 515 here. Input: the
+SD3's flow-matching scheduler (shift 3) that is sigma 0.515, which is t = 372 on the SD scale a
+method's timestep shares on every family (`backbone.noise_levels.sd_timestep(0.515)`; SD's DDPM
+t = 372 has that signal-to-noise ratio), 372 here. Input: the
 code resizes to 1024 x 1024, SD3's native size (`image_size` None = the model's native size).
 Deviation: the code's T5 part is 77 tokens long (``max_sequence_length=77``); the backbone's is
 the pipeline's default (256), which changes the CLIP columns' share of each softmax row only
@@ -45,14 +47,15 @@ class Seg4DiffConfig:
         layer: index of the recorded layer among the model's image→text attention layers in
             forward order (an MM-DiT's joint layers; a UNet's cross-attention layers); None = the
             middle one. SD3-medium: 9 (the preset).
-        timestep: training-scale timestep of the noised latent (515: see the module docstring).
+        timestep: SD-scale timestep of the noised latent (372 = the code's sigma 0.515: see the
+            module docstring).
         kl_threshold: symmetric-KL merge threshold (the code's ``self.kl_threshold = 0.1``).
         power: exponent after the per-pixel normalisation (``OUTPUT_POWER: 1.0``).
         image_size: model input side (the longer side); None = the model's native size.
     """
 
     layer: int | None = None
-    timestep: int = 515
+    timestep: int = 372
     kl_threshold: float = SEG4DIFF_KL_THRESHOLD
     power: float = 1.0
     image_size: int | None = None
