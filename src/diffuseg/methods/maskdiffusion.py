@@ -26,6 +26,11 @@ on 40 scenes of the proving ground's *test* split (``benchmarks/bench_proving_gr
   SD's two coarsest levels; the toy's own two coarsest are 4x4 and 8x8): mIoU 0.671 there
   against 0.489 with the reference's t = 0 and levels 0, 1.
 * ``toy``, ``maskdiffusion-kmeans``: t = 500 at 128 px: 0.527 against 0.345 at t = 0, 64 px.
+* ``sd3``, ``sd35``, ``flux``, ``maskdiffusion``: attention level 0, i.e. every joint attention
+  layer (an MM-DiT has one token grid, hence one level; the reference's levels 0 and 1 do not
+  exist there). No published layer choice for MaskDiffusion on these models; Seg4Diff's SD3
+  grounding layer (``layers=(9,)``) and ConceptAttention's FLUX dual blocks 15-18
+  (``layers=(15, 16, 17, 18)``) are the documented alternatives (docs/mmdit_presets.md).
 
 Departures from the published code, on purpose:
 
@@ -373,7 +378,10 @@ def segment_kmeans(
 
 
 #: Model family -> overrides (see the module docstring).
-PRESETS: dict[str, dict[str, Any]] = {"toy": {"timestep": 300, "attention_levels": (1, 2)}}
+PRESETS: dict[str, dict[str, Any]] = {
+    "toy": {"timestep": 300, "attention_levels": (1, 2)},
+    **{family: {"attention_levels": (0,)} for family in ("sd3", "sd35", "flux")},
+}
 KMEANS_PRESETS: dict[str, dict[str, Any]] = {"toy": {"timestep": 500, "image_size": 128}}
 
 SPEC = MethodSpec(
