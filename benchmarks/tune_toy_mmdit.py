@@ -37,16 +37,20 @@ LAYER_CHOICES = (None, (1, 2), (2, 3), (3, 4), (1, 2, 3, 4))
 #: method -> (pass settings, segmentation settings); unsupervised, re-segmented from one pass.
 UNSUPERVISED = {
     "diffseg": (
-        [{"timestep": t, "layers": layers} for t in (100, 300, 500) for layers in LAYER_CHOICES],
-        [{"kl_thresholds": (k,) * 3} for k in (0.02, 0.05, 0.1, 0.2, 0.5, 1.1)],
+        [
+            {"timestep": t, "layers": layers}
+            for t in (100, 300, 500)
+            for layers in (*LAYER_CHOICES, (4, 5), (5,), (3, 4, 5))
+        ],
+        [{"kl_thresholds": (k,) * 3} for k in (0.1, 0.2, 0.5, 1.1, 1.5, 2.0, 3.0)],
     ),
     "seg4diff": (
         [{"timestep": t, "layer": layer} for t in (300, 515, 700) for layer in range(6)],
-        [{"kl_threshold": k} for k in (0.05, 0.1, 0.3, 1.0)],
+        [{"kl_threshold": k} for k in (0.01, 0.02, 0.05, 0.1, 0.3, 1.0)],
     ),
     "diffcut": (
         [{"timestep": t, **SIZE} for t in (50, 200, 400)],
-        [{"tau": tau} for tau in (0.3, 0.4, 0.5, 0.6, 0.7)],
+        [{"tau": tau} for tau in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)],
     ),
     "maskdiffusion-kmeans": (
         [{"timestep": t, "feature_blocks": b} for t in (0, 300, 500) for b in ((1, 2), (2, 3), (3, 4), (2,), (3,))],
@@ -55,11 +59,16 @@ UNSUPERVISED = {
 }
 #: method -> settings run through the eval runner with the ground-truth labels.
 OPEN_VOCABULARY = {
-    "diffsegmenter": [{"timestep": t, "layers": layers} for t in (100, 300, 500) for layers in LAYER_CHOICES],
+    "diffsegmenter": [
+        {"timestep": t, "layers": layers, "use_caption": caption}
+        for t in (100, 300, 500)
+        for layers in LAYER_CHOICES
+        for caption in (True, False)
+    ],
     "maskdiffusion": [
         {"timestep": t, "layers": layers, "feature_blocks": blocks}
         for t in (100, 300, 500)
-        for layers in (None, (1, 2), (2, 3), (3, 4))
+        for layers in ((0, 1, 2, 3, 4, 5), (1, 2), (2, 3), (3, 4))
         for blocks in ((2, 3), (3, 4))
     ],
 }
@@ -119,24 +128,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join([*UNSUPERVISED, *OPEN_VOCABULARY]))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="Markdown file (JSON beside it)")
+    parser.add_argument("--update", action="store_true", help="keep the methods not run now from --out's JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model)
     ds = SyntheticScenes("test", args.num_scenes)
-    results = {}
+    command = "python benchmarks/tune_toy_mmdit.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    previous = Path(args.out).with_suffix(".json") if args.out else None
+    results = json.loads(previous.read_text()) if args.update and previous and previous.is_file() else {}
     for method in args.methods.split(","):
         t0 = time.time()
         run = tune_unsupervised if method in UNSUPERVISED else tune_open_vocabulary
         scores = run(backbone, method, ds)
         best = max(scores, key=scores.get)
-        results[method] = {"best": best, "best_miou": scores[best], "scores": scores, "seconds": time.time() - t0}
+        results[method] = {
+            "best": best, "best_miou": scores[best], "scores": scores, "seconds": time.time() - t0,
+            "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }  # fmt: skip
         logger.info("%s: best %s (%.3f)", method, best, scores[best])
-    command = "python benchmarks/tune_toy_mmdit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# toy-mmdit presets: tuning on the test split",
         "",
-        f"`{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.num_scenes} scenes of "
+        f"{args.num_scenes} scenes of "
         "`SyntheticScenes('test')`, 128 px, mIoU (unsupervised: per-image Hungarian matching; open vocabulary: "
         "the ground-truth labels, no matching). Layers are indices of the joint attention layers (0-5), blocks "
         "of the transformer blocks; `all` = every layer.",
@@ -144,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for method, r in results.items():
         lines += [f"## {method}", "", f"Best: `{r['best']}` ({r['best_miou']:.3f}).", ""]
+        lines += [f"`{r['command']}` on {r['date']} ({r['seconds']:.0f} s).", ""]
         lines += ["| settings | mIoU |", "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in sorted(r["scores"].items(), key=lambda kv: -kv[1])]
         lines.append("")

@@ -139,6 +139,11 @@ def test_bad_sizes_timesteps_and_folders_are_named(pipeline_dirs, tmp_path):
         backbone.extract(_image(), JointRequest((backbone.layers()[0],)), image_size=30)
     with pytest.raises(ValueError, match=r"`timestep` must be an int in \[0, 1000\)"):
         backbone.extract(_image(), JointRequest((backbone.layers()[0],)), timestep=1000)
+    assert backbone.max_size is None  # FLUX: rotary positions
+    sd3 = MMDiTBackbone.from_pretrained(pipeline_dirs["sd3"])  # pos_embed_max_size 32, 4 px tokens
+    assert sd3.max_size == 128 and sd3.check_size(128) == 128
+    with pytest.raises(ValueError, match=r"`image_size` 132 is larger than .* at most 128 \(32 tokens of 4 px\)"):
+        sd3.check_size(132)
     with pytest.raises(ValueError, match="not an attention layer"):
         backbone.extract(_image(), JointRequest(("transformer_blocks.9.attn",)), image_size=SIZE)
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):

@@ -150,6 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # DiffCut issue #5: tau must change on SD 1.4; the paper's 1024 px input is kept.
     "sd1": {"tau": 0.2},
     "toy": {"image_size": 128, "tau": 0.4},
+    "toy-mmdit": {"image_size": 128, "tau": 0.2},  # docs/mmdit_presets.md (1024 px exceeds its 512)
 }
 
 

@@ -124,7 +124,11 @@ class DiffSegmenterConfig:
 
 
 #: Model family -> overrides (none; see the module docstring).
-PRESETS: dict[str, dict[str, Any]] = {}
+PRESETS: dict[str, dict[str, Any]] = {
+    # docs/mmdit_presets.md: the class maps of joint layers 2-3 of 6; the toy's 32-token CLIP
+    # budget leaves a caption after the template a dozen tokens, which cost more than they gave
+    "toy-mmdit": {"layers": (2, 3), "use_caption": False},
+}
 
 
 def class_rows(query: Query) -> list[tuple[int, str]]:

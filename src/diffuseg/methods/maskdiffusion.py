@@ -381,8 +381,12 @@ def segment_kmeans(
 PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"timestep": 300, "attention_levels": (1, 2)},
     **{family: {"attention_levels": (0,)} for family in ("sd3", "sd35", "flux")},
+    "toy-mmdit": {"timestep": 100, "layers": (3, 4), "feature_blocks": (3, 4)},  # docs/mmdit_presets.md
 }
-KMEANS_PRESETS: dict[str, dict[str, Any]] = {"toy": {"timestep": 500, "image_size": 128}}
+KMEANS_PRESETS: dict[str, dict[str, Any]] = {
+    "toy": {"timestep": 500, "image_size": 128},
+    "toy-mmdit": {"timestep": 500, "feature_blocks": (3, 4)},  # docs/mmdit_presets.md
+}
 
 SPEC = MethodSpec(
     name="maskdiffusion",

@@ -69,7 +69,10 @@ class Seg4DiffConfig:
 
 
 #: Model family -> overrides: SD3(-medium)'s grounding layer from the paper's configs.
-PRESETS: dict[str, dict[str, Any]] = {"sd3": {"layer": 9}}
+PRESETS: dict[str, dict[str, Any]] = {
+    "sd3": {"layer": 9},
+    "toy-mmdit": {"timestep": 300, "layer": 5, "kl_threshold": 0.05},  # docs/mmdit_presets.md
+}
 
 
 def text_layer(layer: int | None, backbone: Any) -> str:
