@@ -79,3 +79,16 @@ def test_maskdiffusion_layers_replace_the_levels():
     assert request.cross_attention == ("blocks.2.attn", "blocks.3.attn") and request.hidden_states == ("blocks.1",)
     with pytest.raises(ValueError, match="choose its layers with `layers`"):
         maskdiffusion.plan(maskdiffusion.MaskDiffusionConfig(), query, backbone)  # levels 0, 1: one level here
+
+
+def test_layers_none_resets_a_preset_on_the_command_line_and_in_the_demo():
+    from diffuseg.config_fields import NONE, csv_parser
+    from diffuseg.demo.controls import method_controls
+    from diffuseg.methods import get_method
+
+    parse = csv_parser(int, optional=True)
+    assert parse(" None ") is NONE and parse("3, 4") == (3, 4)
+    with pytest.raises(ValueError, match="comma-separated int"):
+        csv_parser(int)("none")  # a tuple field that may not be None
+    control = {c.name: c for c in method_controls(get_method("diffseg"), "toy-mmdit")}["layers"]
+    assert control.default == "3,4"  # the toy-mmdit preset, shown as the user types it

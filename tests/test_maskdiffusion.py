@@ -188,7 +188,7 @@ def test_configs_validate():
 
 
 def test_feature_blocks_and_levels_must_exist(tiny_backbone, quadrant_image):
-    with pytest.raises(ValueError, match="up blocks 0..3"):
+    with pytest.raises(ValueError, match="feature blocks 0..3"):
         Segmenter(tiny_backbone, "maskdiffusion-kmeans", feature_blocks=(7,), image_size=32)
     with pytest.raises(ValueError, match="levels 0..3"):
         Segmenter(tiny_backbone, "maskdiffusion", attention_levels=(9,), **SHORT)

@@ -125,9 +125,11 @@ def test_missing_toy_model_names_how_to_rebuild_it(monkeypatch, tmp_path):
     from diffuseg.backbone import loading
     from diffuseg.backbone.backbone import DiffusionBackbone
 
-    monkeypatch.setattr(loading, "toy_model_path", lambda: tmp_path / "toy")
+    monkeypatch.setattr(loading, "toy_model_path", lambda name="toy": tmp_path / name)
     with pytest.raises(FileNotFoundError, match="diffuseg train proving-ground"):
         DiffusionBackbone.from_pretrained("toy")
+    with pytest.raises(FileNotFoundError, match="diffuseg train toy-mmdit"):
+        loading.resolve_model("toy-mmdit")
 
 
 def test_toy_attention_means_something_on_held_out_scenes():

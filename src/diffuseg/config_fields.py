@@ -109,11 +109,13 @@ def optional_parser(elem: type) -> Callable[[str], Any]:
     return parse
 
 
-def csv_parser(elem: type) -> Callable[[str], tuple[Any, ...]]:
+def csv_parser(elem: type, optional: bool = False) -> Callable[[str], Any]:
     """A parser of comma-separated values of type `elem` ("0.1, 0.2" -> (0.1, 0.2)).
 
     Args:
         elem: the type of each value, a callable of one string (int, float, str).
+        optional: also accept "none" (any case, spaces around) as `NONE`, for a field that may
+            be None (e.g. ``layers``: None = every layer).
 
     Returns:
         parse(text) -> a tuple of ``elem(part)`` for each comma-separated, stripped part. It
@@ -122,7 +124,9 @@ def csv_parser(elem: type) -> Callable[[str], tuple[Any, ...]]:
         `elem` rejects a part. Its ``__name__`` is "comma-separated <elem>".
     """
 
-    def parse(text: str) -> tuple[Any, ...]:
+    def parse(text: str) -> Any:
+        if optional and text.strip().lower() == "none":
+            return NONE
         parts = [p.strip() for p in text.split(",")]
         if not all(parts):
             raise ValueError(f"expected comma-separated values, got {text!r}")

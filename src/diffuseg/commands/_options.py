@@ -254,10 +254,10 @@ def resource_values(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def _csv(elem: type) -> Any:
+def _csv(elem: type, optional: bool = False) -> Any:
     """`csv_parser` as an argparse ``type``: its ValueError becomes an ArgumentTypeError, so
     argparse prints the message as it is ("expected comma-separated float values, got '0.5,x'")."""
-    parse_values = csv_parser(elem)
+    parse_values = csv_parser(elem, optional=optional)
 
     def parse(text: str) -> tuple[Any, ...]:
         try:
@@ -349,9 +349,11 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
                 help=help_.replace("%", "%%"),
             )
         elif kind == "tuple":
+            optional = "None" in str(entry["type"])
             g.add_argument(
-                *flags, dest=field_name, type=_csv(elem), default=None, metavar="V,V,...", help=help_.replace("%", "%%")
-            )
+                *flags, dest=field_name, type=_csv(elem, optional), default=None, metavar="V,V,...",
+                help=(help_ + (" ('none' allowed)" if optional else "")).replace("%", "%%"),
+            )  # fmt: skip
         else:
             optional = any(v is None for v in entry["defaults"].values()) or "None" in str(entry["type"])
             g.add_argument(
@@ -379,7 +381,10 @@ def add_config_options(parser: Any, config_cls: type, title: str | None = None) 
         if kind == "bool":
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif kind == "tuple":
-            group.add_argument(flag, dest=f.name, type=_csv(elem), default=None, metavar="V,V,...", help=help_)
+            optional = "None" in str(f.type)
+            group.add_argument(
+                flag, dest=f.name, type=_csv(elem, optional), default=None, metavar="V,V,...", help=help_
+            )
         else:
             optional = default is None or "None" in str(f.type)
             group.add_argument(

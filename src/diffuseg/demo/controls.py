@@ -90,7 +90,7 @@ def _control(spec: MethodSpec, f: dataclasses.Field, value: Any, doc: str) -> Co
     if kind == "scalar" and elem in (int, float) and not optional:
         return Control(spec.name, f.name, "number", value, doc, integer=elem is int)
     if kind == "tuple":
-        parse = csv_parser(elem)
+        parse = csv_parser(elem, optional=optional)
     elif optional:
         parse = optional_parser(elem)
     else:
