@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import math
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..config_fields import NONE, csv_parser, field_docs, field_kind, optional_parser, show_value
@@ -484,20 +482,3 @@ def load_backbone(args: argparse.Namespace) -> Any:
         args.model, config=getattr(args, "model_config", None), device=args.device, dtype=args.dtype,
         drop_t5=getattr(args, "drop_t5", False),
     )  # fmt: skip
-
-
-def setup_run_logging(out: Path, filename: str = "train.log") -> None:
-    """Log progress (INFO) to ``out/filename``, and to stderr unless a root handler already does."""
-    out.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    root = logging.getLogger("diffuseg")
-    root.setLevel(logging.INFO)
-    for old in [h for h in root.handlers if getattr(h, "_diffuseg_train", False)]:
-        root.removeHandler(old)
-    handlers: list[logging.Handler] = [logging.FileHandler(out / filename)]
-    if not logging.getLogger().handlers:  # `diffuseg.cli.main` installs one (basicConfig)
-        handlers.append(logging.StreamHandler(sys.stderr))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler._diffuseg_train = True  # type: ignore[attr-defined]
-        root.addHandler(handler)

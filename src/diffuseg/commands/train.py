@@ -19,7 +19,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import COMMANDS
-from ._options import finite_float, flag_message, parse_seed, setup_run_logging
+from ._options import finite_float, flag_message, parse_seed
+from ._runlog import setup_run_logging
 
 __all__ = ["register", "run"]
 

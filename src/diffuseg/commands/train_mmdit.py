@@ -14,7 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ._options import finite_float, parse_seed, setup_run_logging
+from ._options import finite_float, parse_seed
+from ._runlog import setup_run_logging
 
 __all__ = ["register", "run"]
 
