@@ -290,20 +290,29 @@ def tune(backbone, method: str, native: int, num_scenes: int = 40) -> tuple[dict
     best, best_score = {}, -1.0
     for scale in scales:
         size = native * scale
-        seg = Segmenter(backbone, method, image_size=size)
-        accs = [MetricAccumulator(len(ds.class_names)) for _ in grid]
-        for i in range(len(ds)):
-            sample = ds[i]
-            for acc, overrides in zip(accs, grid, strict=True):  # same image: no second model pass
-                seg.configure(**overrides)
-                result = seg(Query(image=sample.image), generator=torch.Generator().manual_seed(i))
-                acc.add(contingency(result.to_input_frame(fill=-1).numpy(), sample.label, len(ds.class_names), 255))
-        for acc, overrides in zip(accs, grid, strict=True):
+        for overrides, miou in zip(
+            grid, resegment_scores(backbone, method, ds, {"image_size": size}, grid), strict=True
+        ):
             key = ",".join(f"{k}={v[0] if isinstance(v, tuple) else v:g}" for k, v in overrides.items())
-            scores[f"{key}@{size}"] = miou = acc.result().miou
+            scores[f"{key}@{size}"] = miou
             if miou > best_score:
                 best, best_score = {**overrides, "image_size": size}, miou
     return best, scores
+
+
+@torch.no_grad()
+def resegment_scores(backbone, method: str, ds, pass_settings: dict, grid: list[dict]) -> list[float]:
+    """mIoU on `ds` (per-image Hungarian matching) of `method` with `pass_settings` and each
+    entry of `grid`: one model pass per scene, re-segmented for every entry (`Segmenter.configure`)."""
+    seg = Segmenter(backbone, method, **pass_settings)
+    accs = [MetricAccumulator(len(ds.class_names)) for _ in grid]
+    for i in range(len(ds)):
+        sample = ds[i]
+        for acc, overrides in zip(accs, grid, strict=True):  # same image: no second model pass
+            seg.configure(**overrides)
+            result = seg(Query(image=sample.image), generator=torch.Generator().manual_seed(i))
+            acc.add(contingency(result.to_input_frame(fill=-1).numpy(), sample.label, len(ds.class_names), 255))
+    return [acc.result().miou for acc in accs]
 
 
 #: Settings tried by ``--tune`` through the eval runner (pass settings included: one model pass

@@ -22,12 +22,10 @@ import time
 from pathlib import Path
 
 import torch
+from bench_proving_ground import resegment_scores
 
 from diffuseg.backbone.load import load_backbone
 from diffuseg.eval import OutputOptions, evaluate
-from diffuseg.eval.metrics import MetricAccumulator, contingency
-from diffuseg.plan import Query
-from diffuseg.segmenter import Segmenter
 from diffuseg.synthetic.dataset import SyntheticScenes
 
 logger = logging.getLogger("tune_toy_mmdit")
@@ -93,17 +91,10 @@ def tune_unsupervised(backbone, method: str, ds: SyntheticScenes) -> dict[str, f
     passes, segs = UNSUPERVISED[method]
     scores = {}
     for entry in passes:
-        seg = Segmenter(backbone, method, **entry)
-        accs = [MetricAccumulator(len(ds.class_names)) for _ in segs]
-        for i in range(len(ds)):
-            sample = ds[i]
-            for acc, more in zip(accs, segs, strict=True):  # the same pass, re-segmented
-                seg.configure(**more)
-                result = seg(Query(image=sample.image), generator=torch.Generator().manual_seed(i))
-                acc.add(contingency(result.to_input_frame(fill=-1).numpy(), sample.label, len(ds.class_names), 255))
-        for acc, more in zip(accs, segs, strict=True):
-            scores[_key({**entry, **more})] = acc.result().miou
-        logger.info("%s %s: %s", method, entry, [round(a.result().miou, 3) for a in accs])
+        mious = resegment_scores(backbone, method, ds, entry, segs)
+        for more, miou in zip(segs, mious, strict=True):
+            scores[_key({**entry, **more})] = miou
+        logger.info("%s %s: %s", method, entry, [round(m, 3) for m in mious])
     return scores
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -101,8 +102,6 @@ def export_mmdit(pipe, state: MMDiTState, folder: str | Path) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     with state.ema_weights():
         pipe.save_pretrained(tmp)
@@ -134,8 +133,6 @@ def export_mmdit(pipe, state: MMDiTState, folder: str | Path) -> Path:
     }
     (tmp / "TRAINING.json").write_text(json.dumps(record, indent=1))
     if folder.exists():
-        import shutil
-
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         folder.replace(old)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from diffuseg.synthetic.model import seeded_init
+
 __all__ = [
     "ToyMMDiTConfig",
     "build_mmdit_scheduler",
@@ -86,12 +88,6 @@ class ToyMMDiTConfig:
         return self.heads * self.head_dim
 
 
-def _seeded(generator: torch.Generator | None):
-    """A forked RNG seeded from `generator` (module constructors draw from the global one)."""
-    fork = torch.random.fork_rng(devices=[])
-    return fork, (None if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-
-
 def build_transformer(config: ToyMMDiTConfig, latent_channels: int, generator: torch.Generator | None = None):
     """A fresh `SD3Transformer2DModel` with adaLN-Zero initialisation.
 
@@ -101,10 +97,7 @@ def build_transformer(config: ToyMMDiTConfig, latent_channels: int, generator: t
     """
     from diffusers import SD3Transformer2DModel
 
-    fork, seed = _seeded(generator)
-    with fork:
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded_init(generator):
         model = SD3Transformer2DModel(
             sample_size=config.image_size // 4,
             patch_size=config.patch_size,
@@ -134,10 +127,7 @@ def build_mmdit_text_encoders(config: ToyMMDiTConfig, generator: torch.Generator
 
     from diffuseg.synthetic.tokenizer import CLIP_VOCAB_SIZE
 
-    fork, seed = _seeded(generator)
-    with fork:
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded_init(generator):
         clips = [
             CLIPTextModelWithProjection(
                 CLIPTextConfig(

@@ -16,11 +16,13 @@ Sizes were chosen by measurement on a 2-core CPU (one thread): at batch 32 this 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ToyModelConfig", "build_scheduler", "build_text_encoder", "build_unet", "build_vae"]
+__all__ = ["ToyModelConfig", "build_scheduler", "build_text_encoder", "build_unet", "build_vae", "seeded_init"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,17 @@ class ToyModelConfig:
         return self.image_size // (2 ** (len(self.vae_channels) - 1))
 
 
+@contextmanager
+def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
+    """Build modules inside this to draw their initial weights from `generator`: module
+    constructors draw from the global RNG, so it is forked (restored on exit) and seeded with one
+    draw of `generator`. None: the global RNG as it is (still restored on exit)."""
+    with torch.random.fork_rng(devices=[]):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        yield
+
+
 def _groups(channels: tuple[int, ...]) -> int:
     return min(16, min(channels) // 2)
 
@@ -81,9 +94,7 @@ def build_vae(config: ToyModelConfig, generator: torch.Generator | None = None):
     """Return a freshly initialised `diffusers.AutoencoderKL` (no mid-block attention: speed)."""
     from diffusers import AutoencoderKL
 
-    with torch.random.fork_rng(devices=[]):
-        if generator is not None:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    with seeded_init(generator):
         return AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -103,9 +114,7 @@ def build_unet(config: ToyModelConfig, generator: torch.Generator | None = None)
     from diffusers import UNet2DConditionModel
 
     n = len(config.unet_channels)
-    with torch.random.fork_rng(devices=[]):
-        if generator is not None:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    with seeded_init(generator):
         return UNet2DConditionModel(
             sample_size=config.latent_size,
             in_channels=config.latent_channels,
@@ -126,9 +135,7 @@ def build_text_encoder(config: ToyModelConfig, generator: torch.Generator | None
 
     from diffuseg.synthetic.tokenizer import CLIP_VOCAB_SIZE
 
-    with torch.random.fork_rng(devices=[]):
-        if generator is not None:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    with seeded_init(generator):
         return CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=CLIP_VOCAB_SIZE,
