@@ -48,6 +48,7 @@ from diffuseg.backbone.layers import unet_layer_map  # noqa: E402
 from diffuseg.backbone.recorder import EarlyExit, record  # noqa: E402
 from diffuseg.methods.diffcut import requires  # noqa: E402
 from diffuseg.ops import ncut  # noqa: E402
+from diffuseg.ops.fiedler import fiedler_vector  # noqa: E402
 from diffuseg.ops.pamr import pamr  # noqa: E402
 
 # SSD-1B's UNet (segmind/SSD-1B unet/config.json, as diffusers >= 0.22 loads it): the SDXL
@@ -207,7 +208,7 @@ def bench_ncut(repeats: int) -> None:
     for side in (32, 64):
         feats = clustered_features(side)
         a = ncut.affinity_matrix(feats.reshape(feats.shape[0], -1))
-        y = ncut._fiedler_vector(a, a.sum(1))
+        y = fiedler_vector(a, a.sum(1))
         assert abs(_loop_search(y, a) - _batched_search(y, a)) < 1e-3
         t_b = timeit(lambda y=y, a=a: _batched_search(y, a), 5)
         t_l = timeit(lambda y=y, a=a: _loop_search(y, a), 3)

@@ -16,7 +16,10 @@ changed:
   behaviour is available as ``drop_zero_rows=True``.
 * An eigensolver failure (or a non-finite Fiedler vector) ends that branch; the reference
   returns None and then crashes on it (l.25-33, l.104).
-* On the CPU the dense solver computes only the two smallest eigenpairs (`_second_eigenvector`).
+* The Fiedler vector comes from a matrix-free Lanczos solve above a couple of hundred tokens
+  (`diffuseg.ops.fiedler`; the reference runs a full dense ``torch.linalg.eigh``), the dense
+  solver below that and as the fallback. The cuts are the same (``benchmarks/bench_ncut.py``).
+* Sub-graphs are taken with ``index_select`` (one copy) rather than ``A[idx][:, idx]`` (two).
 * Tokens with zero degree (no affinity to anything, themselves included) are split off as
   their own segment instead of producing inf/NaN through D^-1/2.
 * Non-square grids are allowed; nothing is hard-coded to CUDA.
@@ -26,10 +29,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fiedler import check_eigensolver, fiedler_vector
 from .masks import argmax0
 
 __all__ = [
@@ -67,49 +70,8 @@ def affinity_matrix(features: torch.Tensor, alpha: float = 10.0) -> torch.Tensor
     return ((cos - lo) / (hi - lo)) ** alpha
 
 
-def _second_eigenvector(sym: torch.Tensor) -> torch.Tensor:
-    """Eigenvector of the second smallest eigenvalue of the symmetric matrix `sym` (n, n).
-
-    Dense and direct, like the reference's `torch.linalg.eigh` (l.29). On the CPU only the two
-    smallest eigenpairs are computed (LAPACK syevr through scipy), which skips the
-    back-transformation of the other n - 2 vectors (about 2x faster at n = 1024-4096); other
-    devices, or a scipy failure, use `torch.linalg.eigh`.
-
-    Raises:
-        RuntimeError: (torch.linalg.LinAlgError) or numpy.linalg.LinAlgError on failure.
-    """
-    if sym.device.type == "cpu" and sym.dtype in (torch.float32, torch.float64):
-        try:
-            from scipy.linalg import eigh as scipy_eigh
-
-            _, vectors = scipy_eigh(sym.numpy(), subset_by_index=[0, 1], driver="evr", check_finite=False)
-            return torch.from_numpy(vectors[:, 1].copy()).to(sym.dtype)
-        except (np.linalg.LinAlgError, ValueError) as err:
-            logger.debug("normalized cut: scipy eigh failed (%s); trying torch.", err)
-    _, vectors = torch.linalg.eigh(sym)
-    return vectors[:, 1]
-
-
-def _fiedler_vector(affinity: torch.Tensor, degree: torch.Tensor) -> torch.Tensor | None:
-    """Generalised Fiedler vector y of (D - A) y = lambda D y, sign fixed; None on failure."""
-    d_inv_sqrt = degree.rsqrt()  # (n,)
-    laplacian = torch.diag(degree) - affinity  # (n, n)
-    sym = d_inv_sqrt[:, None] * laplacian * d_inv_sqrt[None, :]  # D^-1/2 (D - A) D^-1/2
-    try:
-        vector = _second_eigenvector(sym)
-    except (RuntimeError, np.linalg.LinAlgError) as err:  # torch LinAlgError is a RuntimeError
-        logger.warning("normalized cut: eigensolver failed on %d tokens (%s); branch ends.", affinity.shape[0], err)
-        return None
-    y = d_inv_sqrt * vector  # (n,) back to the generalised problem
-    if not bool(torch.isfinite(y).all()):
-        logger.warning("normalized cut: non-finite Fiedler vector on %d tokens; branch ends.", affinity.shape[0])
-        return None
-    # Deterministic sign: the entry of largest magnitude is positive (reference l.64-68).
-    return y * torch.sign(y[torch.argmax(y.abs())])
-
-
 def bipartition(
-    affinity: torch.Tensor, num_thresholds: int = 100, margin: float = 0.99
+    affinity: torch.Tensor, num_thresholds: int = 100, margin: float = 0.99, *, eigensolver: str = "auto"
 ) -> tuple[torch.Tensor, float] | None:
     """Best two-way normalized cut of one graph.
 
@@ -123,6 +85,7 @@ def bipartition(
         affinity: symmetric non-negative float tensor (n, n), n >= 2.
         num_thresholds: how many thresholds to try (reference: 100).
         margin: the thresholds span margin * [min y, max y] (reference: 0.99).
+        eigensolver: "auto", "dense" or "lanczos" (`diffuseg.ops.fiedler`).
 
     Returns:
         (positive side as a bool tensor (n,), its ncut value), or None when the graph cannot
@@ -133,7 +96,7 @@ def bipartition(
     if bool(isolated.any()):
         # No edge leaves an isolated token: cutting it off costs nothing.
         return None if bool(isolated.all()) else (~isolated, 0.0)
-    y = _fiedler_vector(affinity, degree)
+    y = fiedler_vector(affinity, degree, eigensolver)
     if y is None:
         return None
     thresholds = torch.linspace(
@@ -161,6 +124,7 @@ def recursive_ncut_affinity(
     num_thresholds: int = 100,
     drop_zero_rows: bool = False,
     cuts: dict[bytes, tuple[torch.Tensor, float] | None] | None = None,
+    eigensolver: str = "auto",
 ) -> torch.Tensor:
     """Recursive two-way normalized cut of a graph given by its affinity matrix.
 
@@ -178,16 +142,19 @@ def recursive_ncut_affinity(
         cuts: a memo of each token set's best cut (`bipartition`), filled here. A cut does not
             depend on `tau` (only whether it is accepted does), so passing the same dict when
             cutting the same affinity with another `tau` solves no cut twice. Give one dict
-            per affinity and `num_thresholds`.
+            per affinity, `num_thresholds` and `eigensolver`.
+        eigensolver: "auto", "dense" or "lanczos" (`diffuseg.ops.fiedler`): how each cut's
+            Fiedler vector is found. All give the same cuts up to eigensolver tolerance.
 
     Returns:
         int64 tensor (N,) of labels in [0, K).
 
     Raises:
-        ValueError: if `tau` <= 0 or `affinity` is not square.
+        ValueError: if `tau` <= 0, `affinity` is not square or `eigensolver` is unknown.
     """
     if not tau > 0:
         raise ValueError(f"`tau` must be > 0, got {tau}.")
+    check_eigensolver(eigensolver)
     if affinity.ndim != 2 or affinity.shape[0] != affinity.shape[1]:
         raise ValueError(f"`affinity` must be a square (N, N) matrix, got {tuple(affinity.shape)}.")
     n = affinity.shape[0]
@@ -203,7 +170,8 @@ def recursive_ncut_affinity(
             continue
         key = active.cpu().numpy().tobytes()
         if cuts is None or key not in cuts:
-            cut = bipartition(affinity[active][:, active], num_thresholds=num_thresholds)
+            sub = affinity.index_select(0, active).index_select(1, active)  # (n, n), one copy each
+            cut = bipartition(sub, num_thresholds=num_thresholds, eigensolver=eigensolver)
             if cuts is not None:
                 cuts[key] = cut
         else:
@@ -234,6 +202,7 @@ def recursive_normalized_cut(
     num_thresholds: int = 100,
     drop_zero_rows: bool = False,
     cuts: dict[bytes, tuple[torch.Tensor, float] | None] | None = None,
+    eigensolver: str = "auto",
 ) -> torch.Tensor:
     """Segment a feature map by recursive normalized cut (DiffCut, Couairon et al. 2024).
 
@@ -243,8 +212,9 @@ def recursive_normalized_cut(
         alpha: affinity exponent, > 0 (reference default 10, `eval_diffcut.py` l.183).
         num_thresholds: thresholds tried per cut (reference: 100).
         drop_zero_rows: reproduce the reference's exact-zero row dropping (module docstring).
-        cuts: memo of cuts (`recursive_ncut_affinity`); one dict per features, `alpha` and
-            `num_thresholds`.
+        cuts: memo of cuts (`recursive_ncut_affinity`); one dict per features, `alpha`,
+            `num_thresholds` and `eigensolver`.
+        eigensolver: "auto", "dense" or "lanczos" (`diffuseg.ops.fiedler`).
 
     Returns:
         int64 tensor (h, w) of labels in [0, K), on the features' device. Fewer than 2 tokens
@@ -252,10 +222,11 @@ def recursive_normalized_cut(
 
     Raises:
         ValueError: on a non-positive `tau` or `alpha`, a tensor that is not (C, h, w), or
-            non-finite features.
+            non-finite features, or an unknown `eigensolver`.
     """
     if not tau > 0:
         raise ValueError(f"`tau` must be > 0, got {tau}.")
+    check_eigensolver(eigensolver)
     if not alpha > 0:
         raise ValueError(f"`alpha` must be > 0, got {alpha}.")
     if not isinstance(features, torch.Tensor) or features.ndim != 3:
@@ -269,7 +240,12 @@ def recursive_normalized_cut(
     if affinity is None:
         return torch.zeros((h, w), dtype=torch.long, device=features.device)
     labels = recursive_ncut_affinity(
-        affinity, tau, num_thresholds=num_thresholds, drop_zero_rows=drop_zero_rows, cuts=cuts
+        affinity,
+        tau,
+        num_thresholds=num_thresholds,
+        drop_zero_rows=drop_zero_rows,
+        cuts=cuts,
+        eigensolver=eigensolver,
     )
     return labels.reshape(h, w)
 
