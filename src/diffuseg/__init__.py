@@ -14,6 +14,7 @@ from ._version import __version__
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .backbone import DiffusionBackbone, FeatureRequest, Features
     from .methods import get_method, list_methods
+    from .multi import MultiSegmenter
     from .plan import Pass, Query
     from .segmenter import Segmenter
     from .types import Segmentation
@@ -23,6 +24,7 @@ _EXPORTS = {
     "DiffusionBackbone": ".backbone",
     "FeatureRequest": ".backbone",
     "Features": ".backbone",
+    "MultiSegmenter": ".multi",
     "Pass": ".plan",
     "Query": ".plan",
     "Segmentation": ".types",
@@ -36,6 +38,7 @@ __all__ = [
     "DiffusionBackbone",
     "FeatureRequest",
     "Features",
+    "MultiSegmenter",
     "Pass",
     "Query",
     "Segmentation",

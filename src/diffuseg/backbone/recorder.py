@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,27 +107,39 @@ class AttentionStore:
 class RecordingAttnProcessor:
     """An attention processor that also records the attention map of its layer.
 
-    Adapted from ``diffusers.models.attention_processor.AttnProcessor`` (diffusers 0.27-0.42):
-    the same math, with the scores computed in float32 in tiles of query rows (all heads per
-    tile), so the probabilities can be recorded without keeping every head's (N, M) map alive.
+    The layer's output is its own processor's (`inner`, e.g. diffusers' fused
+    ``AttnProcessor2_0``), bit for bit: recording a layer never changes what the model computes,
+    so a method's features do not depend on which other layers a shared pass records. The map
+    is computed beside it, as ``diffusers.models.attention_processor.AttnProcessor``
+    (diffusers 0.27-0.42) computes q and k, with the scores in float32 in tiles of query rows
+    (all heads per tile), so the probabilities are recorded without keeping every head's
+    (N, M) map alive.
 
     Args:
         layer: diffusers path of the layer (``...attn1`` or ``...attn2``).
         store: where maps go.
         normalization: "softmax" records probabilities; "none" records exp(QK^T * scale)
             (MaskDiffusion's unnormalised attention); "log" records its logarithm, the head mean
-            taken as logsumexp - log(heads) (no overflow). The layer output always uses softmax.
+            taken as logsumexp - log(heads) (no overflow).
         average_heads: record (B, N, M) head means instead of (B, heads, N, M).
+        inner: the layer's own processor, which computes its output.
     """
 
     def __init__(
-        self, layer: str, store: AttentionStore, normalization: str = "softmax", average_heads: bool = True
+        self,
+        layer: str,
+        store: AttentionStore,
+        normalization: str = "softmax",
+        average_heads: bool = True,
+        *,
+        inner: Any,
     ) -> None:
         self.layer = layer
         self.kind = "self" if layer.endswith("attn1") else "cross"
         self.store = store
         self.normalization = normalization
         self.average_heads = average_heads
+        self.inner = inner
 
     def __call__(
         self,
@@ -138,11 +151,21 @@ class RecordingAttnProcessor:
         *args: object,
         **kwargs: object,
     ) -> torch.Tensor:
-        residual = hidden_states
+        self._record(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+    def _record(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+    ) -> None:
+        """Compute this layer's attention map (see the class docstring) and store it."""
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
+        if hidden_states.ndim == 4:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)  # (B, N, C)
         batch_size, seq_len, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
@@ -155,17 +178,13 @@ class RecordingAttnProcessor:
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-
         heads = attn.heads
         n_q, n_k = query.shape[1], key.shape[1]
         # (B, N, heads*d) -> (B, heads, N, d)
         q = query.view(batch_size, n_q, heads, -1).transpose(1, 2)
         k = key.view(batch_size, n_k, heads, -1).transpose(1, 2)
-        v = value.view(batch_size, n_k, heads, -1).transpose(1, 2)
         if attention_mask is not None:
             attention_mask = attention_mask.view(batch_size, heads, -1, n_k)
-        out = v.new_empty(batch_size, heads, n_q, v.shape[-1])  # (B, heads, N, d)
         log = self.normalization == "log"
         record = torch.full(
             (batch_size, 1 if self.average_heads else heads, n_q, n_k),
@@ -185,9 +204,7 @@ class RecordingAttnProcessor:
                 scores = torch.matmul(q32[:, i, r0:r1], k_t[:, i])  # (B, rows, M)
                 if attention_mask is not None:
                     scores = scores + attention_mask[:, i, r0:r1].float()
-                probs = scores.softmax(dim=-1)  # rows sum to 1
-                out[:, i, r0:r1] = torch.matmul(probs.to(v.dtype), v[:, i])
-                rec = probs if self.normalization == "softmax" else scores if log else scores.exp()
+                rec = scores.softmax(dim=-1) if self.normalization == "softmax" else scores if log else scores.exp()
                 if not self.average_heads:
                     record[:, i, r0:r1] = rec
                 elif log:
@@ -197,14 +214,6 @@ class RecordingAttnProcessor:
         if self.average_heads:
             record.sub_(math.log(heads)) if log else record.mul_(1.0 / heads)
         self.store.add_attention(self.layer, self.kind, record[:, 0] if self.average_heads else record, n_q)
-        hidden_states = out.transpose(1, 2).reshape(batch_size, n_q, -1)  # (B, N, heads*d)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
 
 
 def _resolve_module(unet: nn.Module, path: str) -> nn.Module:
@@ -272,7 +281,9 @@ def record(
         if wanted:
             procs = {f"{n}.processor": original[f"{n}.processor"] for n in attention_layers(unet)}
             for n in wanted:
-                procs[f"{n}.processor"] = RecordingAttnProcessor(n, store, request.normalization, request.average_heads)
+                procs[f"{n}.processor"] = RecordingAttnProcessor(
+                    n, store, request.normalization, request.average_heads, inner=original[f"{n}.processor"]
+                )
             unet.set_attn_processor(procs)
         for path, module in modules.items():
 

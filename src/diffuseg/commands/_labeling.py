@@ -66,7 +66,7 @@ class QueryFlags:
     class_filter: str | None
 
 
-def query_flags(args: argparse.Namespace) -> QueryFlags:
+def query_flags(args: argparse.Namespace, method: str | None = None, among: tuple[str, ...] = ()) -> QueryFlags:
     """Check --method, its options, the runtime flags, --classes, --caption, the resources and
     --filter together, before anything is loaded.
 
@@ -76,13 +76,17 @@ def query_flags(args: argparse.Namespace) -> QueryFlags:
             another method, class names or a caption for a method that would ignore them, a
             method or --label that needs --classes (or a caption source) without them, --filter
             without --classes.
+
+    Args:
+        method: the method checked (default --method); `among`: every method of a run of
+            several (see `_options.method_overrides`).
     """
     from ..labeling import load_classes
     from ..methods import get_method
     from ..plan import check_caption
 
-    spec = get_method(args.method)
-    overrides = method_overrides(args, spec.name, args._owners)
+    spec = get_method(method or args.method)
+    overrides = method_overrides(args, spec.name, args._owners, among)
     config = spec.make_config(None, **overrides)  # the user's values are valid (preset aside)
     check_runtime(args)
     classes = load_classes(args.classes) if args.classes is not None else ()

@@ -407,11 +407,38 @@ def config_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, An
     return out
 
 
-def method_overrides(args: argparse.Namespace, method: str, owners: dict[str, list[str]]) -> dict[str, Any]:
-    """The method options the user set, checked against `method`.
+def parse_methods(text: str) -> tuple[str, ...]:
+    """--method's value: one method name or a comma-separated list of them.
 
     Raises:
-        ValueError: if an option set by the user does not belong to `method`.
+        ValueError: naming --method, for an empty list, an unknown name (with the choices) or a
+            name given twice.
+    """
+    from ..methods import list_methods
+
+    names = tuple(n.strip() for n in str(text).split(","))
+    if not all(names):
+        raise ValueError(f"--method {text!r} has an empty name; give one method or a comma-separated list.")
+    for name in names:
+        if name not in list_methods():
+            raise ValueError(f"--method: unknown method {name!r}; choose from {', '.join(list_methods())}.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--method names {', '.join(repeated)} twice; give each method once.")
+    return names
+
+
+def method_overrides(
+    args: argparse.Namespace, method: str, owners: dict[str, list[str]], among: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The method options the user set, checked against `method`.
+
+    Args:
+        among: all the methods of a run of several (`parse_methods`): an option that belongs
+            to one of them is passed to those that have it.
+
+    Raises:
+        ValueError: if an option set by the user belongs to none of `method` and `among`.
     """
     out: dict[str, Any] = {}
     for field_name, methods in owners.items():
@@ -423,9 +450,11 @@ def method_overrides(args: argparse.Namespace, method: str, owners: dict[str, li
                 out[field_name] = value
             continue
         if method not in methods:
+            if any(m in methods for m in among):
+                continue
+            run = f"method {method!r}" if len(among) < 2 else f"methods {', '.join(among)}"
             raise ValueError(
-                f"option --{field_name.replace('_', '-')} does not apply to method {method!r} "
-                f"(it belongs to {', '.join(methods)})."
+                f"option --{field_name.replace('_', '-')} does not apply to {run} (it belongs to {', '.join(methods)})."
             )
         out[field_name] = None if value is NONE else value
     return out

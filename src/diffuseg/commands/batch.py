@@ -27,6 +27,9 @@ __all__ = [
     "register",
     "run",
     "make_job",
+    "make_jobs",
+    "failed_name",
+    "written_into",
     "message",
     "add_engine_options",
     "add_output_options",
@@ -42,6 +45,7 @@ SEED_HELP = "the run's seed: each image's noise comes from (seed, its output nam
 #: Library arguments of the engine -> their flags (for error messages).
 _ENGINE_FLAGS = {
     "input": "INPUT",
+    "engine": "--engine",
     "address": "--address",
     "actors": "--actors",
     "gpus_per_actor": "--gpus-per-actor",
@@ -225,8 +229,9 @@ def engine_options(args: argparse.Namespace) -> Any:
     )
 
 
-def make_job(args: argparse.Namespace, flags: Any) -> Any:
-    """The `Job` of the flags of ``segment`` / ``batch``, checked by `query_flags` (`flags`).
+def make_job(args: argparse.Namespace, flags: Any, out_dir: str | None = None) -> Any:
+    """The `Job` of the flags of ``segment`` / ``batch``, checked by `query_flags` (`flags`),
+    writing into `out_dir` (default --out).
 
     Raises:
         ValueError: naming `seed`, if it is negative.
@@ -237,7 +242,7 @@ def make_job(args: argparse.Namespace, flags: Any) -> Any:
     given = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
     return Job(
         method=flags.spec.name,
-        out_dir=args.out,
+        out_dir=args.out if out_dir is None else out_dir,
         overrides=flags.overrides,
         seed=resolve_seed(args.seed),
         batch_size=args.batch_size,
@@ -258,6 +263,40 @@ def make_job(args: argparse.Namespace, flags: Any) -> Any:
     )
 
 
+def failed_name(record: dict[str, Any]) -> str:
+    """A failed record's image, with its method in a run of several."""
+    return f"{record['source']} ({record['method']})" if "method" in record else str(record["source"])
+
+
+def written_into(job: Any, out: str) -> str:
+    """The end of the closing line: "image(s) segmented into OUT/", or for a run of several
+    methods "(image, method) result(s) written into OUT/{a,b}/"."""
+    from pathlib import Path
+
+    if not isinstance(job, list):
+        return f"image(s) segmented into {Path(out)}/"
+    return f"(image, method) result(s) written into {Path(out)}/{{{','.join(j.method for j in job)}}}/"
+
+
+def make_jobs(args: argparse.Namespace) -> Any:
+    """The `Job` of --method, or for a comma-separated list of methods one `Job` per method,
+    each writing into its own sub-folder ``--out/METHOD`` (a run of several methods: their
+    passes are shared where they agree, `diffuseg.multi`).
+
+    Raises:
+        ValueError: naming the flag (`_options.parse_methods`, `_labeling.query_flags`).
+    """
+    import os
+
+    from ._labeling import query_flags
+    from ._options import parse_methods
+
+    methods = parse_methods(args.method)
+    if len(methods) == 1:
+        return make_job(args, query_flags(args, methods[0]))
+    return [make_job(args, query_flags(args, m, methods), os.path.join(args.out, m)) for m in methods]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``diffuseg batch``; returns the exit code."""
     from pathlib import Path
@@ -267,12 +306,11 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.runner import run_batch
     from ..engine.work import OutputFullError
     from ..outputs import check_out_dir
-    from ._labeling import query_flags
     from ._options import fail
 
     try:
         options = engine_options(args)
-        job = make_job(args, query_flags(args))
+        job = make_jobs(args)
         items = resolve_inputs(args.input, root=args.root, split=args.split, limit=args.limit)
         check_out_dir(args.out)
     except (ValueError, FileNotFoundError) as e:
@@ -282,12 +320,13 @@ def run(args: argparse.Namespace) -> int:
             import ray  # noqa: F401
         except ImportError:
             return fail("batch", "--engine ray needs Ray: pip install 'diffuseg[ray]'.")
-        if options.address is None and job.needs_model:  # actors on this machine: find the model once, here
+        first = job[0] if isinstance(job, list) else job
+        if options.address is None and first.needs_model:  # actors on this machine: find the model once, here
             from ..backbone import DEFAULT_MODEL
             from ..backbone.loading import resolve_model
 
             try:
-                resolve_model(job.model or DEFAULT_MODEL)
+                resolve_model(first.model or DEFAULT_MODEL)
             except (OSError, ValueError) as e:
                 return fail("batch", message(e))
     try:
@@ -304,12 +343,12 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # WorkerDiedError
         return fail("batch", str(e), code=1)
     for rec in summary.failures:
-        print(f"failed: {rec['source']}: {rec['error']}", file=sys.stderr)
+        print(f"failed: {failed_name(rec)}: {rec['error']}", file=sys.stderr)
     skipped = f" ({summary.done_before} already done)" if summary.done_before else ""
     rate = f", {summary.images_per_second:.2f} img/s" if summary.segmented else ""
     listed = f"; failures listed in {Path(args.out) / FAILURES_FILE}" if summary.failures else ""
     print(
-        f"{summary.total - len(summary.failures)} of {summary.total} image(s) segmented into {Path(args.out)}/"
+        f"{summary.total - len(summary.failures)} of {summary.total} {written_into(job, args.out)}"
         f"{skipped} [{summary.engine}{rate}]{listed}",
         file=sys.stderr,
     )

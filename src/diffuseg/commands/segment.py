@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import COMMANDS
-from ._labeling import query_flags
 from ._options import HelpFormatter, add_method_options, add_model_options, add_query_options, fail, method_help
-from .batch import SEED_HELP, add_output_options, make_job, message
+from .batch import SEED_HELP, add_output_options, failed_name, make_jobs, message, written_into
 
 #: What ``segment`` says when interrupted (Ctrl-C).
 RESUME_HINT = "rerun with --skip-existing to finish (images already written are kept)"
@@ -79,7 +78,8 @@ def _check_images(paths: list[str]) -> None:
 
 
 def _sort_inputs(args: argparse.Namespace, job: Any, items: list[Any]) -> tuple[list[Any], list[Any], dict[str, str]]:
-    """(done before, to do, failed: source -> reason) by the outputs each item already has.
+    """(done before, to do, failed: source -> reason) by the outputs each item already has (for
+    the jobs of several methods: done when done for all; failed when failed for one).
 
     Raises:
         ValueError (`OutputMismatchError`): with --skip-existing, outputs that record other settings.
@@ -87,17 +87,25 @@ def _sort_inputs(args: argparse.Namespace, job: Any, items: list[Any]) -> tuple[
     from ..engine.resume import check_done
     from ..outputs import existing_outputs, output_suffixes
 
-    suffixes = output_suffixes(job.save)
+    jobs = job if isinstance(job, list) else [job]
     done_before, todo, failed = [], [], {}
     for item in items:
-        existing = existing_outputs(args.out, item.name, suffixes)
-        if args.skip_existing and len(existing) == len(suffixes):
-            done_before.append(item)
-        elif existing and not (args.overwrite or args.skip_existing):
-            failed[item.source] = f"output exists ({existing[0]}); use --overwrite or --skip-existing"
-        else:
-            todo.append(item)  # --skip-existing rewrites an item's partial outputs
-    check_done(job, done_before)
+        states = []
+        for j in jobs:
+            suffixes = output_suffixes(j.save)
+            existing = existing_outputs(j.out_dir, item.name, suffixes)
+            if args.skip_existing and len(existing) == len(suffixes):
+                states.append("done")
+            elif existing and not (args.overwrite or args.skip_existing):
+                failed[item.source] = f"output exists ({existing[0]}); use --overwrite or --skip-existing"
+                break
+            else:
+                states.append("todo")  # --skip-existing rewrites an item's partial outputs
+        if item.source in failed:
+            continue
+        (done_before if all(s == "done" for s in states) else todo).append(item)
+    for j in jobs:
+        check_done(j, done_before)
     return done_before, todo, failed
 
 
@@ -110,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _check_images(args.images)
-        job = make_job(args, query_flags(args))
+        job = make_jobs(args)
         check_out_dir(args.out)
         items = file_items(args.images)
         done_before, todo, failed = _sort_inputs(args, job, items)
@@ -126,10 +134,10 @@ def run(args: argparse.Namespace) -> int:
             return fail("segment", f"{e}; free some space and rerun with --skip-existing to finish", code=1)
         except (ValueError, OSError) as e:  # a model or setting that cannot be used
             return fail("segment", message(e))
-        failed.update((rec["source"], rec["error"]) for rec in summary.failures)
+        failed.update((failed_name(rec), rec["error"]) for rec in summary.failures)
     for path, reason in failed.items():
         print(f"failed: {path}: {reason}", file=sys.stderr)
-    n = len(items)
+    n = len(items) * (len(job) if isinstance(job, list) else 1)
     skipped = f" ({len(done_before)} already done)" if done_before else ""
-    print(f"{n - len(failed)} of {n} image(s) segmented into {Path(args.out)}/{skipped}", file=sys.stderr)
+    print(f"{n - len(failed)} of {n} {written_into(job, args.out)}{skipped}", file=sys.stderr)
     return 0 if not failed else 1

@@ -1,5 +1,10 @@
 """`run_batch`: segment items with one job on an engine, skipping what is done, logging failures.
 
+A run of several methods is a list of jobs (one per method and output folder, everything else
+shared: `work.check_shared`) on the local engine: one worker shares the model passes where the
+methods' passes agree (`diffuseg.multi`), and each job's outputs go to its own folder. Counts
+are then of (image, method) pairs.
+
 The run is resumable at any point: an item is done when all its outputs exist (written all or
 none, the JSON last) and its JSON records the run's settings (`resume.check_done`: outputs of
 other settings stop the run before any work, unless it overwrites them). Units are cut from the
@@ -26,7 +31,18 @@ from . import ENGINES
 from .inputs import Item
 from .progress import FailureLog, Progress
 from .resume import check_done
-from .work import Job, Outcome, OutputFullError, Worker, decode_unit, give_up, is_done, make_units, write_outcome
+from .work import (
+    Job,
+    Outcome,
+    OutputFullError,
+    Worker,
+    check_shared,
+    decode_unit,
+    give_up,
+    is_done,
+    make_units,
+    write_outcome,
+)
 
 __all__ = ["run_batch", "BatchSummary", "write_outcomes"]
 
@@ -38,7 +54,7 @@ class BatchSummary:
     """What a run did.
 
     Attributes:
-        total: items in INPUT.
+        total: items in INPUT (times the jobs, for a run of several methods).
         done_before: items whose outputs already existed (skipped).
         segmented: items segmented and written by this run.
         failures: the records of the items that failed (also in ``failures.jsonl``).
@@ -75,14 +91,22 @@ def write_outcomes(
 
 
 def _run_local(
-    job: Job,
+    jobs: list[Job],
     units: list[list[Item]],
     on_result: Callable[[list[dict[str, Any]]], None],
     wording: Callable[[BaseException], str],
 ) -> None:
-    worker = Worker(job, wording)
+    worker = Worker(jobs, wording)
+    first = jobs[0]
     for unit in units:
-        on_result(write_outcomes(job.out_dir, worker(decode_unit(unit, job.max_pixels, wording)), job.save))
+        per_job = worker.segment_all(decode_unit(unit, first.max_pixels, wording))
+        records = []
+        for job, outcomes in zip(jobs, per_job, strict=True):
+            written = write_outcomes(job.out_dir, outcomes, job.save)
+            if len(jobs) > 1:
+                written = [{**rec, "method": job.method} for rec in written]
+            records += written
+        on_result(records)
 
 
 def _run_ray(
@@ -109,7 +133,7 @@ def _run_ray(
 
 
 def run_batch(
-    job: Job,
+    job: Job | Sequence[Job],
     items: Sequence[Item],
     *,
     engine: str = "local",
@@ -124,7 +148,8 @@ def run_batch(
     """Segment `items` with `job` on `engine` into ``job.out_dir``.
 
     Args:
-        job: the `Job`.
+        job: the `Job`, or the jobs of one run of several methods (local engine; see the
+            module docstring).
         items: the resolved INPUT (`inputs.resolve_inputs`).
         engine: one of `ENGINES`.
         ray_options: a `ray_engine.RayOptions` (engine ``ray``; default one local actor).
@@ -147,14 +172,23 @@ def run_batch(
     """
     if engine not in ENGINES:
         raise ValueError(f"`engine` must be one of {ENGINES}, got {engine!r}.")
-    os.makedirs(job.out_dir, exist_ok=True)
-    units = make_units(items, job.batch_size)
+    jobs = [job] if isinstance(job, Job) else list(job)
+    check_shared(jobs)
+    if len(jobs) > 1 and engine != "local":
+        raise ValueError(f"several methods share their passes on the 'local' `engine` only, got {engine!r}.")
+    for j in jobs:
+        os.makedirs(j.out_dir, exist_ok=True)
+    units = make_units(items, jobs[0].batch_size)
     if not overwrite:
-        done = {it.name for it in items if is_done(job.out_dir, it.name, job.save)}
-        check_done(job, [it for it in items if it.name in done])  # done only with this run's settings
+        done = {it.name for it in items}
+        for j in jobs:
+            done_here = {it.name for it in items if is_done(j.out_dir, it.name, j.save)}
+            check_done(j, [it for it in items if it.name in done_here])  # done only with this run's settings
+            done &= done_here
         units = [u for u in units if not all(it.name in done for it in u)]
-    todo = sum(len(u) for u in units)
-    summary = BatchSummary(total=len(items), done_before=len(items) - todo, engine=engine)
+    todo = sum(len(u) for u in units) * len(jobs)
+    total = len(items) * len(jobs)
+    summary = BatchSummary(total=total, done_before=total - todo, engine=engine)
     if not units:
         return summary
     with contextlib.ExitStack() as stack:
@@ -165,7 +199,7 @@ def run_batch(
             ray_options = ray_options or RayOptions()
             cpus = stack.enter_context(session(ray_options))
         reporting = _Reporting(progress, on_record, wording, failure_log, desc)
-        _run(job, units, summary, engine, ray_options, cpus, reporting)
+        _run(jobs, units, summary, engine, ray_options, cpus, reporting)
     logger.info("%d image(s) in %.1f s (%.2f img/s)", summary.segmented, summary.seconds, summary.images_per_second)
     return summary
 
@@ -182,7 +216,7 @@ class _Reporting:
 
 
 def _run(
-    job: Job,
+    jobs: list[Job],
     units: list[list[Item]],
     summary: BatchSummary,
     engine: str,
@@ -191,9 +225,13 @@ def _run(
     reporting: _Reporting,
 ) -> None:
     """Run the units on the engine (Ray connected), logging records into `summary`."""
-    failures = FailureLog(job.out_dir) if reporting.failure_log else None
+    log_dir = os.path.commonpath([os.path.abspath(j.out_dir) for j in jobs]) if len(jobs) > 1 else jobs[0].out_dir
+    failures = FailureLog(log_dir) if reporting.failure_log else None
     bar = Progress(
-        sum(len(u) for u in units), done_before=summary.done_before, enabled=reporting.progress, desc=reporting.desc
+        sum(len(u) for u in units) * len(jobs),
+        done_before=summary.done_before,
+        enabled=reporting.progress,
+        desc=reporting.desc,
     )
     on_record = reporting.on_record
 
@@ -214,9 +252,9 @@ def _run(
     t0 = time.perf_counter()
     try:
         if engine == "local":
-            _run_local(job, units, on_result, reporting.wording)
+            _run_local(jobs, units, on_result, reporting.wording)
         else:
-            _run_ray(job, units, on_result, ray_options, cpus, reporting.wording)
+            _run_ray(jobs[0], units, on_result, ray_options, cpus, reporting.wording)
     finally:
         summary.seconds = time.perf_counter() - t0
         bar.close()

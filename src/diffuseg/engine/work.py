@@ -28,6 +28,7 @@ __all__ = [
     "Job",
     "Outcome",
     "Worker",
+    "check_shared",
     "OUTPUTS",
     "OutputFullError",
     "MAX_PIXELS",
@@ -153,11 +154,63 @@ def decode_unit(
     return out
 
 
+def _backbone(jobs: Sequence[Job]) -> Any:
+    """The jobs' backbone (their --model flags are one), loaded once; None if no job needs it."""
+    job = next((j for j in jobs if j.needs_model), None)
+    if job is None:
+        return None
+    from ..backbone.load import load_backbone
+
+    return load_backbone(job.model, config=job.model_config, device=job.device, dtype=job.dtype, drop_t5=job.drop_t5)
+
+
+def _segmenter(job: Job, backbone: Any) -> Any:
+    """The job's `Segmenter` on `backbone`, with its resources, class filter and probe query."""
+    from ..labeling.stage import build_filter, load_label_models
+    from ..methods import get_method
+    from ..plan import Query
+    from ..segmenter import Segmenter
+
+    spec = get_method(job.method)
+    resources: dict[str, Any] = dict(job.resources)
+    load_label_models(resources, job.label_device or job.device)
+    class_filter = build_filter(
+        job.class_filter, resources, {r.name for r in spec.resources}, has_caption=bool(job.caption)
+    )
+    # the dry plan checks the job's own query (its class list's token budget) before any image
+    probe = Query(classes=job.classes, caption=job.caption) if job.classes or job.caption else None
+    return Segmenter(
+        backbone, spec, batch_size=job.batch_size, resources=resources, device=job.device,
+        class_filter=class_filter, probe=probe, **job.overrides,
+    )  # fmt: skip
+
+
+# What the jobs of one run of several methods must share (they differ in method, settings and folder).
+_SHARED = ("model", "model_config", "device", "dtype", "drop_t5", "seed", "batch_size", "classes", "caption",
+           "threads", "max_pixels", "label_device")  # fmt: skip
+
+
+def check_shared(jobs: Sequence[Job]) -> None:
+    """Raise ValueError unless `jobs` are one or more jobs that differ only in their method,
+    settings, resources and output folder (one run of several methods)."""
+    if not jobs or not all(isinstance(j, Job) for j in jobs):
+        raise ValueError(f"`job` must be a Job or a non-empty sequence of Job objects, got {jobs!r}.")
+    for name in _SHARED:
+        values = {repr(getattr(j, name)) for j in jobs}
+        if len(values) > 1:
+            raise ValueError(f"the jobs of one run must share `{name}`, got {sorted(values)}.")
+    names = [j.method for j in jobs]
+    dirs = [os.path.abspath(j.out_dir) for j in jobs]
+    if len(set(names)) < len(names) or len(set(dirs)) < len(dirs):
+        raise ValueError(f"the jobs of one run need one method and one output folder each, got {names} in {dirs}.")
+
+
 class Worker:
-    """Builds the job's backbone and `Segmenter` once; segments decoded units.
+    """Builds the jobs' backbone and `Segmenter`s once; segments decoded units.
 
     Args:
-        job: the `Job`.
+        job: the `Job`, or the jobs of one run of several methods (`check_shared`): their
+            passes are shared where they agree (`diffuseg.multi.MultiSegmenter`).
         wording: the message of a failed image's error, as the caller words it (the CLI names
             its flags); default ``str``.
 
@@ -165,63 +218,61 @@ class Worker:
         ValueError, OSError: a model or setting that cannot be used (library arguments named).
     """
 
-    def __init__(self, job: Job, wording: Callable[[BaseException], str] = str) -> None:
+    def __init__(self, job: Job | Sequence[Job], wording: Callable[[BaseException], str] = str) -> None:
         import torch
 
-        from ..backbone.load import load_backbone
-        from ..labeling.stage import build_filter, load_label_models
-        from ..methods import get_method
-        from ..plan import Query
-        from ..segmenter import Segmenter
+        from ..multi import MultiSegmenter
 
-        if job.threads is not None:
-            torch.set_num_threads(job.threads)
-        self.job = job
+        self.jobs = [job] if isinstance(job, Job) else list(job)
+        check_shared(self.jobs)
+        self.job = self.jobs[0]
+        if self.job.threads is not None:
+            torch.set_num_threads(self.job.threads)
         self.wording = wording
-        spec = get_method(job.method)
-        backbone = None
-        if job.needs_model:
-            backbone = load_backbone(
-                job.model, config=job.model_config, device=job.device, dtype=job.dtype, drop_t5=job.drop_t5
-            )
-        resources: dict[str, Any] = dict(job.resources)
-        load_label_models(resources, job.label_device or job.device)
-        class_filter = build_filter(
-            job.class_filter, resources, {r.name for r in spec.resources}, has_caption=bool(job.caption)
-        )
-        # the dry plan checks the job's own query (its class list's token budget) before any image
-        probe = Query(classes=job.classes, caption=job.caption) if job.classes or job.caption else None
-        self.segmenter = Segmenter(
-            backbone, spec, batch_size=job.batch_size, resources=resources, device=job.device,
-            class_filter=class_filter, probe=probe, **job.overrides,
-        )  # fmt: skip
+        backbone = _backbone(self.jobs)
+        # a job that needs no model gets none, as in a run of its own (its results record no model)
+        segmenters = [_segmenter(j, backbone if j.needs_model else None) for j in self.jobs]
+        self.segmenter = segmenters[0]
+        self.multi = MultiSegmenter(segmenters) if len(segmenters) > 1 else None
 
     def __call__(self, decoded: Sequence[tuple[Item, Any]]) -> list[Outcome]:
-        """Segment one decoded unit (see `decode_unit`); one `Outcome` per item, in order."""
+        """Segment one decoded unit (see `decode_unit`); one `Outcome` per item, in order (for
+        several jobs, `segment_all`'s outcomes of the first job)."""
+        return self.segment_all(decoded)[0]
+
+    def segment_all(self, decoded: Sequence[tuple[Item, Any]]) -> list[list[Outcome]]:
+        """One list of outcomes per job (in the order of the jobs), one `Outcome` per item."""
         from ..plan import Query
 
         _maybe_crash(decoded)
         job = self.job
-        out = [Outcome(item, error=image) for item, image in decoded if isinstance(image, str)]
+        failed = [Outcome(item, error=image) for item, image in decoded if isinstance(image, str)]
         good = [(item, image) for item, image in decoded if not isinstance(image, str)]
         if not good:
-            return _in_order(decoded, out)
+            return [_in_order(decoded, list(failed)) for _ in self.jobs]
         names = [item.name for item, _ in good]
         queries = [
             Query(image=im, classes=job.classes, caption=job.caption, id=item.name, meta=_notes(job, item))
             for item, im in good
         ]
         t0 = time.perf_counter()
-        results = self.segmenter.segment_batch(
-            queries, generator=image_generators(job.seed, names, job.device), return_errors=True
-        )
+        generators = image_generators(job.seed, names, job.device)
+        if self.multi is None:
+            per_job = [self.segmenter.segment_batch(queries, generator=generators, return_errors=True)]
+        else:
+            by_method = self.multi.segment_batch(queries, generator=generators, return_errors=True)
+            per_job = [by_method[j.method] for j in self.jobs]
         seconds = (time.perf_counter() - t0) / len(good)
-        for (item, image), seg in zip(good, results, strict=True):
-            if isinstance(seg, Exception):
-                out.append(Outcome(item, error=self.wording(seg), seconds=seconds))
-            else:
-                out.append(Outcome(item, seg=seg.in_input_frame(), image=image, seconds=seconds))
-        return _in_order(decoded, out)
+        out = []
+        for results in per_job:
+            outcomes = list(failed)
+            for (item, image), seg in zip(good, results, strict=True):
+                if isinstance(seg, Exception):
+                    outcomes.append(Outcome(item, error=self.wording(seg), seconds=seconds))
+                else:
+                    outcomes.append(Outcome(item, seg=seg.in_input_frame(), image=image, seconds=seconds))
+            out.append(_in_order(decoded, outcomes))
+        return out
 
 
 def _notes(job: Job, item: Item) -> dict[str, Any]:
