@@ -7,9 +7,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from diffuseg.ops.attention import aggregate_self_attention, resolution_weights
-from diffuseg.ops.clustering import anchor_distances, anchor_grid, kmeans_refine, merge_attention, symmetric_kl
+from diffuseg.ops.clustering import (
+    _greedy_groups,
+    _unique_rows,
+    anchor_distances,
+    anchor_grid,
+    greedy_merge,
+    kmeans_refine,
+    merge_attention,
+    symmetric_kl,
+)
 from diffuseg.ops.masks import maps_to_labels
 
 
@@ -247,3 +257,70 @@ def test_aggregate_non_integer_factor_tiles_like_nearest_interpolation():
     w = resolution_weights([(12, 12), (5, 5)])
     expected = w[0] * maps[(12, 12)] / maps[(12, 12)].sum(1, keepdim=True) + w[1] * tiled
     torch.testing.assert_close(out.reshape(144, 144), expected, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- no host round trip
+#: Tensor methods that copy data to the host or read a value into Python (each a device sync).
+_HOST_READS = {"cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__array__"}
+
+
+class _NoHostReads(TorchFunctionMode):
+    """Fails on any tensor call that brings data to the host (`_HOST_READS`, or `.to` a CPU
+    device). `torch.equal` (one flag) and the sizes of data-dependent shapes stay allowed."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        to_cpu = name == "to" and any(
+            isinstance(a, (str, torch.device)) and torch.device(a).type == "cpu" for a in (*args[1:], *kwargs.values())
+        )
+        if name in _HOST_READS or to_cpu:
+            raise AssertionError(f"host read inside the merge: Tensor.{name}")
+        return func(*args, **kwargs)
+
+
+def test_host_read_guard_catches_copies():
+    with _NoHostReads(), pytest.raises(AssertionError, match="Tensor.cpu"):
+        torch.ones(2).cpu()
+    with _NoHostReads(), pytest.raises(AssertionError, match="__bool__"):
+        bool(torch.ones(1))
+
+
+def test_diffseg_merge_stays_on_the_features_device():
+    """Aggregation, KL merge (both iteration kinds) and labels read nothing back to the host:
+    on a GPU they run where the recorded maps are. Results equal those outside the guard."""
+    maps = {s: torch.from_numpy(m).float() for s, m in _random_maps(np.random.default_rng(5), [16, 8, 4, 2]).items()}
+    expected = maps_to_labels(merge_attention(aggregate_self_attention(maps), 8), (32, 32))
+    with _NoHostReads():
+        agg = aggregate_self_attention(maps)
+        kl = anchor_distances(agg, 8)
+        for thresholds in [(1.1, 1.1, 1.1), (0.5,), (0.3, 0.6)]:
+            proposals = merge_attention(agg, 8, thresholds, anchor_kl=kl)
+        labels = maps_to_labels(merge_attention(agg, 8, anchor_kl=kl), (32, 32))
+        greedy_merge(proposals.flatten(1), 0.5)
+    assert torch.equal(labels, expected)
+
+
+def _loop_greedy_groups(close: torch.Tensor) -> torch.Tensor:
+    """The reference's loop: each row not yet matched leads and marks its close columns."""
+    matched, groups = torch.zeros(close.shape[1], dtype=torch.bool), []
+    for i, row in enumerate(close):
+        if not matched[i]:
+            matched |= row
+            groups.append(i)
+    return close[groups]
+
+
+def test_greedy_groups_and_unique_rows_match_plain_loops():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        k = int(torch.randint(1, 40, (1,), generator=g))
+        close = torch.rand(k, k, generator=g) < 0.3 * trial / 60
+        close = (close | close.T) if trial % 2 else close  # symmetric and not
+        close.fill_diagonal_(True)
+        assert torch.equal(_greedy_groups(close), _loop_greedy_groups(close))
+        rows = (torch.rand(5, 12, generator=g) < 0.5)[torch.randint(0, 5, (k,), generator=g)]
+        distinct, inverse = _unique_rows(rows)
+        order = list(dict.fromkeys(tuple(r) for r in rows.tolist()))  # first occurrences, in order
+        assert distinct.tolist() == [list(r) for r in order]
+        assert torch.equal(distinct[inverse], rows)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 __all__ = ["anchor_grid", "symmetric_kl", "anchor_distances", "merge_attention", "greedy_merge", "kmeans_refine"]
@@ -12,14 +11,14 @@ __all__ = ["anchor_grid", "symmetric_kl", "anchor_distances", "merge_attention",
 _EPS = 1e-30  # clamp before log: float32 keeps 1e-30 (fp16 does not, see merge_attention)
 
 
-def anchor_grid(size: int, num_per_side: int) -> torch.Tensor:
+def anchor_grid(size: int, num_per_side: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Evenly spaced anchor coordinates along one axis of a grid of `size` cells.
 
     As google/diffseg `generate_sampling_grid` (l.22-30): step (size-1)//(n-1), centred; for
     size 64 and 16 anchors: 1, 5, ..., 61.
 
     Returns:
-        int64 tensor (num_per_side,) of indices in [0, size).
+        int64 tensor (num_per_side,) of indices in [0, size), on `device` (default the CPU).
 
     Raises:
         ValueError: if `num_per_side` < 1 or > `size`.
@@ -27,10 +26,10 @@ def anchor_grid(size: int, num_per_side: int) -> torch.Tensor:
     if num_per_side < 1 or num_per_side > size:
         raise ValueError(f"`anchors` must be in [1, {size}] for a {size}-cell grid, got {num_per_side}.")
     if num_per_side == 1:
-        return torch.tensor([(size - 1) // 2])
+        return torch.tensor([(size - 1) // 2], device=device)
     step = (size - 1) // (num_per_side - 1)
     start = (size - 1 - step * (num_per_side - 1)) // 2
-    return start + step * torch.arange(num_per_side)
+    return start + step * torch.arange(num_per_side, device=device)
 
 
 def symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -66,31 +65,42 @@ def _group_means(members: torch.Tensor, maps: torch.Tensor, weights: torch.Tenso
 
 def _unique_rows(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct rows of a (A, N) boolean matrix in order of first occurrence, and for
-    each row of `members` the index of its distinct row: ((U, N), (A,) int64)."""
-    first: dict[bytes, int] = {}
-    keep, inverse = [], []
-    for i, row in enumerate(np.packbits(members.cpu().numpy(), axis=1)):
-        key = row.tobytes()
-        if key not in first:
-            first[key] = len(keep)
-            keep.append(i)
-        inverse.append(first[key])
-    device = members.device
-    return members[torch.tensor(keep, device=device)], torch.tensor(inverse, dtype=torch.long, device=device)
+    each row of `members` the index of its distinct row: ((U, N), (A,) int64).
+
+    Computed on `members`' device (no copy to the host): two rows are equal when their overlap
+    count equals both their sizes; the counts are integers <= N, exact in float32 for
+    N < 2**24 (also with TF32 or bf16 matmul inputs: 0 and 1 are exact in every format).
+    """
+    a = members.shape[0]
+    m = members.to(torch.float32)
+    overlap = m @ m.T  # (A, A) shared True entries
+    size = m.sum(1)
+    equal = (overlap == size[:, None]) & (overlap == size[None, :])
+    first = equal.to(torch.uint8).argmax(1)  # the first row equal to each row (itself at the latest)
+    is_first = first == torch.arange(a, device=members.device)
+    rank = is_first.cumsum(0) - 1  # index among the distinct rows, in order of first occurrence
+    return members[is_first], rank[first]
 
 
 def _greedy_groups(close: torch.Tensor) -> torch.Tensor:
     """The reference's greedy grouping (`mask_merge`): in row order, each row not yet matched
-    takes every column close to it as its group and marks them matched. (K, K) bool -> (G, K)."""
-    rows = close.cpu().numpy()
-    matched = np.zeros(rows.shape[1], dtype=bool)
-    groups = []
-    for i, row in enumerate(rows):
-        if matched[i]:
-            continue
-        matched |= row
-        groups.append(i)
-    return close[torch.tensor(groups, dtype=torch.long, device=close.device)]
+    takes every column close to it as its group and marks them matched. (K, K) bool -> (G, K).
+
+    Computed on `close`'s device: row i leads a group iff no earlier leader j < i has
+    ``close[j, i]``. That recursion has one solution, reached by fixed-point rounds from "all
+    rows lead" (after round r the first r + 1 rows are settled), so the loop ends after at most
+    K rounds, in practice after the longest chain of leaders; each round syncs one flag
+    (`torch.equal`), no tensor goes to the host.
+    """
+    k = close.shape[0]
+    claims = torch.ones(k, k, dtype=torch.bool, device=close.device).triu_(1).logical_and_(close).to(torch.float32)
+    leader = torch.ones(k, dtype=torch.bool, device=close.device)
+    for _ in range(k):
+        settled = (leader.to(torch.float32)[None] @ claims)[0] == 0  # not claimed by an earlier leader
+        if torch.equal(settled, leader):
+            break
+        leader = settled
+    return close[leader]
 
 
 def greedy_merge(maps: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -127,8 +137,8 @@ def anchor_distances(aggregated: torch.Tensor, anchors: int) -> torch.Tensor:
     """
     n, h, w = aggregated.shape
     flat = aggregated.reshape(n, h * w).to(torch.promote_types(aggregated.dtype, torch.float32))
-    rows, cols = anchor_grid(h, anchors), anchor_grid(w, anchors)
-    idx = (rows[:, None] * w + cols[None, :]).reshape(-1).to(flat.device)  # ij indexing
+    rows, cols = anchor_grid(h, anchors, flat.device), anchor_grid(w, anchors, flat.device)
+    idx = (rows[:, None] * w + cols[None, :]).reshape(-1)  # ij indexing
     return symmetric_kl(flat[idx], flat)
 
 
