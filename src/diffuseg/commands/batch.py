@@ -90,7 +90,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--root", default=None, help="dataset root folder (INPUT dataset:NAME)")
     p.add_argument("--split", default=None, help="dataset split (INPUT dataset:NAME; default the papers')")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of INPUT")
-    p.add_argument("--method", default="diffseg", help=f"segmentation method (default diffseg):\n{method_help()}")
+    p.add_argument(
+        "--method",
+        default="diffseg",
+        help="segmentation method (default diffseg), or a comma-separated list sharing the model passes where "
+        f"they agree (outputs in --out/METHOD):\n{method_help()}",
+    )
     p.add_argument("--out", default="out", help="output folder (default ./out)")
     p.add_argument(
         "--overwrite",

@@ -42,7 +42,12 @@ def register(subparsers: Any) -> None:
         "comma-separated value (--kl-thresholds 0.05,0.05,0.05).",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--method", default="diffseg", help=f"segmentation method (default diffseg):\n{method_help()}")
+    p.add_argument(
+        "--method",
+        default="diffseg",
+        help="segmentation method (default diffseg), or a comma-separated list sharing the model passes where "
+        f"they agree (outputs in --out/METHOD):\n{method_help()}",
+    )
     p.add_argument("--out", default="out", help="output folder (default ./out)")
     done = p.add_mutually_exclusive_group()
     done.add_argument("--overwrite", action="store_true", help="replace existing output files")
