@@ -91,6 +91,13 @@ EXTRA_ROWS = (
         {"label": "classes"},
         {"classes": "gt-labels", "matching": "none"},
     ),
+    ("diffcut, K-way solver", "diffcut", {"solver": "kway"}, {}),
+    (
+        "diffcut, K-way solver, 256 px, alpha 20",
+        "diffcut",
+        {"solver": "kway", "image_size": 256, "alpha": 20.0},
+        {},
+    ),
     ("maskdiffusion, all 11 classes", "maskdiffusion", {}, {"classes": "all"}),
     (
         "maskdiffusion (paper: t 0, levels 0,1)",
@@ -275,7 +282,10 @@ _PRED_COLOURS = np.array(
 TUNE_GRIDS = {
     "diffseg": ((1, 2), [{"kl_thresholds": (t,) * 3} for t in (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.1)]),
     "diffcut": ((1, 2), [{"tau": t} for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]),
+    "diffcut-kway": ((2, 4), [{"alpha": a, "max_segments": m} for a in (10.0, 20.0) for m in (3, 4, 6)]),
 }
+#: Tuning names that are a method with fixed settings: name -> (method, settings of every entry).
+TUNE_BASES = {"diffcut-kway": ("diffcut", {"solver": "kway"})}
 
 
 @torch.no_grad()
@@ -286,12 +296,13 @@ def tune(backbone, method: str, native: int, num_scenes: int = 40) -> tuple[dict
     {"setting@size": mIoU}."""
     ds = SyntheticScenes("test", num_scenes)
     scales, grid = TUNE_GRIDS[method]
+    name, base = TUNE_BASES.get(method, (method, {}))
     scores: dict[str, float] = {}
     best, best_score = {}, -1.0
     for scale in scales:
         size = native * scale
         for overrides, miou in zip(
-            grid, resegment_scores(backbone, method, ds, {"image_size": size}, grid), strict=True
+            grid, resegment_scores(backbone, name, ds, {**base, "image_size": size}, grid), strict=True
         ):
             key = ",".join(f"{k}={v[0] if isinstance(v, tuple) else v:g}" for k, v in overrides.items())
             scores[f"{key}@{size}"] = miou

@@ -12,7 +12,10 @@ Pipeline for one image:
    block of the last attention of the last down block that has attentions: `down_blocks[-1]` on
    SDXL/SSD-1B, `down_blocks[-2]` on SD-1.x), recorded by a forward hook; the UNet stops right
    after it (early exit), where the reference runs the whole UNet.
-2. Recursive normalized cut of the token grid (`diffuseg.ops.ncut`).
+2. Normalized cut of the token grid: the paper's recursive two-way cut (`diffuseg.ops.ncut`,
+   ``solver="recursive"``), or a discrete K-way cut after Falcon (ICLR 2026,
+   `diffuseg.ops.kway_ncut`, ``solver="kway"``; K from the eigengap of the affinity unless
+   ``num_segments`` is set). The two give different partitions: ``kway`` is its own setting.
 3. High-resolution concept assignment at the output resolution (default: the model input's).
 4. Optional refinement: PAMR, then a 3x3 median filter (`diffuseg.ops.pamr`).
 5. Optional names (`label`, `diffuseg.labeling.naming`): ``clip`` is the paper's
@@ -37,7 +40,8 @@ defaults are the paper's for SSD-1B / SDXL:
 * ``toy`` (the proving-ground model, 64 px native): 128 px input (a 32x32 latent, 8x8 feature
   tokens; the paper's 1024 px is 64x the tokens, 74 s an image, and speckled) and tau 0.4, both
   tuned on the proving ground's *test* split (`bench_proving_ground.py --tune diffcut`: 0.453
-  there, against 0.413 for the paper's tau 0.5 at 64 px).
+  there, against 0.413 for the paper's tau 0.5 at 64 px); for the K-way solver max_segments 4
+  (`--tune diffcut-kway`, docs/kway_ncut.md: 0.426 there at 128 px, against 0.409 for 6 or 8).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import torch.nn.functional as F
 
 from ..backbone.features import FeatureRequest, Features
 from ..labeling.naming import LABELS, check_naming
+from ..ops.kway_ncut import kway_normalized_cut
 from ..ops.ncut import assign_concepts, recursive_normalized_cut
 from ..ops.pamr import pamr_affinity, refine_labels
 from ..ops.votes import VOTINGS
@@ -64,9 +69,13 @@ from .spec import MethodSpec
 if TYPE_CHECKING:
     from ..backbone.protocol import Backbone, LayerMap
 
-__all__ = ["DiffCutConfig", "PRESETS", "plan", "requires", "segment", "token_features", "SPEC"]
+__all__ = ["DiffCutConfig", "PRESETS", "SOLVERS", "plan", "requires", "segment", "token_features", "SPEC"]
 
 logger = logging.getLogger(__name__)
+
+#: The normalized-cut solvers of `DiffCutConfig.solver`: the paper's recursive two-way cut
+#: (`diffuseg.ops.ncut`) and the discrete K-way cut after Falcon (`diffuseg.ops.kway_ncut`).
+SOLVERS = ("recursive", "kway")
 
 _PATH = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn1$")
 
@@ -81,7 +90,16 @@ class DiffCutConfig:
 
     Attributes:
         tau: recursion stops when the best ncut is >= tau (paper tau; `eval_diffcut.py`
-            l.182, README `--tau 0.5`).
+            l.182, README `--tau 0.5`); the recursive solver only.
+        solver: "recursive" (the paper's recursive two-way cut, stopped by `tau`) or "kway"
+            (a discrete K-way cut after Falcon, ICLR 2026, `diffuseg.ops.kway_ncut`; K from
+            `num_segments` or the eigengap rule; `tau`, `num_thresholds` and `drop_zero_rows`
+            do not apply).
+        num_segments: K of the K-way solver; None = the eigengap rule (the K in
+            [min_segments, max_segments] at the largest gap between consecutive eigenvalues
+            of D^-1/2 W D^-1/2; it never sees a ground truth). Falcon fixes K per dataset.
+        max_segments: the largest K of the eigengap rule (ours; see `SPEC.presets`).
+        min_segments: the smallest K of the eigengap rule (ours: 2, an image is cut at least once).
         alpha: affinity exponent (paper alpha; `eval_diffcut.py` l.183).
         timestep: UNet timestep the clean latent is noised to (`eval_diffcut.py` l.179
             `--step 50`; `ldm.py` l.147).
@@ -99,8 +117,10 @@ class DiffCutConfig:
         pamr_iterations: PAMR steps (`eval_diffcut.py` l.92: 10; demo notebook: 30).
         pamr_dilations: PAMR dilations (`eval_diffcut.py` l.92: 1, 2, 4, 8).
         median_size: median filter window (`eval_diffcut.py` l.94: 3); 1 disables it.
-        num_thresholds: Fiedler thresholds per cut (`recursive_normalized_cut.py` l.35: 100).
-        drop_zero_rows: reproduce the reference's exact-zero row dropping in the cut.
+        num_thresholds: Fiedler thresholds per cut (`recursive_normalized_cut.py` l.35: 100);
+            the recursive solver only.
+        drop_zero_rows: reproduce the reference's exact-zero row dropping in the cut; the
+            recursive solver only.
         label: "none" (segment ids, the paper's unsupervised setting), "classes" or "caption":
             name each segment from the query's class names or its caption's nouns by the
             cross-attention of their tokens, recorded in the same pass with the naming prompt
@@ -111,6 +131,10 @@ class DiffCutConfig:
     """
 
     tau: float = 0.5
+    solver: str = field(default="recursive", metadata={"choices": SOLVERS})
+    num_segments: int | None = None
+    max_segments: int = 8
+    min_segments: int = 2
     alpha: float = 10.0
     timestep: int = 50
     image_size: int | None = 1024
@@ -131,6 +155,15 @@ class DiffCutConfig:
     def __post_init__(self) -> None:
         check_naming(self.label, self.voting, self.label_template)
         check_positive(self.tau, "tau")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"`solver` must be one of {SOLVERS}, got {self.solver!r}.")
+        check_positive(self.num_segments, "num_segments", integer=True, allow_none=True)
+        check_positive(self.max_segments, "max_segments", integer=True)
+        check_positive(self.min_segments, "min_segments", integer=True)
+        if self.min_segments > self.max_segments:
+            raise ValueError(
+                f"`min_segments` ({self.min_segments}) must be at most `max_segments` ({self.max_segments})."
+            )
         check_positive(self.alpha, "alpha")
         check_timestep(self.timestep)
         check_positive(self.image_size, "image_size", integer=True, allow_none=True)
@@ -149,7 +182,7 @@ class DiffCutConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # DiffCut issue #5: tau must change on SD 1.4; the paper's 1024 px input is kept.
     "sd1": {"tau": 0.2},
-    "toy": {"image_size": 128, "tau": 0.4},
+    "toy": {"image_size": 128, "tau": 0.4, "max_segments": 4},
     "toy-mmdit": {"image_size": 128, "tau": 0.2},  # docs/mmdit_presets.md (1024 px exceeds its 512)
 }
 
@@ -228,6 +261,30 @@ def _output_size(image_hw: tuple[int, int], longer: int | None) -> tuple[int, in
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def _cut(features: Features, feats: torch.Tensor, config: DiffCutConfig) -> torch.Tensor:
+    """The token labels (h, w) int64 of `config.solver` on the feature map `feats` (C, h, w)."""
+    if config.solver == "kway":
+        key = ("diffcut", "kway", config.alpha, config.num_segments, config.max_segments, config.min_segments)
+        return features.derive(
+            key,
+            lambda: kway_normalized_cut(
+                feats, config.alpha, config.num_segments,
+                max_segments=config.max_segments, min_segments=config.min_segments,
+            ),
+        )  # fmt: skip
+    # the cuts and the image affinity depend on no threshold: kept with the features, so
+    # re-segmenting from cached features with another `tau` or PAMR setting skips them
+    cuts = features.derive(("diffcut", "cuts", config.alpha, config.num_thresholds), dict)
+    return recursive_normalized_cut(
+        feats,
+        config.tau,
+        config.alpha,
+        num_thresholds=config.num_thresholds,
+        drop_zero_rows=config.drop_zero_rows,
+        cuts=cuts,
+    )
+
+
 def segment(
     features: Features,
     config: DiffCutConfig = DiffCutConfig(),  # noqa: B008 - frozen
@@ -258,17 +315,7 @@ def segment(
     image_hw = tuple(image.shape[-2:]) if image is not None else (h, w)
     if image_hw[0] < h or image_hw[1] < w:
         raise ValueError(f"the image ({image_hw[0]}x{image_hw[1]}) is smaller than the feature grid ({h}x{w}).")
-    # the cuts and the image affinity depend on no threshold: kept with the features, so
-    # re-segmenting from cached features with another `tau` or PAMR setting skips them
-    cuts = features.derive(("diffcut", "cuts", config.alpha, config.num_thresholds), dict)
-    tokens = recursive_normalized_cut(
-        feats,
-        config.tau,
-        config.alpha,
-        num_thresholds=config.num_thresholds,
-        drop_zero_rows=config.drop_zero_rows,
-        cuts=cuts,
-    )  # (h, w)
+    tokens = _cut(features, feats, config)  # (h, w)
     size = _output_size(image_hw, config.assignment_size or (query.label_size if query is not None else None))
     labels = assign_concepts(feats, tokens, size)  # (H', W')
     if config.refine and image is not None:
