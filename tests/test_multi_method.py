@@ -159,6 +159,14 @@ def test_cli_bad_method_lists_are_usage_errors(photo, tmp_path, capsys, method, 
     assert not (tmp_path / "o").exists() or not any(Path(tmp_path / "o").rglob("*.png"))
 
 
+def test_cli_existing_outputs_keep_an_image_from_every_method(photo, tmp_path, capsys):
+    assert _segment([photo], tmp_path / "o", "diffseg,slic") == 0
+    capsys.readouterr()
+    assert _segment([photo], tmp_path / "o", "diffseg,slic") == 1  # neither --overwrite nor --skip-existing
+    err = capsys.readouterr().err
+    assert "0 of 2 (image, method) result(s)" in err and "use --overwrite or --skip-existing" in err
+
+
 def test_cli_an_option_of_one_listed_method_goes_to_it_alone(photo, tmp_path, capsys):
     assert _segment([photo], tmp_path / "o", "diffseg,diffcut", "--tau", "0.3") == 0
     import json

@@ -139,10 +139,14 @@ def run(args: argparse.Namespace) -> int:
             return fail("segment", f"{e}; free some space and rerun with --skip-existing to finish", code=1)
         except (ValueError, OSError) as e:  # a model or setting that cannot be used
             return fail("segment", message(e))
+    per_item = len(job) if isinstance(job, list) else 1  # results per image
+    lost = len(failed) * per_item  # an image refused before the run loses all its results
+    if todo:
         failed.update((failed_name(rec), rec["error"]) for rec in summary.failures)
+        lost += len(summary.failures)
     for path, reason in failed.items():
         print(f"failed: {path}: {reason}", file=sys.stderr)
-    n = len(items) * (len(job) if isinstance(job, list) else 1)
+    n = len(items) * per_item
     skipped = f" ({len(done_before)} already done)" if done_before else ""
-    print(f"{n - len(failed)} of {n} {written_into(job, args.out)}{skipped}", file=sys.stderr)
+    print(f"{n - lost} of {n} {written_into(job, args.out)}{skipped}", file=sys.stderr)
     return 0 if not failed else 1
