@@ -200,3 +200,14 @@ def test_run_batch_takes_jobs_that_share_all_but_method_and_folder(tmp_path):
         run_batch([jobs[0], Job(method="slic", out_dir=str(tmp_path / "b"), seed=1)], [])
     with pytest.raises(ValueError, match="one method and one output folder each"):
         run_batch([jobs[0], Job(method="slic", out_dir=str(tmp_path / "a"))], [])
+
+
+def test_one_shared_generator_still_draws_new_noise_per_image(tiny_backbone, quadrant_image, one_thread):
+    """With one generator for the batch (not one per query), images do not all get the same
+    noise: the generator is drawn in turn, as a `Segmenter` draws it."""
+    seg = Segmenter(tiny_backbone, "diffcut", image_size=64, add_noise=True)  # noise matters
+    multi = MultiSegmenter([seg])
+    g = torch.Generator().manual_seed(0)
+    first = g.get_state()
+    multi.segment_batch([quadrant_image, quadrant_image], g)
+    assert not torch.equal(g.get_state(), first)  # the caller's generator advanced

@@ -205,14 +205,17 @@ class MultiSegmenter:
         )
 
     def _calls(
-        self, index: int, query: Query, generator: torch.Generator | None, results: dict[str, list]
+        self, index: int, query: Query, generator: torch.Generator | None, results: dict[str, list], own_gen: bool
     ) -> list[_Call]:
-        """`query`'s model calls; a method whose query fails gets its error in `results`."""
+        """`query`'s model calls; a method whose query fails gets its error in `results`.
+        With `own_gen` (the query's own generator) every method draws from a copy of it, in
+        the state a run of that method alone would find it in; else all draw from `generator`
+        in turn."""
         items, filtered = {}, {}
         for name, seg in self.segmenters.items():
             try:
                 own, filtered[name] = query, None
-                gen = _copy(generator)  # every method sees the generator as a run of its own would
+                gen = _copy(generator) if own_gen else generator
                 if seg.class_filter is not None and query.classes:
                     own, filtered[name] = seg._filter(query, gen)
                 items[name] = (seg._prepare(index, own), gen)
@@ -249,7 +252,7 @@ class MultiSegmenter:
         groups: dict[tuple[Any, ...], list[_Call]] = {}
         for i, query in enumerate(queries):
             own = per_query[i] if per_query is not None else generator
-            for call in self._calls(i, query, own, results):
+            for call in self._calls(i, query, own, results, per_query is not None):
                 lead = next(iter(call.items.values()))
                 key = (call.pass_.batch_key(), tuple(lead.pixels.shape), tuple(call.items))
                 groups.setdefault(key, []).append(call)
