@@ -22,6 +22,7 @@ COMMANDS = {
     "python -c pass (baseline)": ["-c", "pass"],
     "diffuseg --help": ["-m", "diffuseg", "--help"],
     "diffuseg segment --help": ["-m", "diffuseg", "segment", "--help"],
+    "diffuseg eval --help": ["-m", "diffuseg", "eval", "--help"],
 }
 
 

@@ -36,6 +36,7 @@ LIBRARY = (
     "diffuseg.segdiffusion",
     "diffuseg.multi",
     "diffuseg.segmenter",
+    "diffuseg.settings",
     "diffuseg.synthetic",
     "diffuseg.types",
 )
@@ -46,6 +47,7 @@ ABOVE_LIBRARY = ("diffuseg.eval", "diffuseg.demo", "diffuseg.commands")
 LAYERS = (
     (
         "diffuseg._version",
+        "diffuseg.settings",
         "diffuseg.ops",
         "diffuseg.imageio",
         "diffuseg.devices",

@@ -195,6 +195,36 @@ def test_top_level_help_imports_no_torch():
     assert "segment" in proc.stdout and "eval" in proc.stdout
 
 
+def test_segment_help_imports_no_torch_and_lists_every_method():
+    """`diffuseg segment --help` (and parsing its options) reads the methods' configs from their
+    torch-free `*_config` modules (`diffuseg.methods.catalog`), never the method code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from diffuseg.cli import build_parser; "
+        "p = build_parser(['segment', 'x.png']); p.parse_args(['segment', 'x.png', '--method', 'diffcut,slic']); "
+        "print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout + proc.stderr
+
+
+def test_the_catalog_describes_every_registered_method():
+    from diffuseg.methods import METHODS
+    from diffuseg.methods.catalog import INFOS
+
+    assert [i.name for i in INFOS] == sorted(METHODS)
+    for info in INFOS:
+        spec = METHODS[info.name]
+        assert (spec.config_cls, spec.kind, spec.description, spec.resources) == (
+            info.config_cls,
+            info.kind,
+            info.description,
+            info.resources,
+        )
+
+
 def test_eval_protocol_that_fixes_the_size_refuses_size(tmp_path, capsys):
     rc = main(
         [

@@ -21,7 +21,6 @@ also answer is not built yet.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 from .backbone.features import FeatureRequest
 from .imageio import ImageInput, check_resize_mode
 from .labeling.vocabulary import parse_classes
+from .settings import LATENT_MODES, Resource, check_caption, check_layers, check_positive, check_timestep
 
 __all__ = [
     "Query",
@@ -43,74 +43,6 @@ __all__ = [
     "check_caption",
     "check_layers",
 ]
-
-LATENT_MODES = ("mean", "sample")
-
-
-def check_timestep(timestep: Any, name: str = "timestep") -> int:
-    """Validate a UNet timestep as a non-negative int (the model's upper bound is checked by
-    `DiffusionBackbone.check_timestep`). Returns it; raises `ValueError` otherwise."""
-    if isinstance(timestep, bool) or not isinstance(timestep, int) or timestep < 0:
-        raise ValueError(f"`{name}` must be an int >= 0, got {timestep!r}.")
-    return timestep
-
-
-def check_positive(
-    value: Any, name: str, *, integer: bool = False, allow_none: bool = False, allow_zero: bool = False
-) -> Any:
-    """Validate a finite number > 0 (>= 0 with `allow_zero`; an int with `integer`; None with
-    `allow_none`). Rejects bools, NaN and infinities. Returns the value; raises `ValueError`."""
-    if value is None and allow_none:
-        return value
-    kind = "an int" if integer else "a finite number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if (
-        isinstance(value, bool)
-        or not ok_type
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        bound = ">= 0" if allow_zero else "> 0"
-        none = " or None" if allow_none else ""
-        raise ValueError(f"`{name}` must be {kind} {bound}{none}, got {value!r}.")
-    return value
-
-
-def check_layers(value: Any, name: str = "layers") -> tuple[int, ...] | None:
-    """Validate layer indices (`backbone.protocol.LayerMap.select`): None, an int or a non-empty
-    sequence of ints (negative counts from the end). Returns None or a tuple; the model's own
-    range is checked when the method plans its pass.
-
-    Raises:
-        ValueError: naming `name` and the value.
-    """
-    if value is None:
-        return None
-    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        values = tuple(values)
-    except TypeError:
-        values = None
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-        raise ValueError(f"`{name}` must be None or layer indices (ints, e.g. (2, 3)), got {value!r}.")
-    return values
-
-
-def check_caption(caption: Any) -> str | None:
-    """Validate a caption: None (no caption) or a string with some text. Returns it.
-
-    Raises:
-        ValueError: naming `caption`, for another type or an empty or blank string (which a
-            method would otherwise read as no caption, or as a prompt of nothing).
-    """
-    if caption is None:
-        return None
-    if not isinstance(caption, str):
-        raise ValueError(f"`caption` must be a string or None, got {caption!r} ({type(caption).__name__}).")
-    if not caption.strip():
-        raise ValueError(f"`caption` is empty ({caption!r}); give text or leave the caption out.")
-    return caption
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,26 +191,3 @@ def image_only(config: Any, query: Query, backbone: Any = None, resources: Any =
     """The plan of methods that read only the pixels (baselines): no model work, the image at
     the caller's size (`Query.size`) or its own, framed as the query says."""
     return Pass.for_query(query)
-
-
-@dataclass(frozen=True)
-class Resource:
-    """An extra model a method declares (a CLIP labeller, a captioner, a fine-tuned UNet).
-
-    The `Segmenter` loads each once, from what the user gives (an object, or a path / hub id
-    passed to `load`), on the backbone's device.
-
-    Attributes:
-        name: key in the `resources` mapping (CLI: ``--NAME VALUE`` or ``--resource NAME=VALUE``).
-        description: one line for help texts.
-        load: ``load(value: str, device, dtype) -> object``, or None if only objects are taken.
-        required: whether the method cannot run without it.
-        default: ``default(backbone) -> str | None``: the value used when the user gives none
-            (e.g. the checkpoint shipped for the toy model), or None.
-    """
-
-    name: str
-    description: str
-    load: Any = None
-    required: bool = True
-    default: Any = None

@@ -184,7 +184,7 @@ def add_query_options(parser: argparse.ArgumentParser) -> None:
 def add_filter_option(parser: Any) -> None:
     """--filter and --label-device: which of the classes each image gets
     (`diffuseg.labeling.filters.FILTERS`), and where the labelling models run."""
-    from ..labeling.filters import FILTERS
+    from ..labeling.settings import FILTERS
 
     parser.add_argument(
         "--filter",
@@ -268,9 +268,10 @@ def _csv(elem: type, optional: bool = False) -> Any:
 
 
 def _methods() -> list[Any]:
-    from ..methods import get_method, list_methods
+    """Every method's `MethodInfo` (name, description, config class), without loading one."""
+    from ..methods.catalog import infos
 
-    return [get_method(n) for n in list_methods()]
+    return infos()
 
 
 def _method_fields() -> set[str]:
@@ -414,14 +415,13 @@ def parse_methods(text: str) -> tuple[str, ...]:
         ValueError: naming --method, for an empty list, an unknown name (with the choices) or a
             name given twice.
     """
-    from ..methods import list_methods
-
+    known = [info.name for info in _methods()]
     names = tuple(n.strip() for n in str(text).split(","))
     if not all(names):
         raise ValueError(f"--method {text!r} has an empty name; give one method or a comma-separated list.")
     for name in names:
-        if name not in list_methods():
-            raise ValueError(f"--method: unknown method {name!r}; choose from {', '.join(list_methods())}.")
+        if name not in known:
+            raise ValueError(f"--method: unknown method {name!r}; choose from {', '.join(known)}.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"--method names {', '.join(repeated)} twice; give each method once.")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..ops.masks import argmax0
+from .settings import FILTERS
 from .spans import check_template, class_prompt, joined_prompt, token_spans
 from .vocabulary import Vocabulary, background_index
 
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FILTERS", "DIFFUSION_SCORES", "FilterResult", "DiffusionFilter", "ClipFilter", "make_filter"]
 
-#: The class filters (`--filter`); ``none`` keeps the query's classes as given.
-FILTERS = ("none", "diffusion", "clip", "caption-clip")
 #: How the ``diffusion`` filter scores a class.
 DIFFUSION_SCORES = ("denoising", "attention")
 

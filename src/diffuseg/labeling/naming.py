@@ -27,29 +27,13 @@ import torch
 from ..ops.masks import class_scores
 from ..ops.votes import cross_attention_maps, name_segments
 from .nouns import caption_nouns
+from .settings import LABELS, check_naming
 from .spans import fit_budget, joined_prompt, present_spans
 from .vocabulary import Vocabulary, name_rows
 
 __all__ = ["LABELS", "check_naming", "naming_classes", "naming_prompt", "named_labels", "clip_named_labels"]
 
 logger = logging.getLogger(__name__)
-
-#: How an unsupervised method names its segments: "none" (segment ids, the papers'),
-#: "classes" (the query's class names, by cross-attention), "caption" (the nouns of the caption,
-#: by cross-attention) or "clip" (the query's class names, by dense CLIP features: DiffCut's recipe).
-LABELS = ("none", "classes", "caption", "clip")
-
-
-def check_naming(label: str, voting: str, template: str) -> None:
-    """Validate the naming settings of a method config (`label`, `voting`, `label_template`)."""
-    from ..ops.votes import VOTINGS
-    from .spans import check_template
-
-    if label not in LABELS:
-        raise ValueError(f"`label` must be one of {LABELS}, got {label!r}.")
-    if voting not in VOTINGS:
-        raise ValueError(f"`voting` must be one of {VOTINGS}, got {voting!r}.")
-    check_template(template)
 
 
 def naming_classes(label: str, query: Any, features: Any) -> Vocabulary:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..plan import Resource
+from ..settings import Resource
 
 __all__ = ["CAPTIONER", "CLIP", "caption_image", "naming_pass_prompt", "segment_names"]
 

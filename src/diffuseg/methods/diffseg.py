@@ -27,20 +27,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..backbone.features import FeatureRequest, Features
-from ..labeling.naming import LABELS, check_naming
 from ..ops.attention import aggregate_self_attention
 from ..ops.clustering import anchor_distances, kmeans_refine, merge_attention
 from ..ops.masks import maps_to_labels
-from ..ops.votes import VOTINGS
-from ..plan import LATENT_MODES, Pass, Query, check_layers, check_positive, check_timestep
+from ..plan import Pass, Query
 from ..types import Segmentation
-from ._resources import CAPTIONER, CLIP, naming_pass_prompt, segment_names
+from ._resources import naming_pass_prompt, segment_names
+from .diffseg_config import INFO, DiffSegConfig
 from .spec import MethodSpec
 
 __all__ = ["DiffSegConfig", "REQUIRES", "PRESETS", "plan", "segment", "SPEC"]
@@ -50,69 +48,6 @@ logger = logging.getLogger(__name__)
 #: All self-attention layers, head-averaged, as per-resolution running means (the reference
 #: sums the 5/5/5/1 SD-1.x layers per resolution in the graph, diffusion_model.py l.49-120).
 REQUIRES = FeatureRequest(self_attention=True)
-
-
-@dataclass(frozen=True)
-class DiffSegConfig:
-    """Hyperparameters of DiffSeg (defaults: google/diffseg `benchmarks.ipynb`, COCO-Stuff-27).
-
-    `timestep`, `image_size`, `add_noise`, `prompt` and `latent_mode` are the pass settings the
-    paper fixes (they go into DiffSeg's `Pass`); how the image is fitted to the input (whole, or
-    a protocol's crop) is the caller's (`diffuseg.plan.Query`).
-
-    Attributes:
-        kl_thresholds: τ, one symmetric-KL merge threshold per iteration (benchmarks cell 10:
-            [1.1]*3 for COCO-Stuff; 0.9 for Cityscapes and the demo notebook).
-        num_anchors_per_side: anchor grid side (NUM_POINTS = 16 -> 256 anchors).
-        refine: k-means refinement of the proposals (off in the benchmarks, on in the demo).
-        timestep: UNet timestep (both notebooks: 300).
-        image_size: model input side (the longer side; the whole image is seen, see
-            `diffuseg.plan.Query.resize_mode`); None = the model's native resolution, which is
-            the reference's 512 on SD 1.x (utils.py l.23) and scales to SD 2-768 / SDXL.
-        add_noise: noise the latent to `timestep` (the reference feeds the clean latent).
-        prompt: conditioning text ("" = unconditional context, as the reference).
-        latent_mode: VAE posterior "mean" (the reference's ImageEncoder output) or "sample".
-        label: "none" (segment ids, the paper's), "classes" or "caption": name each segment
-            from the query's class names, or from its caption's nouns (the reference's semantic
-            labels), by the cross-attention of their tokens recorded in the same pass; the
-            naming prompt (the names joined, or the caption) replaces `prompt`
-            (`diffuseg.labeling.naming`).
-        voting: how a segment picks its class: "mean" (the reference's) or "majority".
-        label_template: the naming prompt, filled with the class names joined by " and ".
-        layers: the self-attention maps read, as indices in forward order
-            (`LayerMap.select`: on an MM-DiT the i-th joint attention layer); None = all of
-            them (the paper, on SD's UNet).
-    """
-
-    kl_thresholds: tuple[float, ...] = (1.1, 1.1, 1.1)
-    num_anchors_per_side: int = 16
-    refine: bool = False
-    timestep: int = 300
-    image_size: int | None = None
-    add_noise: bool = False
-    prompt: str = ""
-    latent_mode: str = field(default="mean", metadata={"choices": LATENT_MODES})
-    label: str = field(default="none", metadata={"choices": LABELS})
-    voting: str = field(default="mean", metadata={"choices": VOTINGS})
-    label_template: str = "a photo of a {class}"
-    layers: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        check_naming(self.label, self.voting, self.label_template)
-        object.__setattr__(self, "layers", check_layers(self.layers))
-        if isinstance(self.kl_thresholds, (int, float)):
-            object.__setattr__(self, "kl_thresholds", (self.kl_thresholds,) * 3)
-        thresholds = tuple(self.kl_thresholds)
-        if not thresholds:
-            raise ValueError("`kl_thresholds` must hold at least one threshold, got ().")
-        for t in thresholds:
-            check_positive(t, "kl_thresholds")
-        object.__setattr__(self, "kl_thresholds", tuple(float(t) for t in thresholds))
-        check_positive(self.num_anchors_per_side, "num_anchors_per_side", integer=True)
-        check_timestep(self.timestep)
-        check_positive(self.image_size, "image_size", integer=True, allow_none=True)
-        if self.latent_mode not in LATENT_MODES:
-            raise ValueError(f"`latent_mode` must be one of {LATENT_MODES}, got {self.latent_mode!r}.")
 
 
 #: Model family -> overrides (see the module docstring).
@@ -203,14 +138,10 @@ def working_bytes(tokens: int) -> int:
     return 3 * 4 * tokens * tokens
 
 
-SPEC = MethodSpec(
-    name="diffseg",
-    resources=(CAPTIONER, CLIP),
-    config_cls=DiffSegConfig,
+SPEC = MethodSpec.from_info(
+    INFO,
     plan=plan,
     segment=segment,
-    kind="unsupervised",
-    description="DiffSeg (CVPR 2024): merges self-attention maps by KL distance; unsupervised.",
     presets=PRESETS,
     working_bytes=working_bytes,
 )

@@ -40,87 +40,25 @@ prefer there).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..backbone.features import FeatureRequest, Features
-from ..labeling.spans import check_template, class_prompt, token_spans
+from ..labeling.spans import class_prompt, token_spans
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
-from ..plan import LATENT_MODES, Pass, Query, check_layers, check_positive, check_timestep
+from ..plan import Pass, Query
 from ..types import Segmentation
-from ._resources import CAPTIONER
+from .diffsegmenter_config import INFO, DiffSegmenterConfig
 from .spec import MethodSpec
 
 if TYPE_CHECKING:
     from ..backbone.protocol import Backbone
 
 __all__ = ["DiffSegmenterConfig", "PRESETS", "plan", "segment", "class_rows", "SPEC"]
-
-
-@dataclass(frozen=True)
-class DiffSegmenterConfig:
-    """Hyperparameters of DiffSegmenter (defaults: VCG-team/DiffSegmenter, SD 1.5).
-
-    Attributes:
-        template: the class prompt; ``{class}`` is replaced by the class name (voc12 script:
-            "a photograph of {c}"; voc10 / coco: "a photography of {c}").
-        use_caption: continue each class prompt with the query's caption (", " + caption) when
-            it has one (the reference continues the prefix with a BLIP caption).
-        emphasis: weight of the class tokens' embeddings (Compel ``++`` = 1.1^2 = 1.21, l.467-485).
-        level_weights: weight of each UNet attention level from the coarsest to the finest
-            (reference ``weight = [0.3, 0.5, 0.1, 0.1]`` for 8, 16, 32, 64 on SD 1.x, l.425).
-            A model with fewer levels uses the first ones (SDXL: 0.3, 0.5).
-        refine_iterations: how many times the scores are propagated along the finest
-            self-attention (reference: once, l.513); 0 = raw cross-attention.
-        background_score: constant score of a "background" class in the argmax, in [0, 1]
-            (the reference sweeps 0.30-0.74 on the evaluated split; 0.4 is the centre of its
-            notebook's sigmoid(8 (m - 0.4)) sharpening). Unused without a background class.
-        timestep: UNet timestep (``times=[100]``, l.424).
-        image_size: model input side (the longer side); None = the model's native size (512
-            on SD 1.5, as the reference).
-        latent_mode: VAE posterior "sample" (the reference's ``posterior.sample()``, l.302) or
-            "mean" (its notebook).
-        layers: the attention layers read, as indices of the image->text maps in forward order
-            (`LayerMap.select`: on an MM-DiT the i-th joint attention layer); their image->image
-            maps on the finest grid refine. None = every cross-attention layer and the finest
-            self-attention level (the paper, on SD's UNet).
-    """
-
-    template: str = "a photograph of {class}"
-    use_caption: bool = True
-    emphasis: float = 1.21
-    level_weights: tuple[float, ...] = (0.3, 0.5, 0.1, 0.1)
-    refine_iterations: int = 1
-    background_score: float = 0.4
-    timestep: int = 100
-    image_size: int | None = None
-    latent_mode: str = field(default="sample", metadata={"choices": LATENT_MODES})
-    layers: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        check_template(self.template)
-        object.__setattr__(self, "layers", check_layers(self.layers))
-        check_positive(self.emphasis, "emphasis")
-        weights = (self.level_weights,) if isinstance(self.level_weights, (int, float)) else self.level_weights
-        weights = tuple(weights)
-        for w in weights:
-            check_positive(w, "level_weights", allow_zero=True)
-        if not weights or not any(weights):
-            raise ValueError(f"`level_weights` needs at least one weight > 0, got {self.level_weights!r}.")
-        object.__setattr__(self, "level_weights", tuple(float(w) for w in weights))
-        check_positive(self.refine_iterations, "refine_iterations", integer=True, allow_zero=True)
-        b = self.background_score
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not (0.0 <= b <= 1.0):
-            raise ValueError(f"`background_score` must be a number in [0, 1], got {b!r}.")
-        check_timestep(self.timestep)
-        check_positive(self.image_size, "image_size", integer=True, allow_none=True)
-        if self.latent_mode not in LATENT_MODES:
-            raise ValueError(f"`latent_mode` must be one of {LATENT_MODES}, got {self.latent_mode!r}.")
 
 
 #: Model family -> overrides (none; see the module docstring).
@@ -299,16 +237,11 @@ def working_bytes(tokens: int) -> int:
     return 2 * 4 * tokens * tokens
 
 
-SPEC = MethodSpec(
-    name="diffsegmenter",
-    config_cls=DiffSegmenterConfig,
+SPEC = MethodSpec.from_info(
+    INFO,
     plan=plan,
     segment=segment,
-    kind="open-vocabulary",
-    description="DiffSegmenter (arXiv 2309.02773): class-token cross-attention refined by self-attention; "
-    "needs --classes.",
     presets=PRESETS,
-    resources=(CAPTIONER,),
     needs_classes=True,
     working_bytes=working_bytes,
 )

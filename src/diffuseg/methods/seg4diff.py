@@ -26,46 +26,17 @@ through the T5 keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..backbone.features import FeatureRequest, Features
 from ..ops.masks import maps_to_labels
-from ..ops.textmaps import SEG4DIFF_KL_THRESHOLD, text_token_proposals
-from ..plan import Pass, Query, check_positive, check_timestep
+from ..ops.textmaps import text_token_proposals
+from ..plan import Pass, Query
 from ..types import Segmentation
+from .seg4diff_config import INFO, Seg4DiffConfig
 from .spec import MethodSpec
 
 __all__ = ["Seg4DiffConfig", "PRESETS", "plan", "segment", "SPEC", "text_layer"]
-
-
-@dataclass(frozen=True)
-class Seg4DiffConfig:
-    """Hyperparameters of Seg4Diff's unsupervised mode (defaults: its SD3-medium configs).
-
-    Attributes:
-        layer: index of the recorded layer among the model's image→text attention layers in
-            forward order (an MM-DiT's joint layers; a UNet's cross-attention layers); None = the
-            middle one. SD3-medium: 9 (the preset).
-        timestep: SD-scale timestep of the noised latent (372 = the code's sigma 0.515: see the
-            module docstring).
-        kl_threshold: symmetric-KL merge threshold (the code's ``self.kl_threshold = 0.1``).
-        power: exponent after the per-pixel normalisation (``OUTPUT_POWER: 1.0``).
-        image_size: model input side (the longer side); None = the model's native size.
-    """
-
-    layer: int | None = None
-    timestep: int = 372
-    kl_threshold: float = SEG4DIFF_KL_THRESHOLD
-    power: float = 1.0
-    image_size: int | None = None
-
-    def __post_init__(self) -> None:
-        check_positive(self.layer, "layer", integer=True, allow_zero=True, allow_none=True)
-        check_timestep(self.timestep)
-        check_positive(self.kl_threshold, "kl_threshold")
-        check_positive(self.power, "power")
-        check_positive(self.image_size, "image_size", integer=True, allow_none=True)
 
 
 #: Model family -> overrides: SD3(-medium)'s grounding layer from the paper's configs.
@@ -135,12 +106,9 @@ def segment(
     return Segmentation(labels=labels, extras={"proposals": proposals.cpu()})
 
 
-SPEC = MethodSpec(
-    name="seg4diff",
-    config_cls=Seg4DiffConfig,
+SPEC = MethodSpec.from_info(
+    INFO,
     plan=plan,
     segment=segment,
-    kind="unsupervised",
-    description="Seg4Diff (NeurIPS 2025): merges an empty prompt's text-token attention maps; unsupervised.",
     presets=PRESETS,
 )

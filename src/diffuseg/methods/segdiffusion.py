@@ -19,84 +19,22 @@ toy model the checkpoint trained in the proving-ground run ships with the packag
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn.functional as F
 
 from ..backbone.features import Features
-from ..labeling.spans import check_template, class_prompt
+from ..labeling.spans import class_prompt
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
-from ..plan import Pass, Query, Resource, check_positive
+from ..plan import Pass, Query
 from ..segdiffusion.base import require_unet
-from ..segdiffusion.sampler import PROBABILITIES, MaskModel, SegDiffusionSampler
+from ..segdiffusion.sampler import PROBABILITIES, SegDiffusionSampler
 from ..types import Segmentation
+from .segdiffusion_config import CHECKPOINT, INFO, TIMESTEP_SPACINGS, SegDiffusionConfig
 from .spec import MethodSpec
 
-#: DDIM timestep spacings (`SegDiffusionConfig.timestep_spacing`).
-TIMESTEP_SPACINGS = ("trailing", "leading")
-
 __all__ = ["SegDiffusionConfig", "TIMESTEP_SPACINGS", "CHECKPOINT", "plan", "segment", "SPEC"]
-
-
-@dataclass(frozen=True)
-class SegDiffusionConfig:
-    """Settings of Seg-diffusion inference (defaults: the reference pipeline).
-
-    Attributes:
-        template: the class prompt (``run_inference.py`` l.156: "a photo of a {c}").
-        steps: DDIM steps (``denoising_steps=10``).
-        ensemble: samples per class, averaged (``ensemble_size=10``).
-        background_threshold: the constant score of a "background" class against the classes'
-            mask probabilities in [0, 1]; unused without a background class.
-        image_size: model input side (the longer side); None = the base model's native size
-            (512 for SD 2-base, 768 for SD 2; the reference processes at 384).
-        timestep_spacing: DDIM timesteps, "trailing" (default: the first step at the noise level
-            of the pure noise it starts from) or "leading" (the reference's SD 2 scheduler: a bug
-            for a sampler that starts from pure noise, `SegDiffusionSampler`).
-    """
-
-    template: str = "a photo of a {class}"
-    steps: int = 10
-    ensemble: int = 10
-    background_threshold: float = 0.5
-    image_size: int | None = None
-    timestep_spacing: str = field(default="trailing", metadata={"choices": TIMESTEP_SPACINGS})
-
-    def __post_init__(self) -> None:
-        check_template(self.template)
-        if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"`timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}.")
-        check_positive(self.steps, "steps", integer=True)
-        check_positive(self.ensemble, "ensemble", integer=True)
-        b = self.background_threshold
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b <= 1.0:
-            raise ValueError(f"`background_threshold` must be a number in [0, 1], got {b!r}.")
-        check_positive(self.image_size, "image_size", integer=True, allow_none=True)
-
-
-def _load(value: str, device: Any, dtype: Any) -> MaskModel:
-    from ..segdiffusion.checkpoint import load_checkpoint
-
-    unet, record = load_checkpoint(value, device, dtype)
-    return MaskModel(unet, record, str(value))
-
-
-def _default(backbone: Any) -> str | None:
-    from ..segdiffusion.checkpoint import shipped_checkpoint
-
-    return shipped_checkpoint(backbone)
-
-
-#: The fine-tuned mask UNet: a checkpoint folder (``--checkpoint DIR``) or a `MaskModel`; on the
-#: toy model the shipped proving-ground checkpoint when none is given.
-CHECKPOINT = Resource(
-    "checkpoint",
-    "a Seg-diffusion checkpoint folder made by `diffuseg train segdiffusion` (default on --model toy: the shipped one)",
-    load=_load,
-    default=_default,
-)
 
 
 def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resources: Any = None) -> Pass:
@@ -150,14 +88,9 @@ def segment(
     return Segmentation(labels=labels, names=list(query.class_names), scores=per_class, extras={"class_scores": scores})
 
 
-SPEC = MethodSpec(
-    name="segdiffusion",
-    config_cls=SegDiffusionConfig,
+SPEC = MethodSpec.from_info(
+    INFO,
     plan=plan,
     segment=segment,
-    kind="open-vocabulary",
-    description="Seg-diffusion: a fine-tuned UNet denoises one mask per class; needs --classes and "
-    "--checkpoint DIR (shipped for --model toy).",
-    resources=(CHECKPOINT,),
     needs_classes=True,
 )

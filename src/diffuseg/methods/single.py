@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,16 +15,12 @@ import torch
 from ..backbone.features import Features
 from ..plan import Query, image_only
 from ..types import Segmentation
+from .single_config import INFO, SingleSegmentConfig
 from .spec import MethodSpec
 
 __all__ = ["SingleSegmentConfig", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SingleSegmentConfig:
-    """The one-segment baseline has no hyperparameters (it sees the image at its own size)."""
 
 
 def segment(
@@ -49,11 +44,8 @@ def segment(
     return Segmentation(labels=labels)
 
 
-SPEC = MethodSpec(
-    name="single-segment",
-    config_cls=SingleSegmentConfig,
+SPEC = MethodSpec.from_info(
+    INFO,
     plan=image_only,
     segment=segment,
-    kind="baseline",
-    description="Baseline: the whole image is one segment; no diffusion model.",
 )

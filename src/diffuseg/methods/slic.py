@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,35 +17,14 @@ import torch
 
 from ..backbone.features import Features
 from ..ops.masks import relabel_sequential
-from ..plan import Query, check_positive, image_only
+from ..plan import Query, image_only
 from ..types import Segmentation
+from .slic_config import INFO, SlicConfig
 from .spec import MethodSpec
 
 __all__ = ["SlicConfig", "segment", "SPEC"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SlicConfig:
-    """Hyperparameters of the SLIC baseline.
-
-    Attributes:
-        n_segments: approximate number of superpixels (skimage default 100).
-        compactness: colour vs space trade-off; higher = squarer segments (skimage default 10).
-        sigma: Gaussian smoothing before segmenting, in pixels (0 = none).
-
-    The image is segmented at its own size (or the caller's `Query.size`).
-    """
-
-    n_segments: int = 100
-    compactness: float = 10.0
-    sigma: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_positive(self.n_segments, "n_segments", integer=True)
-        check_positive(self.compactness, "compactness")
-        check_positive(self.sigma, "sigma", allow_zero=True)
 
 
 def segment(
@@ -82,11 +60,8 @@ def segment(
     return Segmentation(labels=labels)
 
 
-SPEC = MethodSpec(
-    name="slic",
-    config_cls=SlicConfig,
+SPEC = MethodSpec.from_info(
+    INFO,
     plan=image_only,
     segment=segment,
-    kind="baseline",
-    description="Baseline: SLIC colour superpixels (scikit-image); no diffusion model.",
 )

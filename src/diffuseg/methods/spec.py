@@ -18,16 +18,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..backbone.features import Features
-from ..plan import Pass, Query, Resource
-from ..types import Segmentation
+from .info import KINDS, MethodInfo
+
+if TYPE_CHECKING:
+    from ..backbone.features import Features
+    from ..plan import Pass, Query, Resource
+    from ..types import Segmentation
 
 __all__ = ["MethodSpec", "KINDS"]
-
-#: What a method is, for help texts, reports and the default label matching in eval.
-KINDS = ("unsupervised", "open-vocabulary", "baseline")
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,24 @@ class MethodSpec:
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for method {self.name!r}; allowed: {sorted(known)}.")
 
+    @classmethod
+    def from_info(cls, info: MethodInfo, **how: Any) -> MethodSpec:
+        """The spec of the method `info` describes (name, kind, description, config class),
+        run as `how` says (plan, segment, presets, resources, ...)."""
+        return cls(
+            name=info.name,
+            config_cls=info.config_cls,
+            kind=info.kind,
+            description=info.description,
+            resources=info.resources,
+            **how,
+        )
+
     def probe_query(self) -> Query:
         """A query without an image, for dry plans that validate a config (one placeholder
         class name for methods that need class names)."""
+        from ..plan import Query
+
         return Query(classes=(("object",),) if self.needs_classes else ())
 
     def needs_model(self, config: Any) -> bool:

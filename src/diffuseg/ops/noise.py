@@ -11,22 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..settings import SEED_LIMIT, check_seed
+
 __all__ = ["per_item_generators", "batch_noise", "check_seed", "SEED_LIMIT"]
-
-#: Seeds are ints in [0, SEED_LIMIT): what `torch.Generator.manual_seed` takes, without the
-#: negative aliases it wraps around (-1 is 2**64 - 1).
-SEED_LIMIT = 2**64
-
-
-def check_seed(seed: int, name: str = "seed") -> int:
-    """`seed`, checked: an int in [0, `SEED_LIMIT`).
-
-    Raises:
-        ValueError: naming `name`, if it is not such an int.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"`{name}` must be an int in [0, 2**64), got {seed!r}.")
-    return seed
 
 
 def per_item_generators(

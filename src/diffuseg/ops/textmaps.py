@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import torch
 
+from ..settings import SEG4DIFF_KL_THRESHOLD
 from .clustering import greedy_merge
 
 __all__ = ["SEG4DIFF_KL_THRESHOLD", "text_token_proposals"]
-
-#: Seg4Diff's KL threshold as its code runs (``self.kl_threshold = 0.1``).
-SEG4DIFF_KL_THRESHOLD = 0.1
 
 
 def text_token_proposals(

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import torch
 
+from ..settings import VOTINGS
 from .masks import argmax0
 
 __all__ = ["VOTINGS", "segment_votes", "name_segments", "cross_attention_maps"]
 
 #: How a segment chooses its class.
-VOTINGS = ("mean", "majority")
 
 
 def segment_votes(labels: torch.Tensor, class_maps: torch.Tensor, voting: str = "mean") -> torch.Tensor:
