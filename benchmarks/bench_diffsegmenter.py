@@ -28,18 +28,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _configs import SD15_UNET, SD_VAE  # noqa: E402
+from _configs import SD15_TEXT, SD15_UNET, SD_VAE  # noqa: E402
 
-#: CLIP ViT-L/14's text tower (SD 1.x's text encoder), as in its transformers config.
-SD15_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-)
 CLASSES = ("cat", "sofa", "window", "potted plant", "television", "lamp", "rug", "dog")
 
 

@@ -8,7 +8,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from ._options import check_runtime, method_overrides, resource_values
+from ._method_options import method_overrides
+from ._options import check_runtime, resource_values
 
 __all__ = ["check_filter", "load_label_models", "build_filter", "QueryFlags", "query_flags"]
 
@@ -79,7 +80,7 @@ def query_flags(args: argparse.Namespace, method: str | None = None, among: tupl
 
     Args:
         method: the method checked (default --method); `among`: every method of a run of
-            several (see `_options.method_overrides`).
+            several (see `_method_options.method_overrides`).
     """
     from ..labeling import load_classes
     from ..methods import get_method

@@ -72,7 +72,8 @@ def message(error: BaseException) -> str:
 
 
 def register(subparsers: Any) -> None:
-    from ._options import HelpFormatter, add_method_options, add_model_options, add_query_options, method_help
+    from ._method_options import add_method_options, method_help
+    from ._options import HelpFormatter, add_model_options, add_query_options
 
     p = subparsers.add_parser(
         "batch",
@@ -289,12 +290,12 @@ def make_jobs(args: argparse.Namespace) -> Any:
     passes are shared where they agree, `diffuseg.multi`).
 
     Raises:
-        ValueError: naming the flag (`_options.parse_methods`, `_labeling.query_flags`).
+        ValueError: naming the flag (`_method_options.parse_methods`, `_labeling.query_flags`).
     """
     import os
 
     from ._labeling import query_flags
-    from ._options import parse_methods
+    from ._method_options import parse_methods
 
     methods = parse_methods(args.method)
     if len(methods) == 1:

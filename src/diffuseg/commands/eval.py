@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from ._options import HelpFormatter, add_method_options, add_model_options, add_resource_option
+    from ._method_options import add_method_options
+    from ._options import HelpFormatter, add_model_options, add_resource_option
 
     p = subparsers.add_parser(
         "eval",
@@ -61,7 +62,7 @@ def _add_benchmark_options(p: Any) -> None:
     from ..datasets import dataset_names
     from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
-    from ._options import method_help
+    from ._method_options import method_help
 
     p.add_argument(
         "--dataset",
@@ -198,7 +199,8 @@ def _setup(args: argparse.Namespace) -> _Setup:
     from ..eval.runner import BACKGROUND_SWEEP, check_output, check_tune_background
     from ..methods import get_method
     from ._labeling import check_filter
-    from ._options import check_runtime, method_overrides, resource_values
+    from ._method_options import method_overrides
+    from ._options import check_runtime, resource_values
 
     if not args.dataset or (not args.root and args.dataset != "synthetic"):
         raise ValueError("`--dataset` and `--root` are required (or use --compare).")

@@ -63,7 +63,8 @@ def parse_point(text: str, size: tuple[int, int] | None = None) -> tuple[int, in
 
 
 def register(subparsers: Any) -> None:
-    from ._options import add_method_options, add_model_options
+    from ._method_options import add_method_options
+    from ._options import add_model_options
 
     p = subparsers.add_parser(
         "inspect",
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import OutputExistsError, atomic_write
     from ..plan import Query
     from ..segmenter import Segmenter
-    from ._options import check_runtime, fail, flag_message, load_backbone, make_generator, method_overrides
+    from ._method_options import method_overrides
+    from ._options import check_runtime, fail, flag_message, load_backbone, make_generator
 
     try:
         _point_ints(args.point)  # its syntax before anything is read; the image bounds it below

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import COMMANDS
-from ._options import HelpFormatter, add_method_options, add_model_options, add_query_options, fail, method_help
+from ._method_options import add_method_options, method_help
+from ._options import HelpFormatter, add_model_options, add_query_options, fail
 from .batch import SEED_HELP, add_output_options, failed_name, make_jobs, message, written_into
 
 #: What ``segment`` says when interrupted (Ctrl-C).

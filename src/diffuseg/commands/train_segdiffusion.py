@@ -39,7 +39,7 @@ def register(targets: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     from ..segdiffusion.train import SegTrainConfig
-    from ._options import add_config_options
+    from ._method_options import add_config_options
 
     p.set_defaults(
         func=run,
@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..backbone import DiffusionBackbone
     from ..segdiffusion.train import SegTrainConfig, check_out, train
-    from ._options import config_overrides, fail
+    from ._method_options import config_overrides
+    from ._options import fail
 
     overrides = config_overrides(args, args.config_fields)
     try:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from .kmeans import kmeans
-from .ncut import affinity_matrix
+from .ncut import token_affinity
 
 __all__ = ["eigengap_segments", "kway_ncut_affinity", "kway_normalized_cut", "ncut_value"]
 
@@ -386,18 +386,10 @@ def kway_normalized_cut(
         ValueError: on a tensor that is not (C, h, w), non-finite features, a non-positive
             `alpha`, or `num_segments` larger than h * w.
     """
-    if not isinstance(features, torch.Tensor) or features.ndim != 3:
-        raise ValueError(f"`features` must be a tensor of shape (C, h, w), got {getattr(features, 'shape', features)}.")
-    if not alpha > 0:
-        raise ValueError(f"`alpha` must be > 0, got {alpha}.")
-    c, h, w = features.shape
+    affinity = token_affinity(features, alpha)  # (N, N)
+    h, w = features.shape[1:]
     if num_segments is not None and _check_int(num_segments, "num_segments", 1) > h * w:
         raise ValueError(f"`num_segments` {num_segments} is more than the {h * w} tokens of the {h}x{w} grid.")
-    if h * w < 2 or c == 0:
-        return torch.zeros((h, w), dtype=torch.long, device=features.device)
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError("`features` contains NaN or inf.")
-    affinity = affinity_matrix(features.reshape(c, h * w), alpha)  # (N, N)
     if affinity is None:
         return torch.zeros((h, w), dtype=torch.long, device=features.device)
     labels = kway_ncut_affinity(

@@ -37,6 +37,7 @@ from .masks import argmax0
 
 __all__ = [
     "affinity_matrix",
+    "token_affinity",
     "bipartition",
     "recursive_ncut_affinity",
     "recursive_normalized_cut",
@@ -194,6 +195,34 @@ def recursive_ncut_affinity(
     return labels.long()
 
 
+def token_affinity(features: torch.Tensor, alpha: float = 10.0) -> torch.Tensor | None:
+    """A feature map's token affinity (`affinity_matrix`), checked: what both of DiffCut's
+    cuts (`recursive_normalized_cut`, `diffuseg.ops.kway_ncut.kway_normalized_cut`) partition.
+
+    Args:
+        features: float tensor (C, h, w), one C-dim feature per token; any device.
+        alpha: the affinity exponent, > 0.
+
+    Returns:
+        float32 tensor (h*w, h*w) in [0, 1], or None when there is nothing to cut: fewer
+        than 2 tokens, no channels or constant features (one segment).
+
+    Raises:
+        ValueError: on a non-positive `alpha`, a tensor that is not (C, h, w), or non-finite
+            features.
+    """
+    if not alpha > 0:
+        raise ValueError(f"`alpha` must be > 0, got {alpha}.")
+    if not isinstance(features, torch.Tensor) or features.ndim != 3:
+        raise ValueError(f"`features` must be a tensor of shape (C, h, w), got {getattr(features, 'shape', features)}.")
+    c, h, w = features.shape
+    if h * w < 2 or c == 0:
+        return None
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("`features` contains NaN or inf.")
+    return affinity_matrix(features.reshape(c, h * w), alpha)
+
+
 def recursive_normalized_cut(
     features: torch.Tensor,
     tau: float = 0.5,
@@ -227,16 +256,8 @@ def recursive_normalized_cut(
     if not tau > 0:
         raise ValueError(f"`tau` must be > 0, got {tau}.")
     check_eigensolver(eigensolver)
-    if not alpha > 0:
-        raise ValueError(f"`alpha` must be > 0, got {alpha}.")
-    if not isinstance(features, torch.Tensor) or features.ndim != 3:
-        raise ValueError(f"`features` must be a tensor of shape (C, h, w), got {getattr(features, 'shape', features)}.")
-    c, h, w = features.shape
-    if h * w < 2 or c == 0:
-        return torch.zeros((h, w), dtype=torch.long, device=features.device)
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError("`features` contains NaN or inf.")
-    affinity = affinity_matrix(features.reshape(c, h * w), alpha)  # (N, N)
+    affinity = token_affinity(features, alpha)  # (N, N)
+    h, w = features.shape[1:]
     if affinity is None:
         return torch.zeros((h, w), dtype=torch.long, device=features.device)
     labels = recursive_ncut_affinity(
