@@ -205,14 +205,20 @@ class MultiSegmenter:
         )
 
     def _calls(
-        self, index: int, query: Query, generator: torch.Generator | None, results: dict[str, list], own_gen: bool
+        self,
+        index: int,
+        query: Query,
+        generator: torch.Generator | None,
+        results: dict[str, list],
+        own_gen: bool,
     ) -> list[_Call]:
         """`query`'s model calls; a method whose query fails gets its error in `results`.
         With `own_gen` (the query's own generator) every method draws from a copy of it, in
         the state a run of that method alone would find it in; else all draw from `generator`
         in turn."""
         items, filtered = {}, {}
-        for name, seg in self.segmenters.items():
+        for name in results:
+            seg = self.segmenters[name]
             try:
                 own, filtered[name] = query, None
                 gen = _copy(generator) if own_gen else generator
@@ -240,15 +246,23 @@ class MultiSegmenter:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         *,
         return_errors: bool = False,
+        methods: Sequence[str] | None = None,
     ) -> dict[str, list[Segmentation | Exception]]:
         """Segment queries with every method; method -> one result per query, in order.
 
         Arguments as `Segmenter.segment_batch` (with one generator per query, each method's
-        results equal those of its own `Segmenter`, bit for bit).
+        results equal those of its own `Segmenter`, bit for bit), and `methods`: only these of
+        the segmenters' methods (None: all), in the order the segmenters were given.
+
+        Raises:
+            ValueError: naming `methods`, for a name that is not one of the segmenters'.
         """
         queries = _as_queries(queries)
         per_query = per_item_generators(generator, len(queries), "query")
-        results: dict[str, list[Any]] = {n: [None] * len(queries) for n in self.segmenters}
+        if methods is not None and not set(methods) <= set(self.segmenters):
+            raise ValueError(f"`methods` {list(methods)} must be among the segmenters' {list(self.segmenters)}.")
+        chosen = [n for n in self.segmenters if methods is None or n in methods]
+        results: dict[str, list[Any]] = {n: [None] * len(queries) for n in chosen}
         groups: dict[tuple[Any, ...], list[_Call]] = {}
         for i, query in enumerate(queries):
             own = per_query[i] if per_query is not None else generator

@@ -14,6 +14,8 @@ model loads: --out and --save-predictions must be folders that can be written, a
 results file needs --resume or --overwrite (and --resume a run with the same dataset, method,
 protocol, classes and seed), existing predictions of the images need --overwrite or --resume.
 ``--compare`` tells runs of one method apart by the settings that differ, else by their folders.
+``--method a,b,c`` scores several methods from shared model passes (`diffuseg.eval.multi_runner`):
+each gets the results file and report it would get alone.
 """
 
 from __future__ import annotations
@@ -71,7 +73,12 @@ def _add_benchmark_options(p: Any) -> None:
     )
     p.add_argument("--root", help="folder the official archive unpacks to (e.g. VOCdevkit)")
     p.add_argument("--split", default=None, help="dataset split (default: the one papers report)")
-    p.add_argument("--method", default="diffseg", help=f"segmentation method (default diffseg):\n{method_help()}")
+    p.add_argument(
+        "--method",
+        default="diffseg",
+        help="segmentation method (default diffseg), or a comma-separated list: one report per method, "
+        f"their model passes shared where they agree, predictions in --save-predictions/METHOD:\n{method_help()}",
+    )
     p.add_argument(
         "--protocol",
         default="full",
@@ -175,9 +182,10 @@ def _compare(paths: list[str]) -> int:
 class _Setup:
     """What the flags ask for, checked before any model is loaded."""
 
-    spec: Any
-    overrides: dict[str, Any]
-    config: Any
+    #: the `MethodSpec` of each method of --method, in order
+    specs: tuple[Any, ...]
+    #: method name -> the config fields the user set for it
+    overrides: dict[str, dict[str, Any]]
     resources: dict[str, Any]
     class_filter: Any
     dataset: Any
@@ -185,6 +193,34 @@ class _Setup:
     needs_model: bool
     #: the run's settings, as `check_output` and `evaluate` both take them (built once)
     run: dict[str, Any]
+
+
+def _methods(args: argparse.Namespace) -> tuple[tuple[Any, ...], dict[str, dict[str, Any]], bool]:
+    """The specs of --method (one name or a list), each method's overrides, whether any needs
+    the model.
+
+    Raises:
+        ValueError: naming --method (an unknown name, a repeat), an option of none of the methods,
+            --tune-background, --name or --engine ray with several methods.
+    """
+    from ..eval.runner import BACKGROUND_SWEEP, check_tune_background
+    from ..methods import get_method
+    from ._method_options import method_overrides, parse_methods
+
+    names = parse_methods(args.method)
+    if len(names) > 1:
+        several = {"--tune-background": args.tune_background, "--name": args.name, "--engine ray": args.engine == "ray"}
+        for flag, given in several.items():
+            if given:
+                raise ValueError(f"{flag} is for one method at a time; --method {args.method} names {len(names)}.")
+    specs, overrides, needs_model = [], {}, False
+    for name in names:
+        spec = get_method(name)
+        check_tune_background(spec, BACKGROUND_SWEEP if args.tune_background else None)
+        overrides[spec.name] = method_overrides(args, spec.name, args._owners, names if len(names) > 1 else ())
+        needs_model = needs_model or spec.needs_model(spec.make_config(None, **overrides[spec.name]))
+        specs.append(spec)
+    return tuple(specs), overrides, needs_model
 
 
 def _setup(args: argparse.Namespace) -> _Setup:
@@ -195,11 +231,10 @@ def _setup(args: argparse.Namespace) -> _Setup:
         predictions that would be replaced; ImportError: --engine ray without Ray.
     """
     from ..datasets import load_dataset
+    from ..eval.multi_runner import check_outputs
     from ..eval.protocols import get_protocol
-    from ..eval.runner import BACKGROUND_SWEEP, check_output, check_tune_background
-    from ..methods import get_method
+    from ..eval.runner import BACKGROUND_SWEEP
     from ._labeling import check_filter
-    from ._method_options import method_overrides
     from ._options import check_runtime, resource_values
 
     if not args.dataset or (not args.root and args.dataset != "synthetic"):
@@ -211,10 +246,7 @@ def _setup(args: argparse.Namespace) -> _Setup:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the results file and --overwrite discards it; give one of them.")
     output = _output_options(args)
-    spec = get_method(args.method)
-    sweep = check_tune_background(spec, BACKGROUND_SWEEP if args.tune_background else None)
-    overrides = method_overrides(args, spec.name, args._owners)
-    config = spec.make_config(None, **overrides)
+    specs, overrides, needs_model = _methods(args)
     protocol = get_protocol(args.protocol)
     if protocol.query_size is not None and getattr(args, "image_size", None) is not None:
         raise ValueError(
@@ -223,28 +255,28 @@ def _setup(args: argparse.Namespace) -> _Setup:
         )
     check_runtime(args)
     resources = resource_values(args)
-    class_filter = check_filter(args, spec)
+    class_filter = [check_filter(args, spec) for spec in specs][0]
     dataset = load_dataset(args.dataset, args.root, args.split)
     from .batch import engine_options
 
     ray_options = engine_options(args)
     if ray_options is not None:
         import ray  # noqa: F401
-    needs_model = spec.needs_model(config)
     engine = _engine_options(args, ray_options, needs_model)
     run = {
         "protocol": args.protocol,
         "matching": args.matching,
         "background_class": args.background_class,
         "classes": args.classes,
-        "tune_background": sweep,
+        "tune_background": BACKGROUND_SWEEP if args.tune_background else None,
         "limit": args.limit,
         "seed": args.seed,
         "engine": engine,
         "output": output,
     }
-    check_output(dataset, spec.name, **run)  # folders, results file and predictions, before any model loads
-    return _Setup(spec, overrides, config, resources, class_filter, dataset, ray_options, needs_model, run)
+    # folders, results files and predictions, before any model loads
+    check_outputs(dataset, [spec.name for spec in specs], **run)
+    return _Setup(specs, overrides, resources, class_filter, dataset, ray_options, needs_model, run)
 
 
 def _output_options(args: argparse.Namespace) -> Any:
@@ -312,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args.compare)
     from ..eval import evaluate
+    from ..eval.multi_runner import evaluate_methods
     from ..eval.store import ResumeMismatchError
     from ._labeling import build_filter, load_label_models
     from ._options import load_backbone, make_generator
@@ -340,25 +373,25 @@ def run(args: argparse.Namespace) -> int:
     generator = make_generator(args.seed, args.device) if setup.needs_model else None
     try:
         load_label_models(args, setup.resources)
-        class_filter = build_filter(args, setup.class_filter, setup.resources, setup.spec)
+        class_filter = build_filter(args, setup.class_filter, setup.resources, setup.specs[0])
     except (OSError, ValueError) as e:
         return _fail(e)
+    models = {"backbone": backbone, "model_id": model_id, "resources": setup.resources, "class_filter": class_filter}
     try:
-        report = evaluate(
-            setup.dataset,
-            setup.spec.name,
-            backbone=backbone,
-            model_id=model_id,
-            config_overrides=setup.overrides,
-            resources=setup.resources,
-            class_filter=class_filter,
-            generator=generator,
-            **setup.run,
-        )
+        if len(setup.specs) == 1:
+            spec = setup.specs[0]
+            reports = {spec.name: evaluate(setup.dataset, spec.name, config_overrides=setup.overrides[spec.name],
+                                           generator=generator, **models, **setup.run)}  # fmt: skip
+        else:
+            run = {k: v for k, v in setup.run.items() if k != "tune_background"}  # refused by _methods
+            names = [spec.name for spec in setup.specs]
+            reports = evaluate_methods(
+                setup.dataset, names, config_overrides=setup.overrides, generator=generator, **models, **run
+            )
     except (FileExistsError, ResumeMismatchError, ValueError, ConnectionError) as e:
         return _fail(str(e).replace("`address`", "--address"))
     except RuntimeError as e:  # the Ray pipeline broke (WorkerDiedError)
         return _fail(e)
     except OSError as e:  # a results or prediction file could not be written (a full disk...)
         return _fail(f"{e}; the images scored so far are kept: rerun with --resume to finish.", code=1)
-    return _summary(setup.spec, report)
+    return max(_summary(spec, reports[spec.name]) for spec in setup.specs)

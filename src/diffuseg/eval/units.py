@@ -23,7 +23,16 @@ from .metrics import contingency
 from .protocols import Protocol, prepare, resize_nearest, to_score_grid
 from .report import sweep_key
 
-__all__ = ["UnitContext", "load_unit", "score_unit", "skip_unit", "scored_segmentation", "BACKGROUND_FIELD"]
+__all__ = [
+    "UnitContext",
+    "load_unit",
+    "score_unit",
+    "unit_queries",
+    "unit_records",
+    "skip_unit",
+    "scored_segmentation",
+    "BACKGROUND_FIELD",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +95,33 @@ def skip_unit(decoded: list[tuple[Any, ...]], reason: str) -> list[dict[str, Any
 def score_unit(segmenter: Any, ctx: UnitContext, decoded: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     """The records of one unit of images (`_load_unit`): segment them in one `segment_batch`
     call, score each, sweep the background score, save the predictions."""
-    records = [entry[1] for entry in decoded if len(entry) == 2]
     loaded = [entry for entry in decoded if len(entry) == 4]
     if not loaded:
-        return records
+        return unit_records(ctx, decoded, [], 0.0)
+    queries, generator = unit_queries(ctx, loaded, getattr(getattr(segmenter, "backbone", None), "device", "cpu"))
+    t0 = time.perf_counter()
+    segs = segmenter.segment_batch(queries, generator=generator, return_errors=True)
+    seconds = (time.perf_counter() - t0) / len(loaded)
+    swept = None
+    if ctx.sweep:
 
-    def sweep_counts(j: int, seg: Any) -> dict[str, Any] | None:
-        """The counts record of `seg`, a re-segmentation of `loaded[j]` (None if it failed)."""
-        if isinstance(seg, Exception):
-            logger.warning("re-segmenting sample %d failed: %s", loaded[j][0], seg)
-            return None
-        i, sample, _, label = loaded[j]
-        return _score_one(i, sample, label, seg, ctx.proto, ctx.class_names, ctx.matching, 0.0)["counts"]
+        def sweep_counts(j: int, seg: Any) -> dict[str, Any] | None:
+            """The counts record of `seg`, a re-segmentation of `loaded[j]` (None if it failed)."""
+            if isinstance(seg, Exception):
+                logger.warning("re-segmenting sample %d failed: %s", loaded[j][0], seg)
+                return None
+            i, sample, _, label = loaded[j]
+            return _score_one(i, sample, label, seg, ctx.proto, ctx.class_names, ctx.matching, 0.0)["counts"]
 
+        ok = [not isinstance(seg, Exception) for seg in segs]
+        swept = _sweep(segmenter, queries, ok, ctx.sweep, sweep_counts)
+    return unit_records(ctx, decoded, segs, seconds, swept)
+
+
+def unit_queries(ctx: UnitContext, loaded: list[tuple[Any, ...]], device: Any) -> tuple[list[Any], Any]:
+    """The `Query` of each loaded sample of a unit (the protocol's framing, the classes of
+    ``ctx.classes``) and the generator(s) to segment them with: with ``ctx.seed`` one per image,
+    seeded from (seed, image id) on `device`, else ``ctx.generator``."""
     queries = [
         _query(sample, image, ctx.proto, _query_classes(ctx.classes, ctx.class_names, label))
         for _, sample, image, label in loaded
@@ -107,13 +130,22 @@ def score_unit(segmenter: Any, ctx: UnitContext, decoded: list[tuple[Any, ...]])
     if ctx.seed is not None:
         from ..engine.seeding import image_generators
 
-        device = getattr(getattr(segmenter, "backbone", None), "device", "cpu")
         generator = image_generators(ctx.seed, [q.id for q in queries], device)
-    t0 = time.perf_counter()
-    segs = segmenter.segment_batch(queries, generator=generator, return_errors=True)
-    seconds = (time.perf_counter() - t0) / len(loaded)
-    ok = [not isinstance(seg, Exception) for seg in segs]
-    swept = _sweep(segmenter, queries, ok, ctx.sweep, sweep_counts) if ctx.sweep else None
+    return queries, generator
+
+
+def unit_records(
+    ctx: UnitContext,
+    decoded: list[tuple[Any, ...]],
+    segs: Sequence[Any],
+    seconds: float,
+    swept: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The records of a unit whose loaded samples were segmented into `segs` (one result or
+    exception per loaded sample, in order): unreadable samples and failed segmentations are
+    skipped records, the others scored (and saved with ``ctx.pred_dir``)."""
+    records = [entry[1] for entry in decoded if len(entry) == 2]
+    loaded = [entry for entry in decoded if len(entry) == 4]
     for j, ((i, sample, image, label), seg) in enumerate(zip(loaded, segs, strict=True)):
         if isinstance(seg, Exception):  # this image failed alone (too small, rejected...)
             logger.warning("skipping sample %d: %s", i, seg)
