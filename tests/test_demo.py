@@ -7,6 +7,7 @@ import dataclasses
 import threading
 
 import pytest
+import torch
 from PIL import Image
 
 from diffuseg.cli import main
@@ -261,3 +262,40 @@ def test_demo_cli_serves_despite_a_broken_model_and_warns_off_localhost(monkeypa
     assert session.backbone is None and str(missing) in session.load_error
     assert "the page shows this" in capsys.readouterr().err
     assert served["host"] == "0.0.0.0" and 0 < served["port"] < 65536 and served["max_file_bytes"] == 2_000_000
+
+
+# ------------------------------------------------------------------ several methods
+def test_several_methods_share_a_pass_and_equal_each_alone(session, quadrant_image):
+    settings = {
+        "diffseg": {"timestep": 300, "image_size": 64},
+        "diffcut": {"timestep": 300, "image_size": 64, "add_noise": False},
+        "slic": {},
+    }
+    results = session.segment_many(quadrant_image, list(settings), settings, name="quad")
+    assert list(results) == list(settings)
+    assert session.model_calls == 1  # diffseg and diffcut agree; slic runs no model
+    assert all(r.model_pass for r in results.values())
+    for m, result in results.items():
+        alone = session.segment(quadrant_image, m, settings[m], name="quad")
+        assert torch.equal(alone.segmentation.labels, result.segmentation.labels), m
+        assert result.overlay.size == quadrant_image.size
+        assert [p.name for p in result.files] == ["quad.labels.png", "quad.json"]
+
+
+def test_several_methods_bad_lists_and_settings_are_messages(session, quadrant_image):
+    with pytest.raises(DemoInputError, match="different methods"):
+        session.segment_many(quadrant_image, ["diffseg", "diffseg"])
+    with pytest.raises(DemoInputError, match="different methods"):
+        session.segment_many(quadrant_image, [])
+    with pytest.raises(DemoInputError, match="open-vocabulary"):
+        session.segment_many(quadrant_image, ["diffseg", "diffsegmenter"])  # no class names
+    assert session.active == 0 and session.model_calls == 0  # refused before any work
+
+
+def test_page_offers_other_methods_beside_the_main_one(session):
+    pytest.importorskip("gradio")
+    from diffuseg.demo.app import build_app
+
+    app = build_app(session, {})
+    ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
+    assert {"also", "others"} <= ids

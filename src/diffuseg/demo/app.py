@@ -147,6 +147,13 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
                     placeholder="cat, sofa, tv|monitor   (or dataset:voc21)",
                     elem_id="classes",
                 )
+                also = gr.Dropdown(
+                    choices=choices,
+                    value=[],
+                    multiselect=True,
+                    label="Also run (their model passes are shared where they agree; each with its settings below)",
+                    elem_id="also",
+                )
                 run = gr.Button("Segment", variant="primary", elem_id="segment")
                 method_groups: dict[str, Any] = {}
                 controls: dict[str, list[tuple[Control, Any]]] = {}
@@ -162,6 +169,7 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
                     overlay = _picture("Overlay: click a pixel to see what the model sees from it", "overlay")
                     label_map = _picture("Label map", "label-map")
                 legend = gr.HTML("", elem_id="legend")
+                others = gr.Gallery(label="The other methods (overlays)", visible=False, elem_id="others", columns=3)
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
                 view = gr.Radio(list(VIEW_METHODS), value="diffseg", label="Pixel view", elem_id="view")
                 inspected = _picture("Pixel view: the image and the map of the clicked pixel", "inspect")
@@ -195,34 +203,39 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
             return [*updates, gr.update(value=name) if name in VIEW_METHODS else gr.update()]
 
         def on_segment(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-            keep = (gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+            keep = (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
             current = data[image_state]
             if current is None:
                 return (_error("upload an image or pick an example first."), *keep)
             image, stem = current
             name = data[method]
+            extra = [m for m in data[also] or [] if m != name]
             progress(0.05, desc="starting")
             try:
-                result = session.segment(
-                    image,
-                    name,
-                    settings_of(data, name),
-                    data[classes],
-                    name=stem,
-                    progress=lambda f, text: progress(f, desc=text),
-                )
+                report = lambda f, text: progress(f, desc=text)  # noqa: E731
+                if extra:  # one shared pass where the methods agree
+                    names = [name, *extra]
+                    settings = {m: settings_of(data, m) for m in names}
+                    results = session.segment_many(image, names, settings, data[classes], name=stem, progress=report)
+                else:  # alone: a post-processing change re-uses the method's cached features
+                    one = session.segment(image, name, settings_of(data, name), data[classes], stem, report)
+                    results = {name: one}
             except DemoInputError as e:
                 return (_error(str(e)), *keep)
             except Exception as e:  # noqa: BLE001 - shown on the page, logged with its traceback
                 return (_failure(f"{name} segmentation", e), *keep)
+            result = results[name]
             what = "model pass" if result.model_pass else "re-segmented from the cached features (no model pass)"
+            also_text = f" (with {', '.join(extra)})" if extra else ""
             text = _status(
-                f"{name}: {len(result.legend)} segments in {result.seconds:.2f} s, {what}. "
+                f"{name}: {len(result.legend)} segments in {result.seconds:.2f} s{also_text}, {what}. "
                 f'<span id="model-calls">Model passes so far: {result.model_calls}</span>'
             )
             overlay_shown, k = _enlarged(result.overlay)
-            files = [str(p) for p in result.files]
-            return text, overlay_shown, _enlarged(result.label_map)[0], _legend_html(result.legend), files, k
+            files = [str(p) for r in results.values() for p in r.files]
+            gallery = [(results[m].overlay, f"{m}: {len(results[m].legend)} segments") for m in extra]
+            shown = gr.update(value=gallery, visible=bool(gallery))
+            return text, overlay_shown, _enlarged(result.label_map)[0], _legend_html(result.legend), files, k, shown
 
         def on_select(data: dict[Any, Any], evt: gr.SelectData) -> tuple[Any, str]:
             current = data[image_state]
@@ -244,8 +257,8 @@ def build_app(session: DemoSession, examples: dict[str, Example]) -> gr.Blocks:
         method.change(on_method, inputs=method, outputs=[*method_groups.values(), view])
         run.click(
             on_segment,
-            inputs={image_state, method, classes, *all_controls},
-            outputs=[status, overlay, label_map, legend, downloads, scale_state],
+            inputs={image_state, method, also, classes, *all_controls},
+            outputs=[status, overlay, label_map, legend, downloads, scale_state, others],
             concurrency_id="model",
         )
         overlay.select(

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,30 @@ class DemoSession:
         self.max_active = max(self.max_active, self.active)
 
     # ------------------------------------------------------------------ requests
+    def _request(self, method: str, settings: Mapping[str, Any] | None, classes: str) -> tuple[MethodSpec, Any, dict]:
+        """A request's method, class vocabulary and config overrides, checked (`ValueError`)."""
+        from ..labeling.vocabulary import DATASET_PREFIX, load_classes, parse_classes
+
+        spec = get_method(method)
+        text = (classes or "").strip()
+        if spec.needs_classes and not text:
+            raise ValueError(
+                f"{spec.name} is open-vocabulary: type the class names to look for in the Classes box, "
+                "separated by commas (e.g. 'cat, sofa, tv|monitor')."
+            )
+        # names only: "dataset:NAME" is a list shipped with diffuseg; a file path is never opened
+        vocabulary = load_classes(text) if text.startswith(DATASET_PREFIX) else parse_classes(text or None)
+        if vocabulary and not (spec.open_vocabulary or spec.names_segments):
+            vocabulary = ()  # a baseline has no use for names; ignore the box
+        overrides = settings_overrides(self.controls(spec.name), settings or {})
+        if vocabulary and spec.names_segments:  # as on the CLI: class names name the segments
+            overrides = {**_NAMING, **overrides}
+        return spec, vocabulary, overrides
+
+    def _generator(self) -> torch.Generator:
+        """Each request's noise: the same for the same seed (same image and settings, same result)."""
+        return torch.Generator(device=getattr(self.backbone, "device", "cpu")).manual_seed(self.seed)
+
     def segment(
         self,
         image: Image.Image,
@@ -236,35 +260,20 @@ class DemoSession:
             DemoInputError: unknown method, empty classes for an open-vocabulary method,
                 settings or classes the method rejects, no model.
         """
-        from ..labeling.vocabulary import DATASET_PREFIX, load_classes, parse_classes
         from ..plan import Query
 
         report = progress or (lambda fraction, text: None)
         t0 = time.perf_counter()
         try:
-            spec = get_method(method)
-            text = (classes or "").strip()
-            if spec.needs_classes and not text:
-                raise ValueError(
-                    f"{spec.name} is open-vocabulary: type the class names to look for in the Classes box, "
-                    "separated by commas (e.g. 'cat, sofa, tv|monitor')."
-                )
-            # names only: "dataset:NAME" is a list shipped with diffuseg; a file path is never opened
-            vocabulary = load_classes(text) if text.startswith(DATASET_PREFIX) else parse_classes(text or None)
-            if vocabulary and not (spec.open_vocabulary or spec.names_segments):
-                vocabulary = ()  # a baseline has no use for names; ignore the box
-            overrides = settings_overrides(self.controls(spec.name), settings or {})
-            if vocabulary and spec.names_segments:  # as on the CLI: class names name the segments
-                overrides = {**_NAMING, **overrides}
+            spec, vocabulary, overrides = self._request(method, settings, classes)
             with self._lock:
                 self._enter()
                 try:
                     segmenter = self._segmenter(spec, overrides)
                     calls = segmenter.model_calls
                     report(0.2, "segmenting (a model pass unless the features are cached)")
-                    generator = torch.Generator(device=getattr(self.backbone, "device", "cpu")).manual_seed(self.seed)
                     query = Query(image=image, classes=vocabulary, id=name)
-                    seg = segmenter.segment_batch([query], generator=generator)[0]
+                    seg = segmenter.segment_batch([query], generator=self._generator())[0]
                     model_pass = segmenter.model_calls > calls
                     total = self.model_calls
                 finally:
@@ -274,6 +283,73 @@ class DemoSession:
         except ValueError as e:
             raise DemoInputError(_page_message(e)) from None
         report(0.8, "drawing")
+        return self._result(seg, image, name, model_pass, time.perf_counter() - t0, total)
+
+    def segment_many(
+        self,
+        image: Image.Image,
+        methods: Sequence[str],
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        classes: str = "",
+        name: str = "image",
+        progress: Progress | None = None,
+    ) -> dict[str, DemoResult]:
+        """Segment `image` with several methods, their model passes shared where they agree
+        (`diffuseg.multi.MultiSegmenter`); each result equals `segment` with that method alone.
+
+        Args:
+            methods: method names, each once, in the order the results come back.
+            settings: method -> its UI settings (as `segment`'s `settings`).
+
+        Raises:
+            DemoInputError: as `segment` (naming the method), an empty list or a repeated method.
+        """
+        from ..multi import MultiSegmenter
+        from ..plan import Query
+
+        report = progress or (lambda fraction, text: None)
+        methods = list(methods)
+        if not methods or len(set(methods)) < len(methods):
+            raise DemoInputError(f"choose one or more different methods, got {methods}.")
+        t0 = time.perf_counter()
+        try:
+            requests = {m: self._request(m, (settings or {}).get(m), classes) for m in methods}
+            with self._lock:
+                self._enter()
+                try:
+                    segmenters = [self._segmenter(spec, overrides) for spec, _, overrides in requests.values()]
+                    multi = MultiSegmenter(segmenters)
+                    report(0.2, f"segmenting with {len(methods)} methods (shared model passes)")
+                    by_vocabulary: dict[Any, list[str]] = {}  # a baseline gets no class names
+                    for m, (_, vocabulary, _) in requests.items():
+                        by_vocabulary.setdefault(vocabulary, []).append(m)
+                    segs = {}
+                    for vocabulary, members in by_vocabulary.items():
+                        query = Query(image=image, classes=vocabulary, id=name)
+                        gen = [self._generator()]  # one per query: each method draws as if alone
+                        found = multi.segment_batch([query], gen, methods=members, return_errors=True)
+                        segs.update({m: found[m][0] for m in members})
+                    segs = {m: segs[m] for m in methods}
+                    total = self.model_calls
+                finally:
+                    self.active -= 1
+        except DemoInputError:
+            raise
+        except ValueError as e:
+            raise DemoInputError(_page_message(e)) from None
+        report(0.8, "drawing")
+        seconds = time.perf_counter() - t0
+        out = {}
+        for m, seg in segs.items():
+            if isinstance(seg, Exception):
+                raise DemoInputError(f"{m}: {_page_message(seg)}")
+            out[m] = self._result(seg, image, name, multi.model_calls > 0, seconds, total)
+        return out
+
+    def _result(
+        self, seg: Any, image: Image.Image, name: str, model_pass: bool, seconds: float, total: int
+    ) -> DemoResult:
+        """The page's view of one segmentation (files written for the downloads)."""
         seg = seg.in_input_frame()
         files = self._save(seg, image, name)
         counts = torch.bincount(seg.labels.flatten(), minlength=seg.num_segments).tolist()
@@ -285,7 +361,7 @@ class DemoSession:
             legend=legend,
             files=files,
             model_pass=model_pass,
-            seconds=time.perf_counter() - t0,
+            seconds=seconds,
             model_calls=total,
             segmentation=seg,
         )
@@ -293,7 +369,7 @@ class DemoSession:
     @property
     def model_calls(self) -> int:
         """Model passes run so far, over all methods."""
-        return sum(s.model_calls for s in self._segmenters.values())
+        return sum(s.model_calls for s in self._segmenters.values())  # a shared pass counts once
 
     def inspect(
         self, image: Image.Image, method: str, point: tuple[int, int], settings: Mapping[str, Any] | None = None
@@ -319,8 +395,7 @@ class DemoSession:
                 self._enter()
                 try:
                     segmenter = self._segmenter(spec, settings_overrides(self.controls(method), settings or {}))
-                    generator = torch.Generator(device=getattr(self.backbone, "device", "cpu")).manual_seed(self.seed)
-                    features = segmenter.features(Query(image=image), generator=generator)
+                    features = segmenter.features(Query(image=image), generator=self._generator())
                 finally:
                     self.active -= 1
             return view_picture(image, features, method, (y, x))
