@@ -1,4 +1,4 @@
-"""Start-up time of ``diffuseg --help`` (and ``diffuseg segment --help``), against a bare Python.
+"""Start-up time of ``diffuseg --help``, ``segment --help`` and ``eval --help``, against a bare Python.
 
 Each command runs in a fresh interpreter ``--repeat`` times; the median wall time is printed with
 its ratio to ``python -c pass`` measured in the same run. ``--src`` times another checkout's

@@ -195,16 +195,23 @@ def test_top_level_help_imports_no_torch():
     assert "segment" in proc.stdout and "eval" in proc.stdout
 
 
-def test_segment_help_imports_no_torch_and_lists_every_method():
-    """`diffuseg segment --help` (and parsing its options) reads the methods' configs from their
-    torch-free `*_config` modules (`diffuseg.methods.catalog`), never the method code."""
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["segment", "x.png", "--method", "diffcut,slic"],
+        ["eval", "--dataset", "voc21", "--root", "r", "--method", "diffcut,slic", "--matching", "none"],
+    ],
+)
+def test_segment_and_eval_help_import_no_torch(argv):
+    """`diffuseg segment --help` / `eval --help` (and parsing their options) read the methods'
+    configs from their torch-free `*_config` modules (`diffuseg.methods.catalog`), the datasets'
+    names and the eval settings' choices (`diffuseg.eval.settings`), never the method code."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from diffuseg.cli import build_parser; "
-        "p = build_parser(['segment', 'x.png']); p.parse_args(['segment', 'x.png', '--method', 'diffcut,slic']); "
-        "print('torch' in sys.modules)"
+        f"import sys; from diffuseg.cli import build_parser; p = build_parser({argv[:1]!r}); "
+        f"p.parse_args({argv!r}); print('torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout + proc.stderr

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .sample import Sample
+
 __all__ = ["Segmentation", "Sample", "palette", "LABELS_8BIT", "LABELS_16BIT"]
 
 logger = logging.getLogger(__name__)
@@ -360,21 +362,3 @@ class Segmentation:
         from .outputs import write_outputs
 
         return write_outputs(self, out_dir, name, image, overwrite=overwrite, sync=sync)
-
-
-@dataclass
-class Sample:
-    """One labelled image.
-
-    Attributes:
-        id: stable identifier (file stem or index), unique within the dataset.
-        image: RGB PIL image.
-        label: int64 array (H, W) of class ids in [0, num_classes) or `IGNORE_INDEX`, same size
-            as `image`.
-        meta: anything else (caption, file paths...).
-    """
-
-    id: str
-    image: Image.Image
-    label: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)

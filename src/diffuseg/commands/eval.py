@@ -62,8 +62,8 @@ def register(subparsers: Any) -> None:
 def _add_benchmark_options(p: Any) -> None:
     """--dataset --root --split --method --protocol --matching --background-class --limit."""
     from ..datasets import dataset_names
-    from ..eval.metrics import MATCHINGS
     from ..eval.protocols import PROTOCOLS
+    from ..eval.settings import MATCHINGS
     from ._method_options import method_help
 
     p.add_argument(
@@ -125,7 +125,7 @@ def _add_output_options(p: Any) -> None:
 
 def _add_class_options(p: Any) -> None:
     """--classes --filter --tune-background."""
-    from ..eval.runner import BACKGROUND_SWEEP, CLASS_SETTINGS
+    from ..eval.settings import BACKGROUND_SWEEP, CLASS_SETTINGS
     from ._options import add_filter_option
 
     p.add_argument(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..types import Sample
+from ..sample import Sample
 
 __all__ = ["Sample", "SegmentationDataset", "IGNORE_INDEX"]
 

@@ -1,7 +1,8 @@
 """Evaluation: metrics and matching protocols, the runner and reports.
 
 The benchmark datasets live in `diffuseg.datasets`; their names are re-exported here for
-convenience.
+convenience. The names below are imported on first use (PEP 562), so ``diffuseg eval --help``
+reads the settings' choices (`diffuseg.eval.settings`) without loading PyTorch.
 
 Example:
     >>> from diffuseg.eval import OutputOptions, evaluate, load_dataset
@@ -10,45 +11,90 @@ Example:
     >>> report["metrics"]["miou"]
 """
 
-from ..datasets import (
-    DATASETS,
-    IGNORE_INDEX,
-    ArrayDataset,
-    FolderDataset,
-    Sample,
-    SampleReadError,
-    SegmentationDataset,
-    class_info,
-    dataset_names,
-    load_dataset,
-)
-from .metrics import (
-    MATCHINGS,
-    ImageCounts,
-    MetricAccumulator,
-    Scores,
-    confusion_matrix,
-    contingency,
-    hungarian_per_image,
-    score,
-)
-from .options import EngineOptions, OutputOptions
-from .protocols import PROTOCOLS, Protocol, get_protocol
-from .report import compare_reports, load_report, to_markdown
-from .runner import evaluate
-from .store import ResultStore, ResumeMismatchError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from ..datasets import (
+        DATASETS,
+        IGNORE_INDEX,
+        ArrayDataset,
+        FolderDataset,
+        Sample,
+        SampleReadError,
+        SegmentationDataset,
+        class_info,
+        dataset_names,
+        load_dataset,
+    )
+    from .metrics import (
+        ImageCounts,
+        MetricAccumulator,
+        Scores,
+        confusion_matrix,
+        contingency,
+        hungarian_per_image,
+        score,
+    )
+    from .multi_runner import evaluate_methods
+    from .options import EngineOptions, OutputOptions
+    from .protocols import PROTOCOLS, Protocol, get_protocol
+    from .report import compare_reports, load_report, to_markdown
+    from .runner import evaluate
+    from .settings import MATCHINGS
+    from .store import ResultStore, ResumeMismatchError
+
+#: public name -> module that defines it
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "DATASETS",
+            "IGNORE_INDEX",
+            "ArrayDataset",
+            "FolderDataset",
+            "Sample",
+            "SampleReadError",
+            "SegmentationDataset",
+            "class_info",
+            "dataset_names",
+            "load_dataset",
+        ),
+        "..datasets",
+    ),
+    "MATCHINGS": ".settings",
+    **dict.fromkeys(
+        (
+            "ImageCounts",
+            "MetricAccumulator",
+            "Scores",
+            "confusion_matrix",
+            "contingency",
+            "hungarian_per_image",
+            "score",
+        ),
+        ".metrics",
+    ),
+    **dict.fromkeys(("EngineOptions", "OutputOptions"), ".options"),
+    **dict.fromkeys(("PROTOCOLS", "Protocol", "get_protocol"), ".protocols"),
+    **dict.fromkeys(("compare_reports", "load_report", "to_markdown"), ".report"),
+    "evaluate": ".runner",
+    "evaluate_methods": ".multi_runner",
+    **dict.fromkeys(("ResultStore", "ResumeMismatchError"), ".store"),
+}
 
 __all__ = [
-    "IGNORE_INDEX",
-    "Sample",
-    "SegmentationDataset",
     "DATASETS",
-    "dataset_names",
-    "load_dataset",
+    "IGNORE_INDEX",
     "ArrayDataset",
     "FolderDataset",
+    "Sample",
     "SampleReadError",
+    "SegmentationDataset",
     "class_info",
+    "dataset_names",
+    "load_dataset",
     "MATCHINGS",
     "ImageCounts",
     "MetricAccumulator",
@@ -57,6 +103,8 @@ __all__ = [
     "contingency",
     "hungarian_per_image",
     "score",
+    "EngineOptions",
+    "OutputOptions",
     "PROTOCOLS",
     "Protocol",
     "get_protocol",
@@ -64,8 +112,19 @@ __all__ = [
     "load_report",
     "to_markdown",
     "evaluate",
-    "EngineOptions",
-    "OutputOptions",
+    "evaluate_methods",
     "ResultStore",
     "ResumeMismatchError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffuseg.eval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -49,6 +49,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .counts import ImageCounts, confusion_matrix, contingency
+from .settings import MATCHINGS
 
 __all__ = [
     "MATCHINGS",
@@ -63,8 +64,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MATCHINGS = ("none", "hungarian-per-image", "hungarian-dataset", "diffcut-background")
 
 
 def _check_matching(matching: str, background_class: int | None, num_classes: int) -> None:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
 __all__ = ["Protocol", "PROTOCOLS", "get_protocol", "prepare", "resize_nearest"]
@@ -176,6 +175,8 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int], rule: str = "floor
 
 def _resize_image(image: Image.Image, side: int) -> Image.Image:
     """Bilinear resize without antialias (half-pixel centres, as TF2 and torchvision tensors)."""
+    import torch  # here: the presets (``diffuseg eval --help``) load without torch
+
     arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
     out = torch.nn.functional.interpolate(
         arr[None], size=(side, side), mode="bilinear", align_corners=False, antialias=False

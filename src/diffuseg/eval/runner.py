@@ -27,6 +27,7 @@ from .metrics import MATCHINGS, ImageCounts, MetricAccumulator
 from .options import EngineOptions, OutputOptions
 from .protocols import Protocol, get_protocol
 from .report import build_report, write_report
+from .settings import BACKGROUND_SWEEP, CLASS_SETTINGS
 from .store import ResultStore, check_results_file
 from .units import BACKGROUND_FIELD as _BACKGROUND_FIELD
 from .units import (
@@ -50,15 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The class names each image's `Query` carries (`evaluate`'s ``classes``): ``all``, every class
-#: of the dataset (true open vocabulary); ``gt-labels``, the image-level ground-truth labels (the
-#: classes present in its label map), the papers' weakly supervised setting.
-CLASS_SETTINGS = ("all", "gt-labels")
-
-#: The background scores DiffSegmenter's evaluation scripts sweep (start 30, end 75, in
-#: hundredths): 0.30, 0.31, ..., 0.74.
-BACKGROUND_SWEEP = tuple(v / 100 for v in range(30, 75))
 
 
 def default_matching(open_vocabulary: bool) -> str:
