@@ -113,6 +113,7 @@ class _Run:
     matching: str
     background_class: int | None
     class_names: list[str]
+    query_classes: tuple[tuple[str, ...], ...] | None
     classes: str
     sweep: tuple[float, ...] | None
     seed: int | None
@@ -132,6 +133,7 @@ def evaluate(
     matching: str | None = None,
     background_class: int | None = None,
     classes: str = "all",
+    class_names: Sequence[Sequence[str]] | None = None,
     class_filter: Any = None,
     tune_background: Sequence[float] | None = None,
     limit: int | None = None,
@@ -194,7 +196,7 @@ def evaluate(
     engine = _options(engine, EngineOptions, "engine")
     output = _options(output, OutputOptions, "output")
     run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
-                   tune_background, limit, seed)  # fmt: skip
+                   tune_background, limit, seed, class_names)  # fmt: skip
     _check_folders(dataset, run, output)
     extra: dict[str, Any] = {"resources": resources} if resources else {}
     if class_filter not in (None, "none"):
@@ -213,6 +215,7 @@ def evaluate(
     ctx = UnitContext(
         proto=run.proto,
         class_names=run.class_names,
+        query_classes=run.query_classes,
         matching=run.matching,
         classes=run.classes,
         sweep=run.sweep,
@@ -235,6 +238,7 @@ def check_output(
     matching: str | None = None,
     background_class: int | None = None,
     classes: str = "all",
+    class_names: Sequence[Sequence[str]] | None = None,
     tune_background: Sequence[float] | None = None,
     limit: int | None = None,
     seed: int | None = None,
@@ -264,7 +268,7 @@ def check_output(
     engine = _options(engine, EngineOptions, "engine")
     output = _options(output, OutputOptions, "output")
     run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
-                   tune_background, limit, seed)  # fmt: skip
+                   tune_background, limit, seed, class_names)  # fmt: skip
     _check_folders(dataset, run, output)
     path = Path(output.out_dir) / f"{run.name}.jsonl"
     check_results_file(path, _run_fingerprint(dataset, run), resume=output.resume, overwrite=output.overwrite)
@@ -314,6 +318,7 @@ def _resolve(
     tune_background: Sequence[float] | None,
     limit: int | None,
     seed: int | None,
+    query_classes: Sequence[Sequence[str]] | None = None,
 ) -> _Run:
     """Check `evaluate`'s arguments and resolve its defaults (in the order `evaluate` documents)."""
     from ..engine.seeding import resolve_seed
@@ -338,18 +343,43 @@ def _resolve(
         background_class = getattr(dataset, "background_class", None)
     class_names = list(dataset.class_names)
     MetricAccumulator(len(class_names), matching, background_class)  # validates the combination
+    query_classes = _check_query_classes(query_classes, class_names)
     return _Run(
         spec=spec,
         proto=proto,
         matching=matching,
         background_class=background_class,
         class_names=class_names,
+        query_classes=query_classes,
         classes=classes,
         sweep=sweep,
         seed=seed,
         num=n_total if limit is None else min(limit, n_total),
         name=output.name or run_name(dataset.name, spec.name, proto.name),
     )
+
+
+def _check_query_classes(
+    query_classes: Sequence[Sequence[str]] | None, class_names: list[str]
+) -> tuple[tuple[str, ...], ...] | None:
+    """`evaluate`'s `class_names` as a tuple of name tuples, one per dataset class (None stays None).
+
+    Raises:
+        ValueError: naming `class_names` if it does not hold one entry per dataset class, or an
+            entry is not a non-empty sequence of names.
+    """
+    if query_classes is None:
+        return None
+    out = tuple((c,) if isinstance(c, str) else tuple(c) for c in query_classes)
+    if len(out) != len(class_names) or any(not c or not all(isinstance(n, str) for n in c) for c in out):
+        raise ValueError(
+            f"`class_names` must give the names of each of the dataset's {len(class_names)} classes "
+            f"(first {class_names[:3]}...), in its order, each a non-empty sequence of names; got "
+            f"{len(out)} entries (first {list(out[:3])})."
+        )
+    from ..labeling.vocabulary import parse_classes
+
+    return tuple(parse_classes(out))  # names distinct across classes, as every Query checks
 
 
 def _fingerprint(
@@ -373,6 +403,7 @@ def _run_fingerprint(dataset: SegmentationDataset, run: _Run) -> dict[str, Any]:
         "num_classes": len(run.class_names),
         "method": run.spec.name,
         "classes": run.classes,
+        **({"class_names": [list(c) for c in run.query_classes]} if run.query_classes is not None else {}),
         "tune_background": list(run.sweep) if run.sweep is not None else None,
         "protocol": dataclasses.asdict(run.proto),
         **({"seed": run.seed} if run.seed is not None else {}),
