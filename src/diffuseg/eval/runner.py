@@ -33,6 +33,7 @@ from .units import (
     UnitContext,
     _query,  # noqa: F401 (moved to units; importable from here as before)
     _safe,
+    check_query_classes,
     load_unit,
     score_unit,
 )
@@ -343,7 +344,7 @@ def _resolve(
         background_class = getattr(dataset, "background_class", None)
     class_names = list(dataset.class_names)
     MetricAccumulator(len(class_names), matching, background_class)  # validates the combination
-    query_classes = _check_query_classes(query_classes, class_names)
+    query_classes = check_query_classes(query_classes, class_names)
     return _Run(
         spec=spec,
         proto=proto,
@@ -357,29 +358,6 @@ def _resolve(
         num=n_total if limit is None else min(limit, n_total),
         name=output.name or run_name(dataset.name, spec.name, proto.name),
     )
-
-
-def _check_query_classes(
-    query_classes: Sequence[Sequence[str]] | None, class_names: list[str]
-) -> tuple[tuple[str, ...], ...] | None:
-    """`evaluate`'s `class_names` as a tuple of name tuples, one per dataset class (None stays None).
-
-    Raises:
-        ValueError: naming `class_names` if it does not hold one entry per dataset class, or an
-            entry is not a non-empty sequence of names.
-    """
-    if query_classes is None:
-        return None
-    out = tuple((c,) if isinstance(c, str) else tuple(c) for c in query_classes)
-    if len(out) != len(class_names) or any(not c or not all(isinstance(n, str) for n in c) for c in out):
-        raise ValueError(
-            f"`class_names` must give the names of each of the dataset's {len(class_names)} classes "
-            f"(first {class_names[:3]}...), in its order, each a non-empty sequence of names; got "
-            f"{len(out)} entries (first {list(out[:3])})."
-        )
-    from ..labeling.vocabulary import parse_classes
-
-    return tuple(parse_classes(out))  # names distinct across classes, as every Query checks
 
 
 def _fingerprint(

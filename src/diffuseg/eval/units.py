@@ -23,7 +23,15 @@ from .metrics import contingency
 from .protocols import Protocol, prepare, resize_nearest, to_score_grid
 from .report import sweep_key
 
-__all__ = ["UnitContext", "load_unit", "score_unit", "skip_unit", "scored_segmentation", "BACKGROUND_FIELD"]
+__all__ = [
+    "UnitContext",
+    "check_query_classes",
+    "load_unit",
+    "score_unit",
+    "skip_unit",
+    "scored_segmentation",
+    "BACKGROUND_FIELD",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +151,29 @@ def score_unit(segmenter: Any, ctx: UnitContext, decoded: list[tuple[Any, ...]])
             scored.save(ctx.pred_dir, _safe(sample.id), image=image, overwrite=ctx.overwrite_predictions)
         records.append(rec)
     return records
+
+
+def check_query_classes(
+    query_classes: Sequence[Sequence[str]] | None, class_names: list[str]
+) -> tuple[tuple[str, ...], ...] | None:
+    """`evaluate`'s `class_names` as a tuple of name tuples, one per dataset class (None stays None).
+
+    Raises:
+        ValueError: naming `class_names` if it does not hold one entry per dataset class, or an
+            entry is not a non-empty sequence of names.
+    """
+    if query_classes is None:
+        return None
+    out = tuple((c,) if isinstance(c, str) else tuple(c) for c in query_classes)
+    if len(out) != len(class_names) or any(not c or not all(isinstance(n, str) for n in c) for c in out):
+        raise ValueError(
+            f"`class_names` must give the names of each of the dataset's {len(class_names)} classes "
+            f"(first {class_names[:3]}...), in its order, each a non-empty sequence of names; got "
+            f"{len(out)} entries (first {list(out[:3])})."
+        )
+    from ..labeling.vocabulary import parse_classes
+
+    return tuple(parse_classes(out))  # names distinct across classes, as every Query checks
 
 
 def _query_classes(setting: str, classes: list[Any], label: np.ndarray) -> list[Any]:
