@@ -33,7 +33,7 @@ def _voc(root: Path, label: np.ndarray, ids=("a",)) -> Path:
     return root / "VOCdevkit"
 
 
-def test_all_ten_datasets_are_registered_with_class_names():
+def test_all_eleven_datasets_are_registered_with_class_names():
     expected = {
         "cocostuff27": 27,
         "cocostuff171": 171,
@@ -41,6 +41,7 @@ def test_all_ten_datasets_are_registered_with_class_names():
         "cityscapes27": 27,
         "cityscapes19": 19,
         "voc21": 21,
+        "voc20": 20,
         "context60": 60,
         "context59": 59,
         "ade150": 150,

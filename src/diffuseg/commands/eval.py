@@ -21,12 +21,12 @@ each gets the results file and report it would get alone.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from typing import Any
 
 from . import COMMANDS
+from ._eval_run import _fail, _setup, load_models, run_one
 
 __all__ = ["register", "run"]
 
@@ -64,6 +64,7 @@ def _add_benchmark_options(p: Any) -> None:
     from ..datasets import dataset_names
     from ..eval.protocols import PROTOCOLS
     from ..eval.settings import MATCHINGS
+    from ..eval.suites import SUITES
     from ._method_options import method_help
 
     p.add_argument(
@@ -71,7 +72,9 @@ def _add_benchmark_options(p: Any) -> None:
         choices=[*dataset_names(), "synthetic"],
         help="benchmark name (synthetic: the package's generated scenes, no --root)",
     )
-    p.add_argument("--root", help="folder the official archive unpacks to (e.g. VOCdevkit)")
+    p.add_argument(
+        "--root", help="folder the official archive unpacks to (e.g. VOCdevkit); with --suite the folder holding them"
+    )
     p.add_argument("--split", default=None, help="dataset split (default: the one papers report)")
     p.add_argument(
         "--method",
@@ -80,8 +83,17 @@ def _add_benchmark_options(p: Any) -> None:
         f"their model passes shared where they agree, predictions in --save-predictions/METHOD:\n{method_help()}",
     )
     p.add_argument(
+        "--suite",
+        default=None,
+        choices=sorted(SUITES),
+        help="score every benchmark of a suite found under --root (a folder holding VOCdevkit, coco, "
+        "cityscapes, ADEChallengeData2016), each with its paper's protocol, into its own resumable "
+        "results file; prints one table with the mean mIoU (ovss: the eight training-free OVSS "
+        "benchmarks with SCLIP's class names; diffcut: DiffCut's six; diffseg: COCO-Stuff-27, Cityscapes-27)",
+    )
+    p.add_argument(
         "--protocol",
-        default="full",
+        default=None,
         choices=sorted(PROTOCOLS),
         help="crop / resolution preset (default full: the whole image, scored at full resolution; "
         "diffseg / diffcut / maskdiffusion fix the model input at 512 / 1024 / 512 px, so --size goes "
@@ -120,6 +132,11 @@ def _add_output_options(p: Any) -> None:
         metavar="REPORT",
         help="print these report JSON files side by side and exit",
     )
+    p.add_argument(
+        "--compare-published",
+        action="store_true",
+        help="with --suite: print the published numbers (docs/published_results.md) beside the run's",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -136,6 +153,14 @@ def _add_class_options(p: Any) -> None:
         "gt-labels: the image's ground-truth labels, the papers' weakly supervised setting, an oracle; "
         "reported as such)",
     )
+    p.add_argument(
+        "--class-names",
+        default=None,
+        metavar="FILE",
+        help="the names each query carries, one line per dataset class in its order, synonyms separated "
+        "by ',' (the OVSS papers' configs/cls_*.txt; the first name is shown); a class scores the best "
+        "of its names",
+    )
     add_filter_option(p)
     p.add_argument(
         "--tune-background",
@@ -145,24 +170,6 @@ def _add_class_options(p: Any) -> None:
         "recorded features) and report the best, tuned on the evaluated split; methods with a "
         "background_score only",
     )
-
-
-#: Library arguments of `evaluate` / `OutputOptions` -> their flags (`flag_message` knows the rest).
-_EVAL_FLAGS = {
-    "save_predictions": "--save-predictions",
-    "name": "--name",
-    "background_class": "--background-class",
-    "split": "--split",
-}
-
-
-def _fail(message: Any, code: int = 2) -> int:
-    import re
-
-    from ._options import fail, flag_message
-
-    text = re.sub(r"`([a-z_]+)`", lambda m: _EVAL_FLAGS.get(m.group(1), m.group(0)), str(message))
-    return fail("eval", flag_message(text), code)
 
 
 def _compare(paths: list[str]) -> int:
@@ -176,144 +183,6 @@ def _compare(paths: list[str]) -> int:
         return _fail(str(e))
     print(compare_reports(reports, paths), end="")
     return 0
-
-
-@dataclasses.dataclass(frozen=True)
-class _Setup:
-    """What the flags ask for, checked before any model is loaded."""
-
-    #: the `MethodSpec` of each method of --method, in order
-    specs: tuple[Any, ...]
-    #: method name -> the config fields the user set for it
-    overrides: dict[str, dict[str, Any]]
-    resources: dict[str, Any]
-    class_filter: Any
-    dataset: Any
-    ray_options: Any
-    needs_model: bool
-    #: the run's settings, as `check_output` and `evaluate` both take them (built once)
-    run: dict[str, Any]
-
-
-def _methods(args: argparse.Namespace) -> tuple[tuple[Any, ...], dict[str, dict[str, Any]], bool]:
-    """The specs of --method (one name or a list), each method's overrides, whether any needs
-    the model.
-
-    Raises:
-        ValueError: naming --method (an unknown name, a repeat), an option of none of the methods,
-            --tune-background, --name or --engine ray with several methods.
-    """
-    from ..eval.runner import BACKGROUND_SWEEP, check_tune_background
-    from ..methods import get_method
-    from ._method_options import method_overrides, parse_methods
-
-    names = parse_methods(args.method)
-    if len(names) > 1:
-        several = {"--tune-background": args.tune_background, "--name": args.name, "--engine ray": args.engine == "ray"}
-        for flag, given in several.items():
-            if given:
-                raise ValueError(f"{flag} is for one method at a time; --method {args.method} names {len(names)}.")
-    specs, overrides, needs_model = [], {}, False
-    for name in names:
-        spec = get_method(name)
-        check_tune_background(spec, BACKGROUND_SWEEP if args.tune_background else None)
-        overrides[spec.name] = method_overrides(args, spec.name, args._owners, names if len(names) > 1 else ())
-        needs_model = needs_model or spec.needs_model(spec.make_config(None, **overrides[spec.name]))
-        specs.append(spec)
-    return tuple(specs), overrides, needs_model
-
-
-def _setup(args: argparse.Namespace) -> _Setup:
-    """Check the flags, open the dataset and check the output (`check_output`).
-
-    Raises:
-        ValueError / FileNotFoundError: a bad flag or dataset root; FileExistsError: results or
-        predictions that would be replaced; ImportError: --engine ray without Ray.
-    """
-    from ..datasets import load_dataset
-    from ..eval.multi_runner import check_outputs
-    from ..eval.protocols import get_protocol
-    from ..eval.runner import BACKGROUND_SWEEP
-    from ._labeling import check_filter
-    from ._options import check_runtime, resource_values
-
-    if not args.dataset or (not args.root and args.dataset != "synthetic"):
-        raise ValueError("`--dataset` and `--root` are required (or use --compare).")
-    if args.dataset == "synthetic" and args.root is not None:
-        raise ValueError("--dataset synthetic is generated, it has no --root; leave --root out.")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"`limit` must be a positive integer, got {args.limit}.")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the results file and --overwrite discards it; give one of them.")
-    output = _output_options(args)
-    specs, overrides, needs_model = _methods(args)
-    protocol = get_protocol(args.protocol)
-    if protocol.query_size is not None and getattr(args, "image_size", None) is not None:
-        raise ValueError(
-            f"--protocol {protocol.name} fixes the model input at {protocol.query_size} px; "
-            "--size applies with --protocol full."
-        )
-    check_runtime(args)
-    resources = resource_values(args)
-    class_filter = [check_filter(args, spec) for spec in specs][0]
-    dataset = load_dataset(args.dataset, args.root, args.split)
-    from .batch import engine_options
-
-    ray_options = engine_options(args)
-    if ray_options is not None:
-        import ray  # noqa: F401
-    engine = _engine_options(args, ray_options, needs_model)
-    run = {
-        "protocol": args.protocol,
-        "matching": args.matching,
-        "background_class": args.background_class,
-        "classes": args.classes,
-        "tune_background": BACKGROUND_SWEEP if args.tune_background else None,
-        "limit": args.limit,
-        "seed": args.seed,
-        "engine": engine,
-        "output": output,
-    }
-    # folders, results files and predictions, before any model loads
-    check_outputs(dataset, [spec.name for spec in specs], **run)
-    return _Setup(specs, overrides, resources, class_filter, dataset, ray_options, needs_model, run)
-
-
-def _output_options(args: argparse.Namespace) -> Any:
-    """The `OutputOptions` of --out --name --resume --overwrite --save-predictions --no-progress."""
-    from ..eval import OutputOptions
-
-    return OutputOptions(
-        out_dir=args.out,
-        name=args.name,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        save_predictions=args.save_predictions,
-        progress=not args.no_progress,
-    )
-
-
-def _engine_options(args: argparse.Namespace, ray_options: Any, needs_model: bool) -> Any:
-    """The `EngineOptions` of --engine --batch-size and the Ray flags (with ray, each actor loads
-    its own model)."""
-    from ..eval import EngineOptions
-
-    loader = _actor_loader(args) if needs_model and ray_options is not None else None
-    return EngineOptions(
-        engine=args.engine, batch_size=args.batch_size, ray_options=ray_options, backbone_loader=loader
-    )
-
-
-def _actor_loader(args: argparse.Namespace) -> Any:
-    """A picklable zero-argument callable each Ray actor loads its own model with."""
-    import functools
-
-    from ._options import load_backbone
-
-    model_args = argparse.Namespace(
-        model=args.model, model_config=args.model_config, device=args.device, dtype=args.dtype, drop_t5=args.drop_t5
-    )
-    return functools.partial(load_backbone, model_args)
 
 
 def _summary(spec: Any, report: dict[str, Any]) -> int:
@@ -343,55 +212,21 @@ def run(args: argparse.Namespace) -> int:
     """Run ``diffuseg eval``; returns the exit code."""
     if args.compare:
         return _compare(args.compare)
-    from ..eval import evaluate
-    from ..eval.multi_runner import evaluate_methods
-    from ..eval.store import ResumeMismatchError
-    from ._labeling import build_filter, load_label_models
-    from ._options import load_backbone, make_generator
+    if args.suite or args.compare_published:
+        from .eval_suite import run_suite
 
+        return run_suite(args)
     try:
         setup = _setup(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         return _fail(e)
     except ImportError:
         return _fail("--engine ray needs Ray: pip install 'diffuseg[ray]'.")
-    if setup.ray_options is None and args.threads is not None:  # the local engine's torch threads
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    backbone = None
-    model_id = None
-    if setup.needs_model:
-        try:
-            backbone = load_backbone(args)
-        except (OSError, ValueError) as e:
-            return _fail(f"cannot load the model: {e}")
-        model_id = getattr(backbone, "name", None) or args.model
-    # --seed: each image's noise from its own generator, seeded from (--seed, image id), on any
-    # engine; without it the local engine draws from one randomly seeded generator
-    generator = make_generator(args.seed, args.device) if setup.needs_model else None
-    try:
-        load_label_models(args, setup.resources)
-        class_filter = build_filter(args, setup.class_filter, setup.resources, setup.specs[0])
-    except (OSError, ValueError) as e:
-        return _fail(e)
-    models = {"backbone": backbone, "model_id": model_id, "resources": setup.resources, "class_filter": class_filter}
-    try:
-        if len(setup.specs) == 1:
-            spec = setup.specs[0]
-            reports = {spec.name: evaluate(setup.dataset, spec.name, config_overrides=setup.overrides[spec.name],
-                                           generator=generator, **models, **setup.run)}  # fmt: skip
-        else:
-            run = {k: v for k, v in setup.run.items() if k != "tune_background"}  # refused by _methods
-            names = [spec.name for spec in setup.specs]
-            reports = evaluate_methods(
-                setup.dataset, names, config_overrides=setup.overrides, generator=generator, **models, **run
-            )
-    except (FileExistsError, ResumeMismatchError, ValueError, ConnectionError) as e:
-        return _fail(str(e).replace("`address`", "--address"))
-    except RuntimeError as e:  # the Ray pipeline broke (WorkerDiedError)
-        return _fail(e)
-    except OSError as e:  # a results or prediction file could not be written (a full disk...)
-        return _fail(f"{e}; the images scored so far are kept: rerun with --resume to finish.", code=1)
+    models = load_models(args, setup)
+    if isinstance(models, int):
+        return models
+    report = run_one(setup, models)
+    if isinstance(report, int):
+        return report
+    reports = report if len(setup.specs) > 1 else {setup.spec.name: report}
     return max(_summary(spec, reports[spec.name]) for spec in setup.specs)

@@ -11,6 +11,7 @@ Example:
 """
 
 from .base import IGNORE_INDEX, Sample, SegmentationDataset
+from .class_files import OVSS_NAME_FILES, ovss_class_names, parse_class_names, read_class_names_file
 from .classes import class_info, class_lists
 from .folder import ArrayDataset, FolderDataset, SampleReadError
 from .registry import DATASETS, dataset_names, load_dataset
@@ -21,6 +22,10 @@ __all__ = [
     "SegmentationDataset",
     "class_info",
     "class_lists",
+    "OVSS_NAME_FILES",
+    "ovss_class_names",
+    "parse_class_names",
+    "read_class_names_file",
     "ArrayDataset",
     "FolderDataset",
     "SampleReadError",

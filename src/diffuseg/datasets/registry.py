@@ -12,6 +12,7 @@ expected, an unknown split `ValueError`, an empty split `ValueError`.
 | cityscapes27 | 27 | labelIds 7..33 -> 0..26, others ignore | val (500) |
 | cityscapes19 | 19 | labelIds -> trainIds 0..18, others ignore | val |
 | voc21 | 21 | 0 background, 1..20, 255 ignore | val (1,449) |
+| voc20 | 20 | 0 background -> ignore, 1..20 -> 0..19 (the OVSS papers' VOC20) | val |
 | context60 | 60 | 0 background, 1..59 (mmseg PNGs) | val (5,104) |
 | context59 | 59 | 0 -> ignore, 1..59 -> 0..58 | val |
 | ade150 | 150 | 0 -> ignore, 1..150 -> 0..149 | validation (2,000) |
@@ -147,23 +148,31 @@ def _cityscapes(root: Path, split: str, name: str) -> FolderDataset:
 
 
 # --------------------------------------------------------------------------- PASCAL
-def _voc21(root: Path, split: str) -> FolderDataset:
-    _check_split("voc21", split, ("train", "val", "trainval"))
+def _voc(root: Path, split: str, name: str) -> FolderDataset:
+    """PASCAL VOC 2012: ``voc21`` scores background (0) and the 20 objects; ``voc20`` ignores
+    background and shifts the objects to 0..19 (mmseg ``reduce_zero_label``, as SCLIP's
+    ``PascalVOC20Dataset``). 255 (object boundaries) is ignored in both."""
+    _check_split(name, split, ("train", "val", "trainval"))
     base = root / "VOC2012"
     list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
-    _require(root, "voc21", _VOC_LAYOUT, base / "JPEGImages", base / "SegmentationClass", list_file)
+    _require(root, name, _VOC_LAYOUT, base / "JPEGImages", base / "SegmentationClass", list_file)
     entries = [
         (i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png") for i in _list_file(list_file)
     ]
-    mapping = {i: i for i in range(21)} | {255: IGNORE_INDEX}  # 255 = object boundaries
+    names = class_info("voc21")["names"]
+    if name == "voc21":
+        mapping, bg = {i: i for i in range(21)}, 0
+    else:
+        mapping, names, bg = {0: IGNORE_INDEX} | {i: i - 1 for i in range(1, 21)}, names[1:], None
+    mapping |= {255: IGNORE_INDEX}  # 255 = object boundaries
     return FolderDataset(
-        "voc21",
-        class_info("voc21")["names"],
-        _nonempty("voc21", entries, list_file),
+        name,
+        names,
+        _nonempty(name, entries, list_file),
         _lut(mapping),
         root,
         split,
-        background_class=0,
+        background_class=bg,
     )
 
 
@@ -258,7 +267,8 @@ DATASETS: dict[str, tuple[Callable[[Path, str], FolderDataset], str]] = {
     "cocoobject81": (_cocoobject81, "curated"),
     "cityscapes27": (lambda r, s: _cityscapes(r, s, "cityscapes27"), "val"),
     "cityscapes19": (lambda r, s: _cityscapes(r, s, "cityscapes19"), "val"),
-    "voc21": (_voc21, "val"),
+    "voc21": (lambda r, s: _voc(r, s, "voc21"), "val"),
+    "voc20": (lambda r, s: _voc(r, s, "voc20"), "val"),
     "context60": (lambda r, s: _context(r, s, "context60"), "val"),
     "context59": (lambda r, s: _context(r, s, "context59"), "val"),
     "ade150": (_ade150, "validation"),

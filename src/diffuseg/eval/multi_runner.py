@@ -72,6 +72,7 @@ def check_outputs(
     matching: str | None = None,
     background_class: int | None = None,
     classes: str = "all",
+    class_names: Sequence[Sequence[str]] | None = None,
     tune_background: Sequence[float] | None = None,
     limit: int | None = None,
     seed: int | None = None,
@@ -91,7 +92,7 @@ def check_outputs(
     output = _options(output, OutputOptions, "output")
     methods = _check_methods(methods, output, engine, tune_background)
     settings = dict(protocol=protocol, matching=matching, background_class=background_class, classes=classes,
-                    tune_background=tune_background, limit=limit, seed=seed)  # fmt: skip
+                    tune_background=tune_background, limit=limit, seed=seed, query_classes=class_names)  # fmt: skip
     paths = []
     for run in _runs(dataset, methods, engine, output, settings):
         _check_folders(dataset, run, output)
@@ -113,6 +114,7 @@ def evaluate_methods(
     matching: str | None = None,
     background_class: int | None = None,
     classes: str = "all",
+    class_names: Sequence[Sequence[str]] | None = None,
     class_filter: Any = None,
     limit: int | None = None,
     generator: Any = None,
@@ -149,7 +151,7 @@ def evaluate_methods(
     if unknown:
         raise ValueError(f"`config_overrides` names {unknown}, which are not among `methods` {methods}.")
     settings = dict(protocol=protocol, matching=matching, background_class=background_class, classes=classes,
-                    tune_background=None, limit=limit, seed=seed)  # fmt: skip
+                    tune_background=None, limit=limit, seed=seed, query_classes=class_names)  # fmt: skip
     runs = _runs(dataset, methods, engine, output, settings)
     extra: dict[str, Any] = {"resources": resources} if resources else {}
     if class_filter not in (None, "none"):
@@ -178,6 +180,7 @@ def evaluate_methods(
             overwrite_predictions=output.overwrite or output.resume,
             generator=generator,
             seed=run.seed,
+            query_classes=run.query_classes,
         )
         jobs.append(_Job(run, segmenter, store, ctx, fingerprint.get("class_filter")))
     _score_all(dataset, jobs, MultiSegmenter([j.segmenter for j in jobs]), engine, output)

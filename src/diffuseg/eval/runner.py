@@ -34,6 +34,7 @@ from .units import (
     UnitContext,
     _query,  # noqa: F401 (moved to units; importable from here as before)
     _safe,
+    check_query_classes,
     load_unit,
     score_unit,
 )
@@ -105,6 +106,7 @@ class _Run:
     matching: str
     background_class: int | None
     class_names: list[str]
+    query_classes: tuple[tuple[str, ...], ...] | None
     classes: str
     sweep: tuple[float, ...] | None
     seed: int | None
@@ -124,6 +126,7 @@ def evaluate(
     matching: str | None = None,
     background_class: int | None = None,
     classes: str = "all",
+    class_names: Sequence[Sequence[str]] | None = None,
     class_filter: Any = None,
     tune_background: Sequence[float] | None = None,
     limit: int | None = None,
@@ -186,7 +189,7 @@ def evaluate(
     engine = _options(engine, EngineOptions, "engine")
     output = _options(output, OutputOptions, "output")
     run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
-                   tune_background, limit, seed)  # fmt: skip
+                   tune_background, limit, seed, class_names)  # fmt: skip
     _check_folders(dataset, run, output)
     extra: dict[str, Any] = {"resources": resources} if resources else {}
     if class_filter not in (None, "none"):
@@ -205,6 +208,7 @@ def evaluate(
     ctx = UnitContext(
         proto=run.proto,
         class_names=run.class_names,
+        query_classes=run.query_classes,
         matching=run.matching,
         classes=run.classes,
         sweep=run.sweep,
@@ -227,6 +231,7 @@ def check_output(
     matching: str | None = None,
     background_class: int | None = None,
     classes: str = "all",
+    class_names: Sequence[Sequence[str]] | None = None,
     tune_background: Sequence[float] | None = None,
     limit: int | None = None,
     seed: int | None = None,
@@ -256,7 +261,7 @@ def check_output(
     engine = _options(engine, EngineOptions, "engine")
     output = _options(output, OutputOptions, "output")
     run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
-                   tune_background, limit, seed)  # fmt: skip
+                   tune_background, limit, seed, class_names)  # fmt: skip
     _check_folders(dataset, run, output)
     path = Path(output.out_dir) / f"{run.name}.jsonl"
     check_results_file(path, _run_fingerprint(dataset, run), resume=output.resume, overwrite=output.overwrite)
@@ -306,6 +311,7 @@ def _resolve(
     tune_background: Sequence[float] | None,
     limit: int | None,
     seed: int | None,
+    query_classes: Sequence[Sequence[str]] | None = None,
 ) -> _Run:
     """Check `evaluate`'s arguments and resolve its defaults (in the order `evaluate` documents)."""
     from ..engine.seeding import resolve_seed
@@ -330,12 +336,14 @@ def _resolve(
         background_class = getattr(dataset, "background_class", None)
     class_names = list(dataset.class_names)
     MetricAccumulator(len(class_names), matching, background_class)  # validates the combination
+    query_classes = check_query_classes(query_classes, class_names)
     return _Run(
         spec=spec,
         proto=proto,
         matching=matching,
         background_class=background_class,
         class_names=class_names,
+        query_classes=query_classes,
         classes=classes,
         sweep=sweep,
         seed=seed,
@@ -365,6 +373,7 @@ def _run_fingerprint(dataset: SegmentationDataset, run: _Run) -> dict[str, Any]:
         "num_classes": len(run.class_names),
         "method": run.spec.name,
         "classes": run.classes,
+        **({"class_names": [list(c) for c in run.query_classes]} if run.query_classes is not None else {}),
         "tune_background": list(run.sweep) if run.sweep is not None else None,
         "protocol": dataclasses.asdict(run.proto),
         **({"seed": run.seed} if run.seed is not None else {}),

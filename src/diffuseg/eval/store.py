@@ -48,10 +48,28 @@ def _mismatch_error(path: Path, old: dict[str, Any], new: dict[str, Any], keys: 
     diff = sorted(k for k in keys if old.get(k) != new.get(k))
     if not diff:
         return None
+    named = [
+        f"{k} {_label(old.get(k))} in the file, {_label(new.get(k))} in this run"
+        for k in diff
+        if _is_named(old.get(k), new.get(k))
+    ]
     return ResumeMismatchError(
-        f"cannot resume {path}: it was written by a different run (differs in {diff}); "
-        f"use another `out_dir` or `overwrite=True`."
+        f"cannot resume {path}: it was written by a different run (differs in {diff}"
+        f"{': ' + '; '.join(named) if named else ''}); use another `out_dir` or `overwrite=True`."
     )
+
+
+def _is_named(*values: Any) -> bool:
+    """Whether the fingerprint values are short enough to quote, or settings with a ``name``
+    (a protocol): a mismatch then names both."""
+    return all(isinstance(v, (str, int, float, type(None))) or (isinstance(v, dict) and "name" in v) for v in values)
+
+
+def _label(value: Any) -> str:
+    """A fingerprint value as a mismatch message names it (a protocol by its name)."""
+    if isinstance(value, dict):
+        return repr(value["name"])
+    return repr(value)
 
 
 def check_results_file(

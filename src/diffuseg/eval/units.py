@@ -25,6 +25,7 @@ from .report import sweep_key
 
 __all__ = [
     "UnitContext",
+    "check_query_classes",
     "load_unit",
     "score_unit",
     "unit_queries",
@@ -66,6 +67,20 @@ class UnitContext:
     overwrite_predictions: bool
     generator: Any
     seed: int | None
+    #: the names each query carries per dataset class, (display name, synonym, ...); None = `class_names`
+    query_classes: tuple[tuple[str, ...], ...] | None = None
+
+    @property
+    def vocabulary(self) -> list[tuple[str, ...]]:
+        """Per dataset class, the names its queries carry (display name first)."""
+        if self.query_classes is not None:
+            return list(self.query_classes)
+        return [(n,) for n in self.class_names]
+
+    @property
+    def display_names(self) -> list[str]:
+        """Per dataset class, the display name a method labels it with (mapped back by position)."""
+        return [c[0] for c in self.vocabulary]
 
 
 def load_unit(dataset: Any, proto: Protocol, unit: Sequence[int]) -> list[tuple[Any, ...]]:
@@ -111,7 +126,7 @@ def score_unit(segmenter: Any, ctx: UnitContext, decoded: list[tuple[Any, ...]])
                 logger.warning("re-segmenting sample %d failed: %s", loaded[j][0], seg)
                 return None
             i, sample, _, label = loaded[j]
-            return _score_one(i, sample, label, seg, ctx.proto, ctx.class_names, ctx.matching, 0.0)["counts"]
+            return _score_one(i, sample, label, seg, ctx.proto, ctx.display_names, ctx.matching, 0.0)["counts"]
 
         ok = [not isinstance(seg, Exception) for seg in segs]
         swept = _sweep(segmenter, queries, ok, ctx.sweep, sweep_counts)
@@ -123,7 +138,7 @@ def unit_queries(ctx: UnitContext, loaded: list[tuple[Any, ...]], device: Any) -
     ``ctx.classes``) and the generator(s) to segment them with: with ``ctx.seed`` one per image,
     seeded from (seed, image id) on `device`, else ``ctx.generator``."""
     queries = [
-        _query(sample, image, ctx.proto, _query_classes(ctx.classes, ctx.class_names, label))
+        _query(sample, image, ctx.proto, _query_classes(ctx.classes, ctx.vocabulary, label))
         for _, sample, image, label in loaded
     ]
     generator = ctx.generator
@@ -151,7 +166,7 @@ def unit_records(
             logger.warning("skipping sample %d: %s", i, seg)
             records.append({"index": i, "id": str(sample.id), "status": "skipped", "error": str(seg)})
             continue
-        rec = _score_one(i, sample, label, seg, ctx.proto, ctx.class_names, ctx.matching, seconds)
+        rec = _score_one(i, sample, label, seg, ctx.proto, ctx.display_names, ctx.matching, seconds)
         if swept is not None:
             rec["sweep"] = swept[j]
         if "class_filter" in seg.meta:
@@ -163,14 +178,37 @@ def unit_records(
     return records
 
 
-def _query_classes(setting: str, class_names: list[str], label: np.ndarray) -> list[str]:
-    """The class names the `Query` of an image with ground truth `label` carries under `setting`
-    (one of `CLASS_SETTINGS`, validated by `evaluate`)."""
+def check_query_classes(
+    query_classes: Sequence[Sequence[str]] | None, class_names: list[str]
+) -> tuple[tuple[str, ...], ...] | None:
+    """`evaluate`'s `class_names` as a tuple of name tuples, one per dataset class (None stays None).
+
+    Raises:
+        ValueError: naming `class_names` if it does not hold one entry per dataset class, or an
+            entry is not a non-empty sequence of names.
+    """
+    if query_classes is None:
+        return None
+    out = tuple((c,) if isinstance(c, str) else tuple(c) for c in query_classes)
+    if len(out) != len(class_names) or any(not c or not all(isinstance(n, str) for n in c) for c in out):
+        raise ValueError(
+            f"`class_names` must give the names of each of the dataset's {len(class_names)} classes "
+            f"(first {class_names[:3]}...), in its order, each a non-empty sequence of names; got "
+            f"{len(out)} entries (first {list(out[:3])})."
+        )
+    from ..labeling.vocabulary import parse_classes
+
+    return tuple(parse_classes(out))  # names distinct across classes, as every Query checks
+
+
+def _query_classes(setting: str, classes: list[Any], label: np.ndarray) -> list[Any]:
+    """The classes (names, or name tuples with synonyms) the `Query` of an image with ground
+    truth `label` carries under `setting` (one of `CLASS_SETTINGS`, validated by `evaluate`)."""
     if setting == "all":
-        return class_names
+        return classes
     if setting == "gt-labels":
         present = np.unique(label[label != IGNORE_INDEX])
-        return [class_names[int(i)] for i in present if 0 <= int(i) < len(class_names)]
+        return [classes[int(i)] for i in present if 0 <= int(i) < len(classes)]
     raise AssertionError(f"class setting {setting!r} has no branch in `_query_classes`")
 
 
@@ -205,13 +243,15 @@ def _sweep(
     return out
 
 
-def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> Any:
-    """The `Query` of one prepared sample: the protocol's framing and `class_names`."""
+def _query(sample: Any, image: Any, proto: Protocol, class_names: list[Any]) -> Any:
+    """The `Query` of one prepared sample: the protocol's framing and `class_names` (each a
+    name, or a tuple (display name, synonym, ...))."""
     from ..plan import Query
 
     return Query(
         image=image,
-        classes=tuple((n,) for n in class_names) or None,  # None: no classes (an all-ignore label map)
+        classes=tuple((n,) if isinstance(n, str) else tuple(n) for n in class_names)
+        or None,  # None: no classes (an all-ignore label map)
         caption=(sample.meta.get("caption") or "").strip() or None,  # a dataset's empty caption is none
         id=str(sample.id),
         size=proto.query_size,
