@@ -27,6 +27,7 @@ from .metrics import (
     ImageCounts,
     MetricAccumulator,
     Scores,
+    class_metrics,
     confusion_matrix,
     contingency,
     hungarian_per_image,
@@ -34,6 +35,7 @@ from .metrics import (
 )
 from .options import EngineOptions, OutputOptions
 from .protocols import PROTOCOLS, Protocol, get_protocol
+from .render import render_report
 from .report import compare_reports, load_report, to_markdown
 from .runner import evaluate
 from .store import ResultStore, ResumeMismatchError
@@ -53,6 +55,7 @@ __all__ = [
     "ImageCounts",
     "MetricAccumulator",
     "Scores",
+    "class_metrics",
     "confusion_matrix",
     "contingency",
     "hungarian_per_image",
@@ -64,6 +67,7 @@ __all__ = [
     "load_report",
     "to_markdown",
     "evaluate",
+    "render_report",
     "EngineOptions",
     "OutputOptions",
     "ResultStore",
