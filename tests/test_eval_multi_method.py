@@ -113,3 +113,15 @@ def test_cli_bad_method_lists_are_usage_errors(tmp_path, capsys, method, extra, 
     assert _eval(tmp_path / "o", method, *extra) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.jsonl"))
+
+
+def test_cli_render_only_rewrites_each_listed_method_report(tmp_path, capsys, one_thread):
+    assert _eval(tmp_path, "slic,single-segment") == 0
+    reports = {m: tmp_path / f"synthetic-val_{m}_full.json" for m in ("slic", "single-segment")}
+    before = {m: json.loads(p.read_text())["metrics"] for m, p in reports.items()}
+    for p in reports.values():
+        p.unlink()
+    capsys.readouterr()
+    assert _eval(tmp_path, "slic,single-segment", "--render-only") == 0
+    assert {m: json.loads(p.read_text())["metrics"] for m, p in reports.items()} == before
+    assert capsys.readouterr().out.count("mAcc") == 2

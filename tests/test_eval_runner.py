@@ -47,7 +47,7 @@ def test_real_voc_photo_through_the_whole_pipeline(tmp_path):
         assert set(on_disk["metrics"]["iou_by_class"]) == set(ds.class_names)
         assert on_disk["versions"]["numpy"] and on_disk["run"]["seconds_per_image"] > 0
         assert on_disk["method"]["name"] == method and on_disk["matching"] == "hungarian-per-image"
-        assert "| class | IoU |" in (out / f"voc21_{method}_full.md").read_text()
+        assert "| class | IoU | Acc |" in (out / f"voc21_{method}_full.md").read_text()
     # the one-segment baseline under per-image Hungarian = background share of the image
     direct = hungarian_per_image([np.zeros((375, 500), np.int64)], [data["class_label"]], 21)
     report = json.loads((out / "voc21_single-segment_full.json").read_text())

@@ -9,7 +9,7 @@ the subcommand being run, so ``diffuseg --help`` loads no torch.
 COMMANDS = {
     "segment": "segment images and write label maps, overlays and JSON",
     "batch": "segment many images, here or on a Ray cluster (resumable)",
-    "eval": "score a method on a benchmark dataset (mIoU, pixel accuracy, per-class IoU)",
+    "eval": "score a method on a benchmark dataset (mIoU, mAcc, fwIoU, aAcc, per-class IoU and accuracy)",
     "inspect": "picture of what a method sees from one pixel",
     "demo": "web demo: segment in the browser (needs the demo extra, Gradio)",
     "train": "train models shipped with diffuseg",

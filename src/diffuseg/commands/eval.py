@@ -14,6 +14,8 @@ model loads: --out and --save-predictions must be folders that can be written, a
 results file needs --resume or --overwrite (and --resume a run with the same dataset, method,
 protocol, classes and seed), existing predictions of the images need --overwrite or --resume.
 ``--compare`` tells runs of one method apart by the settings that differ, else by their folders.
+``--render-only`` rewrites the report of an existing results file from its stored counts (the
+same flags name it; no model is loaded), e.g. to add metrics introduced after the run.
 ``--method a,b,c`` scores several methods from shared model passes (`diffuseg.eval.multi_runner`):
 each gets the results file and report it would get alone.
 """
@@ -138,6 +140,12 @@ def _add_output_options(p: Any) -> None:
         help="with --suite: print the published numbers (docs/published_results.md) beside the run's",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the report (.json / .md) of the results file these flags name from its stored "
+        "counts, with every current metric; loads no model and scores nothing",
+    )
 
 
 def _add_class_options(p: Any) -> None:
@@ -187,13 +195,16 @@ def _compare(paths: list[str]) -> int:
 
 def _summary(spec: Any, report: dict[str, Any]) -> int:
     """Print the report's headline and where it is; the exit code (1: images were skipped)."""
-    from ..eval.report import tuning_line
+    from ..eval.report import HEADLINE, HEADLINE_NAMES, tuning_line
 
     m, d = report["metrics"], report["dataset"]
+    values = "  ".join(
+        f"{name} {'-' if m.get(k) is None else f'{100 * m[k]:.2f}'}"
+        for k, name in zip(HEADLINE, HEADLINE_NAMES, strict=True)
+    )
     print(
         f"{spec.name} on {d['name']} ({report['protocol']['name']}, {report['matching']}): "
-        f"mIoU {100 * (m['miou'] or 0):.2f}  pixel acc. {100 * (m['pixel_accuracy'] or 0):.2f}  "
-        f"({d['num_evaluated']} images)"
+        f"{values}  ({d['num_evaluated']} images)"
     )
     tuned = tuning_line(report)
     if tuned:
@@ -208,10 +219,53 @@ def _summary(spec: Any, report: dict[str, Any]) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    """--render-only: rewrite the report of the results file the flags name (`render_report`)."""
+    from ..datasets import load_dataset, read_class_names_file
+    from ..eval import EngineOptions
+    from ..eval.render import render_report
+    from ..eval.settings import BACKGROUND_SWEEP
+    from ..methods import get_method
+    from ._eval_run import _output_options
+    from ._method_options import method_overrides, parse_methods
+
+    try:
+        if not args.dataset or (not args.root and args.dataset != "synthetic"):
+            raise ValueError("`--dataset` and `--root` are required (or use --compare).")
+        if args.resume or args.overwrite or args.save_predictions:
+            raise ValueError("--render-only scores nothing; leave out --resume, --overwrite and --save-predictions.")
+        names = parse_methods(args.method)
+        dataset = load_dataset(args.dataset, args.root, args.split)
+        class_names = read_class_names_file(args.class_names) if args.class_names is not None else None
+        reports = {}
+        for name in names:  # each method of a list has its own results file
+            spec = get_method(name)
+            reports[spec.name] = render_report(
+                dataset,
+                spec.name,
+                protocol=args.protocol or "full",
+                matching=args.matching,
+                background_class=args.background_class,
+                classes=args.classes,
+                class_names=class_names,
+                tune_background=BACKGROUND_SWEEP if args.tune_background else None,
+                limit=args.limit,
+                seed=args.seed,
+                config_overrides=method_overrides(args, spec.name, args._owners, names if len(names) > 1 else ()),
+                engine=EngineOptions(engine=args.engine),
+                output=_output_options(args),
+            )
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(e)
+    return max(_summary(get_method(name), reports[name]) for name in reports)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``diffuseg eval``; returns the exit code."""
     if args.compare:
         return _compare(args.compare)
+    if args.render_only:
+        return _render(args)
     if args.suite or args.compare_published:
         from .eval_suite import run_suite
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         ImageCounts,
         MetricAccumulator,
         Scores,
+        class_metrics,
         confusion_matrix,
         contingency,
         hungarian_per_image,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .multi_runner import evaluate_methods
     from .options import EngineOptions, OutputOptions
     from .protocols import PROTOCOLS, Protocol, get_protocol
+    from .render import render_report
     from .report import compare_reports, load_report, to_markdown
     from .runner import evaluate
     from .settings import MATCHINGS
@@ -80,6 +82,7 @@ _EXPORTS = {
     **dict.fromkeys(("PROTOCOLS", "Protocol", "get_protocol"), ".protocols"),
     **dict.fromkeys(("compare_reports", "load_report", "to_markdown"), ".report"),
     "evaluate": ".runner",
+    "render_report": ".render",
     "evaluate_methods": ".multi_runner",
     **dict.fromkeys(("ResultStore", "ResumeMismatchError"), ".store"),
 }
@@ -99,6 +102,7 @@ __all__ = [
     "ImageCounts",
     "MetricAccumulator",
     "Scores",
+    "class_metrics",
     "confusion_matrix",
     "contingency",
     "hungarian_per_image",
@@ -112,6 +116,7 @@ __all__ = [
     "load_report",
     "to_markdown",
     "evaluate",
+    "render_report",
     "evaluate_methods",
     "ResultStore",
     "ResumeMismatchError",

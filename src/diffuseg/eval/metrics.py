@@ -31,8 +31,9 @@ be scored under every protocol:
 As in the reference code, a class absent from an image can be matched to a leftover predicted
 segment and then collects false positives.
 
-mIoU is the mean over classes of TP / (TP + FP + FN), skipping classes where that is 0/0
-(``np.nanmean`` as in the reference code). Pixel accuracy is sum(TP) / valid pixels.
+Under every matching the per-class TP / FP / FN give the metrics of mmsegmentation and
+detectron2 (`class_metrics`): per-class IoU and accuracy, mIoU, mAcc, fwIoU and aAcc (= the
+stored reports' ``pixel_accuracy``, the same number).
 
 Pixels whose ground truth is ``ignore_index`` never count. Prediction pixels equal to -1 mean
 "not predicted" (outside the region the method saw); they count as false negatives.
@@ -56,6 +57,7 @@ __all__ = [
     "ImageCounts",
     "MetricAccumulator",
     "Scores",
+    "class_metrics",
     "contingency",
     "confusion_matrix",
     "hungarian_per_image",
@@ -130,28 +132,124 @@ def _background_merge(counts: ImageCounts, background_class: int) -> np.ndarray:
     return merged
 
 
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the values that are not NaN (``np.nanmean``), NaN if there are none (no warning)."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
+def class_metrics(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, Any]:
+    """Per-class IoU and accuracy, mIoU, mAcc, fwIoU and aAcc from per-class TP / FP / FN.
+
+    With area_label = TP + FN (ground-truth pixels of the class), union = TP + FP + FN and
+    intersect = TP, the definitions are mmsegmentation's (v1.2.2,
+    ``mmseg/evaluation/metrics/iou_metric.py``: ``intersect_and_union`` l.164-200,
+    ``total_area_to_metrics`` l.253 aAcc = sum(intersect) / sum(area_label), l.257-258
+    IoU = intersect / union and Acc = intersect / area_label; ``compute_metrics`` l.136 mIoU / mAcc
+    = ``np.nanmean`` of them)
+    and detectron2's (``detectron2/evaluation/sem_seg_evaluation.py``, commit 02b5c4e, l.186-200:
+    mACC over classes with pos_gt > 0, fwIoU = sum(iou * pos_gt / sum(pos_gt)) over classes with a
+    valid IoU, pACC = sum(tp) / sum(pos_gt)). Edge cases:
+
+    * a class absent from the ground truth and never predicted (0 / 0): IoU and accuracy NaN,
+      skipped by the means (mmseg's nanmean; torchmetrics' macro average skips it too);
+    * absent from the ground truth but predicted (FP only): IoU 0, counted in mIoU as in mmseg
+      and torchmetrics. detectron2 instead leaves its IoU undefined (``iou_valid`` requires
+      pos_gt > 0, l.195), so its mIoU differs from this one exactly when some class has
+      false positives but no ground truth (never over a full benchmark split, where every
+      class occurs). Its accuracy is NaN (0 / 0) in both libraries; torchmetrics'
+      ``MulticlassAccuracy(average="macro")`` counts it as 0 instead;
+    * fwIoU weighs by ground-truth frequency, so classes without ground truth add nothing, and
+      mmseg and detectron2 agree;
+    * ignored ground truth never reaches the counts; pixels a method did not predict (-1) and
+      predicted ids that no class is matched to are false negatives of their true class.
+
+    Args:
+        tp, fp, fn: per-class counts, integer (C,).
+
+    Returns:
+        ``{"iou", "acc"}``: float64 (C,), NaN where undefined; ``{"miou", "macc", "fwiou",
+        "aacc"}``: floats in [0, 1], NaN when no class (no pixel, for fwIoU and aAcc) has a value.
+    """
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    area_label = tp + fn  # mmseg total_area_label, detectron2 pos_gt
+    union = tp + fp + fn  # mmseg total_area_union = pred + label - intersect
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / union
+        acc = tp / area_label
+    total = float(area_label.sum())
+    present = area_label > 0  # here union >= area_label > 0, so the IoU is defined
+    return {
+        "iou": iou,
+        "acc": acc,
+        "miou": _nanmean(iou),
+        "macc": _nanmean(acc),
+        "fwiou": float(np.sum(iou[present] * area_label[present]) / total) if total else float("nan"),
+        "aacc": float(tp.sum() / total) if total else float("nan"),
+    }
+
+
+def _json_float(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
+
+
 @dataclass
 class Scores:
-    """Metric values and the counts they come from (all per class arrays are (C,))."""
+    """Metric values under one matching and the counts they come from (see `class_metrics`).
+
+    Attributes:
+        matching: one of `MATCHINGS`.
+        tp, fp, fn: int64 (C,): per-class counts summed over the images.
+        num_pixels: valid ground-truth pixels (equals ``(tp + fn).sum()`` under every matching:
+            each valid pixel is the TP or the FN of its true class).
+        num_images: images added.
+        iou, acc: float64 (C,): per-class IoU and accuracy, NaN where undefined.
+        miou, macc, fwiou: mean IoU, mean accuracy (over the defined values), frequency-weighted IoU.
+        pixel_accuracy: sum(TP) / valid pixels: mmseg's aAcc and detectron2's pACC (also `aacc`;
+            stored reports use this name, so it stays the field).
+    """
 
     matching: str
-    miou: float
-    pixel_accuracy: float
-    iou: np.ndarray
     tp: np.ndarray
     fp: np.ndarray
     fn: np.ndarray
     num_pixels: int
     num_images: int
+    iou: np.ndarray = field(init=False)
+    acc: np.ndarray = field(init=False)
+    miou: float = field(init=False)
+    macc: float = field(init=False)
+    fwiou: float = field(init=False)
+    pixel_accuracy: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        m = class_metrics(self.tp, self.fp, self.fn)
+        self.iou, self.acc, self.miou, self.macc, self.fwiou = m["iou"], m["acc"], m["miou"], m["macc"], m["fwiou"]
+        self.pixel_accuracy = m["aacc"]
+
+    @property
+    def aacc(self) -> float:
+        """mmseg's name for `pixel_accuracy` (the same value)."""
+        return self.pixel_accuracy
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """JSON-ready dict; NaN IoUs (class never seen nor predicted) become None."""
-        iou = [None if np.isnan(v) else float(v) for v in self.iou]
+        """JSON-ready dict; undefined values (NaN) become None.
+
+        ``pixel_accuracy`` and ``aacc`` hold the same number (the first for reports written
+        before aAcc was added); ``iou`` / ``acc`` are per class, and with `class_names` also
+        ``iou_by_class`` / ``acc_by_class``.
+        """
+        iou = [_json_float(v) for v in self.iou]
+        acc = [_json_float(v) for v in self.acc]
         out: dict[str, Any] = {
             "matching": self.matching,
-            "miou": None if np.isnan(self.miou) else float(self.miou),
-            "pixel_accuracy": None if np.isnan(self.pixel_accuracy) else float(self.pixel_accuracy),
+            "miou": _json_float(self.miou),
+            "macc": _json_float(self.macc),
+            "fwiou": _json_float(self.fwiou),
+            "aacc": _json_float(self.pixel_accuracy),
+            "pixel_accuracy": _json_float(self.pixel_accuracy),
             "iou": iou,
+            "acc": acc,
             "num_pixels": self.num_pixels,
             "num_images": self.num_images,
             "tp": self.tp.tolist(),
@@ -160,6 +258,7 @@ class Scores:
         }
         if class_names is not None:
             out["iou_by_class"] = dict(zip(class_names, iou, strict=True))
+            out["acc_by_class"] = dict(zip(class_names, acc, strict=True))
         return out
 
 
@@ -219,12 +318,7 @@ class MetricAccumulator:
             a, b, c, _ = match_counts(self.hist)
         else:
             a = b = c = 0
-        tp, fp, fn = tp + a, fp + b, fn + c
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = tp / (tp + fp + fn)
-            miou = float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
-            acc = float(tp.sum() / self.num_pixels) if self.num_pixels else float("nan")
-        return Scores(self.matching, miou, acc, iou, tp, fp, fn, self.num_pixels, self.num_images)
+        return Scores(self.matching, tp + a, fp + b, fn + c, self.num_pixels, self.num_images)
 
 
 def score(
@@ -246,7 +340,7 @@ def hungarian_per_image(
     num_classes: int,
     ignore_index: int = 255,
 ) -> dict[str, Any]:
-    """mIoU and pixel accuracy with per-image Hungarian matching (DiffSeg/DiffCut protocol).
+    """mIoU, accuracies and fwIoU with per-image Hungarian matching (DiffSeg/DiffCut protocol).
 
     Args:
         preds: predicted id maps, each integer (H, W) with ids >= 0 (a (B, H, W) array works).
@@ -255,8 +349,8 @@ def hungarian_per_image(
         ignore_index: ground-truth value that never counts.
 
     Returns:
-        ``{"miou": float, "pixel_accuracy": float, "iou": list of C floats (NaN where a class
-        was neither present nor matched), "tp"/"fp"/"fn": lists of C ints}``.
+        ``{"miou", "pixel_accuracy" (= "aacc"), "macc", "fwiou": float, "iou" / "acc": lists of C
+        floats (NaN where undefined, see `class_metrics`), "tp"/"fp"/"fn": lists of C ints}``.
 
     Raises:
         ValueError: on different numbers of predictions and labels, or any bad pair.
@@ -271,7 +365,11 @@ def hungarian_per_image(
     return {
         "miou": s.miou,
         "pixel_accuracy": s.pixel_accuracy,
+        "aacc": s.pixel_accuracy,
+        "macc": s.macc,
+        "fwiou": s.fwiou,
         "iou": s.iou.tolist(),
+        "acc": s.acc.tolist(),
         "tp": s.tp.tolist(),
         "fp": s.fp.tolist(),
         "fn": s.fn.tolist(),

@@ -182,11 +182,11 @@ def evaluate_methods(
             seed=run.seed,
             query_classes=run.query_classes,
         )
-        jobs.append(_Job(run, segmenter, store, ctx, fingerprint.get("class_filter")))
+        jobs.append(_Job(run, segmenter, store, ctx, fingerprint))
     _score_all(dataset, jobs, MultiSegmenter([j.segmenter for j in jobs]), engine, output)
     reports = {}
     for job in jobs:
-        report = _report(job.store, dataset, job.run, job.segmenter, model_id, job.class_filter)
+        report = _report(job.store, dataset, job.run, job.fingerprint)
         out_dir = Path(output.out_dir)
         write_report(report, out_dir / f"{job.run.name}.json", out_dir / f"{job.run.name}.md")
         reports[job.run.spec.name] = report
@@ -194,10 +194,11 @@ def evaluate_methods(
 
 
 class _Job:
-    """One method of the run: its settings, segmenter, results file, unit context, running scores."""
+    """One method of the run: its settings, segmenter, results file (and its fingerprint), unit
+    context, running scores."""
 
-    def __init__(self, run: _Run, segmenter: Any, store: ResultStore, ctx: UnitContext, class_filter: Any) -> None:
-        self.run, self.segmenter, self.store, self.ctx, self.class_filter = run, segmenter, store, ctx, class_filter
+    def __init__(self, run: _Run, segmenter: Any, store: ResultStore, ctx: UnitContext, fingerprint: dict) -> None:
+        self.run, self.segmenter, self.store, self.ctx, self.fingerprint = run, segmenter, store, ctx, fingerprint
         self.acc = MetricAccumulator(len(run.class_names), run.matching, run.background_class)
         for rec in store.ordered(run.num):
             if rec["status"] == "ok":

@@ -169,11 +169,7 @@ def build_report(
         "protocol": dataclasses.asdict(protocol),
         "matching": matching,
         "metrics": primary,
-        "other_matchings": {
-            m: {"miou": s.to_dict()["miou"], "pixel_accuracy": s.to_dict()["pixel_accuracy"]}
-            for m, s in scores.items()
-            if m != matching
-        },
+        "other_matchings": {m: _headline(s.to_dict()) for m, s in scores.items() if m != matching},
         "background_tuning": (
             None if background_tuning is None else _tuning(ok, background_tuning, c, matching, background_class)
         ),
@@ -187,8 +183,25 @@ def build_report(
     }
 
 
+#: The headline metrics of each matching, in the order tables show them (`HEADLINE_NAMES`).
+HEADLINE = ("miou", "macc", "fwiou", "aacc")
+HEADLINE_NAMES = ("mIoU", "mAcc", "fwIoU", "aAcc")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline metrics of one matching's ``Scores.to_dict()``, and ``pixel_accuracy`` (= aAcc)."""
+    return {**{k: metrics[k] for k in HEADLINE}, "pixel_accuracy": metrics["pixel_accuracy"]}
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _cells(metrics: dict[str, Any]) -> str:
+    """``mIoU | mAcc | fwIoU | aAcc`` in percent; reports written before mAcc / fwIoU / aAcc
+    existed give ``-`` for the first two and their ``pixel_accuracy`` (the same number) for aAcc."""
+    values = {**metrics, "aacc": metrics.get("aacc", metrics.get("pixel_accuracy"))}
+    return " | ".join(_pct(values.get(k)) for k in HEADLINE)
 
 
 def tuning_line(report: dict[str, Any]) -> str | None:
@@ -221,7 +234,9 @@ def _filter_name(summary: dict[str, Any]) -> str:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    """A Markdown summary: one results row, then per-class IoU."""
+    """A Markdown summary: one results row, mIoU / mAcc / fwIoU / aAcc under each matching,
+    then per-class IoU and accuracy (of the run's matching). Old reports (without mAcc, fwIoU,
+    per-class accuracy) show ``-`` there."""
     d, m, met = report["dataset"], report["method"], report["metrics"]
     spi = report["run"]["seconds_per_image"]
     lines = [
@@ -238,24 +253,23 @@ def to_markdown(report: dict[str, Any]) -> str:
         + f"model {report['model'] or '-'}; {d['num_evaluated']} images scored, "
         f"{d['num_skipped']} skipped.",
         "",
-        "| method | dataset | protocol | matching | mIoU | pixel acc. | s / image |",
-        "|---|---|---|---|---:|---:|---:|",
+        f"| method | dataset | protocol | matching | {' | '.join(HEADLINE_NAMES)} | s / image |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
         f"| {m['name']} | {d['name']} | {report['protocol']['name']} | {report['matching']} | "
-        f"{_pct(met['miou'])} | {_pct(met['pixel_accuracy'])} | "
-        f"{'-' if spi is None else f'{spi:.3f}'} |",
+        f"{_cells(met)} | {'-' if spi is None else f'{spi:.3f}'} |",
         "",
     ]
     tuned = tuning_line(report)
     if tuned:
         lines += [tuned, ""]
     if report["other_matchings"]:
-        lines += ["| other matching | mIoU | pixel acc. |", "|---|---:|---:|"]
-        lines += [
-            f"| {k} | {_pct(v['miou'])} | {_pct(v['pixel_accuracy'])} |" for k, v in report["other_matchings"].items()
-        ]
+        lines += [f"| matching | {' | '.join(HEADLINE_NAMES)} |", "|---|---:|---:|---:|---:|"]
+        rows = {report["matching"]: met, **report["other_matchings"]}
+        lines += [f"| {k}{' (reported)' if k == report['matching'] else ''} | {_cells(v)} |" for k, v in rows.items()]
         lines.append("")
-    lines += ["| class | IoU |", "|---|---:|"]
-    lines += [f"| {n} | {_pct(v)} |" for n, v in zip(d["class_names"], met["iou"], strict=True)]
+    acc = met.get("acc") or [None] * len(met["iou"])
+    lines += ["| class | IoU | Acc |", "|---|---:|---:|"]
+    lines += [f"| {n} | {_pct(v)} | {_pct(a)} |" for n, v, a in zip(d["class_names"], met["iou"], acc, strict=True)]
     if d["skipped"]:
         lines += ["", "Skipped (unreadable):", ""] + [f"- {s['id']}: {s['error']}" for s in d["skipped"]]
     return "\n".join(lines) + "\n"
@@ -339,7 +353,8 @@ def _headings(reports: Sequence[dict[str, Any]], sources: Sequence[Any]) -> tupl
 
 
 def compare_reports(reports: Sequence[dict[str, Any]], sources: Sequence[str | os.PathLike] | None = None) -> str:
-    """A Markdown table, one row per report (plus per-class IoU when they share a dataset).
+    """A Markdown table, one row per report (mIoU, mAcc, fwIoU, aAcc), plus per-class IoU and
+    per-class accuracy tables when they share a dataset (``-`` where an old report lacks a value).
 
     Reports of the same method, protocol and dataset are told apart by what differs between
     them (a config field, the matching, the model...; else the folder or name of the run: of
@@ -358,23 +373,23 @@ def compare_reports(reports: Sequence[dict[str, Any]], sources: Sequence[str | o
     base, extra = _headings(reports, sources)
     differs = any(extra)
     lines = [
-        "| method | dataset | protocol | matching | model | images | mIoU | pixel acc. | s / image |"
+        f"| method | dataset | protocol | matching | model | images | {' | '.join(HEADLINE_NAMES)} | s / image |"
         + (" differs |" if differs else ""),
-        "|---|---|---|---|---|---:|---:|---:|---:|" + ("---|" if differs else ""),
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if differs else ""),
     ]
     for r, e in zip(reports, extra, strict=True):
         spi = r["run"]["seconds_per_image"]
         lines.append(
             f"| {r['method']['name']} | {r['dataset']['name']} | {r['protocol']['name']} | "
             f"{r['matching']} | {r['model'] or '-'} | {r['dataset']['num_evaluated']} | "
-            f"{_pct(r['metrics']['miou'])} | {_pct(r['metrics']['pixel_accuracy'])} | "
-            f"{'-' if spi is None else f'{spi:.3f}'} |" + (f" {e or '-'} |" if differs else "")
+            f"{_cells(r['metrics'])} | {'-' if spi is None else f'{spi:.3f}'} |" + (f" {e or '-'} |" if differs else "")
         )
     datasets = {r["dataset"]["name"] for r in reports}
     if len(datasets) == 1:
         names = reports[0]["dataset"]["class_names"]
         heads = [f"{b} ({e})" if e else b for b, e in zip(base, extra, strict=True)]
-        lines += ["", "| class | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(reports)]
-        for k, n in enumerate(names):
-            lines.append(f"| {n} | " + " | ".join(_pct(r["metrics"]["iou"][k]) for r in reports) + " |")
+        for first, key in (("class", "iou"), ("class (accuracy)", "acc")):
+            lines += ["", f"| {first} | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(reports)]
+            per_class = [r["metrics"].get(key) or [None] * len(names) for r in reports]
+            lines += [f"| {n} | " + " | ".join(_pct(v[k]) for v in per_class) + " |" for k, n in enumerate(names)]
     return "\n".join(lines) + "\n"

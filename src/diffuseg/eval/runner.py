@@ -218,7 +218,7 @@ def evaluate(
         seed=run.seed,
     )
     _score(dataset, run, store, segmenter, worker, ctx, engine, output)
-    report = _report(store, dataset, run, segmenter, model_id, fingerprint.get("class_filter"))
+    report = _report(store, dataset, run, fingerprint)
     write_report(report, out_dir / f"{run.name}.json", out_dir / f"{run.name}.md")
     return report
 
@@ -391,7 +391,7 @@ def _score(
     output: OutputOptions,
 ) -> None:
     """Score the images the store does not hold yet, on the engine, storing each record as it
-    comes (progress bar with the running mIoU, `output.on_record`)."""
+    comes (progress bar with the running mIoU, mAcc and aAcc; `output.on_record`)."""
     num_classes = len(run.class_names)
     acc = MetricAccumulator(num_classes, run.matching, run.background_class)
     for rec in store.ordered(run.num):
@@ -411,8 +411,7 @@ def _score(
             acc.add(ImageCounts.from_record(rec["counts"], num_classes))
         bar.update(1)
         if output.progress and rec["status"] == "ok":
-            s = acc.result()
-            bar.set_postfix(mIoU=f"{100 * s.miou:.1f}" if s.miou == s.miou else "-")
+            bar.set_postfix_str(progress_postfix(acc.result()))
         if output.on_record is not None:
             output.on_record(i, rec)
 
@@ -432,16 +431,19 @@ def _score(
         bar.close()
 
 
-def _report(
-    store: ResultStore,
-    dataset: SegmentationDataset,
-    run: _Run,
-    segmenter: Any,
-    model_id: str | None,
-    class_filter: Any,
-) -> dict[str, Any]:
-    """The run's report, from the records of its results file only."""
-    config = segmenter.config
+def progress_postfix(scores: Any) -> str:
+    """The progress bar's running metrics, e.g. ``mIoU 41.2 mAcc 55.0 aAcc 80.3`` (``-`` if undefined)."""
+    return " ".join(
+        f"{name} {'-' if v != v else f'{100 * v:.1f}'}"
+        for name, v in (("mIoU", scores.miou), ("mAcc", scores.macc), ("aAcc", scores.aacc))
+    )
+
+
+def _report(store: ResultStore, dataset: SegmentationDataset, run: _Run, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The run's report, from the records of its results file and its fingerprint only (the
+    method's config, preset, model name and class filter as `_fingerprint` records them), so
+    `diffuseg.eval.render.render_report` rebuilds it from a results file without a model."""
+    config = fingerprint["config"]
     return build_report(
         store.ordered(run.num),
         class_names=run.class_names,
@@ -451,15 +453,15 @@ def _report(
         protocol=run.proto,
         matching=run.matching,
         background_class=run.background_class,
-        model_id=model_id,
+        model_id=fingerprint.get("model"),
         num_requested=run.num,
         results_file=store.path,
-        preset=getattr(segmenter, "preset", None),
+        preset=fingerprint.get("preset"),
         classes=run.classes,
-        class_filter=class_filter,
+        class_filter=fingerprint.get("class_filter"),
         background_tuning=(
             None
             if run.sweep is None
-            else {"field": _BACKGROUND_FIELD, "values": run.sweep, "default": getattr(config, _BACKGROUND_FIELD)}
+            else {"field": _BACKGROUND_FIELD, "values": run.sweep, "default": config[_BACKGROUND_FIELD]}
         ),
     )

@@ -139,10 +139,31 @@ class ResultStore:
                 logger.info("nothing to resume at %s; starting a new run", self.path)
             self._write_header()
 
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ResultStore:
+        """The records of an existing results file, read only (``fingerprint`` is its header's).
+
+        Nothing is written, not even the repairs a resume makes: a torn last line is skipped.
+
+        Raises:
+            FileNotFoundError: `path` is not a file.
+            ResumeMismatchError: it has no header line (not a diffuseg results file).
+            CorruptResultsError: as for a resume (see the class docstring).
+        """
+        store = cls.__new__(cls)
+        store.path, store.records, store._action = Path(path), {}, "read"
+        if not store.path.is_file():
+            raise FileNotFoundError(f"results file {store.path} does not exist.")
+        header, _, _ = store._read()
+        store.fingerprint = _canonical(header.get("fingerprint") or {})
+        return store
+
     # ------------------------------------------------------------------ reading
+    _action = "resume"  # what the errors say could not be done
+
     def _corrupt(self, lineno: int, problem: str) -> CorruptResultsError:
         return CorruptResultsError(
-            f"cannot resume {self.path}: line {lineno} {problem}. Only a torn last line (left by "
+            f"cannot {self._action} {self.path}: line {lineno} {problem}. Only a torn last line (left by "
             f"a killed run) is dropped automatically; fix or delete line {lineno}, or start "
             f"again with `overwrite=True` or another `out_dir`. The file was not modified."
         )
@@ -167,12 +188,16 @@ class ResultStore:
                 return None
             raise self._corrupt(lineno, f"is not valid JSON ({e.msg} at column {e.colno})") from None
 
-    def _load(self) -> None:
-        """Read the header and records; drop a torn last line, or add the newline a complete one lacks.
+    def _read(self) -> tuple[dict[str, Any], list[tuple[int, int, int, bool]], int | None]:
+        """Read the header and the records into ``records``; write nothing.
+
+        Returns:
+            The header, the non-blank lines (1-based number, start, end, has a newline) and, for
+            a torn last line, the end of the good data before it (else None).
 
         Raises:
-            ResumeMismatchError: no header line, or a header for a different run.
-            CorruptResultsError: see the class docstring; nothing is written then.
+            ResumeMismatchError: no header line.
+            CorruptResultsError: see the class docstring.
         """
         data = self.path.read_bytes()
         lines = []  # (1-based line number, start, end without the newline, has a newline)
@@ -205,17 +230,27 @@ class ResultStore:
                 self.records[index] = obj
         if not isinstance(header, dict) or header.get("type") != "header":
             raise ResumeMismatchError(f"{self.path} is not a diffuseg results file (no header line).")
+        return header, lines, good_end if torn else None
+
+    def _load(self) -> None:
+        """Read the header and records; drop a torn last line, or add the newline a complete one lacks.
+
+        Raises:
+            ResumeMismatchError: no header line, or a header for a different run.
+            CorruptResultsError: see the class docstring; nothing is written then.
+        """
+        header, lines, good_end = self._read()
         old = header.get("fingerprint")
         old = _canonical(old if isinstance(old, dict) else {})
         error = _mismatch_error(self.path, old, self.fingerprint, set(old) | set(self.fingerprint))
         if error is not None:
             raise error
-        if torn:
+        if good_end is not None:
             logger.warning(
                 "%s: dropping a torn last line (line %d, %d bytes)",
                 self.path,
                 lines[-1][0],
-                len(data) - good_end,
+                self.path.stat().st_size - good_end,
             )
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
