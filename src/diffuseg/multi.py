@@ -247,6 +247,12 @@ class MultiSegmenter:
         results equal those of its own `Segmenter`, bit for bit).
         """
         queries = _as_queries(queries)
+        windowed = [i for i, q in enumerate(queries) if q.window is not None]
+        if windowed:
+            raise ValueError(
+                f"`queries`: query {windowed[0]} has a `window`; a MultiSegmenter runs whole inputs only, "
+                "segment windowed queries with one `Segmenter` per method."
+            )
         per_query = per_item_generators(generator, len(queries), "query")
         results: dict[str, list[Any]] = {n: [None] * len(queries) for n in self.segmenters}
         groups: dict[tuple[Any, ...], list[_Call]] = {}

@@ -31,6 +31,7 @@ from .methods import MethodSpec, get_method
 from .ops.noise import per_item_generators
 from .plan import Pass, Query
 from .types import Segmentation
+from .windowed import check_windowed, crop_queries, stitched, window_meta
 
 __all__ = ["Segmenter", "as_query"]
 
@@ -97,6 +98,7 @@ class _Item:
     pass_: Pass
     pixels: torch.Tensor  # (3, h, w) float32 in [0, 1]
     meta: dict[str, Any]
+    box: tuple[int, int, int, int] | None = None  # a window's (y0, y1, x0, x1) on its query's input
 
 
 class Segmenter:
@@ -231,7 +233,9 @@ class Segmenter:
         read (the memory check assumes a square image, the largest input at that size)."""
         pass_ = self.spec.plan(self.config, self.probe, self.backbone, self.resources)
         self._check_pass(pass_)
-        if pass_.uses_model:
+        if self.probe.window is not None:
+            check_windowed(self.spec, self.probe.window, getattr(self.backbone, "size_multiple", None))
+        elif pass_.uses_model:
             side = pass_.size or self.backbone.native_size
             self._check_memory(pass_, (side, side))
 
@@ -295,10 +299,39 @@ class Segmenter:
         self._check_pass(pass_)
         if pass_.uses_model:
             pixels, metas = self.backbone.preprocess([query.image], pass_.size, pass_.resize_mode)
-            self._check_memory(pass_, tuple(pixels.shape[-2:]))
+            if query.window is None:  # windows are checked at their own size (`_windows`)
+                self._check_memory(pass_, tuple(pixels.shape[-2:]))
             return _Item(index, query, pass_, pixels[0], metas[0])
         tensors, metas = preprocess([query.image], pass_.size, pass_.resize_mode, multiple=1, min_side=1)
         return _Item(index, query, pass_, tensors[0], metas[0])
+
+    def _windows(self, item: _Item) -> list[_Item]:
+        """`item` itself, or, when its query has a `window`, its windows (`diffuseg.windowed`):
+        items of sub-queries whose pixels are views of `item`'s, each with its `box`."""
+        window = item.query.window
+        if window is None:
+            return [item]
+        check_windowed(self.spec, window, getattr(self.backbone, "size_multiple", None))
+        passes: dict[int | None, Pass] = {}
+        out = []
+        for box, sub, pixels in crop_queries(item.query, item.pixels, window):
+            if sub.size not in passes:  # the windows of a canvas share one size: one plan
+                passes[sub.size] = self.spec.plan(self.config, sub, self.backbone, self.resources)
+                self._check_pass(passes[sub.size])
+                if passes[sub.size].uses_model:
+                    self._check_memory(passes[sub.size], tuple(pixels.shape[-2:]))
+            out.append(_Item(item.index, sub, passes[sub.size], pixels, item.meta, box))
+        return out
+
+    def _stitch(self, canvas: _Item, crops: list[tuple[Any, ...]], class_filter: dict[str, Any] | None) -> Segmentation:
+        """The segmentation of a windowed query from its windows' (box, class scores, model
+        seconds, segment seconds)."""
+        t0 = time.perf_counter()
+        seg = stitched(canvas.query, [c[1] for c in crops], [c[0] for c in crops], tuple(canvas.pixels.shape[-2:]))
+        seg.method, seg.config = self.spec.name, self.config
+        seg.timings = {"model": sum(c[2] for c in crops), "segment": sum(c[3] for c in crops) + time.perf_counter() - t0}
+        seg.meta = self._result_meta(canvas, window_meta(canvas.query.window, len(crops)), class_filter)
+        return seg
 
     def _filter(self, query: Query, generator: torch.Generator | None) -> tuple[Query, dict[str, Any]]:
         """`query` with the classes `class_filter` keeps, and the filter's record (cached per
@@ -350,8 +383,9 @@ class Segmenter:
     def features(
         self, query: Query | ImageInput, generator: torch.Generator | None = None, refresh: bool = False
     ) -> Features:
-        """The recorded features of one query (its pass's rows), with its `meta`."""
-        item = self._prepare(0, as_query(query))
+        """The recorded features of one query (its pass's rows), with its `meta`; of the whole
+        model input (a query's `window` is ignored)."""
+        item = self._prepare(0, dataclasses.replace(as_query(query), window=None))
         features = self._features([item], generator, refresh, self._cache)
         out = features.rows(0, features.batch_size)
         out.meta = [dict(item.meta) for _ in range(out.batch_size)]
@@ -388,16 +422,21 @@ class Segmenter:
         results: list[Segmentation | Exception | None] = [None] * len(queries)
         groups: dict[tuple[Any, ...], list[_Item]] = {}
         filtered: dict[int, dict[str, Any]] = {}
+        windowed: dict[int, tuple[_Item, list[tuple[Any, ...]]]] = {}  # query -> (canvas, its windows' scores)
         for i, query in enumerate(queries):
             try:
                 if self.class_filter is not None and query.classes:
                     own = per_query[i] if per_query is not None else generator
                     query, filtered[i] = self._filter(query, own)
                 item = self._prepare(i, query)
+                parts = self._windows(item)
             except (ValueError, ImageLoadError) as e:
                 results[i] = e
                 continue
-            groups.setdefault((item.pass_.batch_key(), tuple(item.pixels.shape)), []).append(item)
+            if item.query.window is not None:
+                windowed[i] = (item, [])
+            for part in parts:
+                groups.setdefault((part.pass_.batch_key(), tuple(part.pixels.shape)), []).append(part)
         cache: dict[tuple[Any, ...], Features] = {}
         for items in groups.values():
             for start in range(0, len(items), self.batch_size):
@@ -417,6 +456,11 @@ class Segmenter:
                     own.meta = [dict(it.meta) for _ in range(rows)]
                     t2 = time.perf_counter()
                     try:
+                        if it.box is not None:
+                            scores = self.spec.score_maps(own, self.config, it.query, self.resources)
+                            model_share, seconds = (t1 - t0) / len(chunk), time.perf_counter() - t2
+                            windowed[it.index][1].append((it.box, scores, model_share, seconds))
+                            continue
                         seg = self.spec.run(own, self.config, it.query, self.resources)
                     except ValueError as e:
                         results[it.index] = e
@@ -424,6 +468,9 @@ class Segmenter:
                     seg.timings = {"model": (t1 - t0) / len(chunk), "segment": time.perf_counter() - t2}
                     seg.meta = self._result_meta(it, seg.meta, filtered.get(it.index))
                     results[it.index] = seg
+        for i, (canvas, crops) in windowed.items():
+            if results[i] is None:  # else one of its windows failed
+                results[i] = self._stitch(canvas, crops, filtered.get(i))
         self._cache = cache
         self._last_queries = queries
         if not return_errors:
