@@ -74,7 +74,11 @@ def test_stitch_refuses_uncovered_pixels_and_misfit_crops():
 
 @pytest.mark.parametrize(
     ("args", "match"),
-    [((0, 1), "`window.crop` must be an int > 0, got 0"), ((3, 4), "`window.stride` must be at most"), ((3, 0), "stride")],
+    [
+        ((0, 1), "`window.crop` must be an int > 0, got 0"),
+        ((3, 4), "`window.stride` must be at most"),
+        ((3, 0), "stride"),
+    ],
 )
 def test_sliding_window_settings_are_validated_once(args, match):
     with pytest.raises(ValueError, match=match):

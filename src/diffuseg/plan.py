@@ -95,7 +95,8 @@ class Query:
         object.__setattr__(self, "classes", parse_classes(self.classes))
         if self.window is not None and not isinstance(self.window, SlidingWindow):
             raise ValueError(
-                f"`window` must be a SlidingWindow(crop, stride) or None, got {type(self.window).__name__} {self.window!r}."
+                f"`window` must be a SlidingWindow(crop, stride) or None, got {type(self.window).__name__} "
+                f"{self.window!r}."
             )
         check_caption(self.caption)
         if self.id is not None and not isinstance(self.id, str):

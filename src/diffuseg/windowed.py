@@ -27,6 +27,7 @@ scores, hence the same labels and scores bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ from .plan import Query
 from .settings import SlidingWindow
 from .types import Segmentation
 
-__all__ = ["check_windowed", "crop_queries", "stitched", "window_meta"]
+__all__ = ["check_windowed", "crop_queries", "stitched", "WindowScores"]
 
 
 def check_windowed(spec: Any, window: SlidingWindow, multiple: int | None) -> None:
@@ -64,56 +65,76 @@ def check_windowed(spec: Any, window: SlidingWindow, multiple: int | None) -> No
 
 
 def crop_queries(
-    query: Query, pixels: torch.Tensor, window: SlidingWindow
-) -> list[tuple[tuple[int, int, int, int], Query, torch.Tensor]]:
+    query: Query, pixels: torch.Tensor
+) -> tuple[Query, list[tuple[tuple[int, int, int, int], torch.Tensor]]]:
     """The windows of one query's model input, in row-major order.
 
     Args:
-        query: the whole-image query (its `window` set).
+        query: the whole-image query, its `window` set.
         pixels: (3, H, W) float32 in [0, 1], the query's model input (the canvas).
-        window: the crop and stride.
 
     Returns:
-        Per window: its box (y0, y1, x0, x1) on the canvas; its sub-query (the query's classes,
-        caption and image, `size` the window's longer side, "keep_aspect", no window, so the
-        method plans a pass for a window-sized input; a captioner still describes the whole
-        image); its pixels (3, y1 - y0, x1 - x0), a view of the canvas.
+        The windows' sub-query (they share one size: ``min(crop, H)`` x ``min(crop, W)``): the
+        query's classes, caption and image, `size` the window's longer side, "keep_aspect", no
+        window, so the method plans a pass for a window-sized input (a captioner still describes
+        the whole image); and per window its box (y0, y1, x0, x1) on the canvas and its pixels
+        (3, y1 - y0, x1 - x0), a view of the canvas.
+
+    Raises:
+        ValueError: if `query` has no window.
     """
+    if query.window is None:
+        raise ValueError("`query.window` is None; give a SlidingWindow to cut the input into windows.")
     h, w = (int(s) for s in pixels.shape[-2:])
-    out = []
-    for box in plan_windows(h, w, window.crop, window.stride):
-        y0, y1, x0, x1 = box
-        sub = dataclasses.replace(query, size=max(y1 - y0, x1 - x0), resize_mode="keep_aspect", window=None)
-        out.append((box, sub, pixels[:, y0:y1, x0:x1]))
-    return out
+    crop, stride = query.window.crop, query.window.stride
+    boxes = plan_windows(h, w, crop, stride)
+    sub = dataclasses.replace(query, size=max(min(crop, h), min(crop, w)), resize_mode="keep_aspect", window=None)
+    return sub, [(box, pixels[:, box[0] : box[1], box[2] : box[3]]) for box in boxes]
 
 
-def stitched(
-    query: Query, crops: Sequence[torch.Tensor], boxes: Sequence[tuple[int, int, int, int]], shape: tuple[int, int]
-) -> Segmentation:
+@dataclasses.dataclass(frozen=True)
+class WindowScores:
+    """One window's class scores and what they cost.
+
+    Attributes:
+        box: (y0, y1, x0, x1) on the canvas.
+        scores: the method's (K, y1 - y0, x1 - x0) float32 class scores (`MethodSpec.score_maps`).
+        model_seconds: the window's share of its model call.
+        segment_seconds: the method's time on the window's features.
+    """
+
+    box: tuple[int, int, int, int]
+    scores: torch.Tensor
+    model_seconds: float
+    segment_seconds: float
+
+
+def stitched(query: Query, crops: Sequence[WindowScores], shape: tuple[int, int]) -> Segmentation:
     """One segmentation of the whole canvas from the class scores of its windows.
 
     Args:
-        query: the whole-image query (its class names name the labels).
-        crops: per window, the method's (K, h, w) float32 class scores at the window's size.
-        boxes: per window, (y0, y1, x0, x1) on the canvas.
+        query: the whole-image query (its class names name the labels, its window is recorded).
+        crops: every window's scores.
         shape: (H, W) of the canvas (the model input of the whole query).
 
     Returns:
         `Segmentation` with int64 labels (H, W) in [0, K) (argmax of the averaged scores, first
         index on ties), `names` the class names, `scores` (K,) each class's mean averaged score
-        over its pixels, extras["class_scores"] the averaged (K, H, W) scores (on the CPU).
+        over its pixels, extras["class_scores"] the averaged (K, H, W) scores (on the CPU),
+        ``meta["window"]`` {"crop", "stride", "windows"} and the windows' summed `timings`.
     """
-    scores = stitch(crops, boxes, shape)
+    t0 = time.perf_counter()
+    scores = stitch([c.scores for c in crops], [c.box for c in crops], shape)
     labels = argmax0(scores)
+    window = query.window
     return Segmentation(
         labels=labels.cpu(),
         names=list(query.class_names),
         scores=mean_score_per_label(scores, labels),
         extras={"class_scores": scores.cpu()},
+        meta={"window": {"crop": window.crop, "stride": window.stride, "windows": len(crops)}} if window else {},
+        timings={
+            "model": sum(c.model_seconds for c in crops),
+            "segment": sum(c.segment_seconds for c in crops) + time.perf_counter() - t0,
+        },
     )
-
-
-def window_meta(window: SlidingWindow, count: int) -> dict[str, Any]:
-    """The result's record of its windows: ``{"window": {"crop", "stride", "windows"}}``."""
-    return {"window": {"crop": window.crop, "stride": window.stride, "windows": count}}

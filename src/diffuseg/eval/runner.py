@@ -374,7 +374,7 @@ def _run_fingerprint(dataset: SegmentationDataset, run: _Run) -> dict[str, Any]:
         "method": run.spec.name,
         "classes": run.classes,
         "tune_background": list(run.sweep) if run.sweep is not None else None,
-        "protocol": dataclasses.asdict(run.proto),
+        "protocol": run.proto.record(),
         **({"seed": run.seed} if run.seed is not None else {}),
     }
 

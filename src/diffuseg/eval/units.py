@@ -185,6 +185,7 @@ def _query(sample: Any, image: Any, proto: Protocol, class_names: list[str]) -> 
         size=proto.query_size,
         resize_mode=proto.resize_mode,
         label_size=proto.label_size,
+        window=proto.window,
     )
 
 
