@@ -152,3 +152,20 @@ def test_segment_window_flag(tiny_model_dir, tmp_path, photo, capsys):
     assert segment("--method", "diffsegmenter", "--classes", "red", "--template", "{class}", "--window", "24,8",
                    "--overwrite") == 2  # fmt: skip
     assert "`window.crop` must be a multiple of 16" in capsys.readouterr().err
+
+
+def test_stitched_labels_and_scores_have_a_known_answer():
+    from diffuseg.windowed import WindowScores, stitched
+
+    query = Query(classes="a, b", window=SlidingWindow(2, 1))
+    left = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)])  # columns 0-1: class a scores 1
+    right = torch.stack([torch.zeros(2, 2), torch.full((2, 2), 2.0)])  # columns 1-2: class b scores 2
+    out = stitched(
+        query, [WindowScores((0, 2, 0, 2), left, 0.1, 0.2), WindowScores((0, 2, 1, 3), right, 0.3, 0.4)], (2, 3)
+    )
+    # the middle column averages the two windows: a 0.5, b 1.0
+    assert out.labels.tolist() == [[0, 1, 1], [0, 1, 1]]
+    assert out.scores.tolist() == [1.0, 1.5] and out.names == ["a", "b"]
+    assert out.extras["class_scores"][:, 0, 1].tolist() == [0.5, 1.0]
+    assert out.meta == {"window": {"crop": 2, "stride": 1, "windows": 2}}
+    assert out.timings["model"] == pytest.approx(0.4) and out.timings["segment"] >= 0.6
