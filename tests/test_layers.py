@@ -29,6 +29,7 @@ LIBRARY = (
     "diffuseg.imageio",
     "diffuseg.inspection",
     "diffuseg.labeling",
+    "diffuseg.memory",
     "diffuseg.methods",
     "diffuseg.ops",
     "diffuseg.outputs",
@@ -40,6 +41,7 @@ LIBRARY = (
     "diffuseg.settings",
     "diffuseg.synthetic",
     "diffuseg.types",
+    "diffuseg.windowed",
 )
 #: What the library must not import.
 ABOVE_LIBRARY = ("diffuseg.eval", "diffuseg.demo", "diffuseg.commands")
@@ -60,7 +62,7 @@ LAYERS = (
     ("diffuseg.datasets", "diffuseg.synthetic"),
     ("diffuseg.labeling",),
     ("diffuseg.plan", "diffuseg.methods", "diffuseg.segdiffusion"),
-    ("diffuseg.segmenter", "diffuseg.inspection"),
+    ("diffuseg.segmenter", "diffuseg.inspection", "diffuseg.memory", "diffuseg.windowed"),
     ("diffuseg.multi",),
     ("diffuseg.engine",),
     ("diffuseg.eval",),

@@ -34,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RESIZE_MODES = ("crop", "squash", "keep_aspect")
+RESIZE_MODES = ("crop", "squash", "keep_aspect", "short_side")
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
 
 
@@ -177,8 +177,9 @@ def _plan(w: int, h: int, size: int | None, mode: str, multiple: int) -> _Plan:
         else:
             oh = ow = size
         return _Plan((0, 0, w, h), (oh, ow))
-    # keep_aspect: longer side -> size, both sides rounded to a multiple of `multiple`
-    scale = 1.0 if size is None else size / max(w, h)
+    # keep_aspect: longer side -> size; short_side: shorter side -> size (mmseg's keep-ratio
+    # Resize); both sides rounded to a multiple of `multiple`
+    scale = 1.0 if size is None else size / (min(w, h) if mode == "short_side" else max(w, h))
     oh = max(multiple, int(round(h * scale / multiple)) * multiple)
     ow = max(multiple, int(round(w * scale / multiple)) * multiple)
     return _Plan((0, 0, w, h), (oh, ow))
@@ -187,7 +188,7 @@ def _plan(w: int, h: int, size: int | None, mode: str, multiple: int) -> _Plan:
 def preprocess(
     images: list[ImageInput],
     size: int | None = 512,
-    mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+    mode: Literal["crop", "squash", "keep_aspect", "short_side"] = "crop",
     multiple: int = 8,
     min_side: int = 1,
 ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -196,11 +197,13 @@ def preprocess(
     Args:
         images: paths, PIL images, uint8/uint16/float arrays (H, W[, C]) or float tensors
             (3, H, W) in [0, 1].
-        size: target side ("crop", "squash") or longer side ("keep_aspect"); None keeps the
+        size: target side ("crop", "squash"), longer side ("keep_aspect") or shorter side
+            ("short_side"); None keeps the
             image's own size (rounded down to `multiple`).
         mode: "crop" = square centre crop then resize (DiffSeg, DiffCut); "squash" = resize
-            to size x size ignoring aspect; "keep_aspect" = scale the longer side to `size`,
-            each side rounded to a multiple of `multiple`.
+            to size x size ignoring aspect; "keep_aspect" = scale the longer side to `size`;
+            "short_side" = scale the shorter side to `size` (the open-vocabulary papers'
+            sliding-window protocol); each side rounded to a multiple of `multiple`.
         multiple: the model's size granularity (VAE factor x UNet downsampling).
         min_side: the smallest input side accepted (pixels): an image smaller than the latent
             grid carries no information per token.

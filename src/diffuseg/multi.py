@@ -258,6 +258,12 @@ class MultiSegmenter:
             ValueError: naming `methods`, for a name that is not one of the segmenters'.
         """
         queries = _as_queries(queries)
+        windowed = [i for i, q in enumerate(queries) if q.window is not None]
+        if windowed:
+            raise ValueError(
+                f"`queries`: query {windowed[0]} has a `window`; a MultiSegmenter runs whole inputs only, "
+                "segment windowed queries with one `Segmenter` per method."
+            )
         per_query = per_item_generators(generator, len(queries), "query")
         if methods is not None and not set(methods) <= set(self.segmenters):
             raise ValueError(f"`methods` {list(methods)} must be among the segmenters' {list(self.segmenters)}.")

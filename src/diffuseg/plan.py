@@ -28,13 +28,22 @@ from typing import Any, Protocol, runtime_checkable
 from .backbone.features import FeatureRequest
 from .imageio import ImageInput, check_resize_mode
 from .labeling.vocabulary import parse_classes
-from .settings import LATENT_MODES, Resource, check_caption, check_layers, check_positive, check_timestep
+from .settings import (
+    LATENT_MODES,
+    Resource,
+    SlidingWindow,
+    check_caption,
+    check_layers,
+    check_positive,
+    check_timestep,
+)
 
 __all__ = [
     "Query",
     "Pass",
     "Sampler",
     "Resource",
+    "SlidingWindow",
     "image_only",
     "LATENT_MODES",
     "parse_classes",
@@ -61,11 +70,15 @@ class Query:
             method's choice.
         resize_mode: how the image is fitted to the model input (`diffuseg.imageio.RESIZE_MODES`):
             "keep_aspect" (default: the whole image, longer side = the size, each side rounded to
-            the model's multiple), "squash" or "crop" (square centre crop).
+            the model's multiple), "short_side" (the whole image, shorter side = the size),
+            "squash" or "crop" (square centre crop).
         label_size: longer side of the grid the caller scores labels at, or None. Methods that
             compute labels at a chosen resolution (DiffCut's concept assignment) use it.
         meta: the caller's JSON-serialisable facts about the image (its source file, its seeds),
             copied into the result's `Segmentation.meta` after the segmenter's own.
+        window: sliding-window inference (`diffuseg.settings.SlidingWindow`): the model input
+            is scored in overlapping crops whose class scores are averaged (open-vocabulary
+            methods only; `diffuseg.windowed`); None = the whole input in one pass.
     """
 
     image: ImageInput | None = None
@@ -76,9 +89,15 @@ class Query:
     resize_mode: str = "keep_aspect"
     label_size: int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    window: SlidingWindow | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", parse_classes(self.classes))
+        if self.window is not None and not isinstance(self.window, SlidingWindow):
+            raise ValueError(
+                f"`window` must be a SlidingWindow(crop, stride) or None, got {type(self.window).__name__} "
+                f"{self.window!r}."
+            )
         check_caption(self.caption)
         if self.id is not None and not isinstance(self.id, str):
             raise ValueError(f"`id` must be a string or None, got {self.id!r} ({type(self.id).__name__}).")
@@ -111,7 +130,7 @@ class Pass:
 
     Attributes:
         request: what to record (`FeatureRequest`); empty = no model call (image-only methods).
-        size: model input side (longer side for "keep_aspect"); None = the image's own size
+        size: model input side (longer side for "keep_aspect", shorter for "short_side"); None = the image's own size
             for image-only passes, the model's native size for model passes. Plans set it (and
             `resize_mode`) with `for_query`: the query's size, else the method's.
         resize_mode: see `Query.resize_mode`.

@@ -27,10 +27,12 @@ from PIL import Image
 from .backbone.backbone import FAMILIES, DiffusionBackbone
 from .backbone.features import Features
 from .imageio import ImageInput, ImageLoadError, as_pil, preprocess, stack_batch
+from .memory import check_memory
 from .methods import MethodSpec, get_method
 from .ops.noise import per_item_generators
 from .plan import Pass, Query
 from .types import Segmentation
+from .windowed import WindowScores, check_windowed, crop_queries, stitched
 
 __all__ = ["Segmenter", "as_query"]
 
@@ -97,6 +99,7 @@ class _Item:
     pass_: Pass
     pixels: torch.Tensor  # (3, h, w) float32 in [0, 1]
     meta: dict[str, Any]
+    box: tuple[int, int, int, int] | None = None  # a window's (y0, y1, x0, x1) on its query's input
 
 
 class Segmenter:
@@ -231,47 +234,11 @@ class Segmenter:
         read (the memory check assumes a square image, the largest input at that size)."""
         pass_ = self.spec.plan(self.config, self.probe, self.backbone, self.resources)
         self._check_pass(pass_)
-        if pass_.uses_model:
+        if self.probe.window is not None:
+            check_windowed(self.spec, self.probe.window, getattr(self.backbone, "size_multiple", None))
+        elif pass_.uses_model:
             side = pass_.size or self.backbone.native_size
-            self._check_memory(pass_, (side, side))
-
-    def _need_bytes(self, pass_: Pass, model_size: tuple[int, int]) -> int:
-        rows = self.batch_size * len(pass_.prompts)
-        need = self.backbone.record_bytes(pass_.request, model_size, rows)
-        if self.spec.working_bytes is not None:
-            f = self.backbone.vae_scale_factor
-            need += self.spec.working_bytes(-(-model_size[0] // f) * -(-model_size[1] // f))
-        return need
-
-    def _check_memory(self, pass_: Pass, model_size: tuple[int, int]) -> None:
-        """Refuse, before anything is allocated, a model input whose recorded maps (and the
-        method's own work on them) would not fit in the memory free on the backbone's device.
-
-        Raises:
-            ValueError: naming `image_size`, the estimate, the free memory and a size that fits.
-        """
-        if pass_.sampler is not None:
-            return
-        from .devices import available_bytes
-
-        free = available_bytes(self.backbone.device)
-        need = self._need_bytes(pass_, model_size)
-        if free is None or need <= free:
-            return
-        longer, multiple = max(model_size), self.backbone.size_multiple
-        fit = None
-        for side in range(longer - multiple, multiple - 1, -multiple):
-            scaled = tuple(max(multiple, round(s * side / longer)) for s in model_size)
-            if self._need_bytes(pass_, scaled) <= free:  # type: ignore[arg-type]
-                fit = side
-                break
-        gib = 2.0**30
-        hint = f"`image_size` {fit} fits" if fit else "no input size fits"
-        raise ValueError(
-            f"a {model_size[0]}x{model_size[1]} model input (`image_size` {longer}) needs about {need / gib:.1f} GiB "
-            f"for method {self.spec.name!r} (attention maps and their processing), but {free / gib:.1f} GiB are "
-            f"free on {self.backbone.device}; {hint}."
-        )
+            check_memory(self.backbone, self.spec, self.batch_size, pass_, (side, side))
 
     def configure(self, **overrides: Any) -> Segmenter:
         """Change config fields in place (validated; the config is unchanged on error); returns self."""
@@ -295,10 +262,24 @@ class Segmenter:
         self._check_pass(pass_)
         if pass_.uses_model:
             pixels, metas = self.backbone.preprocess([query.image], pass_.size, pass_.resize_mode)
-            self._check_memory(pass_, tuple(pixels.shape[-2:]))
+            if query.window is None:  # windows are checked at their own size (`_windows`)
+                check_memory(self.backbone, self.spec, self.batch_size, pass_, tuple(pixels.shape[-2:]))
             return _Item(index, query, pass_, pixels[0], metas[0])
         tensors, metas = preprocess([query.image], pass_.size, pass_.resize_mode, multiple=1, min_side=1)
         return _Item(index, query, pass_, tensors[0], metas[0])
+
+    def _windows(self, item: _Item) -> list[_Item]:
+        """`item` itself, or, when its query has a `window`, its windows (`diffuseg.windowed`):
+        items of one sub-query whose pixels are views of `item`'s, each with its `box`."""
+        if item.query.window is None:
+            return [item]
+        check_windowed(self.spec, item.query.window, getattr(self.backbone, "size_multiple", None))
+        sub, crops = crop_queries(item.query, item.pixels)
+        pass_ = self.spec.plan(self.config, sub, self.backbone, self.resources)
+        self._check_pass(pass_)
+        if pass_.uses_model:
+            check_memory(self.backbone, self.spec, self.batch_size, pass_, tuple(crops[0][1].shape[-2:]))
+        return [_Item(item.index, sub, pass_, pixels, item.meta, box) for box, pixels in crops]
 
     def _filter(self, query: Query, generator: torch.Generator | None) -> tuple[Query, dict[str, Any]]:
         """`query` with the classes `class_filter` keeps, and the filter's record (cached per
@@ -350,8 +331,9 @@ class Segmenter:
     def features(
         self, query: Query | ImageInput, generator: torch.Generator | None = None, refresh: bool = False
     ) -> Features:
-        """The recorded features of one query (its pass's rows), with its `meta`."""
-        item = self._prepare(0, as_query(query))
+        """The recorded features of one query (its pass's rows), with its `meta`; of the whole
+        model input (a query's `window` is ignored)."""
+        item = self._prepare(0, dataclasses.replace(as_query(query), window=None))
         features = self._features([item], generator, refresh, self._cache)
         out = features.rows(0, features.batch_size)
         out.meta = [dict(item.meta) for _ in range(out.batch_size)]
@@ -386,18 +368,7 @@ class Segmenter:
         queries = _as_queries(queries)
         per_query = per_item_generators(generator, len(queries), "query")
         results: list[Segmentation | Exception | None] = [None] * len(queries)
-        groups: dict[tuple[Any, ...], list[_Item]] = {}
-        filtered: dict[int, dict[str, Any]] = {}
-        for i, query in enumerate(queries):
-            try:
-                if self.class_filter is not None and query.classes:
-                    own = per_query[i] if per_query is not None else generator
-                    query, filtered[i] = self._filter(query, own)
-                item = self._prepare(i, query)
-            except (ValueError, ImageLoadError) as e:
-                results[i] = e
-                continue
-            groups.setdefault((item.pass_.batch_key(), tuple(item.pixels.shape)), []).append(item)
+        groups, filtered, windowed = self._group(queries, per_query, generator, results)
         cache: dict[tuple[Any, ...], Features] = {}
         for items in groups.values():
             for start in range(0, len(items), self.batch_size):
@@ -417,6 +388,11 @@ class Segmenter:
                     own.meta = [dict(it.meta) for _ in range(rows)]
                     t2 = time.perf_counter()
                     try:
+                        if it.box is not None:  # a window: its class scores, stitched below
+                            scores = self.spec.score_maps(own, self.config, it.query, self.resources)
+                            took = ((t1 - t0) / len(chunk), time.perf_counter() - t2)
+                            windowed[it.index][1].append(WindowScores(it.box, scores, *took))
+                            continue
                         seg = self.spec.run(own, self.config, it.query, self.resources)
                     except ValueError as e:
                         results[it.index] = e
@@ -424,6 +400,12 @@ class Segmenter:
                     seg.timings = {"model": (t1 - t0) / len(chunk), "segment": time.perf_counter() - t2}
                     seg.meta = self._result_meta(it, seg.meta, filtered.get(it.index))
                     results[it.index] = seg
+        for i, (canvas, crops) in windowed.items():
+            if results[i] is None:  # else one of its windows failed
+                seg = stitched(canvas.query, crops, tuple(canvas.pixels.shape[-2:]))
+                seg.method, seg.config = self.spec.name, self.config
+                results[i] = seg
+                seg.meta = self._result_meta(canvas, seg.meta, filtered.get(i))
         self._cache = cache
         self._last_queries = queries
         if not return_errors:
@@ -431,6 +413,35 @@ class Segmenter:
                 if isinstance(r, Exception):
                     raise r
         return results  # type: ignore[return-value]
+
+    def _group(
+        self, queries: list[Query], per_query: list[torch.Generator] | None, generator: Any, results: list[Any]
+    ) -> tuple[dict[tuple[Any, ...], list[_Item]], dict[int, dict[str, Any]], dict[int, tuple[_Item, list[Any]]]]:
+        """Filter, plan and preprocess each query (a failure goes into its slot of `results`).
+
+        Returns:
+            The items (whole inputs, or windows of them) by model-call group (batch key and
+            pixel shape), in query order; the class filter's record per query; per windowed
+            query, its whole-input item and an empty list for its windows' `WindowScores`.
+        """
+        groups: dict[tuple[Any, ...], list[_Item]] = {}
+        filtered: dict[int, dict[str, Any]] = {}
+        windowed: dict[int, tuple[_Item, list[WindowScores]]] = {}
+        for i, query in enumerate(queries):
+            try:
+                if self.class_filter is not None and query.classes:
+                    own = per_query[i] if per_query is not None else generator
+                    query, filtered[i] = self._filter(query, own)
+                item = self._prepare(i, query)
+                parts = self._windows(item)
+            except (ValueError, ImageLoadError) as e:
+                results[i] = e
+                continue
+            if item.query.window is not None:
+                windowed[i] = (item, [])
+            for part in parts:
+                groups.setdefault((part.pass_.batch_key(), tuple(part.pixels.shape)), []).append(part)
+        return groups, filtered, windowed
 
     def _result_meta(self, item: _Item, own: dict[str, Any], class_filter: dict[str, Any] | None) -> dict[str, Any]:
         """A result's `meta`, composed here and nowhere else: the image's frame (input size, crop

@@ -22,6 +22,7 @@ __all__ = [
     "check_seed",
     "check_choice",
     "Resource",
+    "SlidingWindow",
 ]
 
 #: How the VAE posterior becomes the latent: its mean or a sample.
@@ -140,3 +141,32 @@ class Resource:
     load: Any = None
     required: bool = True
     default: Any = None
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """Sliding-window inference: score `crop` x `crop` windows of the model input `stride`
+    pixels apart and average the class scores where they overlap (`diffuseg.ops.windows`,
+    mmseg's ``slide_inference``); carried by `diffuseg.plan.Query.window`.
+
+    Attributes:
+        crop: window side in model-input pixels (>= 1; the model needs a multiple of its size
+            granularity, which the `Segmenter` checks). An input side shorter than `crop` is one
+            window of that side's full length.
+        stride: pixels between window starts, 1 <= stride <= crop.
+    """
+
+    crop: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        check_positive(self.crop, "window.crop", integer=True)
+        check_positive(self.stride, "window.stride", integer=True)
+        if self.stride > self.crop:
+            raise ValueError(
+                f"`window.stride` must be at most `window.crop` ({self.crop}) so that windows leave no gap, "
+                f"got {self.stride}."
+            )
+
+    def __str__(self) -> str:
+        return f"{self.crop},{self.stride}"

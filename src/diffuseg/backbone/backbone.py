@@ -217,7 +217,7 @@ class DiffusionBackbone:
         self,
         images: Sequence[ImageInput],
         image_size: int | None = None,
-        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+        resize_mode: Literal["crop", "squash", "keep_aspect", "short_side"] = "crop",
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Crop and resize images to this model's input (see `diffuseg.imageio.preprocess`).
 
@@ -225,7 +225,7 @@ class DiffusionBackbone:
             images: paths, PIL images, arrays or (3, H, W) tensors in [0, 1].
             image_size: model input side; None = `native_size`. Must be a multiple of
                 `size_multiple`.
-            resize_mode: "crop", "squash" or "keep_aspect".
+            resize_mode: one of `diffuseg.imageio.RESIZE_MODES`.
 
         Returns:
             (B, 3, h, w) float32 pixels in [0, 1] and one meta dict per image.
@@ -374,7 +374,7 @@ class DiffusionBackbone:
         timestep: int = 300,
         *,
         image_size: int | None = None,
-        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+        resize_mode: Literal["crop", "squash", "keep_aspect", "short_side"] = "crop",
         add_noise: bool = False,
         shared_noise: bool = False,
         latent_mode: Literal["mean", "sample"] = "mean",

@@ -256,7 +256,7 @@ class MMDiTBackbone:
         self,
         images: Sequence[ImageInput],
         image_size: int | None = None,
-        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+        resize_mode: Literal["crop", "squash", "keep_aspect", "short_side"] = "crop",
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """(B, 3, h, w) float32 pixels in [0, 1] and one meta dict per image (see
         `diffuseg.imageio.preprocess`); `image_size` None = `native_size`."""
@@ -361,7 +361,7 @@ class MMDiTBackbone:
         timestep: int = 300,
         *,
         image_size: int | None = None,
-        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+        resize_mode: Literal["crop", "squash", "keep_aspect", "short_side"] = "crop",
         add_noise: bool = False,
         shared_noise: bool = False,
         latent_mode: Literal["mean", "sample"] = "mean",

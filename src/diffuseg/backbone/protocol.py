@@ -327,7 +327,7 @@ class Backbone(Protocol):
         self,
         images: Sequence[ImageInput],
         image_size: int | None = None,
-        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+        resize_mode: Literal["crop", "squash", "keep_aspect", "short_side"] = "crop",
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Crop and resize images to model input: (B, 3, H, W) float32 in [0, 1], H and W
         multiples of `size_multiple` (`image_size` None = `native_size`), and one JSON-able meta
@@ -387,7 +387,7 @@ class Backbone(Protocol):
         timestep: int = 300,
         *,
         image_size: int | None = None,
-        resize_mode: Literal["crop", "squash", "keep_aspect"] = "crop",
+        resize_mode: Literal["crop", "squash", "keep_aspect", "short_side"] = "crop",
         add_noise: bool = False,
         shared_noise: bool = False,
         latent_mode: Literal["mean", "sample"] = "mean",

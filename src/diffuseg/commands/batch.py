@@ -246,6 +246,11 @@ def make_job(args: argparse.Namespace, flags: Any, out_dir: str | None = None) -
     from ..engine.work import Job
 
     given = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
+    if getattr(args, "window", None) is not None:  # ``segment --window``
+        from ..windowed import check_windowed
+
+        check_windowed(flags.spec, args.window, None)  # a method without class scores: before a model loads
+        given["window"] = args.window
     return Job(
         method=flags.spec.name,
         out_dir=args.out if out_dir is None else out_dir,

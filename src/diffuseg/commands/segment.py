@@ -23,6 +23,7 @@ from typing import Any
 from . import COMMANDS
 from ._method_options import add_method_options, method_help
 from ._options import HelpFormatter, add_model_options, add_query_options, fail
+from ._window_options import add_window_option
 from .batch import SEED_HELP, add_output_options, failed_name, make_jobs, message, written_into
 
 #: What ``segment`` says when interrupted (Ctrl-C).
@@ -62,6 +63,7 @@ def register(subparsers: Any) -> None:
     add_output_options(p)
     add_model_options(p, seed_help=SEED_HELP)
     add_query_options(p)
+    add_window_option(p)
     p.set_defaults(func=run, _owners=add_method_options(p), resume_hint=RESUME_HINT)
 
 

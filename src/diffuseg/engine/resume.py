@@ -70,7 +70,7 @@ def _expected_model(job: Job) -> str | None:
 def differences(job: Job, record: dict[str, Any]) -> list[str]:
     """What differs between the JSON `record` of an image's outputs and `job`: the method, the
     config fields, the model (and whether its T5 encoder was dropped), the run seed, the class
-    names and the caption (empty: the same).
+    names, the caption and the sliding window (empty: the same).
 
     Each difference reads like "`seed` 0 (this run: 3)"; library arguments are backticked.
     """
@@ -90,6 +90,11 @@ def differences(job: Job, record: dict[str, Any]) -> list[str]:
     for name, value in (("classes", _plain(list(job.classes))), ("caption", job.caption)):
         if query.get(name, [] if name == "classes" else None) != value:
             diffs.append(f"`{name}` {query.get(name)!r} (this run: {value!r})")
+    window = meta.get("window") or {}
+    had = f"{window.get('crop')},{window.get('stride')}" if window else None
+    now = str(job.window) if job.window is not None else None  # "CROP,STRIDE"
+    if had != now:
+        diffs.append(f"`window` {had!r} (this run: {now!r})")
     return diffs
 
 

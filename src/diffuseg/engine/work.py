@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..outputs import DEFAULT_SAVE, OUTPUTS, check_save, existing_outputs, output_suffixes, write_outputs
+from ..settings import SlidingWindow
 from .inputs import Item, decode
 from .seeding import image_generators, image_seed
 
@@ -83,6 +84,7 @@ class Job:
         save: the kinds of output file per image (`diffuseg.outputs.check_save`).
         max_pixels: largest image read (width x height; the size comes from the file's header,
             before decoding), or None for no limit.
+        window: sliding-window inference for every image (`diffuseg.plan.Query.window`), or None.
     """
 
     method: str
@@ -104,6 +106,7 @@ class Job:
     needs_model: bool = True
     save: tuple[str, ...] = DEFAULT_SAVE
     max_pixels: int | None = MAX_PIXELS
+    window: SlidingWindow | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "save", check_save(self.save))
@@ -178,7 +181,8 @@ def _segmenter(job: Job, backbone: Any) -> Any:
         job.class_filter, resources, {r.name for r in spec.resources}, has_caption=bool(job.caption)
     )
     # the dry plan checks the job's own query (its class list's token budget) before any image
-    probe = Query(classes=job.classes, caption=job.caption) if job.classes or job.caption else None
+    wanted = job.classes or job.caption or job.window
+    probe = Query(classes=job.classes, caption=job.caption, window=job.window) if wanted else None
     return Segmenter(
         backbone, spec, batch_size=job.batch_size, resources=resources, device=job.device,
         class_filter=class_filter, probe=probe, **job.overrides,
@@ -187,7 +191,7 @@ def _segmenter(job: Job, backbone: Any) -> Any:
 
 # What the jobs of one run of several methods must share (they differ in method, settings and folder).
 _SHARED = ("model", "model_config", "device", "dtype", "drop_t5", "seed", "batch_size", "classes", "caption",
-           "threads", "max_pixels", "label_device")  # fmt: skip
+           "threads", "max_pixels", "label_device", "window")  # fmt: skip
 
 
 def check_shared(jobs: Sequence[Job]) -> None:
@@ -199,6 +203,8 @@ def check_shared(jobs: Sequence[Job]) -> None:
         values = {repr(getattr(j, name)) for j in jobs}
         if len(values) > 1:
             raise ValueError(f"the jobs of one run must share `{name}`, got {sorted(values)}.")
+    if len(jobs) > 1 and jobs[0].window is not None:
+        raise ValueError("`window` (sliding-window inference) runs one method at a time; give one method.")
     names = [j.method for j in jobs]
     dirs = [os.path.abspath(j.out_dir) for j in jobs]
     if len(set(names)) < len(names) or len(set(dirs)) < len(dirs):
@@ -252,7 +258,14 @@ class Worker:
             return [_in_order(decoded, list(failed)) for _ in self.jobs]
         names = [item.name for item, _ in good]
         queries = [
-            Query(image=im, classes=job.classes, caption=job.caption, id=item.name, meta=_notes(job, item))
+            Query(
+                image=im,
+                classes=job.classes,
+                caption=job.caption,
+                id=item.name,
+                meta=_notes(job, item),
+                window=job.window,
+            )  # fmt: skip
             for item, im in good
         ]
         t0 = time.perf_counter()

@@ -28,17 +28,24 @@ Presets:
     mapped back onto the whole image.
 
 A protocol reaches the method only through the `diffuseg.plan.Query`: ``size`` (the model
-input side it fixes), ``resize_mode`` and ``label_size`` (the scoring grid).
+input side it fixes), ``resize_mode``, ``label_size`` (the scoring grid) and ``window``
+(sliding-window inference for open-vocabulary methods). The training-free open-vocabulary
+papers' protocol (mmseg's ``slide_inference``: shorter side resized to 336, 336 x 336 windows
+112 apart, scored at the label's full resolution) is
+``Protocol(name, resize_mode="short_side", model_size=336, window=SlidingWindow(336, 112))``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+
+from ..settings import SlidingWindow
 
 __all__ = ["Protocol", "PROTOCOLS", "get_protocol", "prepare", "resize_nearest"]
 
@@ -68,6 +75,9 @@ class Protocol:
             does not resize the image itself (`input_size` None); the method fits the image with
             `resize_mode`.
         score_nearest: nearest rule of the downsampling to `score_size` ("floor" or "exact").
+        window: sliding-window inference over the model input (`Query.window`: crop and stride
+            in model-input pixels; open-vocabulary methods only), or None for one pass over it.
+            With ``resize_mode="short_side"`` and `model_size` it is mmseg's slide protocol.
     """
 
     name: str
@@ -78,8 +88,11 @@ class Protocol:
     resize_mode: str = "keep_aspect"
     model_size: int | None = None
     score_nearest: Literal["floor", "exact"] = "floor"
+    window: SlidingWindow | None = None
 
     def __post_init__(self) -> None:
+        if self.window is not None and not isinstance(self.window, SlidingWindow):
+            raise ValueError(f"`window` must be a SlidingWindow(crop, stride) or None, got {self.window!r}.")
         if self.crop not in _CROPS:
             raise ValueError(f"`crop` must be one of {_CROPS}, got {self.crop!r}.")
         for name in ("label_nearest", "score_nearest"):
@@ -97,6 +110,14 @@ class Protocol:
                 raise ValueError(f"`{name}` must be a positive int or None, got {v!r}.")
         if self.input_size is not None and self.model_size is not None:
             raise ValueError("give `input_size` (the protocol resizes) or `model_size` (the method resizes), not both.")
+
+    def record(self) -> dict[str, Any]:
+        """The protocol as JSON-serialisable data (reports, result-file fingerprints); `window`
+        only when set, so result files written before it existed still resume."""
+        out = dataclasses.asdict(self)
+        if self.window is None:
+            del out["window"]
+        return out
 
     @property
     def query_size(self) -> int | None:

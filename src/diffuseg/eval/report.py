@@ -166,7 +166,7 @@ def build_report(
         "classes": classes,
         "class_filter": _filter_summary(class_filter, ok),
         "model": model_id,
-        "protocol": dataclasses.asdict(protocol),
+        "protocol": protocol.record(),
         "matching": matching,
         "metrics": primary,
         "other_matchings": {m: _headline(s.to_dict()) for m, s in scores.items() if m != matching},

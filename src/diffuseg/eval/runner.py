@@ -375,7 +375,7 @@ def _run_fingerprint(dataset: SegmentationDataset, run: _Run) -> dict[str, Any]:
         "classes": run.classes,
         **({"class_names": [list(c) for c in run.query_classes]} if run.query_classes is not None else {}),
         "tune_background": list(run.sweep) if run.sweep is not None else None,
-        "protocol": dataclasses.asdict(run.proto),
+        "protocol": run.proto.record(),
         **({"seed": run.seed} if run.seed is not None else {}),
     }
 

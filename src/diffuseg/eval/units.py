@@ -257,6 +257,7 @@ def _query(sample: Any, image: Any, proto: Protocol, class_names: list[Any]) -> 
         size=proto.query_size,
         resize_mode=proto.resize_mode,
         label_size=proto.label_size,
+        window=proto.window,
     )
 
 

@@ -184,6 +184,34 @@ def _row_maps(one: Features, name: str) -> tuple[dict[tuple[int, int], torch.Ten
     return maps, fine, selfs[fine][0]
 
 
+def score_maps(
+    features: Features,
+    config: DiffSegmenterConfig = DiffSegmenterConfig(),  # noqa: B008 - frozen
+    query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """The class scores `segment` labels by: (K, H, W) float32 at the model input size, each
+    name's refined map min-max normalised to [0, 1], a class the best of its names, the
+    background class (if any) the constant `config.background_score`.
+
+    Raises:
+        ValueError: if the features do not hold one row per class name, or lack attention.
+    """
+    if query is None:
+        raise ValueError("DiffSegmenter's `segment` needs the `query` its pass was planned for.")
+    rows = class_rows(query)
+    if features.batch_size != len(rows):
+        raise ValueError(f"`features` has {features.batch_size} rows but the query has {len(rows)} class names.")
+    if not features.cross_attention or not features.self_attention:
+        raise ValueError("`features` holds no cross- or self-attention maps; record them with DiffSegmenter's plan.")
+    size = features.image_size
+    per_row = torch.stack([_row_scores(features, r, name, config) for r, (_, name) in enumerate(rows)])
+    up = F.interpolate(per_row[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    up = minmax(up)  # (P, H, W) in [0, 1]
+    bg = background_index(query.classes)
+    return class_scores(up, [c for c, _ in rows], len(query.classes), bg, config.background_score)  # synonyms: max
+
+
 def segment(
     features: Features,
     config: DiffSegmenterConfig = DiffSegmenterConfig(),  # noqa: B008 - frozen
@@ -207,20 +235,7 @@ def segment(
     Raises:
         ValueError: if the features do not hold one row per class name, or lack attention.
     """
-    if query is None:
-        raise ValueError("DiffSegmenter's `segment` needs the `query` its pass was planned for.")
-    rows = class_rows(query)
-    if features.batch_size != len(rows):
-        raise ValueError(f"`features` has {features.batch_size} rows but the query has {len(rows)} class names.")
-    if not features.cross_attention or not features.self_attention:
-        raise ValueError("`features` holds no cross- or self-attention maps; record them with DiffSegmenter's plan.")
-    size = features.image_size
-    per_row = torch.stack([_row_scores(features, r, name, config) for r, (_, name) in enumerate(rows)])
-    up = F.interpolate(per_row[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    up = minmax(up)  # (P, H, W) in [0, 1]
-    k = len(query.classes)
-    bg = background_index(query.classes)
-    scores = class_scores(up, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
+    scores = score_maps(features, config, query, resources)
     labels = argmax0(scores)
     class_score = mean_score_per_label(scores, labels)
     return Segmentation(
@@ -244,4 +259,5 @@ SPEC = MethodSpec.from_info(
     presets=PRESETS,
     needs_classes=True,
     working_bytes=working_bytes,
+    score_maps=score_maps,
 )

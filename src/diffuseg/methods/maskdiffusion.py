@@ -202,6 +202,37 @@ def _to_image(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
+def _class_scores(
+    features: Features, config: MaskDiffusionConfig, query: Query | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each name's attention (K', h, w) and the class scores (K, h, w) on the finest feature grid."""
+    if query is None:
+        raise ValueError("MaskDiffusion's `segment` needs the `query` its pass was planned for.")
+    if not features.cross_attention or features.normalization != "log":
+        raise ValueError("`features` holds no log cross-attention; record it with MaskDiffusion's plan.")
+    rows = name_rows(query.classes)
+    spans = token_spans(features.tokenizer, features.token_ids[0].tolist(), [n for _, n in rows])
+    # no post-processing setting changes the names' attention and prototype scores: kept with
+    # the features, so re-segmenting from cached features with another `background_score` skips them
+    key = ("maskdiffusion", "prototype_scores", config.feature_blocks, tuple(tuple(p) for p in spans))
+    attention, per_name = features.derive(key, lambda: _prototype_scores(features, config, spans))
+    bg = background_index(query.classes)
+    scores = class_scores(per_name, [c for c, _ in rows], len(query.classes), bg, config.background_score)
+    return attention, scores  # synonyms: max
+
+
+def score_maps(
+    features: Features,
+    config: MaskDiffusionConfig = MaskDiffusionConfig(),  # noqa: B008 - frozen
+    query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """The class scores `segment` labels by: (K, H, W) float32 at the model input size, the
+    prototype scores on the feature grid (a class the best of its names, the background class
+    the constant `config.background_score`) upsampled bilinearly."""
+    return _to_image(_class_scores(features, config, query)[1], features.image_size)
+
+
 def segment(
     features: Features,
     config: MaskDiffusionConfig = MaskDiffusionConfig(),  # noqa: B008 - frozen
@@ -215,19 +246,7 @@ def segment(
         `query.classes`, `names`, `scores` (K,) = each class's mean score over its pixels,
         extras["class_attention"] (K', h, w) in [0, 1] and extras["class_scores"] (K, h, w).
     """
-    if query is None:
-        raise ValueError("MaskDiffusion's `segment` needs the `query` its pass was planned for.")
-    if not features.cross_attention or features.normalization != "log":
-        raise ValueError("`features` holds no log cross-attention; record it with MaskDiffusion's plan.")
-    rows = name_rows(query.classes)
-    spans = token_spans(features.tokenizer, features.token_ids[0].tolist(), [n for _, n in rows])
-    # no post-processing setting changes the names' attention and prototype scores: kept with
-    # the features, so re-segmenting from cached features with another `background_score` skips them
-    key = ("maskdiffusion", "prototype_scores", config.feature_blocks, tuple(tuple(p) for p in spans))
-    attention, per_name = features.derive(key, lambda: _prototype_scores(features, config, spans))
-    k = len(query.classes)
-    bg = background_index(query.classes)
-    scores = class_scores(per_name, [c for c, _ in rows], k, bg, config.background_score)  # synonyms: max
+    attention, scores = _class_scores(features, config, query)
     full = _to_image(scores, features.image_size)
     labels = argmax0(full)
     class_score = mean_score_per_label(full, labels)
@@ -297,6 +316,7 @@ SPEC = MethodSpec.from_info(
     segment=segment,
     presets=PRESETS,
     needs_classes=True,
+    score_maps=score_maps,
 )
 
 KMEANS_SPEC = MethodSpec.from_info(

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
 from ..backbone.features import Features
@@ -58,6 +59,29 @@ def plan(config: SegDiffusionConfig, query: Query, backbone: Any = None, resourc
     )
 
 
+def score_maps(
+    features: Features,
+    config: SegDiffusionConfig = SegDiffusionConfig(),  # noqa: B008 - frozen
+    query: Query | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """The class scores `segment` labels by: (K, H, W) float32 at the model input size, each
+    name's sampled mask probability in [0, 1] (a class the best of its names), the background
+    class the constant `config.background_threshold`."""
+    if query is None:
+        raise ValueError("Seg-diffusion's `segment` needs the `query` its pass was planned for.")
+    rows = name_rows(query.classes)
+    probs = features.hidden_states.get(PROBABILITIES)
+    if probs is None or probs.shape[0] != len(rows):
+        raise ValueError("`features` lacks one sampled mask per class name; run Seg-diffusion's plan.")
+    probs = probs[:, 0]
+    size = features.image_size
+    if tuple(probs.shape[-2:]) != tuple(size):
+        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    k = len(query.classes)
+    return class_scores(probs, [c for c, _ in rows], k, background_index(query.classes), config.background_threshold)
+
+
 def segment(
     features: Features,
     config: SegDiffusionConfig = SegDiffusionConfig(),  # noqa: B008 - frozen
@@ -71,18 +95,7 @@ def segment(
         `query.classes`, `names`, `scores` (K,) = each class's mean probability over its pixels
         and extras["class_scores"] (K, H, W).
     """
-    if query is None:
-        raise ValueError("Seg-diffusion's `segment` needs the `query` its pass was planned for.")
-    rows = name_rows(query.classes)
-    probs = features.hidden_states.get(PROBABILITIES)
-    if probs is None or probs.shape[0] != len(rows):
-        raise ValueError("`features` lacks one sampled mask per class name; run Seg-diffusion's plan.")
-    probs = probs[:, 0]
-    size = features.image_size
-    if tuple(probs.shape[-2:]) != tuple(size):
-        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    k = len(query.classes)
-    scores = class_scores(probs, [c for c, _ in rows], k, background_index(query.classes), config.background_threshold)
+    scores = score_maps(features, config, query, resources)
     labels = argmax0(scores)
     per_class = mean_score_per_label(scores, labels)
     return Segmentation(labels=labels, names=list(query.class_names), scores=per_class, extras={"class_scores": scores})
@@ -93,4 +106,5 @@ SPEC = MethodSpec.from_info(
     plan=plan,
     segment=segment,
     needs_classes=True,
+    score_maps=score_maps,
 )

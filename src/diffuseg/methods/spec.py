@@ -47,6 +47,13 @@ class MethodSpec:
         working_bytes: ``working_bytes(n) -> int``, the memory the segment step allocates for
             one image whose finest attention grid has n tokens (used with the recording's own
             size to refuse an input size that would not fit); None = negligible.
+        score_maps: ``score_maps(features, config, query, resources) -> (K, H, W)`` float32
+            class scores at the model input size (K = ``len(query.classes)``; a background
+            class scores a constant), whose per-pixel argmax (first index on ties,
+            `diffuseg.ops.masks.argmax0`) are `segment`'s labels and whose mean per label
+            (`diffuseg.ops.masks.mean_score_per_label`) are its scores. Sliding-window inference
+            (`diffuseg.windowed`) averages these over crops; None = the method has no class
+            scores and cannot run in windows.
     """
 
     name: str
@@ -59,6 +66,7 @@ class MethodSpec:
     resources: tuple[Resource, ...] = ()
     needs_classes: bool = False
     working_bytes: Callable[[int], int] | None = None
+    score_maps: Callable[[Features, Any, Query, Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
