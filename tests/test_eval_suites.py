@@ -224,3 +224,18 @@ def test_resuming_with_another_protocol_is_refused_naming_both(tmp_path):
     evaluate(ds, "single-segment", protocol="diffseg", output=OutputOptions(tmp_path, name="run"))
     with pytest.raises(ResumeMismatchError, match="protocol 'diffseg' in the file, 'full' in this run"):
         evaluate(ds, "single-segment", protocol="full", output=OutputOptions(tmp_path, name="run", resume=True))
+
+
+def test_ovss_entries_apply_the_papers_sizes_rounded_for_a_diffusion_model():
+    from diffuseg.eval.suites import SUITES, entry_settings, ovss_protocol
+    from diffuseg.settings import SlidingWindow
+
+    proto = ovss_protocol(336, 224, 112)
+    assert (proto.resize_mode, proto.model_size, proto.window) == ("short_side", 384, SlidingWindow(256, 128))
+    assert ovss_protocol(448, 448, 224).model_size == 448 and ovss_protocol(560, 224, 112).model_size == 576
+    city = next(e for e in SUITES["ovss"] if e.dataset == "cityscapes19")
+    assert city.protocol.model_size == 576 and city.short_side == 560  # the paper's value stays recorded
+    # open-vocabulary methods with class score maps get the window; the others the whole input
+    assert entry_settings("ovss", city, "diffsegmenter")["protocol"].window == SlidingWindow(256, 128)
+    plain = entry_settings("ovss", city, "diffseg")["protocol"]
+    assert plain.window is None and plain.model_size == 576

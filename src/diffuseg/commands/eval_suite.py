@@ -48,8 +48,9 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ValueError("--resume continues the results files and --overwrite discards them; give one of them.")
 
 
-def _benchmark_args(args: argparse.Namespace, bench: Any, name: str) -> argparse.Namespace:
-    """The flags of one benchmark: the suite entry's dataset, folder, split, protocol and matching."""
+def _benchmark_args(args: argparse.Namespace, bench: Any, settings: dict[str, Any]) -> argparse.Namespace:
+    """The flags of one benchmark: the suite entry's dataset, folder, split, protocol and matching
+    (`settings`: `diffuseg.eval.suites.entry_settings`)."""
     entry = bench.entry
     return argparse.Namespace(
         **{
@@ -57,9 +58,9 @@ def _benchmark_args(args: argparse.Namespace, bench: Any, name: str) -> argparse
             "dataset": entry.dataset,
             "root": str(bench.path),
             "split": entry.split,
-            "protocol": entry.protocol,
-            "matching": entry.matching,
-            "name": name,
+            "protocol": settings["protocol"],
+            "matching": settings["matching"],
+            "name": settings["name"],
         }
     )
 
@@ -85,7 +86,7 @@ def run_suite(args: argparse.Namespace) -> int:
         settings = entry_settings(args.suite, bench.entry, method)
         try:  # every benchmark's flags and output are checked before the model loads
             setups[bench.entry.label] = _setup(
-                _benchmark_args(args, bench, settings["name"]), bench.dataset, settings["class_names"]
+                _benchmark_args(args, bench, settings), bench.dataset, settings["class_names"]
             )
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             return _fail(f"{bench.entry.label}: {e}")

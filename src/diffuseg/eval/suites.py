@@ -12,12 +12,17 @@ that ran.
     COCO-Stuff-171, Cityscapes-19, ADE-150. Each query carries SCLIP's class-name file with
     synonyms (`diffuseg.datasets.ovss_class_names`); scored at the label's full resolution
     (mmseg resizes the prediction to the original image). COCO-Object and COCO-Stuff-171 use all
-    5,000 val2017 images. Recorded from SCLIP's configs (``wangf3014/SCLIP`` ``configs/cfg_*.py``,
-    ``clip_segmentor.py``) and **not applied yet** (no `Protocol` field exists for them): the
-    input's short side (`short_side`: mmseg ``Resize(scale=(2048, S), keep_ratio=True)``), the
-    sliding window (`slide_crop` / `slide_stride`, SCLIP's defaults 224 / 112), the background
-    probability threshold (`background_threshold`, SCLIP's ``prob_thd``: a pixel whose best
-    class probability is below it becomes background) and the logit scale (`logit_scale`).
+    5,000 val2017 images. From SCLIP's configs (``wangf3014/SCLIP`` ``configs/cfg_*.py``,
+    ``clip_segmentor.py``): the input's short side (`short_side`: mmseg ``Resize(scale=(2048, S),
+    keep_ratio=True)``) and the sliding window (`slide_crop` / `slide_stride`, SCLIP's defaults
+    224 / 112) are applied (`ovss_protocol`), each rounded up to a multiple of
+    `DIFFUSION_MULTIPLE` (64: the side every diffusion backbone here takes; CLIP's patch-16 sizes
+    336 / 224 / 112 become 384 / 256 / 128, 448 stays, 560 becomes 576), for open-vocabulary
+    methods (those with class score maps; the others see the whole input at the short side).
+    Recorded, **not applied**: the background probability threshold (`background_threshold`,
+    SCLIP's ``prob_thd``: a pixel whose best class probability is below it becomes background)
+    and the logit scale (`logit_scale`): the methods here have no CLIP softmax over classes; their
+    own background rule applies.
     Known difference: SCLIP's COCO-Object labels (``datasets/cvt_coco_object.py``) turn
     unlabelled pixels (255) into background; ``cocoobject81`` ignores them.
 ``diffcut``
@@ -53,6 +58,8 @@ __all__ = [
     "SuiteEntry",
     "SuiteBenchmark",
     "find_benchmarks",
+    "ovss_protocol",
+    "DIFFUSION_MULTIPLE",
     "entry_settings",
     "suite_run_name",
 ]
@@ -85,9 +92,10 @@ class SuiteEntry:
         matching: one of `diffuseg.eval.MATCHINGS`; None = the method's default.
         background_threshold: the OVSS papers' ``prob_thd`` (recorded, not applied).
         logit_scale: SCLIP's ``logit_scale`` (recorded, not applied).
-        short_side: the image's short side before the method (recorded, not applied).
-        slide_crop: side of the sliding window (recorded, not applied; no `Protocol` field yet).
-        slide_stride: stride of the sliding window (recorded, not applied).
+        short_side: the paper's short side (applied through `protocol`, rounded up to a multiple
+            of `DIFFUSION_MULTIPLE`).
+        slide_crop: the paper's sliding-window side (likewise).
+        slide_stride: the paper's sliding-window stride (likewise).
         source: where the settings come from.
     """
 
@@ -106,16 +114,38 @@ class SuiteEntry:
     source: str = ""
 
 
-_OVSS_PROTOCOL = Protocol("ovss", crop="none", resize_mode="keep_aspect")
+#: The OVSS papers' sizes (CLIP ViT-B/16) are rounded up to a multiple of this for a diffusion
+#: backbone (SD 1.x / 2.x / XL take multiples of 64; MM-DiTs of 16, so 64 suits every one).
+DIFFUSION_MULTIPLE = 64
+
+
+def _round_up(side: int) -> int:
+    return -(-side // DIFFUSION_MULTIPLE) * DIFFUSION_MULTIPLE
+
+
+def ovss_protocol(short_side: int, crop: int, stride: int, window: bool = True) -> Protocol:
+    """The OVSS papers' protocol for a diffusion model: the shorter side resized to `short_side`,
+    `crop` x `crop` windows every `stride` pixels (mmseg ``slide_inference``; `window` False: the
+    whole resized input), each rounded up to a multiple of `DIFFUSION_MULTIPLE`; scored at the
+    label's full resolution."""
+    from ..settings import SlidingWindow
+
+    side, crop, stride = _round_up(short_side), _round_up(crop), _round_up(stride)
+    return Protocol(
+        "ovss",
+        crop="none",
+        resize_mode="short_side",
+        model_size=side,
+        window=SlidingWindow(crop, stride) if window else None,
+    )
 
 
 def _ovss(label: str, dataset: str, folder: str, names: str, cfg: str, **kw: Any) -> SuiteEntry:
     """An OVSS entry with SCLIP's defaults (``clip_segmentor.py``: logit scale 40, prob_thd 0,
     slide crop 224 / stride 112; short side 336) unless `kw` says otherwise."""
     settings = {"logit_scale": 40.0, "short_side": 336, "slide_crop": 224, "slide_stride": 112} | kw
-    return SuiteEntry(
-        label, dataset, folder, _OVSS_PROTOCOL, class_names_file=names, source=_SCLIP.format(cfg), **settings
-    )
+    protocol = ovss_protocol(settings["short_side"], settings["slide_crop"], settings["slide_stride"])
+    return SuiteEntry(label, dataset, folder, protocol, class_names_file=names, source=_SCLIP.format(cfg), **settings)
 
 
 #: The suites, each a tuple of entries in the papers' table order.
@@ -244,10 +274,14 @@ def entry_settings(suite: str, entry: SuiteEntry, method: str) -> dict[str, Any]
     """The arguments of `evaluate` (and `check_output`) an entry fixes: ``protocol``,
     ``matching``, ``class_names`` and the output ``name`` (``<suite>_<dataset>_<method>``)."""
     from ..datasets import ovss_class_names
+    from ..methods import get_method
 
     names = ovss_class_names(entry.class_names_file) if entry.class_names_file else None
+    protocol = entry.protocol
+    if protocol.window is not None and get_method(method).score_maps is None:  # no class scores to stitch
+        protocol = dataclasses.replace(protocol, window=None)
     return {
-        "protocol": entry.protocol,
+        "protocol": protocol,
         "matching": entry.matching,
         "class_names": names,
         "name": suite_run_name(suite, entry.dataset, method),
@@ -255,8 +289,9 @@ def entry_settings(suite: str, entry: SuiteEntry, method: str) -> dict[str, Any]
 
 
 def recorded_settings(entry: SuiteEntry) -> dict[str, Any]:
-    """The entry's settings that are recorded but not applied (no `Protocol` field for them yet)."""
-    keys = ("short_side", "slide_crop", "slide_stride", "background_threshold", "logit_scale")
+    """The entry's settings that are recorded but not applied (the methods here have no CLIP
+    softmax for them)."""
+    keys = ("background_threshold", "logit_scale")
     return {k: getattr(entry, k) for k in keys if getattr(entry, k) is not None}
 
 
