@@ -22,7 +22,15 @@ from .metrics import ImageCounts, MetricAccumulator
 from .options import EngineOptions, OutputOptions
 from .protocols import Protocol
 from .report import write_report
-from .runner import _check_folders, _fingerprint, _options, _report, _resolve, _Run
+from .run_settings import (
+    RunSettings,
+    as_options,
+    check_folders,
+    full_fingerprint,
+    resolve_run,
+    run_fingerprint,
+    run_report,
+)
 from .store import ResultStore, check_results_file
 from .units import UnitContext, load_unit, unit_queries, unit_records
 
@@ -53,9 +61,9 @@ def _check_methods(methods: Sequence[str], output: OutputOptions, engine: Engine
 
 
 def _runs(dataset: SegmentationDataset, methods: list[str], engine: EngineOptions, output: OutputOptions,
-          settings: dict[str, Any]) -> list[_Run]:  # fmt: skip
-    """Each method's resolved run (`_resolve`), predictions folders per method."""
-    return [_resolve(dataset, m, engine, output, **settings) for m in methods]
+          settings: dict[str, Any]) -> list[RunSettings]:  # fmt: skip
+    """Each method's resolved run (`resolve_run`), predictions folders per method."""
+    return [resolve_run(dataset, m, engine, output, **settings) for m in methods]
 
 
 def _pred_dir(output: OutputOptions, method: str, several: bool) -> str | None:
@@ -86,18 +94,16 @@ def check_outputs(
         ValueError: naming `methods` (empty, a repeat), `name`, `engine` or `tune_background`
             with several methods, or what `check_output` raises.
     """
-    from .runner import _run_fingerprint
-
-    engine = _options(engine, EngineOptions, "engine")
-    output = _options(output, OutputOptions, "output")
+    engine = as_options(engine, EngineOptions, "engine")
+    output = as_options(output, OutputOptions, "output")
     methods = _check_methods(methods, output, engine, tune_background)
     settings = dict(protocol=protocol, matching=matching, background_class=background_class, classes=classes,
                     tune_background=tune_background, limit=limit, seed=seed, query_classes=class_names)  # fmt: skip
     paths = []
     for run in _runs(dataset, methods, engine, output, settings):
-        _check_folders(dataset, run, output)
+        check_folders(dataset, run, output)
         path = Path(output.out_dir) / f"{run.name}.jsonl"
-        check_results_file(path, _run_fingerprint(dataset, run), resume=output.resume, overwrite=output.overwrite)
+        check_results_file(path, run_fingerprint(dataset, run), resume=output.resume, overwrite=output.overwrite)
         paths.append(path)
     return paths
 
@@ -143,8 +149,8 @@ def evaluate_methods(
     """
     from ..multi import MultiSegmenter
 
-    engine = _options(engine, EngineOptions, "engine")
-    output = _options(output, OutputOptions, "output")
+    engine = as_options(engine, EngineOptions, "engine")
+    output = as_options(output, OutputOptions, "output")
     methods = _check_methods(methods, output, engine, None)
     overrides = dict(config_overrides or {})
     unknown = sorted(set(overrides) - set(methods))
@@ -162,11 +168,11 @@ def evaluate_methods(
     several = len(methods) > 1
     jobs = []
     for run in runs:
-        _check_folders(dataset, run, output)
+        check_folders(dataset, run, output)
         segmenter = factory(
             backbone, run.spec, batch_size=engine.batch_size, **extra, **overrides.get(run.spec.name, {})
         )
-        fingerprint = _fingerprint(dataset, run, segmenter, model_id, extra)
+        fingerprint = full_fingerprint(dataset, run, segmenter, model_id, extra)
         store = ResultStore(
             Path(output.out_dir) / f"{run.name}.jsonl", fingerprint, resume=output.resume, overwrite=output.overwrite
         )
@@ -186,7 +192,7 @@ def evaluate_methods(
     _score_all(dataset, jobs, MultiSegmenter([j.segmenter for j in jobs]), engine, output)
     reports = {}
     for job in jobs:
-        report = _report(job.store, dataset, job.run, job.fingerprint)
+        report = run_report(job.store, dataset, job.run, job.fingerprint)
         out_dir = Path(output.out_dir)
         write_report(report, out_dir / f"{job.run.name}.json", out_dir / f"{job.run.name}.md")
         reports[job.run.spec.name] = report
@@ -197,7 +203,9 @@ class _Job:
     """One method of the run: its settings, segmenter, results file (and its fingerprint), unit
     context, running scores."""
 
-    def __init__(self, run: _Run, segmenter: Any, store: ResultStore, ctx: UnitContext, fingerprint: dict) -> None:
+    def __init__(
+        self, run: RunSettings, segmenter: Any, store: ResultStore, ctx: UnitContext, fingerprint: dict
+    ) -> None:
         self.run, self.segmenter, self.store, self.ctx, self.fingerprint = run, segmenter, store, ctx, fingerprint
         self.acc = MetricAccumulator(len(run.class_names), run.matching, run.background_class)
         for rec in store.ordered(run.num):

@@ -21,7 +21,7 @@ from ..datasets import SegmentationDataset
 from .options import EngineOptions, OutputOptions
 from .protocols import Protocol
 from .report import write_report
-from .runner import _options, _report, _resolve, _run_fingerprint
+from .run_settings import as_options, resolve_run, run_fingerprint, run_report
 from .store import ResultStore, ResumeMismatchError, _canonical
 
 __all__ = ["render_report"]
@@ -72,9 +72,9 @@ def render_report(
         CorruptResultsError: a damaged line (see `ResultStore`); the file is left as it is.
         ValueError: what `evaluate` raises for its other arguments.
     """
-    engine = _options(engine, EngineOptions, "engine")
-    output = _options(output, OutputOptions, "output")
-    run = _resolve(dataset, method, engine, output, protocol, matching, background_class, classes,
+    engine = as_options(engine, EngineOptions, "engine")
+    output = as_options(output, OutputOptions, "output")
+    run = resolve_run(dataset, method, engine, output, protocol, matching, background_class, classes,
                    tune_background, limit, seed, class_names)  # fmt: skip
     path = Path(output.out_dir) / f"{run.name}.jsonl"
     if not path.is_file():
@@ -83,8 +83,8 @@ def render_report(
             f"run with the same dataset, method, protocol and `name` in `out_dir`."
         )
     store = ResultStore.read(path)
-    _check_recorded(store, _run_fingerprint(dataset, run), config_overrides or {})
-    report = _report(store, dataset, run, store.fingerprint)
+    _check_recorded(store, run_fingerprint(dataset, run), config_overrides or {})
+    report = run_report(store, dataset, run, store.fingerprint)
     out = Path(output.out_dir)
     write_report(report, out / f"{run.name}.json", out / f"{run.name}.md")
     logger.info("%s: report of %d stored images rewritten", path, report["dataset"]["num_evaluated"])
