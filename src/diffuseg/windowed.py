@@ -55,10 +55,12 @@ def check_windowed(spec: Any, window: SlidingWindow, multiple: int | None) -> No
             naming `window.crop` when the model cannot take a window of that side.
     """
     if getattr(spec, "score_maps", None) is None:
+        from .methods import METHODS
+
+        able = sorted(name for name, m in METHODS.items() if m.score_maps is not None)
         raise ValueError(
             f"method {spec.name!r} has no per-class scores to average over windows; `window` (sliding-window "
-            "inference) works with the open-vocabulary methods that have them (diffsegmenter, maskdiffusion, "
-            "segdiffusion)."
+            f"inference) works with the methods that have them ({', '.join(able)})."
         )
     if multiple is not None and window.crop % multiple:
         raise ValueError(f"`window.crop` must be a multiple of {multiple} for this model, got {window.crop}.")

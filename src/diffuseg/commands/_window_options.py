@@ -19,7 +19,7 @@ def parse_window(text: str) -> SlidingWindow:
     """
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"give CROP,STRIDE in model-input pixels (e.g. 336,112), got {text!r}")
+        raise argparse.ArgumentTypeError(f"give CROP,STRIDE in model-input pixels (e.g. 448,224), got {text!r}")
     try:
         return SlidingWindow(int(parts[0]), int(parts[1]))
     except ValueError as e:
