@@ -279,7 +279,7 @@ def test_several_methods_share_a_pass_and_equal_each_alone(session, quadrant_ima
         alone = session.segment(quadrant_image, m, settings[m], name="quad")
         assert torch.equal(alone.segmentation.labels, result.segmentation.labels), m
         assert result.overlay.size == quadrant_image.size
-        assert [p.name for p in result.files] == ["quad.labels.png", "quad.json"]
+        assert [p.name for p in result.files] == [f"quad.{m}.labels.png", f"quad.{m}.json"]
 
 
 def test_several_methods_bad_lists_and_settings_are_messages(session, quadrant_image):

@@ -193,6 +193,20 @@ def test_demo_in_a_browser(page, tmp_path):
     page.wait_for_timeout(1000)  # the outputs' fade-in after an answer
     page.screenshot(path=str(os.environ.get("DIFFUSEG_DEMO_SCREENSHOT") or tmp_path / "diffsegmenter.png"))
 
+    # other methods beside it, from shared passes: their overlays in the gallery, their files downloadable
+    for other_method in ("slic", "diffseg"):
+        box = page.locator("#also input").first
+        box.click()
+        box.fill(other_method)  # filter the list: the method itself comes first
+        page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+    status = _segment(page)
+    assert "with slic, diffseg" in status, status
+    expect(page.locator("#others img")).to_have_count(2)
+    for shown in ("diffsegmenter", "slic", "diffseg"):  # each method's files, named by it
+        expect(page.locator(f"#downloads a[href$='scene.{shown}.json']")).to_have_count(1)
+    page.screenshot(path=str(tmp_path / "also.png"), full_page=True)
+
     # a second user's request while the first one runs: both are answered, one after the other
     other = page.context.browser.new_page()
     other.goto(page.url)

@@ -296,6 +296,7 @@ class DemoSession:
     ) -> dict[str, DemoResult]:
         """Segment `image` with several methods, their model passes shared where they agree
         (`diffuseg.multi.MultiSegmenter`); each result equals `segment` with that method alone.
+        Each method's files are named ``NAME.METHOD.labels.png`` / ``NAME.METHOD.json``.
 
         Args:
             methods: method names, each once, in the order the results come back.
@@ -343,7 +344,8 @@ class DemoSession:
         for m, seg in segs.items():
             if isinstance(seg, Exception):
                 raise DemoInputError(f"{m}: {_page_message(seg)}")
-            out[m] = self._result(seg, image, name, multi.model_calls > 0, seconds, total)
+            # NAME.METHOD.labels.png ...: the downloads of several methods tell them apart
+            out[m] = self._result(seg, image, f"{name}.{m}", multi.model_calls > 0, seconds, total)
         return out
 
     def _result(
