@@ -125,3 +125,8 @@ def test_cli_render_only_rewrites_each_listed_method_report(tmp_path, capsys, on
     assert _eval(tmp_path, "slic,single-segment", "--render-only") == 0
     assert {m: json.loads(p.read_text())["metrics"] for m, p in reports.items()} == before
     assert capsys.readouterr().out.count("mAcc") == 2
+
+
+def test_cli_render_only_with_a_suite_says_what_to_do_instead(tmp_path, capsys):
+    assert main(["eval", "--suite", "ovss", "--root", str(tmp_path), "--render-only"]) == 2
+    assert "rerun the suite with --resume" in capsys.readouterr().err

@@ -230,6 +230,11 @@ def _render(args: argparse.Namespace) -> int:
     from ._method_options import method_overrides, parse_methods
 
     try:
+        if args.suite:
+            raise ValueError(
+                f"--render-only rewrites the report of one --dataset; for --suite {args.suite}, rerun the suite "
+                "with --resume (finished images are not recomputed) or render each benchmark with --dataset and --name."
+            )
         if not args.dataset or (not args.root and args.dataset != "synthetic"):
             raise ValueError("`--dataset` and `--root` are required (or use --compare).")
         if args.resume or args.overwrite or args.save_predictions:
