@@ -152,6 +152,11 @@ def test_segment_window_flag(tiny_model_dir, tmp_path, photo, capsys):
     assert segment("--method", "diffsegmenter", "--classes", "red", "--template", "{class}", "--window", "24,8",
                    "--overwrite") == 2  # fmt: skip
     assert "`window.crop` must be a multiple of 16" in capsys.readouterr().err
+    # batch takes the same flag and writes the same bytes as segment (its local loop)
+    flags = ["--method", "diffsegmenter", "--classes", "red,blue", "--template", "{class}", "--size", "64",
+             "--window", "32,16", "--model", str(tiny_model_dir), "--no-progress", "--seed", "0"]  # fmt: skip
+    assert main(["batch", photo, "--out", str(tmp_path / "batch"), *flags]) == 0
+    assert (tmp_path / "batch" / "photo.json").read_bytes() == (tmp_path / "out" / "photo.json").read_bytes()
 
 
 def test_stitched_labels_and_scores_have_a_known_answer():

@@ -109,6 +109,9 @@ def register(subparsers: Any) -> None:
     add_engine_options(p)
     add_model_options(p, seed_help=SEED_HELP)
     add_query_options(p)
+    from ._window_options import add_window_option
+
+    add_window_option(p)
     p.set_defaults(func=run, _owners=add_method_options(p), resume_hint=RESUME_HINT)
 
 
@@ -246,7 +249,7 @@ def make_job(args: argparse.Namespace, flags: Any, out_dir: str | None = None) -
     from ..engine.work import Job
 
     given = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
-    if getattr(args, "window", None) is not None:  # ``segment --window``
+    if getattr(args, "window", None) is not None:  # ``segment`` / ``batch --window``
         from ..windowed import check_windowed
 
         check_windowed(flags.spec, args.window, None)  # a method without class scores: before a model loads
