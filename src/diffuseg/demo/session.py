@@ -15,6 +15,7 @@ class lists are parsed as names (``dataset:NAME`` allowed, files not). Images la
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import re
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,9 +216,27 @@ class DemoSession:
         segmenter.configure(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
         return segmenter
 
-    def _enter(self) -> None:
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Model work, one request at a time (`active` counts the requests inside)."""
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                yield
+            finally:
+                self.active -= 1
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _page_errors() -> Iterator[None]:
+        """A library `ValueError` becomes a `DemoInputError` in the page's words (`_page_message`)."""
+        try:
+            yield
+        except DemoInputError:
+            raise
+        except ValueError as e:
+            raise DemoInputError(_page_message(e)) from None
 
     # ------------------------------------------------------------------ requests
     def _request(self, method: str, settings: Mapping[str, Any] | None, classes: str) -> tuple[MethodSpec, Any, dict]:
@@ -264,24 +283,16 @@ class DemoSession:
 
         report = progress or (lambda fraction, text: None)
         t0 = time.perf_counter()
-        try:
+        with self._page_errors():
             spec, vocabulary, overrides = self._request(method, settings, classes)
-            with self._lock:
-                self._enter()
-                try:
-                    segmenter = self._segmenter(spec, overrides)
-                    calls = segmenter.model_calls
-                    report(0.2, "segmenting (a model pass unless the features are cached)")
-                    query = Query(image=image, classes=vocabulary, id=name)
-                    seg = segmenter.segment_batch([query], generator=self._generator())[0]
-                    model_pass = segmenter.model_calls > calls
-                    total = self.model_calls
-                finally:
-                    self.active -= 1
-        except DemoInputError:
-            raise
-        except ValueError as e:
-            raise DemoInputError(_page_message(e)) from None
+            with self._busy():
+                segmenter = self._segmenter(spec, overrides)
+                calls = segmenter.model_calls
+                report(0.2, "segmenting (a model pass unless the features are cached)")
+                query = Query(image=image, classes=vocabulary, id=name)
+                seg = segmenter.segment_batch([query], generator=self._generator())[0]
+                model_pass = segmenter.model_calls > calls
+                total = self.model_calls
         report(0.8, "drawing")
         return self._result(seg, image, name, model_pass, time.perf_counter() - t0, total)
 
@@ -313,31 +324,23 @@ class DemoSession:
         if not methods or len(set(methods)) < len(methods):
             raise DemoInputError(f"choose one or more different methods, got {methods}.")
         t0 = time.perf_counter()
-        try:
+        with self._page_errors():
             requests = {m: self._request(m, (settings or {}).get(m), classes) for m in methods}
-            with self._lock:
-                self._enter()
-                try:
-                    segmenters = [self._segmenter(spec, overrides) for spec, _, overrides in requests.values()]
-                    multi = MultiSegmenter(segmenters)
-                    report(0.2, f"segmenting with {len(methods)} methods (shared model passes)")
-                    by_vocabulary: dict[Any, list[str]] = {}  # a baseline gets no class names
-                    for m, (_, vocabulary, _) in requests.items():
-                        by_vocabulary.setdefault(vocabulary, []).append(m)
-                    segs = {}
-                    for vocabulary, members in by_vocabulary.items():
-                        query = Query(image=image, classes=vocabulary, id=name)
-                        gen = [self._generator()]  # one per query: each method draws as if alone
-                        found = multi.segment_batch([query], gen, methods=members, return_errors=True)
-                        segs.update({m: found[m][0] for m in members})
-                    segs = {m: segs[m] for m in methods}
-                    total = self.model_calls
-                finally:
-                    self.active -= 1
-        except DemoInputError:
-            raise
-        except ValueError as e:
-            raise DemoInputError(_page_message(e)) from None
+            with self._busy():
+                segmenters = [self._segmenter(spec, overrides) for spec, _, overrides in requests.values()]
+                multi = MultiSegmenter(segmenters)
+                report(0.2, f"segmenting with {len(methods)} methods (shared model passes)")
+                by_vocabulary: dict[Any, list[str]] = {}  # a baseline gets no class names
+                for m, (_, vocabulary, _) in requests.items():
+                    by_vocabulary.setdefault(vocabulary, []).append(m)
+                segs = {}
+                for vocabulary, members in by_vocabulary.items():
+                    query = Query(image=image, classes=vocabulary, id=name)
+                    gen = [self._generator()]  # one per query: each method draws as if alone
+                    found = multi.segment_batch([query], gen, methods=members, return_errors=True)
+                    segs.update({m: found[m][0] for m in members})
+                segs = {m: segs[m] for m in methods}
+                total = self.model_calls
         report(0.8, "drawing")
         seconds = time.perf_counter() - t0
         out = {}
@@ -392,19 +395,11 @@ class DemoSession:
         if not (0 <= y < image.size[1] and 0 <= x < image.size[0]):
             raise DemoInputError(f"the point {y},{x} lies outside the {image.size[1]}x{image.size[0]} image.")
         spec = get_method(method)
-        try:
-            with self._lock:
-                self._enter()
-                try:
-                    segmenter = self._segmenter(spec, settings_overrides(self.controls(method), settings or {}))
-                    features = segmenter.features(Query(image=image), generator=self._generator())
-                finally:
-                    self.active -= 1
+        with self._page_errors():
+            with self._busy():
+                segmenter = self._segmenter(spec, settings_overrides(self.controls(method), settings or {}))
+                features = segmenter.features(Query(image=image), generator=self._generator())
             return view_picture(image, features, method, (y, x))
-        except DemoInputError:
-            raise
-        except ValueError as e:
-            raise DemoInputError(_page_message(e)) from None
 
     def _save(self, seg: Any, image: Image.Image, name: str) -> list[Path]:
         """Write the result files into a fresh folder (the oldest beyond `_KEEP_RESULTS` go)."""
