@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "diffuseg"
 CLI = ("diffuseg.cli", "diffuseg.__main__", "diffuseg.commands")
 #: The library below evaluation, the demo and the command line.
 LIBRARY = (
+    "diffuseg._lazy",
     "diffuseg.backbone",
     "diffuseg.datasets",
     "diffuseg.devices",
@@ -50,6 +51,7 @@ ABOVE_LIBRARY = ("diffuseg.eval", "diffuseg.demo", "diffuseg.commands")
 LAYERS = (
     (
         "diffuseg._version",
+        "diffuseg._lazy",
         "diffuseg.settings",
         "diffuseg.ops",
         "diffuseg.imageio",

@@ -8,8 +8,9 @@ imported on first use (PEP 562), so reading a config or the catalog loads no mod
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .registry import METHODS, get_method, list_methods
@@ -27,13 +28,4 @@ _EXPORTS = {
 __all__ = ["KINDS", "METHODS", "MethodSpec", "get_method", "list_methods"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'diffuseg.methods' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
