@@ -40,7 +40,9 @@ def _check_flags(args: argparse.Namespace) -> None:
             f"--suite {args.suite} sets {', '.join(given)} per benchmark itself; leave "
             f"{'it' if len(given) == 1 else 'them'} out."
         )
-    if "," in str(args.method):
+    from ._method_options import parse_methods
+
+    if len(parse_methods(args.method)) > 1:
         raise ValueError(f"--suite runs one method at a time; --method {args.method} names several.")
     if not args.root:
         raise ValueError(f"--suite {args.suite} needs --root, the folder holding the datasets' folders.")
