@@ -102,6 +102,72 @@ def tiny_scheduler() -> Any:
     return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
 
 
+def _mmdit_clip(tokenizer, with_projection: bool) -> Any:
+    import transformers
+
+    config = transformers.CLIPTextConfig(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+        vocab_size=len(tokenizer), projection_dim=16, max_position_embeddings=16,
+    )  # fmt: skip
+    cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
+    return cls(config)
+
+
+def _mmdit_t5(tokenizer) -> Any:
+    import transformers
+
+    config = transformers.T5Config(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, vocab_size=len(tokenizer))
+    return transformers.T5EncoderModel(config)
+
+
+def tiny_sd3_pipe(tokenizer, sd35: bool, t5_tokenizer) -> Any:
+    """A seeded tiny StableDiffusion3Pipeline for 32 px inputs (VAE factor 2, patch 2: 8x8 tokens);
+    `sd35`: dual attention in block 0 and RMS q/k norms, as SD3.5."""
+    import diffusers
+
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=TINY_IMAGE_SIZE // 2, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32,
+        out_channels=4, pos_embed_max_size=32, dual_attention_layers=(0,) if sd35 else (),
+        qk_norm="rms_norm" if sd35 else None,
+    )  # fmt: skip
+    return diffusers.StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(),
+        text_encoder=_mmdit_clip(tokenizer, True), tokenizer=tokenizer, text_encoder_2=_mmdit_clip(tokenizer, True),
+        tokenizer_2=tokenizer, text_encoder_3=_mmdit_t5(tokenizer), tokenizer_3=t5_tokenizer,
+    )  # fmt: skip
+
+
+def tiny_flux_pipe(tokenizer, t5_tokenizer) -> Any:
+    """A seeded tiny FluxPipeline (2 double + 2 single blocks, guidance-distilled like FLUX.1-dev)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+    )  # fmt: skip
+    return diffusers.FluxPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(),
+        text_encoder=_mmdit_clip(tokenizer, False), tokenizer=tokenizer, text_encoder_2=_mmdit_t5(tokenizer),
+        tokenizer_2=t5_tokenizer, transformer=transformer,
+    )  # fmt: skip
+
+
+def tiny_mmdit_pipelines(root) -> dict[str, Any]:
+    """family ("sd3", "sd35", "flux") -> a tiny pipeline; the tokenizer files go to ``root / "tok"``."""
+    (root / "tok").mkdir()
+    tokenizer = make_tokenizer(root / "tok")
+    # the T5 role: the same letters, 512 long as real T5 tokenizers (the pipelines' 256 / 512 apply)
+    t5 = type(tokenizer).from_pretrained(str(root / "tok"), model_max_length=512)
+    return {
+        "sd3": tiny_sd3_pipe(tokenizer, False, t5),
+        "sd35": tiny_sd3_pipe(tokenizer, True, t5),
+        "flux": tiny_flux_pipe(tokenizer, t5),
+    }
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module: tiny models are dominated by thread start-up, so one

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_vae
+from conftest import tiny_mmdit_pipelines
 
 from diffuseg.backbone.joint_attention import JointRequest
 from diffuseg.backbone.mmdit import MMDiTBackbone, mmdit_family
@@ -19,59 +19,11 @@ pytest.importorskip("diffusers.models.transformers.transformer_flux").FluxAttnPr
 SIZE = 32  # input pixels: VAE factor 2 -> 16x16 latents -> 8x8 tokens (patch 2)
 
 
-def _clip(tokenizer, with_projection: bool) -> torch.nn.Module:
-    config = transformers.CLIPTextConfig(
-        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
-        vocab_size=len(tokenizer), projection_dim=16, max_position_embeddings=16,
-    )  # fmt: skip
-    cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
-    return cls(config)
-
-
-def _t5(tokenizer) -> torch.nn.Module:
-    config = transformers.T5Config(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, vocab_size=len(tokenizer))
-    return transformers.T5EncoderModel(config)
-
-
-def _sd3_pipe(tokenizer, sd35: bool, t5_tokenizer) -> object:
-    torch.manual_seed(0)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=SIZE // 2, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=32, out_channels=4,
-        pos_embed_max_size=32, dual_attention_layers=(0,) if sd35 else (), qk_norm="rms_norm" if sd35 else None,
-    )  # fmt: skip
-    return diffusers.StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(),
-        text_encoder=_clip(tokenizer, True), tokenizer=tokenizer, text_encoder_2=_clip(tokenizer, True),
-        tokenizer_2=tokenizer, text_encoder_3=_t5(tokenizer), tokenizer_3=t5_tokenizer,
-    )  # fmt: skip
-
-
-def _flux_pipe(tokenizer, t5_tokenizer) -> object:
-    torch.manual_seed(0)
-    transformer = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
-    )  # fmt: skip
-    return diffusers.FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=_clip(tokenizer, False),
-        tokenizer=tokenizer, text_encoder_2=_t5(tokenizer), tokenizer_2=t5_tokenizer, transformer=transformer,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def pipeline_dirs(tmp_path_factory):
     """family -> a saved tiny pipeline folder."""
     root = tmp_path_factory.mktemp("mmdit")
-    (root / "tok").mkdir()
-    tokenizer = make_tokenizer(root / "tok")
-    # the T5 role: the same letters, 512 long as real T5 tokenizers (the pipelines' 256 / 512 apply)
-    t5 = type(tokenizer).from_pretrained(str(root / "tok"), model_max_length=512)
-    pipes = {
-        "sd3": _sd3_pipe(tokenizer, False, t5),
-        "sd35": _sd3_pipe(tokenizer, True, t5),
-        "flux": _flux_pipe(tokenizer, t5),
-    }
+    pipes = tiny_mmdit_pipelines(root)
     for family, pipe in pipes.items():
         pipe.save_pretrained(root / family)
     return {family: root / family for family in pipes}

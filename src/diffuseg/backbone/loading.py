@@ -24,7 +24,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-_HUB_PATTERNS = [
+#: The files of a hub model that loading it needs.
+HUB_PATTERNS = [
     "model_index.json",
     "unet/*.json",
     "unet/*.safetensors",
@@ -66,11 +67,12 @@ def _missing_model_message(model: str, reason: str) -> str:
     )
 
 
-def resolve_model(model: str, local_files_only: bool | None = None) -> Path:
+def resolve_model(model: str, local_files_only: bool | None = None, *, patterns: list[str] | None = None) -> Path:
     """Turn `model` into a local path: a folder (diffusers layout) or a single weights file.
 
     Order: ``"toy"``; an existing local path; the local Hugging Face cache; a download (unless
-    `local_files_only` or ``HF_HUB_OFFLINE=1``).
+    `local_files_only` or ``HF_HUB_OFFLINE=1``) of the files matching `patterns` (default: the
+    configs, tokenizers and ``.safetensors`` weights of every pipeline component).
 
     Raises:
         ModelNotFoundError: with instructions on how to pass `--model`.
@@ -93,8 +95,9 @@ def resolve_model(model: str, local_files_only: bool | None = None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - huggingface_hub ships with diffusers
         raise ModelNotFoundError(_missing_model_message(model, str(e))) from e
+    patterns = HUB_PATTERNS if patterns is None else patterns
     try:
-        return Path(snapshot_download(model, local_files_only=True, allow_patterns=_HUB_PATTERNS))
+        return Path(snapshot_download(model, local_files_only=True, allow_patterns=patterns))
     except Exception as cache_error:  # noqa: BLE001 - any cache miss means "try the network"
         offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True")
         if offline:
@@ -103,7 +106,7 @@ def resolve_model(model: str, local_files_only: bool | None = None) -> Path:
             ) from cache_error
     try:
         logger.info("downloading %s from the Hugging Face Hub", model)
-        return Path(snapshot_download(model, allow_patterns=_HUB_PATTERNS))
+        return Path(snapshot_download(model, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001
         raise ModelNotFoundError(
             _missing_model_message(model, f"not cached locally and the download failed ({type(e).__name__}).")

@@ -47,6 +47,7 @@ __all__ = [
     "TOY_FAMILY",
     "FLUX_GUIDANCE",
     "TextPart",
+    "check_pipeline_folder",
     "mmdit_family",
     "pipeline_class",
 ]
@@ -69,6 +70,26 @@ def pipeline_class(folder: str | Path) -> str | None:
         return str(json.loads((Path(folder) / "model_index.json").read_text())["_class_name"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def check_pipeline_folder(folder: str | Path, drop_t5: bool = False) -> str:
+    """The pipeline class of `folder`, checked to be one of `MMDIT_FAMILIES` (and, with
+    `drop_t5`, an SD3 one).
+
+    Raises:
+        ValueError: naming `folder`, if it holds no supported pipeline; naming `drop_t5` for a
+            FLUX pipeline (its only prompt encoder is T5).
+    """
+    found = pipeline_class(folder)
+    if found is None:
+        raise ValueError(f"`folder` {folder} is not a diffusers pipeline folder (no readable model_index.json).")
+    if found not in MMDIT_FAMILIES:
+        raise ValueError(
+            f"`folder` {folder} holds a {found}; diffusion transformers supported: {', '.join(MMDIT_FAMILIES)}."
+        )
+    if drop_t5 and found != "StableDiffusion3Pipeline":
+        raise ValueError(f"`drop_t5` applies to SD3 pipelines; {folder} holds a {found}.")
+    return found
 
 
 def mmdit_family(transformer: Any) -> str:
@@ -118,7 +139,12 @@ class MMDiTBackbone:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, torch_dtype: torch.dtype | None = None, drop_t5: bool = False
+        cls,
+        folder: str | Path,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        drop_t5: bool = False,
+        transformer: Any | None = None,
     ) -> MMDiTBackbone:
         """Load a diffusers SD3 or FLUX pipeline folder.
 
@@ -127,6 +153,12 @@ class MMDiTBackbone:
             torch_dtype: weight dtype (default float32).
             drop_t5: SD3 only: leave the T5 encoder out (its text tokens become zeros, as the
                 pipeline does without it), saving its memory (about 9 GB in fp16 for SD3).
+            transformer: a transformer already loaded (e.g. from a single file,
+                `single_file_mmdit`), used instead of the folder's; the folder then needs only
+                ``transformer/config.json``, no transformer weights.
+
+        Returns:
+            The backbone over the loaded pipeline, named after `folder`.
 
         Raises:
             ValueError: naming `folder`, if it holds no supported pipeline; naming `drop_t5`
@@ -134,18 +166,12 @@ class MMDiTBackbone:
         """
         import diffusers
 
-        found = pipeline_class(folder)
-        if found is None:
-            raise ValueError(f"`folder` {folder} is not a diffusers pipeline folder (no readable model_index.json).")
-        if found not in MMDIT_FAMILIES:
-            raise ValueError(
-                f"`folder` {folder} holds a {found}; diffusion transformers supported: {', '.join(MMDIT_FAMILIES)}."
-            )
+        found = check_pipeline_folder(folder, drop_t5)
         extra: dict[str, Any] = {}
         if drop_t5:
-            if found != "StableDiffusion3Pipeline":
-                raise ValueError(f"`drop_t5` applies to SD3 pipelines; {folder} holds a {found}.")
             extra = {"text_encoder_3": None}  # the tokenizer stays: it says how many zero tokens
+        if transformer is not None:
+            extra["transformer"] = transformer
         if torch_dtype is not None:  # as stored (usually float32) otherwise, as `loading.load_folder`
             extra["torch_dtype"] = torch_dtype
         pipe = getattr(diffusers, found).from_pretrained(str(folder), **extra)

@@ -1,21 +1,33 @@
-"""Loading an original-format (LDM / CompVis / A1111) single-file checkpoint with diffusers."""
+"""Loading an original-format (LDM / CompVis / A1111) single-file checkpoint with diffusers.
+
+Also what every single-file loader shares: `read_checkpoint` (a file's state dict, read lazily,
+with one teaching error for an unreadable or truncated file), `transformer_pipeline` (which
+diffusion-transformer family an original-layout file holds; those load through
+`single_file_mmdit`) and `meta_parameters` (weights diffusers left unloaded).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .loading import ModelNotFoundError, NotADiffusionModelError
 
-__all__ = ["load_single_file"]
+__all__ = ["load_single_file", "read_checkpoint", "transformer_pipeline", "meta_parameters", "TRANSFORMER_BLOCKS"]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: Original-layout diffusion-transformer files: the block prefix (after an optional
+#: ``model.diffusion_model.``) that marks a family -> the diffusers pipeline class of that family.
+TRANSFORMER_BLOCKS = {"joint_blocks.": "StableDiffusion3Pipeline", "double_blocks.": "FluxPipeline"}
+_PREFIX = "model.diffusion_model."
 
 _HOW_TO_CONFIG = (
     "Pass `config` naming the diffusers model this checkpoint was made from: a local "
@@ -105,12 +117,29 @@ def _keys_and_inferred(state: Mapping, config: str | None) -> tuple[set[str], st
 
 def _read_keys(path: Path, config: str | None) -> tuple[set[str], str | None]:
     """1. Read the keys (cheaply: safetensors lazily, zip-format .ckpt memory-mapped)."""
+    return read_checkpoint(path, lambda state: _keys_and_inferred(state, config))
+
+
+def read_checkpoint(path: Path, peek: Callable[[Mapping[str, torch.Tensor]], _T]) -> _T:
+    """What `peek` makes of the state dict in a ``.safetensors`` / ``.ckpt`` file, read cheaply.
+
+    A ``.safetensors`` file is opened lazily (a tensor is read only when `peek` looks it up), a
+    zip-format ``.ckpt`` memory-mapped with ``weights_only=True``; a ``state_dict`` entry is
+    unwrapped.
+
+    Returns:
+        `peek`'s result (e.g. ``set`` for the keys).
+
+    Raises:
+        NotADiffusionModelError: naming `path`, if it is unreadable, truncated, not a checkpoint
+            or not a state dict.
+    """
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                return _keys_and_inferred(_LazySafetensors(f), config)
+                return peek(_LazySafetensors(f))
         import zipfile
 
         state: Any = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
@@ -118,9 +147,9 @@ def _read_keys(path: Path, config: str | None) -> tuple[set[str], str | None]:
             state = state["state_dict"]
         if not isinstance(state, Mapping):
             raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
-        keys, inferred = _keys_and_inferred(state, config)
+        result = peek(state)
         del state
-        return keys, inferred
+        return result
     except Exception as e:  # noqa: BLE001
         kind = "safetensors" if path.suffix.lower() == ".safetensors" else "PyTorch"
         first_line = (str(e).strip().splitlines() or [""])[0]
@@ -132,8 +161,27 @@ def _read_keys(path: Path, config: str | None) -> tuple[set[str], str | None]:
         )
         raise NotADiffusionModelError(
             f"{path} is not a readable {kind} checkpoint ({type(e).__name__}: {first_line}).{extra} Pass an "
-            "intact original-format Stable Diffusion .safetensors/.ckpt file, or a diffusers folder."
+            "intact original-format .safetensors/.ckpt checkpoint (Stable Diffusion, SD3, FLUX.1), or a "
+            "diffusers folder."
         ) from e
+
+
+def transformer_pipeline(keys: Iterable[str]) -> str | None:
+    """The diffusers pipeline class (`TRANSFORMER_BLOCKS`) of the diffusion transformer whose
+    original-layout weights `keys` hold (``joint_blocks.*``: SD3 / SD3.5, ``double_blocks.*``:
+    FLUX.1, with or without the ``model.diffusion_model.`` prefix), or None."""
+    for key in keys:
+        key = key.removeprefix(_PREFIX)
+        for block, pipeline in TRANSFORMER_BLOCKS.items():
+            if key.startswith(block):
+                return pipeline
+    return None
+
+
+def meta_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of `module`'s parameters still on the meta device: the weights diffusers found no
+    tensor for (it leaves them so without complaint)."""
+    return [name for name, tensor in module.named_parameters() if tensor.is_meta]
 
 
 def _check_layout(path: Path, keys: set[str]) -> bool:
@@ -144,6 +192,13 @@ def _check_layout(path: Path, keys: set[str]) -> bool:
         return any(k.startswith(prefixes) for k in keys)
 
     if "model.diffusion_model.input_blocks.0.0.weight" not in keys:
+        pipeline = transformer_pipeline(keys)
+        if pipeline is not None:
+            raise NotADiffusionModelError(
+                f"{path} holds a diffusion transformer (the one of a {pipeline}), not a Stable Diffusion "
+                f"UNet: load it with `diffuseg.backbone.load_backbone(model, config=FOLDER)`, FOLDER a diffusers "
+                f"{pipeline} folder for the VAE and text encoders (--model-config on the command line)."
+            )
         sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
         raise NotADiffusionModelError(
             f"{path} is not an original-format Stable Diffusion 1.x/2.x/SDXL checkpoint: it has no UNet "
@@ -243,7 +298,7 @@ def _components(pipe: Any, path: Path, config_ref: str) -> dict[str, Any]:
     # diffusers leaves parameters it found no tensor for on the meta device (text encoders silently).
     for name, module in parts.items():
         if isinstance(module, torch.nn.Module):
-            empty = [p for p, t in module.named_parameters() if t.is_meta]
+            empty = meta_parameters(module)
             if empty:
                 raise NotADiffusionModelError(
                     f"{path} lacks {len(empty)} {name} weight(s) that the configs from {config_ref} require "

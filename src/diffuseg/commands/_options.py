@@ -112,7 +112,8 @@ def add_model_options(
     g.add_argument(
         "--model-config",
         default=None,
-        help="for single-file checkpoints: a diffusers folder/hub id with the matching configs",
+        help="for single-file checkpoints: a diffusers folder/hub id with the matching configs; for an SD3/SD3.5/"
+        "FLUX.1 transformer file, the model's StableDiffusion3Pipeline/FluxPipeline folder (VAE, text encoders)",
     )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default cpu)")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weights dtype (default float32)")
