@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from diffuseg.ops.kway_ncut import kway_ncut_affinity  # noqa: E402
 from diffuseg.ops.ncut import affinity_matrix, recursive_ncut_affinity  # noqa: E402
 
 
@@ -141,7 +142,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return median(times), out
 
 
-def run_case(affinity: torch.Tensor, tau: float, repeats: int, with_published: bool) -> dict:
+def run_case(affinity: torch.Tensor, tau: float, repeats: int, with_published: bool, kway: bool = False) -> dict:
     t_auto, auto = timed(lambda: recursive_ncut_affinity(affinity, tau), repeats)
     t_dense, dense = timed(lambda: recursive_ncut_affinity(affinity, tau, eigensolver="dense"), repeats)
     again = recursive_ncut_affinity(affinity, tau)
@@ -154,6 +155,9 @@ def run_case(affinity: torch.Tensor, tau: float, repeats: int, with_published: b
     }
     if with_published:
         row["published"], _ = timed(lambda: published_recursive_ncut(affinity, tau), max(1, repeats // 2))
+    if kway:
+        row["kway"], labels = timed(lambda: kway_ncut_affinity(affinity), repeats)
+        row["kway_segments"] = int(labels.max()) + 1
     return row
 
 
@@ -163,26 +167,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sides", default="32,48,64", help="grid sides (32 = the 8 acceptance cases)")
     parser.add_argument("--noisy", action="store_true", help="also 60 noisier 32x32 cases, labels only")
+    parser.add_argument(
+        "--kway", action="store_true", help="also time the K-way solver (eigengap K) on the same affinities"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), alpha 10, C = 128, tau 0.5")
     for side in (int(s) for s in args.sides.split(",")):
         cases = range(8) if side == 32 else range(2)
-        speedups, dense_speedups = [], []
+        speedups, dense_speedups, kway_speedups = [], [], []
         for case in cases:
             feats = clustered_features(side, k=3 + case % 6, noise=0.5, seed=case)
             affinity = affinity_matrix(feats.reshape(feats.shape[0], -1), 10.0)
-            row = run_case(affinity, 0.5, args.repeats if side == 32 else 1, with_published=True)
+            row = run_case(affinity, 0.5, args.repeats if side == 32 else 1, with_published=True, kway=args.kway)
             speedups.append(row["published"] / row["auto"])
+            if args.kway:
+                kway_speedups.append(row["published"] / row["kway"])
             dense_speedups.append(row["published"] / row["dense"])
             print(
                 f"N={side * side:5d} case {case}: published {row['published']:7.3f} s  dense {row['dense']:7.3f} s  "
                 f"auto {row['auto']:7.3f} s  speedup {speedups[-1]:6.1f}x (dense {dense_speedups[-1]:4.1f}x)  "
                 f"segments {row['segments']:3d}  ARI(auto, dense) {row['ari']:.3f}  repeat identical {row['repeat']}"
+                + (f"  kway {row['kway']:7.3f} s ({row['kway_segments']} segments)" if args.kway else "")
             )
         print(
             f"N={side * side:5d}: median speedup over published {median(speedups):.1f}x "
             f"(dense solver {median(dense_speedups):.1f}x){'   target >= 10x' if side == 32 else ''}"
+            + (f"; K-way solver {median(kway_speedups):.1f}x" if args.kway else "")
         )
     if args.noisy:
         bad = 0

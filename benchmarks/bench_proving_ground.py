@@ -92,10 +92,11 @@ EXTRA_ROWS = (
         {"classes": "gt-labels", "matching": "none"},
     ),
     ("diffcut, K-way solver", "diffcut", {"solver": "kway"}, {}),
+    ("diffcut, PAMR 30 iterations (the demo notebook's)", "diffcut", {"pamr_iterations": 30}, {}),
     (
-        "diffcut, K-way solver, 256 px, alpha 20",
+        "diffcut, K-way solver, alpha 60, PAMR 30 iterations",
         "diffcut",
-        {"solver": "kway", "image_size": 256, "alpha": 20.0},
+        {"solver": "kway", "alpha": 60.0, "pamr_iterations": 30},
         {},
     ),
     ("maskdiffusion, all 11 classes", "maskdiffusion", {}, {"classes": "all"}),
