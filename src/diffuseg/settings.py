@@ -12,12 +12,14 @@ from typing import Any
 
 __all__ = [
     "LATENT_MODES",
+    "TEXT_ENCODERS",
     "VOTINGS",
     "SEED_LIMIT",
     "SEG4DIFF_KL_THRESHOLD",
     "check_timestep",
     "check_positive",
     "check_layers",
+    "check_text_encoders",
     "check_caption",
     "check_seed",
     "check_choice",
@@ -27,6 +29,9 @@ __all__ = [
 
 #: How the VAE posterior becomes the latent: its mean or a sample.
 LATENT_MODES = ("mean", "sample")
+#: The parts of a diffusion transformer's text axis a method may read class tokens in
+#: (`diffuseg.backbone.mmdit_text.TextPart.encoder`): SD3's CLIP tokens, its (and FLUX's) T5 tokens.
+TEXT_ENCODERS = ("clip", "t5")
 #: How a segment picks its class from per-pixel class scores (`diffuseg.ops.votes`).
 VOTINGS = ("mean", "majority")
 #: Seeds are ints in [0, SEED_LIMIT): what `torch.Generator.manual_seed` takes, without the
@@ -91,6 +96,26 @@ def check_layers(value: Any, name: str = "layers") -> tuple[int, ...] | None:
     if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
         raise ValueError(f"`{name}` must be None or layer indices (ints, e.g. (2, 3)), got {value!r}.")
     return values
+
+
+def check_text_encoders(value: Any, name: str = "text_encoders") -> tuple[str, ...] | None:
+    """Validate a choice of text parts: None (the model's first part), one of `TEXT_ENCODERS`
+    or a non-empty sequence of them. Returns None or a tuple without repeats; whether the model's
+    prompts have those parts is checked when the method reads them.
+
+    Raises:
+        ValueError: naming `name`, the value and the allowed values.
+    """
+    if value is None:
+        return None
+    values = (value,) if isinstance(value, str) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = ()
+    if not values or any(v not in TEXT_ENCODERS for v in values):
+        raise ValueError(f"`{name}` must be None or a non-empty tuple of {TEXT_ENCODERS}, got {value!r}.")
+    return tuple(dict.fromkeys(values))
 
 
 def check_caption(caption: Any) -> str | None:

@@ -136,6 +136,11 @@ class Features:
         tokens: per prompt, the T token strings (the tokenizer's own spelling).
         tokenizer: the tokenizer that produced `token_ids` (methods find class-name token spans
             with it, `diffuseg.labeling.spans`), or None.
+        text_parts: per row, the parts of its prompt's text axis T in column order, each with
+            ``encoder`` ("clip" / "t5"), ``offset`` (its first column of T), ``token_ids`` and
+            ``tokenizer`` (`diffuseg.backbone.mmdit_text.TextPart`): a diffusion transformer's
+            (SD3: the CLIP tokens at offset 0, then the T5 tokens unless T5 was dropped; FLUX:
+            the T5 tokens). Empty for a UNet, whose text axis is `token_ids` alone.
         latent_size: (h, w) of the VAE latent.
         timestep: the UNet timestep of the pass.
         normalization: how attention was normalised ("softmax", "none" or "log"; see
@@ -159,6 +164,7 @@ class Features:
     token_ids: torch.Tensor | None = None
     tokens: list[list[str]] = field(default_factory=list)
     tokenizer: Any = None
+    text_parts: list[tuple[Any, ...]] = field(default_factory=list)
     latent_size: tuple[int, int] = (0, 0)
     timestep: int = 0
     normalization: str = "softmax"
@@ -240,6 +246,7 @@ class Features:
             token_ids=None if self.token_ids is None else self.token_ids[sl],
             tokens=self.tokens[sl],
             tokenizer=self.tokenizer,
+            text_parts=self.text_parts[sl],
             latent_size=self.latent_size,
             timestep=self.timestep,
             normalization=self.normalization,

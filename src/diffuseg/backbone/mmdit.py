@@ -416,7 +416,8 @@ class MMDiTBackbone:
         Returns:
             `Features` with B * P rows: per layer ``self_attention`` (rows, N, N) and
             ``cross_attention`` (rows, N, T), float32, on the (h, w) token grid
-            (``layer_sizes``); ``hidden_states[block]`` the block's image tokens (rows, C, h, w).
+            (``layer_sizes``); ``hidden_states[block]`` the block's image tokens (rows, C, h, w);
+            ``text_parts`` each row's `text_parts` (the columns of T by encoder).
         """
         self.check_timestep(timestep)
         pixels, metas = model_input(images, lambda b: self.preprocess(b, image_size, resize_mode), self.size_multiple)
@@ -433,7 +434,7 @@ class MMDiTBackbone:
         features = Features(
             images=pixels, prompts=prompt_list, latent_size=(int(latents.shape[-2]), int(latents.shape[-1])),
             timestep=timestep, meta=metas, tokenizer=self.prompt_tokenizer, token_ids=prompt.token_ids,
-            tokens=prompt.tokens, layer_map=self.layer_map,
+            tokens=prompt.tokens, layer_map=self.layer_map, text_parts=[tuple(self.text_parts(p)) for p in prompt_list],
             normalization=joint.text_normalization if joint is not None else "softmax",
         )  # fmt: skip
         with contextlib.ExitStack() as stack:

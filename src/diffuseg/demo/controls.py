@@ -20,9 +20,9 @@ from ..methods import MethodSpec
 
 __all__ = ["Control", "CONTROL_KINDS", "method_controls", "pass_fields", "settings_overrides"]
 
-#: How a control is shown: a checkbox (bool), a dropdown (a field with ``choices``), a number
-#: (a required int / float) or a text box (tuples as "v,v,v"; optional fields, where "none"
-#: is allowed; strings).
+#: How a control is shown: a checkbox (bool), a dropdown (a one-value field with ``choices``), a
+#: number (a required int / float) or a text box (tuples as "v,v,v", their ``choices`` checked by
+#: the config; optional fields, where "none" is allowed; strings).
 CONTROL_KINDS = ("checkbox", "dropdown", "number", "text")
 
 
@@ -84,7 +84,7 @@ def _control(spec: MethodSpec, f: dataclasses.Field, value: Any, doc: str) -> Co
     choices = f.metadata.get("choices")
     if kind == "bool":
         return Control(spec.name, f.name, "checkbox", bool(value), doc)
-    if choices:
+    if choices and kind != "tuple":
         return Control(spec.name, f.name, "dropdown", value, doc, tuple(choices))
     optional = value is None or "None" in str(f.type)
     if kind == "scalar" and elem in (int, float) and not optional:

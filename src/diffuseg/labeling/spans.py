@@ -30,6 +30,8 @@ __all__ = [
     "joined_prompt",
     "name_ids",
     "part_columns",
+    "prompt_budget",
+    "text_columns",
     "token_budget",
     "token_spans",
 ]
@@ -187,6 +189,78 @@ def part_columns(
     return columns
 
 
+def _chosen_parts(parts: Sequence[Any], encoders: Sequence[str]) -> list[Any]:
+    """The parts whose encoder is in `encoders`.
+
+    Raises:
+        ValueError: naming `text_encoders`, its value and the parts the prompts have, if one of
+            `encoders` is not among `parts`.
+    """
+    have = [p.encoder for p in parts]
+    if any(e not in have for e in encoders):
+        raise ValueError(
+            f"`text_encoders` {tuple(encoders)} asks for text this model's prompts do not have: their text "
+            f"parts are {have or 'none'} (FLUX has only T5 tokens, SD3 loaded with `drop_t5` only CLIP "
+            "tokens, a UNet no parts to choose from); leave `text_encoders` None for the model's first part."
+        )
+    return [p for p in parts if p.encoder in encoders]
+
+
+def prompt_budget(backbone: Any, encoders: Sequence[str] | None = None) -> tuple[Any, int]:
+    """The tokenizer a method writes its prompts with and their token budget.
+
+    Args:
+        backbone: the model; with `encoders`, a diffusion transformer (``text_parts(prompt)``).
+        encoders: None: the backbone's ``prompt_tokenizer`` and its `token_budget` (the text
+            axis's first part). Otherwise the parts the method reads class tokens in: the
+            tokenizer of the longest of them and its columns less 2 (BOS / EOS), so a prompt
+            longer than SD3's CLIP tokens keeps its class names in the T5 part.
+
+    Raises:
+        ValueError: naming `text_encoders`, if the model's prompts lack one of `encoders`.
+    """
+    if encoders is None:
+        return backbone.prompt_tokenizer, token_budget(backbone.prompt_tokenizer)
+    layout = getattr(backbone, "text_parts", None)
+    parts = layout("") if callable(layout) else []
+    longest = max(_chosen_parts(parts, encoders), key=lambda p: len(p.token_ids))
+    return longest.tokenizer, len(longest.token_ids) - 2
+
+
+def text_columns(
+    features: Any, row: int, names: Sequence[str], encoders: Sequence[str] | None = None
+) -> list[list[int]]:
+    """Per name, the columns of row `row`'s image->text maps (the T axis) its tokens take.
+
+    Args:
+        features: `diffuseg.backbone.features.Features` (``tokenizer``, ``token_ids`` and, for
+            `encoders`, ``text_parts``).
+        row: the prompt row.
+        names: the class names (and synonyms) to find.
+        encoders: None: the text axis's first part (SD3: CLIP; FLUX: T5; a UNet's only
+            text), `token_spans` over ``features.token_ids[row]``. Otherwise every occurrence in
+            each part of ``features.text_parts[row]`` whose encoder is in `encoders`
+            (`part_columns`): a name's columns from several parts are averaged like its tokens.
+
+    Raises:
+        ValueError: if a name occurs in none of the parts read (the prompt may have been cut at
+            a part's length); naming `text_encoders` if the row lacks one of `encoders`.
+    """
+    if encoders is None:
+        return token_spans(features.tokenizer, features.token_ids[row].tolist(), names)
+    parts = features.text_parts[row] if row < len(features.text_parts) else ()
+    chosen = _chosen_parts(parts, encoders)
+    columns = part_columns(chosen, names, encoders)
+    missing = [n for n, cols in zip(names, columns, strict=True) if not cols]
+    if missing:
+        lengths = ", ".join(f"{p.encoder} {len(p.token_ids)}" for p in chosen)
+        raise ValueError(
+            f"class names {missing} do not occur in the prompt's tokens of `text_encoders` {tuple(encoders)}; "
+            f"the prompt may have been cut at those parts' lengths ({lengths} tokens)."
+        )
+    return columns
+
+
 def check_template(template: str) -> str:
     """Validate a prompt template: a string holding ``{class}`` exactly once. Returns it.
 
@@ -229,16 +303,23 @@ def _cut(tokenizer: Any, text: str, keep: int) -> str:
         return tokenizer.decode(_ids(tokenizer, text)[:keep]).strip()
 
 
-def class_prompt(tokenizer: Any, template: str, name: str, caption: str | None = None, joiner: str = ", ") -> str:
+def class_prompt(
+    tokenizer: Any,
+    template: str,
+    name: str,
+    caption: str | None = None,
+    joiner: str = ", ",
+    budget: int | None = None,
+) -> str:
     """The prompt for one class: `template` filled with `name`, then ``joiner + caption``.
 
-    A caption that makes the prompt exceed `token_budget` is cut to the tokens that fit (a
-    warning is logged); dropped entirely if none fit.
+    A caption that makes the prompt exceed the budget (`budget`, None = `token_budget`) is cut
+    to the tokens that fit (a warning is logged); dropped entirely if none fit.
 
     Raises:
         ValueError: if the filled template alone exceeds the budget, or `template` is invalid.
     """
-    budget = token_budget(tokenizer)
+    budget = token_budget(tokenizer) if budget is None else budget
     filled = fill_template(template, name)
     n_fixed = len(_ids(tokenizer, filled))
     if n_fixed > budget:
@@ -269,18 +350,20 @@ def class_prompt(tokenizer: Any, template: str, name: str, caption: str | None =
     return filled + joiner + cut if cut else filled
 
 
-def joined_prompt(tokenizer: Any, template: str, names: Sequence[str], joiner: str = " and ") -> str:
+def joined_prompt(
+    tokenizer: Any, template: str, names: Sequence[str], joiner: str = " and ", budget: int | None = None
+) -> str:
     """One prompt for all classes: `template` filled with ``joiner.join(names)``
     (MaskDiffusion's prompt).
 
     Raises:
-        ValueError: if `names` is empty, or the prompt exceeds `token_budget` (saying how many
-            of the classes, in order, fit).
+        ValueError: if `names` is empty, or the prompt exceeds the budget (`budget`, None =
+            `token_budget`; saying how many of the classes, in order, fit).
     """
     check_template(template)
     if isinstance(names, str) or not names:
         raise ValueError(f"`names` must be a non-empty sequence of class names, got {names!r}.")
-    budget = token_budget(tokenizer)
+    budget = token_budget(tokenizer) if budget is None else budget
     prompt = fill_template(template, joiner.join(names))
     if len(_ids(tokenizer, prompt)) <= budget:
         return prompt

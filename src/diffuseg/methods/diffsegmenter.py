@@ -26,6 +26,11 @@ Where this differs from the published code, on purpose:
   emphasises the last word of the name only.
 * **Seeded**: noise and the VAE posterior sample come from the caller's generator (the
   reference draws unseeded noise, l.453).
+* **Which text**: on a diffusion transformer the class tokens are read in the first part of
+  the text axis by default (SD3: its CLIP tokens; FLUX: T5); `text_encoders` ("t5", or
+  ("clip", "t5"), a name's columns in both averaged) reads SD3's T5 tokens, its prompt fitted to
+  the T5 part's length (`labeling.spans.prompt_budget`, `text_columns`). The reference has a
+  UNet and one CLIP encoder.
 * **Synonyms** (``"tv|monitor"``) get one prompt each; a class's score is their maximum.
 * **Whole image**: the image keeps its aspect ratio (the reference squashes it to 512 x 512).
 * **Fixed background score** (`background_score`, reported with every number) instead of the
@@ -46,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone.features import FeatureRequest, Features
-from ..labeling.spans import class_prompt, token_spans
+from ..labeling.spans import class_prompt, present_spans, prompt_budget, text_columns, token_spans
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.crossattention import diffsegmenter_scores, minmax, span_maps
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
@@ -74,10 +79,10 @@ def class_rows(query: Query) -> list[tuple[int, str]]:
     return name_rows(query.classes)
 
 
-def _tokenizer(backbone: Backbone | None) -> Any:
+def _check_backbone(backbone: Backbone | None) -> Backbone:
     if backbone is None:
         raise ValueError("DiffSegmenter plans its prompts with the backbone's tokenizer; got `backbone=None`.")
-    return backbone.prompt_tokenizer
+    return backbone
 
 
 def _request(config: DiffSegmenterConfig, backbone: Backbone) -> FeatureRequest:
@@ -111,16 +116,20 @@ def plan(
             "`classes` must name at least one class other than 'background' for DiffSegmenter "
             f"(got {query.class_names or 'none'}); e.g. classes='cat,sofa,window'."
         )
-    tokenizer = _tokenizer(backbone)
+    backbone = _check_backbone(backbone)
+    # the prompts fit the parts read (`text_encoders`); the emphasis weighs the first part's tokens
+    writer, budget = prompt_budget(backbone, config.text_encoders)
     caption = query.caption if config.use_caption and query.caption else None
     prompts, weights = [], []
-    prompts_in = [class_prompt(tokenizer, config.template, name, caption) for _, name in rows]
+    prompts_in = [class_prompt(writer, config.template, name, caption, budget=budget) for _, name in rows]
     captioner = (resources or {}).get("captioner") if config.use_caption and caption is None else None
     if captioner is not None and query.image is not None:
-        prompts_in = _captioned(captioner, query.image, prompts_in, tokenizer)
+        prompts_in = _captioned(captioner, query.image, prompts_in, writer, budget)
+    tokenizer = backbone.prompt_tokenizer
+    spans = token_spans if config.text_encoders is None else present_spans  # T5 may hold a name CLIP cut
     for (_, name), prompt in zip(rows, prompts_in, strict=True):
         ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
-        (positions,) = token_spans(tokenizer, ids, [name])
+        (positions,) = spans(tokenizer, ids, [name])
         prompts.append(prompt)
         weights.append(tuple((p, config.emphasis) for p in positions) if config.emphasis != 1.0 else ())
     request = _request(config, backbone)
@@ -136,18 +145,16 @@ def plan(
     )
 
 
-def _captioned(captioner: Any, image: Any, prefixes: list[str], tokenizer: Any) -> list[str]:
+def _captioned(captioner: Any, image: Any, prefixes: list[str], tokenizer: Any, budget: int) -> list[str]:
     """The captioner's continuation of each prefix for `image` (a caption must start with its
-    prefix, as BLIP's conditional captions do; otherwise it is appended after ", "), cut to the
-    text encoder's budget."""
+    prefix, as BLIP's conditional captions do; otherwise it is appended after ", "), cut to
+    `budget` tokens of `tokenizer`."""
     from ..imageio import as_pil
-    from ..labeling.spans import token_budget
 
     pil = as_pil(image)
     many = getattr(captioner, "caption_many", None)
     texts = many(pil, prefixes) if many is not None else [captioner(pil, p) for p in prefixes]
     out = []
-    budget = token_budget(tokenizer)
     for prefix, text in zip(prefixes, texts, strict=True):
         text = str(text).strip()
         if not text.lower().startswith(prefix.lower()):
@@ -162,7 +169,9 @@ def _row_scores(features: Features, row: int, name: str, config: DiffSegmenterCo
     one = features.rows(row, row + 1)
     # the name's attention per level and the self-attention depend on no setting: kept with the
     # features, so re-segmenting from cached features with other settings skips them
-    maps, fine, self_attention = one.derive(("diffsegmenter", "maps", name), lambda: _row_maps(one, name))
+    encoders = config.text_encoders
+    key = ("diffsegmenter", "maps", name, encoders)
+    maps, fine, self_attention = one.derive(key, lambda: _row_maps(one, name, encoders))
     levels = list(maps)  # coarsest first
     if len(levels) > len(config.level_weights):
         raise ValueError(
@@ -173,10 +182,13 @@ def _row_scores(features: Features, row: int, name: str, config: DiffSegmenterCo
     return diffsegmenter_scores(maps, self_attention, weights, config.refine_iterations, grid=fine)[0]
 
 
-def _row_maps(one: Features, name: str) -> tuple[dict[tuple[int, int], torch.Tensor], tuple[int, int], torch.Tensor]:
-    """One prompt row's `name` attention per cross-attention grid (coarsest first), the finest
-    self-attention grid and its (N, N) map (only the finest is recorded)."""
-    (positions,) = token_spans(one.tokenizer, one.token_ids[0].tolist(), [name])
+def _row_maps(
+    one: Features, name: str, encoders: tuple[str, ...] | None = None
+) -> tuple[dict[tuple[int, int], torch.Tensor], tuple[int, int], torch.Tensor]:
+    """One prompt row's `name` attention per cross-attention grid (coarsest first): the mean of
+    the columns `text_columns` finds in the parts `encoders` chooses; the finest self-attention
+    grid and its (N, N) map (only the finest is recorded)."""
+    (positions,) = text_columns(one, 0, [name], encoders)
     cross = one.by_resolution("cross")  # (h, w) -> (1, N, T), finest first
     maps = {hw: span_maps(cross[hw][0], hw, [positions]) for hw in sorted(cross, key=lambda hw: hw[0] * hw[1])}
     selfs = one.by_resolution("self")

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from ..labeling.spans import check_template
 from ..settings import (
     LATENT_MODES,
+    TEXT_ENCODERS,
     check_layers,
     check_positive,
+    check_text_encoders,
     check_timestep,
 )
 from ._resources import CAPTIONER
@@ -46,6 +48,12 @@ class DiffSegmenterConfig:
             (`LayerMap.select`: on an MM-DiT the i-th joint attention layer); their image->image
             maps on the finest grid refine. None = every cross-attention layer and the finest
             self-attention level (the paper, on SD's UNet).
+        text_encoders: the parts of a diffusion transformer's text axis whose class tokens are
+            read, from ("clip", "t5"): SD3's CLIP tokens, its T5 tokens or both (a name's columns
+            in both are averaged); FLUX has T5 only, SD3 loaded with ``drop_t5`` CLIP only. None =
+            the first part (SD3: CLIP, FLUX: T5; a UNet's only text). With T5 the prompt may run
+            to the T5 part's length (a caption cut at CLIP's budget goes on there).
+            Emphasis weighs the first part's tokens only.
     """
 
     template: str = "a photograph of {class}"
@@ -58,10 +66,12 @@ class DiffSegmenterConfig:
     image_size: int | None = None
     latent_mode: str = field(default="sample", metadata={"choices": LATENT_MODES})
     layers: tuple[int, ...] | None = None
+    text_encoders: tuple[str, ...] | None = field(default=None, metadata={"choices": TEXT_ENCODERS})
 
     def __post_init__(self) -> None:
         check_template(self.template)
         object.__setattr__(self, "layers", check_layers(self.layers))
+        object.__setattr__(self, "text_encoders", check_text_encoders(self.text_encoders))
         check_positive(self.emphasis, "emphasis")
         weights = (self.level_weights,) if isinstance(self.level_weights, (int, float)) else self.level_weights
         weights = tuple(weights)

@@ -43,6 +43,11 @@ Departures from the published code, on purpose:
 * **Token spans by token ids** (multi-token names work); the reference takes every other token
   (``atten[:, 1:-1:2]``), so it renamed "traffic light" / "traffic sign" to "light" / "sign".
 * **The image keeps its aspect ratio** (the reference squashes it to 512 x 512).
+* **Which text**: on a diffusion transformer the class tokens are read in the first part of
+  the text axis by default (SD3: its CLIP tokens; FLUX: T5); `text_encoders` ("t5", or
+  ("clip", "t5"), a name's columns in both averaged) reads SD3's T5 tokens, the class list fitted to
+  the T5 part's length (`labeling.spans.prompt_budget`, `text_columns`). The reference has a UNet
+  and one CLIP encoder. ``maskdiffusion-kmeans`` reads no text.
 * **K for k-means** is chosen by a rule on the features; the reference's K = the number of
   ground-truth labels (an oracle that even counts the ignore label) is available only as
   ``k_rule="query-classes"`` with ``diffuseg eval --classes gt-labels``, named as such.
@@ -57,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone.features import FeatureRequest, Features
-from ..labeling.spans import joined_prompt, token_spans
+from ..labeling.spans import joined_prompt, prompt_budget, text_columns
 from ..labeling.vocabulary import background_index, name_rows
 from ..ops.masks import argmax0, class_scores, mean_score_per_label
 from ..ops.prototypes import feature_stack, prototype_scores, unnormalised_class_maps
@@ -141,8 +146,8 @@ def plan(config: MaskDiffusionConfig, query: Query, backbone: Backbone | None = 
             f"(got {query.class_names or 'none'}); e.g. classes='road,car,sky'."
         )
     request = _request(config, backbone, config.attention_levels, config.layers)
-    tokenizer = backbone.prompt_tokenizer
-    prompt = joined_prompt(tokenizer, config.template, [name for _, name in rows])
+    tokenizer, budget = prompt_budget(backbone, config.text_encoders)  # the parts the names are read in
+    prompt = joined_prompt(tokenizer, config.template, [name for _, name in rows], budget=budget)
     return _pass(config, query, request, prompt)
 
 
@@ -211,10 +216,11 @@ def _class_scores(
     if not features.cross_attention or features.normalization != "log":
         raise ValueError("`features` holds no log cross-attention; record it with MaskDiffusion's plan.")
     rows = name_rows(query.classes)
-    spans = token_spans(features.tokenizer, features.token_ids[0].tolist(), [n for _, n in rows])
+    spans = text_columns(features, 0, [n for _, n in rows], config.text_encoders)  # columns of T per name
     # no post-processing setting changes the names' attention and prototype scores: kept with
     # the features, so re-segmenting from cached features with another `background_score` skips them
-    key = ("maskdiffusion", "prototype_scores", config.feature_blocks, tuple(tuple(p) for p in spans))
+    spans_key = tuple(tuple(p) for p in spans)
+    key = ("maskdiffusion", "prototype_scores", config.feature_blocks, config.text_encoders, spans_key)
     attention, per_name = features.derive(key, lambda: _prototype_scores(features, config, spans))
     bg = background_index(query.classes)
     scores = class_scores(per_name, [c for c, _ in rows], len(query.classes), bg, config.background_score)

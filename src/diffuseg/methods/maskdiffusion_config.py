@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from ..labeling.spans import check_template
 from ..settings import (
     LATENT_MODES,
+    TEXT_ENCODERS,
     check_layers,
     check_positive,
     check_seed,
+    check_text_encoders,
     check_timestep,
 )
 from .info import MethodInfo
@@ -67,6 +69,11 @@ class MaskDiffusionConfig(_PassSettings):
         layers: the image->text maps read, as indices in forward order (`LayerMap.select`: on an
             MM-DiT, whose layers share one grid, the i-th joint attention layer); replaces
             `attention_levels` when set. None = `attention_levels` (the paper, on SD's UNet).
+        text_encoders: the parts of a diffusion transformer's text axis whose class tokens are
+            read, from ("clip", "t5"): SD3's CLIP tokens, its T5 tokens or both (a name's columns
+            in both are averaged); FLUX has T5 only, SD3 loaded with ``drop_t5`` CLIP only. None =
+            the first part (SD3: CLIP, FLUX: T5; a UNet's only text). With T5 the prompt may run
+            to the T5 part's length (more class names fit).
         feature_blocks, timestep, image_size, latent_mode: see `_PassSettings`.
     """
 
@@ -74,11 +81,13 @@ class MaskDiffusionConfig(_PassSettings):
     attention_levels: tuple[int, ...] = (0, 1)
     background_score: float = 0.5
     layers: tuple[int, ...] | None = None
+    text_encoders: tuple[str, ...] | None = field(default=None, metadata={"choices": TEXT_ENCODERS})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_template(self.template)
         object.__setattr__(self, "layers", check_layers(self.layers))
+        object.__setattr__(self, "text_encoders", check_text_encoders(self.text_encoders))
         levels = (self.attention_levels,) if isinstance(self.attention_levels, int) else tuple(self.attention_levels)
         if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in levels):
             raise ValueError(f"`attention_levels` must be level indices >= 0, got {self.attention_levels!r}.")
