@@ -19,6 +19,7 @@ __all__ = [
     "TOY_MODELS",
     "toy_model_path",
     "cached_models",
+    "read_json_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def _damaged(folder: Path, what: str) -> NotADiffusionModelError:
     )
 
 
-def _check_json(folder: Path, rel: str) -> Any:
+def read_json_file(folder: Path, rel: str) -> Any:
     """The parsed JSON file ``folder / rel``.
 
     Raises:
@@ -290,11 +291,11 @@ def load_folder(path: Path, torch_dtype: torch.dtype | None = None) -> dict[str,
     # Cheap checks first: every JSON file that loading will read.
     index: dict[str, Any] = {}
     if (path / "model_index.json").is_file():
-        index = _check_json(path, "model_index.json")
+        index = read_json_file(path, "model_index.json")
     for component in _FOLDER_COMPONENTS:
         if (path / component).is_dir():
             for file in sorted((path / component).glob("*.json")):
-                _check_json(path, f"{component}/{file.name}")
+                read_json_file(path, f"{component}/{file.name}")
 
     kw: dict[str, Any] = {"local_files_only": True}
     if torch_dtype is not None:

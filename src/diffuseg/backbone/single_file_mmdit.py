@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .loading import HUB_PATTERNS, ModelNotFoundError, NotADiffusionModelError, _check_json, resolve_model
+from .loading import HUB_PATTERNS, ModelNotFoundError, NotADiffusionModelError, read_json_file, resolve_model
 from .mmdit import MMDIT_FAMILIES, MMDiTBackbone, check_pipeline_folder, pipeline_class
 from .single_file import meta_parameters, read_checkpoint, transformer_pipeline
 
@@ -126,7 +126,7 @@ def load_mmdit_file(
             f"{holds}, but `config` {config} is a {pipeline} ({_FAMILIES[pipeline][0]}) folder. {_how_to_config(found)}"
         )
     check_pipeline_folder(folder, drop_t5)  # before the (large) transformer is read
-    transformer_config = _check_json(folder, "transformer/config.json")
+    transformer_config = read_json_file(folder, "transformer/config.json")
     _check_structure(path, folder, pipeline, keys, transformer_config)
     transformer = _load_transformer(path, folder, pipeline, transformer_config, torch_dtype)
     logger.info("loaded the %s transformer from %s, the rest of the pipeline from %s", pipeline, path, folder)
