@@ -132,3 +132,17 @@ def test_progress_postfix_shows_miou_macc_aacc():
     acc.add(contingency(np.array([[0, 0, 1, 1]]), np.array([[0, 0, 0, 1]]), 2))
     # IoU 2/3, 1/2; Acc 2/3, 1; aAcc 3/4
     assert progress_postfix(acc.result()) == "mIoU 58.3 mAcc 83.3 aAcc 75.0"
+
+
+def test_render_without_limit_keeps_the_runs_own_limit(run_dir, monkeypatch):
+    """The run scored 3 of the split's scenes with --limit 3; rendering without --limit reads
+    that from the run's last report instead of saying every scene was requested."""
+    json_path = run_dir / f"{STEM}.json"
+    before = json.loads(json_path.read_text())
+    assert before["dataset"]["num_requested"] == 3 < before["dataset"]["num_samples"]
+    _forbid_scoring(monkeypatch)
+    base = [a for a in _base(run_dir) if a not in ("--limit", "3")]
+    assert main([*base, "--render-only"]) == 0
+    after = json.loads(json_path.read_text())
+    assert after["dataset"]["num_requested"] == 3
+    assert _stable(after) == _stable(before)

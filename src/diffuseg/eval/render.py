@@ -12,6 +12,7 @@ accuracy) and any matching can be made the headline one, from the ``.jsonl`` alo
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,8 @@ def render_report(
 
     Args:
         dataset, method, protocol, matching, background_class, classes, class_names,
-            tune_background, limit, seed, engine, output: as for `evaluate`.
+            tune_background, limit, seed, engine, output: as for `evaluate`. Without `limit`,
+            the limit the existing report (``NAME.json``) records as requested, if any.
         config_overrides: method config fields the run was given; each must equal the value
             recorded in the results file (a check only).
 
@@ -74,8 +76,15 @@ def render_report(
     """
     engine = as_options(engine, EngineOptions, "engine")
     output = as_options(output, OutputOptions, "output")
-    run = resolve_run(dataset, method, engine, output, protocol, matching, background_class, classes,
-                   tune_background, limit, seed, class_names)  # fmt: skip
+
+    def resolve(limit: int | None) -> Any:
+        return resolve_run(dataset, method, engine, output, protocol, matching, background_class, classes,
+                           tune_background, limit, seed, class_names)  # fmt: skip
+
+    run = resolve(limit)
+    if limit is None:  # the run's own --limit, as its last report recorded it
+        recorded = _recorded_limit(Path(output.out_dir) / f"{run.name}.json", run.num)
+        run = run if recorded is None else resolve(recorded)
     path = Path(output.out_dir) / f"{run.name}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(
@@ -89,6 +98,19 @@ def render_report(
     write_report(report, out / f"{run.name}.json", out / f"{run.name}.md")
     logger.info("%s: report of %d stored images rewritten", path, report["dataset"]["num_evaluated"])
     return report
+
+
+def _recorded_limit(report_path: Path, num: int) -> int | None:
+    """The number of images the run's last report says were requested, if fewer than `num`
+    (a run with a `limit`), else None; None too when there is no readable report."""
+    try:
+        requested = json.loads(report_path.read_text())["dataset"]["num_requested"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(requested, int) and not isinstance(requested, bool) and 1 <= requested < num:
+        logger.info("%s: the run requested %d of %d images (its `limit`)", report_path, requested, num)
+        return requested
+    return None
 
 
 def _check_recorded(store: ResultStore, expected: dict[str, Any], config_overrides: dict[str, Any]) -> None:
