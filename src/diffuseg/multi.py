@@ -31,7 +31,8 @@ from .backbone.features import FeatureRequest, Features
 from .imageio import ImageLoadError
 from .ops.noise import per_item_generators
 from .plan import Pass, Query
-from .segmenter import Segmenter, _as_queries, _Item
+from .segmenter import Segmenter
+from .segmenter_items import Item, as_queries
 from .types import Segmentation
 
 __all__ = ["MultiSegmenter", "SharedPlan", "share_passes", "restrict"]
@@ -155,7 +156,7 @@ class _Call:
 
     index: int
     pass_: Pass
-    items: dict[str, _Item]  # method -> its item (its own pass and query)
+    items: dict[str, Item]  # method -> its item (its own pass and query)
     filtered: dict[str, dict[str, Any] | None]
     generator: torch.Generator | None
 
@@ -257,7 +258,7 @@ class MultiSegmenter:
         Raises:
             ValueError: naming `methods`, for a name that is not one of the segmenters'.
         """
-        queries = _as_queries(queries)
+        queries = as_queries(queries)
         windowed = [i for i, q in enumerate(queries) if q.window is not None]
         if windowed:
             raise ValueError(

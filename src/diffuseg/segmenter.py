@@ -15,91 +15,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .backbone.backbone import FAMILIES, DiffusionBackbone
+from .backbone.backbone import DiffusionBackbone
 from .backbone.features import Features
 from .imageio import ImageInput, ImageLoadError, as_pil, preprocess, stack_batch
 from .memory import check_memory
 from .methods import MethodSpec, get_method
 from .ops.noise import per_item_generators
 from .plan import Pass, Query
+from .segmenter_items import Item, as_queries, as_query, check_arguments, image_digest
 from .types import Segmentation
 from .windowed import WindowScores, check_windowed, crop_queries, stitched
 
 __all__ = ["Segmenter", "as_query"]
 
 logger = logging.getLogger(__name__)
-
-
-def as_query(item: Query | ImageInput) -> Query:
-    """A `Query` as given, or one wrapping a bare image."""
-    return item if isinstance(item, Query) else Query(image=item)
-
-
-def _as_queries(queries: Any) -> list[Query]:
-    """`segment_batch`'s queries as a list of `Query`.
-
-    Raises:
-        ValueError: naming `queries`, for one image or query given on its own (a path would be
-            read letter by letter, an (H, W, 3) array row by row).
-    """
-    one_array = isinstance(queries, (np.ndarray, torch.Tensor)) and queries.ndim <= 3
-    if one_array or isinstance(queries, (str, os.PathLike, Query, Image.Image)):
-        raise ValueError(
-            f"`queries` must be a sequence of queries or images, got one {type(queries).__name__}; "
-            "segment one image with `segmenter(image)` or give a list."
-        )
-    return [as_query(q) for q in queries]
-
-
-def _digest(pixels: torch.Tensor) -> str:
-    return hashlib.sha1(pixels.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def _check_arguments(backbone: Any, resources: Any, preset: Any, probe: Any) -> None:
-    """Check the types of `Segmenter`'s arguments that are used later (a wrong one would fail
-    deep inside, at the first image).
-
-    Raises:
-        ValueError: naming the argument, its value and what is allowed.
-    """
-    if isinstance(backbone, (str, os.PathLike)):
-        raise ValueError(
-            f"`backbone` must be a loaded model or None, got the {type(backbone).__name__} {str(backbone)!r}; "
-            "load it first: `diffuseg.backbone.load_backbone(...)`."
-        )
-    if resources is not None and not isinstance(resources, Mapping):
-        raise ValueError(
-            f"`resources` must be a mapping of resource name -> model or path, got {type(resources).__name__} "
-            f"{resources!r}."
-        )
-    if preset is not None and preset != "" and preset not in FAMILIES:
-        raise ValueError(
-            f"`preset` must be a model family of {FAMILIES}, '' (none: the paper's defaults) or None (the "
-            f"backbone's family), got {preset!r}."
-        )
-    if probe is not None and not isinstance(probe, Query):
-        raise ValueError(f"`probe` must be a Query (without an image) or None, got {type(probe).__name__}.")
-    if probe is not None and probe.image is not None:
-        raise ValueError("`probe` stands for the queries to come: give it without an image.")
-
-
-@dataclasses.dataclass
-class _Item:
-    index: int
-    query: Query
-    pass_: Pass
-    pixels: torch.Tensor  # (3, h, w) float32 in [0, 1]
-    meta: dict[str, Any]
-    box: tuple[int, int, int, int] | None = None  # a window's (y0, y1, x0, x1) on its query's input
 
 
 class Segmenter:
@@ -148,7 +83,7 @@ class Segmenter:
         **overrides: Any,
     ) -> None:
         self.spec = get_method(method)
-        _check_arguments(backbone, resources, preset, probe)
+        check_arguments(backbone, resources, preset, probe)
         self.probe = probe if probe is not None else self.spec.probe_query()
         if isinstance(class_filter, str) or class_filter is None:
             from .labeling.filters import make_filter
@@ -255,7 +190,7 @@ class Segmenter:
         return self
 
     # ------------------------------------------------------------------ model work
-    def _prepare(self, index: int, query: Query) -> _Item:
+    def _prepare(self, index: int, query: Query) -> Item:
         if query.image is None:
             raise ValueError("`query.image` is None; give an image to segment.")
         pass_ = self.spec.plan(self.config, query, self.backbone, self.resources)
@@ -264,11 +199,11 @@ class Segmenter:
             pixels, metas = self.backbone.preprocess([query.image], pass_.size, pass_.resize_mode)
             if query.window is None:  # windows are checked at their own size (`_windows`)
                 check_memory(self.backbone, self.spec, self.batch_size, pass_, tuple(pixels.shape[-2:]))
-            return _Item(index, query, pass_, pixels[0], metas[0])
+            return Item(index, query, pass_, pixels[0], metas[0])
         tensors, metas = preprocess([query.image], pass_.size, pass_.resize_mode, multiple=1, min_side=1)
-        return _Item(index, query, pass_, tensors[0], metas[0])
+        return Item(index, query, pass_, tensors[0], metas[0])
 
-    def _windows(self, item: _Item) -> list[_Item]:
+    def _windows(self, item: Item) -> list[Item]:
         """`item` itself, or, when its query has a `window`, its windows (`diffuseg.windowed`):
         items of one sub-query whose pixels are views of `item`'s, each with its `box`."""
         if item.query.window is None:
@@ -279,7 +214,7 @@ class Segmenter:
         self._check_pass(pass_)
         if pass_.uses_model:
             check_memory(self.backbone, self.spec, self.batch_size, pass_, tuple(crops[0][1].shape[-2:]))
-        return [_Item(item.index, sub, pass_, pixels, item.meta, box) for box, pixels in crops]
+        return [Item(item.index, sub, pass_, pixels, item.meta, box) for box, pixels in crops]
 
     def _filter(self, query: Query, generator: torch.Generator | None) -> tuple[Query, dict[str, Any]]:
         """`query` with the classes `class_filter` keeps, and the filter's record (cached per
@@ -293,7 +228,7 @@ class Segmenter:
 
     def _features(
         self,
-        chunk: list[_Item],
+        chunk: list[Item],
         generator: torch.Generator | list[torch.Generator] | None,
         refresh: bool,
         cache: dict[tuple[Any, ...], Features],
@@ -302,7 +237,7 @@ class Segmenter:
         pixels = stack_batch([it.pixels for it in chunk])
         prompts = [p for it in chunk for p in it.pass_.prompts]
         weights = [w for it in chunk for w in it.pass_.row_weights()]
-        key = (pass_.batch_key(), tuple(prompts), tuple(weights), tuple(_digest(it.pixels) for it in chunk))
+        key = (pass_.batch_key(), tuple(prompts), tuple(weights), tuple(image_digest(it.pixels) for it in chunk))
         if not refresh and key in self._cache:
             logger.debug("re-using the recorded features (no model call)")
             features = self._cache[key]
@@ -365,7 +300,7 @@ class Segmenter:
             return_errors: put a failed query's exception (`ValueError`, `ImageLoadError`) in its
                 slot and go on; otherwise the first failure is raised after the batch.
         """
-        queries = _as_queries(queries)
+        queries = as_queries(queries)
         per_query = per_item_generators(generator, len(queries), "query")
         results: list[Segmentation | Exception | None] = [None] * len(queries)
         groups, filtered, windowed = self._group(queries, per_query, generator, results)
@@ -416,7 +351,7 @@ class Segmenter:
 
     def _group(
         self, queries: list[Query], per_query: list[torch.Generator] | None, generator: Any, results: list[Any]
-    ) -> tuple[dict[tuple[Any, ...], list[_Item]], dict[int, dict[str, Any]], dict[int, tuple[_Item, list[Any]]]]:
+    ) -> tuple[dict[tuple[Any, ...], list[Item]], dict[int, dict[str, Any]], dict[int, tuple[Item, list[Any]]]]:
         """Filter, plan and preprocess each query (a failure goes into its slot of `results`).
 
         Returns:
@@ -424,9 +359,9 @@ class Segmenter:
             pixel shape), in query order; the class filter's record per query; per windowed
             query, its whole-input item and an empty list for its windows' `WindowScores`.
         """
-        groups: dict[tuple[Any, ...], list[_Item]] = {}
+        groups: dict[tuple[Any, ...], list[Item]] = {}
         filtered: dict[int, dict[str, Any]] = {}
-        windowed: dict[int, tuple[_Item, list[WindowScores]]] = {}
+        windowed: dict[int, tuple[Item, list[WindowScores]]] = {}
         for i, query in enumerate(queries):
             try:
                 if self.class_filter is not None and query.classes:
@@ -443,7 +378,7 @@ class Segmenter:
                 groups.setdefault((part.pass_.batch_key(), tuple(part.pixels.shape)), []).append(part)
         return groups, filtered, windowed
 
-    def _result_meta(self, item: _Item, own: dict[str, Any], class_filter: dict[str, Any] | None) -> dict[str, Any]:
+    def _result_meta(self, item: Item, own: dict[str, Any], class_filter: dict[str, Any] | None) -> dict[str, Any]:
         """A result's `meta`, composed here and nowhere else: the image's frame (input size, crop
         box, model size), the method's own facts, the query's id, the model and its preset, the
         class filter's record, the frame the labels are in (``"model"``;
