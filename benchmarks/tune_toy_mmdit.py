@@ -56,18 +56,37 @@ UNSUPERVISED = {
     ),
 }
 #: method -> settings run through the eval runner with the ground-truth labels.
+#: Which parts of the toy's text axis hold the class tokens read (None: its CLIP part).
+TEXT_PARTS = (("t5",), ("clip", "t5"))
 OPEN_VOCABULARY = {
     "diffsegmenter": [
-        {"timestep": t, "layers": layers, "use_caption": caption}
-        for t in (100, 300, 500)
-        for layers in LAYER_CHOICES
-        for caption in (True, False)
+        *(
+            {"timestep": t, "layers": layers, "use_caption": caption}
+            for t in (100, 300, 500)
+            for layers in LAYER_CHOICES
+            for caption in (True, False)
+        ),
+        *({"timestep": t, "text_encoders": parts} for t in (100, 300) for parts in TEXT_PARTS),
     ],
     "maskdiffusion": [
-        {"timestep": t, "layers": layers, "feature_blocks": blocks}
-        for t in (100, 300, 500)
-        for layers in ((0, 1, 2, 3, 4, 5), (1, 2), (2, 3), (3, 4))
-        for blocks in ((2, 3), (3, 4))
+        *(
+            {"timestep": t, "layers": layers, "feature_blocks": blocks}
+            for t in (100, 300, 500)
+            for layers in ((0, 1, 2, 3, 4, 5), (1, 2), (2, 3), (3, 4))
+            for blocks in ((2, 3), (3, 4))
+        ),
+        *(
+            {
+                "timestep": t,
+                "layers": (0, 1, 2, 3, 4, 5),
+                "feature_blocks": blocks,
+                **({"text_encoders": parts} if parts else {}),
+            }
+            for t in (100, 300)
+            for parts in (None, *TEXT_PARTS)
+            for blocks in ((3, 4), (3, 4, 5))
+            if parts is not None or blocks != (3, 4)
+        ),
     ],
 }
 

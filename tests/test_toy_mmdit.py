@@ -130,3 +130,34 @@ def test_model_toy_mmdit_segments_a_scene_with_its_presets(tmp_path):
         assert main([*argv, "--method", method, "--classes", "circle,grass,sky", "--overwrite"]) == 0
     meta = json.loads((tmp_path / "scene.json").read_text())["meta"]
     assert meta["preset"]["family"] == "toy-mmdit"
+
+
+@pytest.mark.skipif(not (toy_model_path("toy-mmdit") / "model_index.json").is_file(), reason="toy-mmdit not built")
+def test_samples_of_the_toy_mmdit_come_from_its_own_pipeline_at_its_native_size(tmp_path):
+    from diffuseg.synthetic.samples import grid, sample_images
+    from diffuseg.synthetic.samples import main as samples_main
+
+    rows = sample_images(
+        toy_model_path("toy-mmdit"), ("a red circle on grass",), num_per_caption=2, num_inference_steps=2
+    )
+    side = ToyMMDiTConfig().image_size
+    assert [[im.size for im in row] for row in rows] == [[(side, side)] * 2]
+    assert grid(rows, scale=1).size == (2 * side, side)
+    with pytest.raises(SystemExit):
+        samples_main(["--scale", "0", "--out", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(not (toy_model_path("toy-mmdit") / "model_index.json").is_file(), reason="toy-mmdit not built")
+def test_toy_mmdit_without_t5_asks_for_a_part_it_has_when_its_preset_reads_t5(tmp_path, capsys):
+    from diffuseg.methods.diffsegmenter import PRESETS
+
+    assert PRESETS["toy-mmdit"]["text_encoders"] == ("t5",)  # the case this test is about
+    argv = ["segment", "examples/scene.png", "--model", "toy-mmdit", "--drop-t5", "--method", "diffsegmenter"]
+    argv += ["--classes", "circle,grass,sky", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--text-encoders" in err and "['clip']" in err and "preset" in err
+    assert not (tmp_path / "scene.json").exists()
+    assert main([*argv, "--text-encoders", "clip"]) == 0
+    assert json.loads((tmp_path / "scene.json").read_text())["config"]["text_encoders"] == ["clip"]

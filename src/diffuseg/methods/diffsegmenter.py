@@ -37,9 +37,10 @@ Where this differs from the published code, on purpose:
   threshold swept on the validation set (``evaluation_voc10.py`` l.136-190);
   ``diffuseg eval --tune-background`` runs that sweep and labels the result as tuned.
 
-No presets: the reference's settings are the defaults on every model (on the proving ground's
-toy model its native 64 px input scores 0.07 mIoU higher than 128 px, which DiffSeg and DiffCut
-prefer there).
+The reference's settings are the defaults on every model (on the proving ground's toy model its
+native 64 px input scores 0.07 mIoU higher than 128 px, which DiffSeg and DiffCut prefer there).
+The toy MM-DiT's one preset reads its T5 part's class columns instead of the CLIP part's; t 100,
+every layer and the caption were the best of its tuning grid too (docs/mmdit_presets.md).
 """
 
 from __future__ import annotations
@@ -66,11 +67,9 @@ if TYPE_CHECKING:
 __all__ = ["DiffSegmenterConfig", "PRESETS", "plan", "segment", "class_rows", "SPEC"]
 
 
-#: Model family -> overrides (none; see the module docstring).
+#: Model family -> overrides (see the module docstring).
 PRESETS: dict[str, dict[str, Any]] = {
-    # docs/mmdit_presets.md: the class maps of joint layers 2-3 of 6; the toy's 32-token CLIP
-    # budget leaves a caption after the template a dozen tokens, which cost more than they gave
-    "toy-mmdit": {"layers": (2, 3), "use_caption": False},
+    "toy-mmdit": {"text_encoders": ("t5",)},  # docs/mmdit_presets.md: the T5 part's class columns
 }
 
 

@@ -309,7 +309,8 @@ def segment_kmeans(
 PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"timestep": 300, "attention_levels": (1, 2)},
     **{family: {"attention_levels": (0,)} for family in ("sd3", "sd35", "flux")},
-    "toy-mmdit": {"timestep": 100, "layers": (3, 4), "feature_blocks": (3, 4)},  # docs/mmdit_presets.md
+    # docs/mmdit_presets.md: every joint layer's T5 columns (SD3's CLIP part is the default), blocks 3-5
+    "toy-mmdit": {"timestep": 300, "attention_levels": (0,), "feature_blocks": (3, 4, 5), "text_encoders": ("t5",)},
 }
 KMEANS_PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"timestep": 500, "image_size": 128},

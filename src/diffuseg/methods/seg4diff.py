@@ -42,7 +42,7 @@ __all__ = ["Seg4DiffConfig", "PRESETS", "plan", "segment", "SPEC", "text_layer"]
 #: Model family -> overrides: SD3(-medium)'s grounding layer from the paper's configs.
 PRESETS: dict[str, dict[str, Any]] = {
     "sd3": {"layer": 9},
-    "toy-mmdit": {"timestep": 300, "layer": 5, "kl_threshold": 0.05},  # docs/mmdit_presets.md
+    "toy-mmdit": {"timestep": 300, "layer": 4},  # docs/mmdit_presets.md
 }
 
 

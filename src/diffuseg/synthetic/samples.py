@@ -1,6 +1,8 @@
-"""Sample images from the toy model for a list of captions, laid out as a caption-by-sample grid (docs, README).
+"""Sample images from a toy model for a list of captions, laid out as a caption-by-sample grid (docs, README).
 
 python -m diffuseg.synthetic.samples --out docs/img/toy_samples.png
+python -m diffuseg.synthetic.samples --model src/diffuseg/data/toy-mmdit --steps 28 --scale 1 \
+    --out docs/img/toy_mmdit_samples.png
 """
 
 from __future__ import annotations
@@ -38,24 +40,26 @@ def sample_images(
     guidance_scale: float = 4.0,
     seed: int = 0,
 ) -> list[list[Image.Image]]:
-    """Generate `num_per_caption` images per caption with DDIM and classifier-free guidance.
+    """Generate `num_per_caption` images per caption with the folder's own pipeline and scheduler
+    (the toy UNet: DDIM; the toy MM-DiT: flow-matching Euler) and classifier-free guidance.
 
     Args:
-        model: a diffusers folder (e.g. the shipped ``diffuseg/data/toy``).
+        model: a diffusers pipeline folder (e.g. the shipped ``diffuseg/data/toy`` or ``toy-mmdit``).
         captions: prompts.
         num_per_caption: images per prompt (one batch each).
-        num_inference_steps: DDIM steps.
+        num_inference_steps: sampler steps.
         guidance_scale: classifier-free guidance weight (the model saw 10 % empty captions).
         seed: seed of the torch.Generator.
 
     Returns:
         One list of PIL RGB images (model resolution) per caption.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model)
+    pipe = DiffusionPipeline.from_pretrained(model)  # the class named by its model_index.json
     pipe.set_progress_bar_config(disable=True)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    size = denoiser.config.sample_size * pipe.vae_scale_factor
     gen = torch.Generator().manual_seed(seed)
     out = []
     for caption in captions:
@@ -102,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=int, default=2, help="upscale factor of each sample in the grid")
     args = parser.parse_args(argv)
+    if args.scale < 1:
+        parser.error(f"--scale must be >= 1, got {args.scale}")
     torch.set_num_threads(1)
     rows = sample_images(args.model, DEFAULT_CAPTIONS, args.num, args.steps, args.guidance, args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    grid(rows, list(DEFAULT_CAPTIONS)).save(args.out)
+    grid(rows, list(DEFAULT_CAPTIONS), scale=args.scale).save(args.out)
     print(args.out)
     return 0
 
