@@ -202,7 +202,7 @@ def _chosen_parts(parts: Sequence[Any], encoders: Sequence[str]) -> list[Any]:
             f"`text_encoders` {tuple(encoders)} asks for text this model's prompts do not have: their text "
             f"parts are {have or 'none'} (FLUX has only T5 tokens, SD3 loaded with `drop_t5` only CLIP "
             "tokens, a UNet no parts to choose from); set `text_encoders` to parts it has, or None for its "
-            "first part (a model's preset may set it: `diffuseg env` lists the presets)."
+            "first part (a model family's preset may have set it)."
         )
     return [p for p in parts if p.encoder in encoders]
 
