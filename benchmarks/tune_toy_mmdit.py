@@ -55,9 +55,9 @@ UNSUPERVISED = {
         [{}],
     ),
 }
-#: method -> settings run through the eval runner with the ground-truth labels.
 #: Which parts of the toy's text axis hold the class tokens read (None: its CLIP part).
 TEXT_PARTS = (("t5",), ("clip", "t5"))
+#: method -> settings run through the eval runner with the ground-truth labels.
 OPEN_VOCABULARY = {
     "diffsegmenter": [
         *(
